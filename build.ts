@@ -1,0 +1,173 @@
+// Builds the native libraries (CPU always, CUDA when nvcc is present) and, with --compile, the
+// single `deno compile` executable that embeds them.
+//
+//   deno task build              # build/libdenollm_cpu.so (+ build/libdenollm_cuda.so)
+//   deno task compile            # build/denollm, needs the denort runtime (network or DENORT_BIN)
+//
+// Environment: CXX (default g++), NVCC (default nvcc), CUDA_ARCHS (default "80,90"),
+// DENOLLM_SKIP_CUDA=1 to skip the CUDA build, DENORT_BIN for an offline deno compile.
+
+const ROOT = new URL(".", import.meta.url).pathname;
+const BUILD_DIR = `${ROOT}build`;
+
+/** Runs a command, streaming its output, and throws with the command line if it fails. */
+async function run(cmd: string, args: string[]): Promise<void> {
+  const child = new Deno.Command(cmd, { args, cwd: ROOT, stdout: "inherit", stderr: "inherit" });
+  const { code } = await child.output();
+  if (code !== 0) throw new Error(`Command failed (exit ${code}): ${cmd} ${args.join(" ")}`);
+}
+
+/** Whether an executable can be started at all. */
+async function hasTool(cmd: string): Promise<boolean> {
+  try {
+    const { code } = await new Deno.Command(cmd, { args: ["--version"], stdout: "null", stderr: "null" })
+      .output();
+    return code === 0;
+  } catch {
+    return false;
+  }
+}
+
+function listSources(dir: string, extensions: string[]): string[] {
+  return [...Deno.readDirSync(`${ROOT}${dir}`)]
+    .filter((e) => e.isFile && extensions.some((ext) => e.name.endsWith(ext)))
+    .map((e) => `${dir}/${e.name}`)
+    .sort();
+}
+
+/** True when the output exists and is newer than every input (skips needless rebuilds). */
+function isUpToDate(output: string, inputs: string[]): boolean {
+  try {
+    const built = Deno.statSync(`${ROOT}${output}`).mtime!.getTime();
+    return inputs.every((input) => Deno.statSync(`${ROOT}${input}`).mtime!.getTime() < built);
+  } catch {
+    return false;
+  }
+}
+
+async function buildCpu(): Promise<void> {
+  const sources = listSources("cpu", [".cpp"]);
+  const headers = [...listSources("cpu", [".h"]), "ffi/denollm.h"];
+  const output = "build/libdenollm_cpu.so";
+  if (isUpToDate(output, [...sources, ...headers, "build.ts"])) {
+    console.error(`${output} is up to date`);
+    return;
+  }
+  // Hot loops carry target_clones (AVX-512, AVX2+FMA, baseline), so one portable library picks
+  // the best code path at load time instead of being tied to the build machine's CPU.
+  const cxx = Deno.env.get("CXX") ?? "g++";
+  await run(cxx, [
+    "-O3",
+    "-std=c++17",
+    "-fPIC",
+    "-shared",
+    "-fopenmp",
+    "-fvisibility=hidden",
+    "-Wall",
+    "-Wextra",
+    "-static-libstdc++",
+    "-static-libgcc",
+    "-Iffi",
+    ...sources,
+    "-o",
+    output,
+  ]);
+  console.error(`built ${output}`);
+}
+
+async function buildCuda(): Promise<void> {
+  const nvcc = Deno.env.get("NVCC") ?? "nvcc";
+  if (Deno.env.get("DENOLLM_SKIP_CUDA") === "1") {
+    console.error("skipping the CUDA library: DENOLLM_SKIP_CUDA=1");
+    return;
+  }
+  if (!(await hasTool(nvcc))) {
+    console.error(`skipping the CUDA library: ${nvcc} not found`);
+    return;
+  }
+  const sources = listSources("cuda", [".cu"]);
+  const headers = [...listSources("cuda", [".cuh"]), "ffi/denollm.h"];
+  const output = "build/libdenollm_cuda.so";
+  if (isUpToDate(output, [...sources, ...headers, "build.ts"])) {
+    console.error(`${output} is up to date`);
+    return;
+  }
+  const archs = (Deno.env.get("CUDA_ARCHS") ?? "80,90").split(",").map((a) => a.trim());
+  // The CUDA runtime is linked statically: a library embedded by `deno compile` is extracted on
+  // its own and cannot find a libcudart next to it. Only the driver (libcuda) comes from the host.
+  await run(nvcc, [
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-Xcompiler",
+    "-fPIC,-fvisibility=hidden",
+    "-cudart",
+    "static",
+    ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
+    "-Iffi",
+    ...sources,
+    "-o",
+    output,
+  ]);
+  console.error(`built ${output}`);
+}
+
+/** The real `deno compile`; explains in one line when the denort runtime cannot be had. */
+async function compileExecutable(): Promise<void> {
+  const includes = ["build/libdenollm_cpu.so", "build/libdenollm_cuda.so"]
+    .filter((path) => {
+      try {
+        return Deno.statSync(`${ROOT}${path}`).isFile;
+      } catch {
+        return false;
+      }
+    })
+    .flatMap((path) => ["--include", path]);
+  const args = [
+    "compile",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-ffi",
+    "--allow-net",
+    "--allow-sys",
+    ...includes,
+    "--output",
+    "build/denollm",
+    "main.ts",
+  ];
+  const result = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    stdout: "inherit",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(result.stderr);
+  if (result.code === 0) {
+    console.error("built build/denollm");
+    return;
+  }
+  if (/denort|download|dl\.deno\.land|network|dns|connect/i.test(stderr)) {
+    const hint = Deno.env.get("DENORT_BIN")
+      ? `DENORT_BIN=${Deno.env.get("DENORT_BIN")} did not work`
+      : "set DENORT_BIN to a denort binary of the same Deno version";
+    console.error(
+      `deno compile could not obtain the denort runtime (no network to download it here); ${hint}.`,
+    );
+  } else {
+    console.error(stderr);
+  }
+  Deno.exit(1);
+}
+
+if (import.meta.main) {
+  Deno.mkdirSync(BUILD_DIR, { recursive: true });
+  try {
+    await buildCpu();
+    await buildCuda();
+    if (Deno.args.includes("--compile")) await compileExecutable();
+  } catch (error) {
+    console.error((error as Error).message);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,49 @@
+// Token embedding lookup: copies (and widens to f32) one table row per token.
+#include "common.h"
+#include "half.h"
+
+// --- Kernel
+
+template <class T, float (*Load)(const T*, int64_t)>
+static void embedding_rows(const dl_context* ctx, float* out, const T* table, const int32_t* token_ids,
+                           int32_t num_tokens, int32_t dim) {
+#pragma omp parallel for num_threads(dl_threads_for(ctx, (int64_t)num_tokens * dim)) schedule(static)
+  for (int32_t t = 0; t < num_tokens; t++) {
+    const T* row = table + (int64_t)token_ids[t] * dim;  // [dim]
+    float* dst = out + (int64_t)t * dim;                 // [dim]
+#pragma omp simd
+    for (int32_t i = 0; i < dim; i++) dst[i] = Load(row, i);
+  }
+}
+
+// --- Launcher
+
+extern "C" DL_API int32_t dl_embedding(dl_context* ctx, float* out, const void* table, int32_t table_dtype,
+                                       const int32_t* token_ids, int32_t num_tokens, int32_t vocab_size,
+                                       int32_t dim) {
+  const char* fn = "dl_embedding";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "table", table));
+  DL_TRY(dl_check_ptr(fn, "token_ids", token_ids));
+  for (int32_t t = 0; t < num_tokens; t++) {
+    if (token_ids[t] < 0 || token_ids[t] >= vocab_size) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected token_ids[%d] in [0, %d), found %d", fn, t, vocab_size,
+                     token_ids[t]);
+    }
+  }
+  if (table_dtype == DL_DTYPE_F32) {
+    embedding_rows<float, dl_load_f32>(ctx, out, static_cast<const float*>(table), token_ids, num_tokens, dim);
+  } else if (table_dtype == DL_DTYPE_F16) {
+    embedding_rows<uint16_t, dl_load_f16>(ctx, out, static_cast<const uint16_t*>(table), token_ids, num_tokens, dim);
+  } else {
+    embedding_rows<uint16_t, dl_load_bf16>(ctx, out, static_cast<const uint16_t*>(table), token_ids, num_tokens,
+                                           dim);
+  }
+  return DL_OK;
+}

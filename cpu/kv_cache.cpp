@@ -1,0 +1,78 @@
+// Writes new tokens' K and V heads into the paged KV cache, converting to the cache dtype.
+#include "common.h"
+#include "half.h"
+
+// --- Kernel
+
+inline void store_f32(float* dst, float v) { *dst = v; }
+inline void store_f16(uint16_t* dst, float v) { *dst = dl_f32_to_f16(v); }
+inline void store_bf16(uint16_t* dst, float v) { *dst = dl_f32_to_bf16(v); }
+
+template <class T, void (*Store)(T*, float)>
+static void kv_write_typed(const dl_context* ctx, T* k_cache, T* v_cache, const float* k, const float* v,
+                           const int32_t* slot_mapping, int32_t num_tokens, int32_t num_kv_heads, int32_t head_dim,
+                           int32_t row_stride, int32_t block_size) {
+  const int64_t work = (int64_t)num_tokens * num_kv_heads * head_dim * 2;
+#pragma omp parallel for num_threads(dl_threads_for(ctx, work)) schedule(static)
+  for (int32_t t = 0; t < num_tokens; t++) {
+    const int32_t slot = slot_mapping[t];
+    if (slot < 0) continue;  // padding token
+    const int64_t block = slot / block_size, offset = slot % block_size;
+    for (int32_t h = 0; h < num_kv_heads; h++) {
+      // [num_blocks, num_kv_heads, block_size, head_dim] -> [head_dim] at (block, h, offset)
+      const int64_t dst = ((block * num_kv_heads + h) * block_size + offset) * head_dim;
+      const float* k_src = k + (int64_t)t * row_stride + (int64_t)h * head_dim;
+      const float* v_src = v + (int64_t)t * row_stride + (int64_t)h * head_dim;
+      for (int32_t i = 0; i < head_dim; i++) {
+        Store(k_cache + dst + i, k_src[i]);
+        Store(v_cache + dst + i, v_src[i]);
+      }
+    }
+  }
+}
+
+// --- Launcher
+
+extern "C" DL_API int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_cache, int32_t cache_dtype,
+                                      const float* k, const float* v, const int32_t* slot_mapping,
+                                      int32_t num_tokens, int32_t num_kv_heads, int32_t head_dim,
+                                      int32_t row_stride, int32_t block_size, int32_t num_blocks) {
+  const char* fn = "dl_kv_write";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  DL_TRY(dl_check_positive(fn, "block_size", block_size));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if ((int64_t)row_stride < (int64_t)num_kv_heads * head_dim) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected row_stride >= num_kv_heads * head_dim (%lld), found %d",
+                   fn, (long long)num_kv_heads * head_dim, row_stride);
+  }
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
+  DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
+  DL_TRY(dl_check_ptr(fn, "k", k));
+  DL_TRY(dl_check_ptr(fn, "v", v));
+  DL_TRY(dl_check_ptr(fn, "slot_mapping", slot_mapping));
+  const int64_t num_slots = (int64_t)num_blocks * block_size;
+  for (int32_t t = 0; t < num_tokens; t++) {
+    if (slot_mapping[t] >= num_slots) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "%s: expected slot_mapping[%d] < num_blocks * block_size (%lld) or negative, found %d", fn, t,
+                     (long long)num_slots, slot_mapping[t]);
+    }
+  }
+  if (cache_dtype == DL_DTYPE_F32) {
+    kv_write_typed<float, store_f32>(ctx, static_cast<float*>(k_cache), static_cast<float*>(v_cache), k, v,
+                                     slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
+  } else if (cache_dtype == DL_DTYPE_F16) {
+    kv_write_typed<uint16_t, store_f16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k, v,
+                                        slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
+  } else {
+    kv_write_typed<uint16_t, store_bf16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k,
+                                         v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
+                                         block_size);
+  }
+  return DL_OK;
+}

@@ -1,0 +1,76 @@
+// Rotary position embedding, in place, NEOX (rotate_half) or interleaved pairs.
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+// --- Kernel
+
+// The angle is position * inv_freq[i] rounded to f32 and cos/sin are f32 (cosf/sinf), as in
+// Hugging Face's float32 rotary embedding. cos/sin are computed once per token, shared by its heads.
+static void rope_token(float* row, int32_t position, const float* inv_freq, int32_t num_heads, int32_t head_dim,
+                       int32_t rotary_dim, int32_t style, float* cos_sin /* [2, rotary_dim / 2] */) {
+  const int32_t half = rotary_dim / 2;
+  float* cos_v = cos_sin;
+  float* sin_v = cos_sin + half;
+  for (int32_t i = 0; i < half; i++) {
+    const float theta = (float)position * inv_freq[i];
+    cos_v[i] = std::cos(theta);
+    sin_v[i] = std::sin(theta);
+  }
+  for (int32_t h = 0; h < num_heads; h++) {
+    float* x = row + (int64_t)h * head_dim;  // [head_dim]
+    if (style == DL_ROPE_NEOX) {
+#pragma omp simd
+      for (int32_t i = 0; i < half; i++) {
+        const float a = x[i], b = x[i + half];
+        x[i] = a * cos_v[i] - b * sin_v[i];
+        x[i + half] = b * cos_v[i] + a * sin_v[i];
+      }
+    } else {
+      for (int32_t i = 0; i < half; i++) {
+        const float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * cos_v[i] - b * sin_v[i];
+        x[2 * i + 1] = b * cos_v[i] + a * sin_v[i];
+      }
+    }
+  }
+}
+
+// --- Launcher
+
+extern "C" DL_API int32_t dl_rope(dl_context* ctx, float* x, const int32_t* positions, const float* inv_freq,
+                                  int32_t num_tokens, int32_t num_heads, int32_t head_dim, int32_t rotary_dim,
+                                  int32_t row_stride, int32_t style) {
+  return dl_guard("dl_rope", [&]() -> int32_t {
+    const char* fn = "dl_rope";
+    DL_TRY(dl_check_ctx(fn, ctx));
+    DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+    DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
+    DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+    DL_TRY(dl_check_positive(fn, "rotary_dim", rotary_dim));
+    if (rotary_dim % 2 != 0 || rotary_dim > head_dim) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected an even rotary_dim <= head_dim (%d), found %d", fn,
+                     head_dim, rotary_dim);
+    }
+    if ((int64_t)row_stride < (int64_t)num_heads * head_dim) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected row_stride >= num_heads * head_dim (%lld), found %d", fn,
+                     (long long)num_heads * head_dim, row_stride);
+    }
+    if (style != DL_ROPE_NEOX && style != DL_ROPE_INTERLEAVED) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected style 0 (NEOX) or 1 (INTERLEAVED), found %d", fn, style);
+    }
+    if (num_tokens == 0) return DL_OK;
+    DL_TRY(dl_check_ptr(fn, "x", x));
+    DL_TRY(dl_check_ptr(fn, "positions", positions));
+    DL_TRY(dl_check_ptr(fn, "inv_freq", inv_freq));
+    const int threads = dl_threads_for(ctx, (int64_t)num_tokens * num_heads * rotary_dim * 8);
+    std::vector<float> scratch((size_t)threads * rotary_dim);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int32_t t = 0; t < num_tokens; t++) {
+      rope_token(x + (int64_t)t * row_stride, positions[t], inv_freq, num_heads, head_dim, rotary_dim, style,
+                 scratch.data() + (size_t)dl_thread_id() * rotary_dim);
+    }
+    return DL_OK;
+  });
+}

@@ -1,0 +1,170 @@
+// Library identity, per-thread errors, contexts, host "device" memory, copies and dtype conversion.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "common.h"
+#include "half.h"
+
+// --- Identity and errors
+
+static thread_local std::string tls_last_error;
+
+int32_t dl_fail(int32_t status, const char* fmt, ...) {
+  char buf[512];
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, args);
+  va_end(args);
+  try {
+    tls_last_error = buf;
+  } catch (...) {
+    // Keeping the status matters more than keeping the message.
+  }
+  return status;
+}
+
+extern "C" DL_API uint32_t dl_abi_version(void) { return DL_ABI_VERSION; }
+
+extern "C" DL_API const char* dl_backend_name(void) { return "cpu"; }
+
+extern "C" DL_API const char* dl_status_string(int32_t status) {
+  switch (status) {
+    case DL_OK: return "ok";
+    case DL_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case DL_ERR_OUT_OF_MEMORY: return "out of memory";
+    case DL_ERR_UNSUPPORTED: return "unsupported";
+    case DL_ERR_DEVICE: return "device error";
+    case DL_ERR_NOT_IMPLEMENTED: return "not implemented";
+    case DL_ERR_INTERNAL: return "internal error";
+    default: return "unknown status";
+  }
+}
+
+extern "C" DL_API const char* dl_last_error(void) { return tls_last_error.c_str(); }
+
+// --- Context
+
+extern "C" DL_API int32_t dl_context_create(int32_t device, int32_t num_threads, dl_context** out) {
+  return dl_guard("dl_context_create", [&]() -> int32_t {
+    (void)device;  // one CPU "device"
+    const char* fn = "dl_context_create";
+    DL_TRY(dl_check_ptr(fn, "out", out));
+    DL_TRY(dl_check_non_negative(fn, "num_threads", num_threads));
+    int threads = num_threads;
+    if (threads == 0) {
+#ifdef _OPENMP
+      threads = omp_get_num_procs();
+#else
+      threads = 1;
+#endif
+    }
+    *out = new dl_context{threads < 1 ? 1 : threads};
+    return DL_OK;
+  });
+}
+
+extern "C" DL_API int32_t dl_context_destroy(dl_context* ctx) {
+  DL_TRY(dl_check_ctx("dl_context_destroy", ctx));
+  delete ctx;
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_synchronize(dl_context* ctx) {
+  return dl_check_ctx("dl_synchronize", ctx);  // kernels run synchronously on the CPU
+}
+
+// --- Memory
+
+extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
+  const char* fn = "dl_alloc";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  *out = nullptr;
+  // aligned_alloc wants a multiple of the alignment; size 0 still gets a unique, freeable block.
+  const uint64_t rounded = size_bytes == 0 ? 64 : (size_bytes + 63) / 64 * 64;
+  if (rounded < size_bytes || rounded > (uint64_t)SIZE_MAX) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %llu bytes", fn, (unsigned long long)size_bytes);
+  }
+  void* p = std::aligned_alloc(64, (size_t)rounded);
+  if (p == nullptr) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %llu bytes", fn, (unsigned long long)size_bytes);
+  }
+  std::memset(p, 0, (size_t)rounded);
+  *out = p;
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_free(dl_context* ctx, void* ptr) {
+  DL_TRY(dl_check_ctx("dl_free", ctx));
+  std::free(ptr);  // free(NULL) is a no-op, like cudaFree(NULL)
+  return DL_OK;
+}
+
+// --- Copies
+
+static int32_t copy_bytes(const char* fn, dl_context* ctx, void* dst, const void* src, uint64_t size_bytes) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  if (size_bytes == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "dst", dst));
+  DL_TRY(dl_check_ptr(fn, "src", src));
+  std::memmove(dst, src, (size_t)size_bytes);
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_copy_to_device(dl_context* ctx, void* dst, const void* src, uint64_t size_bytes) {
+  return copy_bytes("dl_copy_to_device", ctx, dst, src, size_bytes);
+}
+
+extern "C" DL_API int32_t dl_copy_to_host(dl_context* ctx, void* dst, const void* src, uint64_t size_bytes) {
+  return copy_bytes("dl_copy_to_host", ctx, dst, src, size_bytes);
+}
+
+// --- Conversion
+
+template <class Src, class Dst, class Load, class Store>
+static void convert_loop(const dl_context* ctx, Dst* dst, const Src* src, int64_t n, Load load, Store store) {
+#pragma omp parallel for simd num_threads(dl_threads_for(ctx, n)) schedule(static)
+  for (int64_t i = 0; i < n; i++) dst[i] = store(load(src[i]));
+}
+
+extern "C" DL_API int32_t dl_convert(dl_context* ctx, void* dst, int32_t dst_dtype, const void* src,
+                                     int32_t src_dtype, uint64_t num_elements) {
+  const char* fn = "dl_convert";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype));
+  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype));
+  if (num_elements == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "dst", dst));
+  DL_TRY(dl_check_ptr(fn, "src", src));
+  if (num_elements > (uint64_t)INT64_MAX / 4) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: num_elements %llu is too large", fn,
+                   (unsigned long long)num_elements);
+  }
+  const int64_t n = (int64_t)num_elements;
+  if (dst_dtype == src_dtype) {
+    std::memmove(dst, src, (size_t)n * dl_dtype_size(src_dtype));
+    return DL_OK;
+  }
+  auto from_f32 = [](float v) { return v; };
+  auto from_f16 = [](uint16_t v) { return dl_f16_to_f32(v); };
+  auto from_bf16 = [](uint16_t v) { return dl_bf16_to_f32(v); };
+  auto to_f16 = [](float v) { return dl_f32_to_f16(v); };
+  auto to_bf16 = [](float v) { return dl_f32_to_bf16(v); };
+  auto* d16 = static_cast<uint16_t*>(dst);
+  const auto* s16 = static_cast<const uint16_t*>(src);
+  if (src_dtype == DL_DTYPE_F32) {
+    const auto* s = static_cast<const float*>(src);
+    if (dst_dtype == DL_DTYPE_F16) convert_loop(ctx, d16, s, n, from_f32, to_f16);
+    else convert_loop(ctx, d16, s, n, from_f32, to_bf16);
+  } else if (dst_dtype == DL_DTYPE_F32) {
+    auto* d = static_cast<float*>(dst);
+    if (src_dtype == DL_DTYPE_F16) convert_loop(ctx, d, s16, n, from_f16, from_f32);
+    else convert_loop(ctx, d, s16, n, from_bf16, from_f32);
+  } else if (src_dtype == DL_DTYPE_F16) {  // f16 -> bf16, through an exact f32
+    convert_loop(ctx, d16, s16, n, from_f16, to_bf16);
+  } else {  // bf16 -> f16
+    convert_loop(ctx, d16, s16, n, from_bf16, to_f16);
+  }
+  return DL_OK;
+}

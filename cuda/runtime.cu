@@ -1,0 +1,121 @@
+// CUDA build of the denollm ABI: library identity, errors, contexts and device memory.
+#include <cstdarg>
+#include <cstring>
+#include <new>
+
+#include "common.cuh"
+
+// --- Errors
+
+static thread_local char g_last_error[1024] = "";
+
+int32_t dl_fail(int32_t status, const char* fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  vsnprintf(g_last_error, sizeof(g_last_error), fmt, args);
+  va_end(args);
+  return status;
+}
+
+extern "C" uint32_t dl_abi_version(void) { return DL_ABI_VERSION; }
+
+extern "C" const char* dl_backend_name(void) { return "cuda"; }
+
+extern "C" const char* dl_status_string(int32_t status) {
+  switch (status) {
+    case DL_OK: return "DL_OK";
+    case DL_ERR_INVALID_ARGUMENT: return "DL_ERR_INVALID_ARGUMENT";
+    case DL_ERR_OUT_OF_MEMORY: return "DL_ERR_OUT_OF_MEMORY";
+    case DL_ERR_UNSUPPORTED: return "DL_ERR_UNSUPPORTED";
+    case DL_ERR_DEVICE: return "DL_ERR_DEVICE";
+    case DL_ERR_NOT_IMPLEMENTED: return "DL_ERR_NOT_IMPLEMENTED";
+    case DL_ERR_INTERNAL: return "DL_ERR_INTERNAL";
+    default: return "unknown status";
+  }
+}
+
+extern "C" const char* dl_last_error(void) { return g_last_error; }
+
+// --- Context
+
+extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_context** out) {
+  (void)num_threads;  // host threads are unused by the CUDA build
+  if (out == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "out must not be NULL");
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    return dl_fail(DL_ERR_DEVICE, "no usable CUDA driver or device: %s", cudaGetErrorString(err));
+  }
+  if (device < 0 || device >= count) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "device must be in [0, %d), got %d", count, device);
+  }
+  DL_CUDA_CHECK(cudaSetDevice(device));
+  dl_context* ctx = new (std::nothrow) dl_context{device, nullptr};
+  if (ctx == nullptr) return dl_fail(DL_ERR_OUT_OF_MEMORY, "cannot allocate a context");
+  err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) {
+    delete ctx;
+    return dl_fail(DL_ERR_DEVICE, "cudaStreamCreate: %s", cudaGetErrorString(err));
+  }
+  *out = ctx;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_context_destroy(dl_context* ctx) {
+  if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  DL_CUDA_CHECK(cudaStreamDestroy(ctx->stream));
+  delete ctx;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_synchronize(dl_context* ctx) {
+  if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  return DL_OK;
+}
+
+// --- Memory: plain cudaMalloc only (never managed memory).
+
+extern "C" int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
+  if (ctx == nullptr || out == nullptr) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx and out must not be NULL");
+  }
+  void* ptr = nullptr;
+  cudaError_t err = cudaMalloc(&ptr, size_bytes == 0 ? 1 : size_bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "cudaMalloc of %llu bytes failed",
+                   (unsigned long long)size_bytes);
+  }
+  DL_CUDA_CHECK(err);
+  DL_CUDA_CHECK(cudaMemsetAsync(ptr, 0, size_bytes, ctx->stream));
+  *out = ptr;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_free(dl_context* ctx, void* ptr) {
+  if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
+  DL_CUDA_CHECK(cudaFree(ptr));
+  return DL_OK;
+}
+
+extern "C" int32_t dl_copy_to_device(dl_context* ctx, void* dst, const void* src,
+                                     uint64_t size_bytes) {
+  if (ctx == nullptr || (size_bytes > 0 && (dst == nullptr || src == nullptr))) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx, dst and src must not be NULL");
+  }
+  DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyHostToDevice, ctx->stream));
+  // The host buffer may be reused as soon as we return.
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  return DL_OK;
+}
+
+extern "C" int32_t dl_copy_to_host(dl_context* ctx, void* dst, const void* src,
+                                   uint64_t size_bytes) {
+  if (ctx == nullptr || (size_bytes > 0 && (dst == nullptr || src == nullptr))) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx, dst and src must not be NULL");
+  }
+  DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyDeviceToHost, ctx->stream));
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  return DL_OK;
+}

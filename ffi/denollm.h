@@ -1,0 +1,247 @@
+// denollm.h — the one C ABI between the TypeScript engine and its native kernels (CPU and CUDA builds).
+//
+// Conventions (read these before adding a function):
+// - Every function returns a dl_status (int32); on failure dl_last_error() gives a message for the
+//   calling thread. Nothing in the library calls exit() or abort().
+// - "Device memory" is memory from dl_alloc(): plain host memory in the CPU build, cudaMalloc memory
+//   in the CUDA build. Every array argument of a kernel is device memory, including small metadata
+//   (token ids, positions, slot mappings, block tables), so the engine is backend-agnostic.
+// - Activations are f32. Weights may be f32, f16 or bf16 (dl_dtype); compute accumulates in f32.
+// - Shapes are written outermost first, row-major: [rows, cols].
+// - The KV cache of one layer is two buffers (K and V), each [num_blocks, num_kv_heads, block_size,
+//   head_dim] in the cache dtype. A token's slot is block_id * block_size + offset_in_block.
+// - Kernels are enqueued on the context's stream; dl_synchronize() waits for them. The CPU build
+//   runs them synchronously.
+// - This header is parsed by ffi/gen_symbols.ts: keep each declaration as `DL_API <type> <name>(...);`
+//   with one parameter per line, and use only the scalar types in that generator's table.
+#ifndef DENOLLM_H
+#define DENOLLM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define DL_API __declspec(dllexport)
+#else
+#define DL_API __attribute__((visibility("default")))
+#endif
+
+// Bumped on every incompatible change; the TypeScript side refuses a library with another value.
+#define DL_ABI_VERSION 1
+
+typedef enum dl_status {
+  DL_OK = 0,
+  DL_ERR_INVALID_ARGUMENT = 1,
+  DL_ERR_OUT_OF_MEMORY = 2,
+  DL_ERR_UNSUPPORTED = 3,
+  DL_ERR_DEVICE = 4,
+  DL_ERR_NOT_IMPLEMENTED = 5,
+  DL_ERR_INTERNAL = 6,
+} dl_status;
+
+typedef enum dl_dtype {
+  DL_DTYPE_F32 = 0,
+  DL_DTYPE_F16 = 1,
+  DL_DTYPE_BF16 = 2,
+} dl_dtype;
+
+typedef enum dl_rope_style {
+  // Hugging Face rotate_half: pairs (i, i + rotary_dim / 2).
+  DL_ROPE_NEOX = 0,
+  // Original Llama / GGUF llama: pairs (2i, 2i + 1).
+  DL_ROPE_INTERLEAVED = 1,
+} dl_rope_style;
+
+// Opaque per-device state: stream, thread count, scratch.
+typedef struct dl_context dl_context;
+
+// --- Library identity and errors
+
+// DL_ABI_VERSION of the built library.
+DL_API uint32_t dl_abi_version(void);
+
+// "cpu" or "cuda": static string.
+DL_API const char* dl_backend_name(void);
+
+// Static string naming a dl_status value ("unknown status" for others).
+DL_API const char* dl_status_string(int32_t status);
+
+// Message of the last failure on this thread; empty string if none. Valid until the next call.
+DL_API const char* dl_last_error(void);
+
+// --- Context and memory
+
+// Creates a context on `device` (ignored by the CPU build) using `num_threads` CPU threads
+// (0 = all cores). Writes the handle to *out.
+DL_API int32_t dl_context_create(
+    int32_t device,
+    int32_t num_threads,
+    dl_context** out);
+
+DL_API int32_t dl_context_destroy(
+    dl_context* ctx);
+
+// Waits until every kernel enqueued on the context has finished.
+DL_API int32_t dl_synchronize(
+    dl_context* ctx);
+
+// Allocates size_bytes of device memory (64-byte aligned), zero-filled. Writes the pointer to *out.
+DL_API int32_t dl_alloc(
+    dl_context* ctx,
+    uint64_t size_bytes,
+    void** out);
+
+DL_API int32_t dl_free(
+    dl_context* ctx,
+    void* ptr);
+
+// Host → device copy of size_bytes.
+DL_API int32_t dl_copy_to_device(
+    dl_context* ctx,
+    void* dst,        // device [size_bytes]
+    const void* src,  // host [size_bytes]
+    uint64_t size_bytes);
+
+// Device → host copy of size_bytes; returns once the data is on the host.
+DL_API int32_t dl_copy_to_host(
+    dl_context* ctx,
+    void* dst,        // host [size_bytes]
+    const void* src,  // device [size_bytes]
+    uint64_t size_bytes);
+
+// Converts num_elements values between dtypes (device to device).
+DL_API int32_t dl_convert(
+    dl_context* ctx,
+    void* dst,        // device [num_elements] of dst_dtype
+    int32_t dst_dtype,
+    const void* src,  // device [num_elements] of src_dtype
+    int32_t src_dtype,
+    uint64_t num_elements);
+
+// --- Kernels
+
+// out[t] = table[token_ids[t]] converted to f32. Fails on an id outside [0, vocab_size).
+DL_API int32_t dl_embedding(
+    dl_context* ctx,
+    float* out,                // [num_tokens, dim]
+    const void* table,         // [vocab_size, dim] of table_dtype
+    int32_t table_dtype,
+    const int32_t* token_ids,  // [num_tokens]
+    int32_t num_tokens,
+    int32_t vocab_size,
+    int32_t dim);
+
+// out = x / sqrt(mean(x^2) + eps) * weight, row by row. out may equal x.
+DL_API int32_t dl_rmsnorm(
+    dl_context* ctx,
+    float* out,           // [num_tokens, dim]
+    const float* x,       // [num_tokens, dim]
+    const float* weight,  // [dim]
+    int32_t num_tokens,
+    int32_t dim,
+    float eps);
+
+// out = x · wᵀ (+ bias): the linear layer of every projection. out must not alias x.
+DL_API int32_t dl_matmul(
+    dl_context* ctx,
+    float* out,         // [m, n]
+    const float* x,     // [m, k]
+    const void* w,      // [n, k] of w_dtype
+    int32_t w_dtype,
+    const float* bias,  // [n], or NULL
+    int32_t m,
+    int32_t n,
+    int32_t k);
+
+// Rotates, in place, the first num_heads heads of each row of x by its token's position.
+// Rows may hold more than the rotated heads (a fused QKV row rotates Q and K heads, not V).
+DL_API int32_t dl_rope(
+    dl_context* ctx,
+    float* x,                  // [num_tokens, row_stride], heads at the start of each row
+    const int32_t* positions,  // [num_tokens]
+    const float* inv_freq,     // [rotary_dim / 2], scaling already applied
+    int32_t num_tokens,
+    int32_t num_heads,
+    int32_t head_dim,
+    int32_t rotary_dim,        // <= head_dim, even; dims past it are left as they are
+    int32_t row_stride,        // floats between consecutive rows of x
+    int32_t style);            // dl_rope_style
+
+// out = silu(gate) * up, where each row of gate_up is [gate (dim) | up (dim)].
+DL_API int32_t dl_silu_mul(
+    dl_context* ctx,
+    float* out,            // [num_tokens, dim]
+    const float* gate_up,  // [num_tokens, 2 * dim]
+    int32_t num_tokens,
+    int32_t dim);
+
+// out = a + b, elementwise. out may equal a or b.
+DL_API int32_t dl_add(
+    dl_context* ctx,
+    float* out,     // [num_elements]
+    const float* a, // [num_elements]
+    const float* b, // [num_elements]
+    uint64_t num_elements);
+
+// out[i] = x[rows[i]]: picks, for example, the last token of each sequence before the LM head.
+DL_API int32_t dl_gather_rows(
+    dl_context* ctx,
+    float* out,           // [num_rows, dim]
+    const float* x,       // [num_src_rows, dim]
+    const int32_t* rows,  // [num_rows], each in [0, num_src_rows)
+    int32_t num_rows,
+    int32_t num_src_rows,
+    int32_t dim);
+
+// Writes each token's K and V heads into the paged cache at its slot. A negative slot skips the
+// token (padding). k and v may point into the same fused QKV rows.
+DL_API int32_t dl_kv_write(
+    dl_context* ctx,
+    void* k_cache,                // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
+    void* v_cache,                // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
+    int32_t cache_dtype,
+    const float* k,               // [num_tokens, row_stride], num_kv_heads * head_dim used
+    const float* v,               // [num_tokens, row_stride], num_kv_heads * head_dim used
+    const int32_t* slot_mapping,  // [num_tokens]
+    int32_t num_tokens,
+    int32_t num_kv_heads,
+    int32_t head_dim,
+    int32_t row_stride,
+    int32_t block_size,
+    int32_t num_blocks);
+
+// Causal attention over the paged cache for a batch of sequences, each with one or more new query
+// tokens (prefill, chunked prefill and decode alike). Sequence s owns query rows
+// [query_start[s], query_start[s + 1]) and has seq_lens[s] tokens in the cache, the new ones last,
+// so its query i sits at position seq_lens[s] - num_new + i and sees cache positions up to it.
+// Exact: tiled over the cache with an online softmax (flash attention). GQA/MQA: query head h reads
+// KV head h / (num_heads / num_kv_heads).
+DL_API int32_t dl_paged_attention(
+    dl_context* ctx,
+    float* out,                   // [num_tokens, num_heads * head_dim]
+    const float* q,               // [num_tokens, q_row_stride], num_heads * head_dim used
+    const void* k_cache,          // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
+    const void* v_cache,          // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
+    int32_t cache_dtype,
+    const int32_t* block_tables,  // [num_seqs, max_blocks_per_seq]
+    const int32_t* seq_lens,      // [num_seqs]
+    const int32_t* query_start,   // [num_seqs + 1], query_start[num_seqs] == num_tokens
+    int32_t num_seqs,
+    int32_t num_tokens,
+    int32_t num_heads,
+    int32_t num_kv_heads,
+    int32_t head_dim,
+    int32_t q_row_stride,
+    int32_t block_size,
+    int32_t max_blocks_per_seq,
+    int32_t num_blocks,
+    float scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // DENOLLM_H

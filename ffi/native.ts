@@ -1,0 +1,448 @@
+// Loads a denollm native library (CPU or CUDA build), checks its ABI version, and wraps its calls.
+import { ABI_VERSION, symbols } from "./symbols.gen.ts";
+
+type Library = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+/** A non-null pointer to device memory (host memory in the CPU build). */
+export type DevicePtr = Deno.PointerObject;
+
+/** Element types the ABI understands; values equal the C enum dl_dtype. */
+export const DType = { F32: 0, F16: 1, BF16: 2 } as const;
+export type DTypeId = (typeof DType)[keyof typeof DType];
+
+/** RoPE pairings; values equal the C enum dl_rope_style. */
+export const RopeStyle = { NEOX: 0, INTERLEAVED: 1 } as const;
+export type RopeStyleId = (typeof RopeStyle)[keyof typeof RopeStyle];
+
+/** Bytes per element of each dtype. */
+export function dtypeSize(dtype: DTypeId): number {
+  return dtype === DType.F32 ? 4 : 2;
+}
+
+/** A failed native call: the status name plus the library's own message. */
+export class NativeError extends Error {
+  readonly status: number;
+  constructor(fn: string, status: number, statusName: string, detail: string) {
+    super(`${fn} failed with ${statusName}${detail ? `: ${detail}` : ""}`);
+    this.name = "NativeError";
+    this.status = status;
+  }
+}
+
+/** Raised when the library cannot be opened or speaks another ABI version. */
+export class LibraryLoadError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "LibraryLoadError";
+  }
+}
+
+/** Where `deno task build` puts each backend's library. */
+export function defaultLibraryPath(backend: "cpu" | "cuda"): string {
+  const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
+  return new URL(`../build/libdenollm_${backend}.${ext}`, import.meta.url).pathname;
+}
+
+/**
+ * Opens a library file. A `deno compile` binary serves included files from a virtual file system
+ * that dlopen cannot read, so on failure the bytes are copied to a real temporary file first.
+ */
+function dlopenAnywhere(path: string): Deno.DynamicLibrary<typeof symbols> {
+  try {
+    return Deno.dlopen(path, symbols);
+  } catch (first) {
+    let bytes: Uint8Array;
+    try {
+      bytes = Deno.readFileSync(path);
+    } catch {
+      throw new LibraryLoadError(
+        `Cannot open native library ${path}: ${(first as Error).message}. ` +
+          "Run `deno task build` first, or pass the library path.",
+      );
+    }
+    const copy = Deno.makeTempFileSync({ prefix: "denollm-", suffix: ".so" });
+    Deno.writeFileSync(copy, bytes);
+    try {
+      return Deno.dlopen(copy, symbols);
+    } finally {
+      // The mapping stays valid after unlink on POSIX systems.
+      if (Deno.build.os !== "windows") Deno.removeSync(copy);
+    }
+  }
+}
+
+function cString(ptr: Deno.PointerValue): string {
+  return ptr === null ? "" : Deno.UnsafePointerView.getCString(ptr);
+}
+
+/** Options for opening a backend. */
+export interface OpenBackendOptions {
+  /** Which build to load (default "cpu"). */
+  backend?: "cpu" | "cuda";
+  /** Explicit library path; defaults to build/libdenollm_<backend>.so. */
+  libraryPath?: string;
+  /** CUDA device ordinal (ignored by the CPU build). */
+  device?: number;
+  /** CPU threads for kernels; 0 means all cores. */
+  numThreads?: number;
+}
+
+/** Kernel argument objects mirror the header's parameters, in camelCase. */
+export interface MatmulArgs {
+  out: DevicePtr;
+  x: DevicePtr;
+  w: DevicePtr;
+  wDtype: DTypeId;
+  bias?: DevicePtr | null;
+  m: number;
+  n: number;
+  k: number;
+}
+
+export interface RopeArgs {
+  x: DevicePtr;
+  positions: DevicePtr;
+  invFreq: DevicePtr;
+  numTokens: number;
+  numHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  rowStride: number;
+  style: RopeStyleId;
+}
+
+export interface KvWriteArgs {
+  kCache: DevicePtr;
+  vCache: DevicePtr;
+  cacheDtype: DTypeId;
+  k: DevicePtr;
+  v: DevicePtr;
+  slotMapping: DevicePtr;
+  numTokens: number;
+  numKvHeads: number;
+  headDim: number;
+  rowStride: number;
+  blockSize: number;
+  numBlocks: number;
+}
+
+export interface AttentionArgs {
+  out: DevicePtr;
+  q: DevicePtr;
+  kCache: DevicePtr;
+  vCache: DevicePtr;
+  cacheDtype: DTypeId;
+  blockTables: DevicePtr;
+  seqLens: DevicePtr;
+  queryStart: DevicePtr;
+  numSeqs: number;
+  numTokens: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  qRowStride: number;
+  blockSize: number;
+  maxBlocksPerSeq: number;
+  numBlocks: number;
+  scale: number;
+}
+
+/** One opened library plus one context on it. Every method throws NativeError on failure. */
+export class NativeBackend {
+  readonly name: string;
+  readonly libraryPath: string;
+  #dylib: Deno.DynamicLibrary<typeof symbols>;
+  #lib: Library;
+  #ctx: Deno.PointerValue;
+  #outPtr = new BigUint64Array(1);
+
+  private constructor(dylib: Deno.DynamicLibrary<typeof symbols>, path: string) {
+    this.#dylib = dylib;
+    this.#lib = dylib.symbols;
+    this.libraryPath = path;
+    this.name = cString(this.#lib.dl_backend_name());
+    this.#ctx = null;
+  }
+
+  /** Opens the library, checks its ABI version and creates a context. */
+  static open(options: OpenBackendOptions = {}): NativeBackend {
+    const path = options.libraryPath ?? defaultLibraryPath(options.backend ?? "cpu");
+    const dylib = dlopenAnywhere(path);
+    const version = dylib.symbols.dl_abi_version();
+    if (version !== ABI_VERSION) {
+      dylib.close();
+      throw new LibraryLoadError(
+        `Native library ${path} has ABI version ${version}, expected ${ABI_VERSION}; rebuild it with ` +
+          "`deno task build`",
+      );
+    }
+    const backend = new NativeBackend(dylib, path);
+    backend.#check(
+      "dl_context_create",
+      dylib.symbols.dl_context_create(
+        options.device ?? 0,
+        options.numThreads ?? 0,
+        Deno.UnsafePointer.of(backend.#outPtr),
+      ),
+    );
+    backend.#ctx = Deno.UnsafePointer.create(backend.#outPtr[0]);
+    return backend;
+  }
+
+  /** Names a status code the way the library does. */
+  statusString(status: number): string {
+    return cString(this.#lib.dl_status_string(status));
+  }
+
+  #check(fn: string, status: number): void {
+    if (status !== 0) {
+      throw new NativeError(
+        fn,
+        status,
+        this.statusString(status),
+        cString(this.#lib.dl_last_error()),
+      );
+    }
+  }
+
+  /** Whether device pointers are plain host memory that JS may view directly. */
+  get isHostMemory(): boolean {
+    return this.name === "cpu";
+  }
+
+  close(): void {
+    if (this.#ctx !== null) {
+      this.#check("dl_context_destroy", this.#lib.dl_context_destroy(this.#ctx));
+      this.#ctx = null;
+    }
+    this.#dylib.close();
+  }
+
+  synchronize(): void {
+    this.#check("dl_synchronize", this.#lib.dl_synchronize(this.#ctx));
+  }
+
+  /** Allocates zeroed device memory. */
+  alloc(sizeBytes: number): DevicePtr {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
+      throw new RangeError(`Allocation size must be a non-negative integer, got ${sizeBytes}`);
+    }
+    this.#check(
+      "dl_alloc",
+      this.#lib.dl_alloc(this.#ctx, BigInt(sizeBytes), Deno.UnsafePointer.of(this.#outPtr)),
+    );
+    const ptr = Deno.UnsafePointer.create(this.#outPtr[0]);
+    if (ptr === null) throw new NativeError("dl_alloc", 2, "DL_ERR_OUT_OF_MEMORY", "null pointer");
+    return ptr;
+  }
+
+  free(ptr: DevicePtr): void {
+    this.#check("dl_free", this.#lib.dl_free(this.#ctx, ptr));
+  }
+
+  /** Copies host bytes to device memory at dst + offsetBytes. */
+  upload(dst: DevicePtr, src: ArrayBufferView, offsetBytes = 0): void {
+    const target = offsetBytes === 0 ? dst : offset(dst, offsetBytes);
+    const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+    if (bytes.byteLength === 0) return;
+    this.#check(
+      "dl_copy_to_device",
+      this.#lib.dl_copy_to_device(
+        this.#ctx,
+        target,
+        Deno.UnsafePointer.of(bytes),
+        BigInt(bytes.byteLength),
+      ),
+    );
+  }
+
+  /** Copies device bytes at src + offsetBytes into a host view (its whole length). */
+  download(dst: ArrayBufferView, src: DevicePtr, offsetBytes = 0): void {
+    const source = offsetBytes === 0 ? src : offset(src, offsetBytes);
+    const bytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+    if (bytes.byteLength === 0) return;
+    this.#check(
+      "dl_copy_to_host",
+      this.#lib.dl_copy_to_host(
+        this.#ctx,
+        Deno.UnsafePointer.of(bytes),
+        source,
+        BigInt(bytes.byteLength),
+      ),
+    );
+  }
+
+  /**
+   * A Uint8Array aliasing device memory, for backends whose device memory is host memory (the CPU
+   * build): the loader reads weight files straight into it. Returns null on other backends.
+   */
+  hostView(ptr: DevicePtr, sizeBytes: number): Uint8Array | null {
+    if (!this.isHostMemory) return null;
+    if (sizeBytes === 0) return new Uint8Array(0);
+    return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, sizeBytes));
+  }
+
+  convert(dst: DevicePtr, dstDtype: DTypeId, src: DevicePtr, srcDtype: DTypeId, n: number): void {
+    this.#check(
+      "dl_convert",
+      this.#lib.dl_convert(this.#ctx, dst, dstDtype, src, srcDtype, BigInt(n)),
+    );
+  }
+
+  embedding(
+    args: {
+      out: DevicePtr;
+      table: DevicePtr;
+      tableDtype: DTypeId;
+      tokenIds: DevicePtr;
+      numTokens: number;
+      vocabSize: number;
+      dim: number;
+    },
+  ): void {
+    const a = args;
+    this.#check(
+      "dl_embedding",
+      this.#lib.dl_embedding(
+        this.#ctx,
+        a.out,
+        a.table,
+        a.tableDtype,
+        a.tokenIds,
+        a.numTokens,
+        a.vocabSize,
+        a.dim,
+      ),
+    );
+  }
+
+  rmsnorm(
+    args: {
+      out: DevicePtr;
+      x: DevicePtr;
+      weight: DevicePtr;
+      numTokens: number;
+      dim: number;
+      eps: number;
+    },
+  ): void {
+    const a = args;
+    this.#check(
+      "dl_rmsnorm",
+      this.#lib.dl_rmsnorm(this.#ctx, a.out, a.x, a.weight, a.numTokens, a.dim, a.eps),
+    );
+  }
+
+  matmul(a: MatmulArgs): void {
+    this.#check(
+      "dl_matmul",
+      this.#lib.dl_matmul(this.#ctx, a.out, a.x, a.w, a.wDtype, a.bias ?? null, a.m, a.n, a.k),
+    );
+  }
+
+  rope(a: RopeArgs): void {
+    this.#check(
+      "dl_rope",
+      this.#lib.dl_rope(
+        this.#ctx,
+        a.x,
+        a.positions,
+        a.invFreq,
+        a.numTokens,
+        a.numHeads,
+        a.headDim,
+        a.rotaryDim,
+        a.rowStride,
+        a.style,
+      ),
+    );
+  }
+
+  siluMul(args: { out: DevicePtr; gateUp: DevicePtr; numTokens: number; dim: number }): void {
+    const a = args;
+    this.#check(
+      "dl_silu_mul",
+      this.#lib.dl_silu_mul(this.#ctx, a.out, a.gateUp, a.numTokens, a.dim),
+    );
+  }
+
+  add(args: { out: DevicePtr; a: DevicePtr; b: DevicePtr; numElements: number }): void {
+    this.#check(
+      "dl_add",
+      this.#lib.dl_add(this.#ctx, args.out, args.a, args.b, BigInt(args.numElements)),
+    );
+  }
+
+  gatherRows(
+    args: {
+      out: DevicePtr;
+      x: DevicePtr;
+      rows: DevicePtr;
+      numRows: number;
+      numSrcRows: number;
+      dim: number;
+    },
+  ): void {
+    const a = args;
+    this.#check(
+      "dl_gather_rows",
+      this.#lib.dl_gather_rows(this.#ctx, a.out, a.x, a.rows, a.numRows, a.numSrcRows, a.dim),
+    );
+  }
+
+  kvWrite(a: KvWriteArgs): void {
+    this.#check(
+      "dl_kv_write",
+      this.#lib.dl_kv_write(
+        this.#ctx,
+        a.kCache,
+        a.vCache,
+        a.cacheDtype,
+        a.k,
+        a.v,
+        a.slotMapping,
+        a.numTokens,
+        a.numKvHeads,
+        a.headDim,
+        a.rowStride,
+        a.blockSize,
+        a.numBlocks,
+      ),
+    );
+  }
+
+  pagedAttention(a: AttentionArgs): void {
+    this.#check(
+      "dl_paged_attention",
+      this.#lib.dl_paged_attention(
+        this.#ctx,
+        a.out,
+        a.q,
+        a.kCache,
+        a.vCache,
+        a.cacheDtype,
+        a.blockTables,
+        a.seqLens,
+        a.queryStart,
+        a.numSeqs,
+        a.numTokens,
+        a.numHeads,
+        a.numKvHeads,
+        a.headDim,
+        a.qRowStride,
+        a.blockSize,
+        a.maxBlocksPerSeq,
+        a.numBlocks,
+        a.scale,
+      ),
+    );
+  }
+}
+
+/** ptr + bytes, for addressing into a larger device allocation. */
+export function offset(ptr: DevicePtr, bytes: number): DevicePtr {
+  if (bytes === 0) return ptr;
+  const moved = Deno.UnsafePointer.offset(ptr, bytes);
+  if (moved === null) throw new RangeError(`Pointer offset ${bytes} produced a null pointer`);
+  return moved;
+}

@@ -1,0 +1,45 @@
+// denollm command line: a thin dispatcher over the subcommands in src/cli/.
+import { LibraryLoadError, NativeError } from "./ffi/native.ts";
+import { GENERATE_USAGE, runGenerate, UsageError } from "./src/cli/generate.ts";
+import { ModelFormatError } from "./src/formats/errors.ts";
+import { ContextLengthError } from "./src/generate.ts";
+import { TokenizerError } from "./src/tokenizer/tokenizer.ts";
+
+const USAGE = `Usage: denollm <command> [options]
+
+Commands:
+  generate   generate text from a prompt (denollm generate --help)
+`;
+
+/** Errors the user can act on get one clear line; anything else is a bug and keeps its stack. */
+function isUserFacing(error: unknown): boolean {
+  return error instanceof UsageError || error instanceof ModelFormatError ||
+    error instanceof TokenizerError || error instanceof ContextLengthError ||
+    error instanceof LibraryLoadError || error instanceof NativeError ||
+    error instanceof RangeError;
+}
+
+async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  try {
+    switch (command) {
+      case "generate":
+        await runGenerate(rest);
+        return 0;
+      case undefined:
+      case "-h":
+      case "--help":
+        console.log(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`Unknown command "${command}"`);
+    }
+  } catch (error) {
+    if (!isUserFacing(error)) throw error;
+    console.error(`error: ${(error as Error).message}`);
+    if (error instanceof UsageError) console.error(command === "generate" ? GENERATE_USAGE : USAGE);
+    return error instanceof UsageError ? 2 : 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,166 @@
+// `denollm generate`: loads a model, streams one completion to stdout; logs go to stderr.
+import { parseArgs } from "node:util";
+import { NativeBackend } from "../../ffi/native.ts";
+import { generate } from "../generate.ts";
+import { KvCache } from "../kv/kv_cache.ts";
+import { loadModel } from "../model/load.ts";
+import { validateSamplingParams } from "../sampling.ts";
+import { renderChat } from "../tokenizer/chat_template.ts";
+
+export const GENERATE_USAGE = `Usage: denollm generate --model PATH --prompt TEXT [options]
+
+  --model PATH         Hugging Face model directory or .gguf file (required)
+  --prompt TEXT        prompt text (required)
+  --max-tokens N       tokens to generate (default 128)
+  --temperature T      0 = greedy (default 0)
+  --top-k K            keep the K most likely tokens (default 0 = off)
+  --top-p P            nucleus sampling threshold (default 1 = off)
+  --min-p P            drop tokens below P x the top probability (default 0 = off)
+  --seed S             random seed (default: random)
+  --stop STR           stop string, repeatable; not included in the output
+  --chat               apply the model's chat template to the prompt (as one user message)
+  --ignore-eos         keep generating past end-of-sequence tokens
+  --threads N          CPU threads (default: all cores)
+  --kv-cache-memory B  KV cache bytes (default: enough for the model's context, at most 1 GiB)
+  --library PATH       native library to load (default build/libdenollm_cpu.so)
+`;
+
+/** A bad command line: printed with the usage, exit code 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+function parseNumber(flag: string, value: string | undefined, fallback: number, integer = false) {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`--${flag} expects ${integer ? "an integer" : "a number"}, got "${value}"`);
+  }
+  return n;
+}
+
+export async function runGenerate(args: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        model: { type: "string" },
+        prompt: { type: "string" },
+        "max-tokens": { type: "string" },
+        temperature: { type: "string" },
+        "top-k": { type: "string" },
+        "top-p": { type: "string" },
+        "min-p": { type: "string" },
+        seed: { type: "string" },
+        stop: { type: "string", multiple: true },
+        chat: { type: "boolean" },
+        "ignore-eos": { type: "boolean" },
+        threads: { type: "string" },
+        "kv-cache-memory": { type: "string" },
+        library: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) {
+    console.log(GENERATE_USAGE);
+    return;
+  }
+  if (!v.model) throw new UsageError("--model is required");
+  if (v.prompt === undefined) throw new UsageError("--prompt is required");
+  const maxTokens = parseNumber("max-tokens", v["max-tokens"], 128, true);
+  if (maxTokens < 1) throw new UsageError(`--max-tokens must be at least 1, got ${maxTokens}`);
+  const sampling = {
+    temperature: parseNumber("temperature", v.temperature, 0),
+    topK: parseNumber("top-k", v["top-k"], 0, true),
+    topP: parseNumber("top-p", v["top-p"], 1),
+    minP: parseNumber("min-p", v["min-p"], 0),
+    seed: v.seed === undefined ? undefined : parseNumber("seed", v.seed, 0, true),
+  };
+  try {
+    validateSamplingParams(sampling);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const threads = parseNumber("threads", v.threads, 0, true);
+
+  const backend = NativeBackend.open({ numThreads: threads, libraryPath: v.library });
+  try {
+    const loaded = await loadModel(backend, v.model);
+    const c = loaded.config;
+    console.error(
+      `loaded ${loaded.format} model ${v.model}: ${c.architecture}, ${c.numLayers} layers, ` +
+        `hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ${
+          (loaded.model.weights.sizeBytes / 1e6).toFixed(1)
+        } MB in ${loaded.loadMs.toFixed(0)} ms`,
+    );
+    const kvMemory = parseNumber("kv-cache-memory", v["kv-cache-memory"], 0, true);
+    const blockSize = 16;
+    const kv = new KvCache(backend, c, {
+      blockSize,
+      ...(kvMemory > 0 ? { memoryBytes: kvMemory } : {
+        numBlocks: Math.ceil(Math.min(c.maxPositionEmbeddings, 1 << 16) / blockSize),
+      }),
+    });
+    try {
+      let promptText = v.prompt;
+      let parseSpecial = false;
+      if (v.chat) {
+        if (loaded.chatTemplate === null) {
+          throw new UsageError(`--chat: the model at ${v.model} has no chat template`);
+        }
+        promptText = renderChat(loaded.chatTemplate, [{ role: "user", content: v.prompt }], {
+          addGenerationPrompt: true,
+          bosToken: loaded.tokenizer.bosId === undefined
+            ? ""
+            : loaded.tokenizer.tokenText(loaded.tokenizer.bosId) ?? "",
+        });
+        parseSpecial = true;
+      }
+      // A rendered template already spells out BOS when the model wants it.
+      const promptIds = loaded.tokenizer.encode(promptText, {
+        addSpecial: !v.chat || !promptText.startsWith(
+          loaded.tokenizer.tokenText(loaded.tokenizer.bosId ?? -1) ?? "\u0000",
+        ),
+        parseSpecial,
+      });
+      const encoder = new TextEncoder();
+      const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+        promptIds,
+        maxTokens,
+        sampling,
+        stopStrings: v.stop ?? [],
+        ignoreEos: v["ignore-eos"] ?? false,
+      });
+      let step = stream.next();
+      while (!step.done) {
+        if (step.value.text) await Deno.stdout.write(encoder.encode(step.value.text));
+        step = stream.next();
+      }
+      const r = step.value;
+      await Deno.stdout.write(encoder.encode("\n"));
+      const decodeTokens = Math.max(r.tokenIds.length - 1, 0);
+      console.error(
+        `prompt ${r.numPromptTokens} tokens in ${r.prefillMs.toFixed(1)} ms (${
+          (r.numPromptTokens / (r.prefillMs / 1000)).toFixed(1)
+        } tok/s), generated ${r.tokenIds.length} tokens, decode ${
+          decodeTokens > 0 ? (decodeTokens / (r.decodeMs / 1000)).toFixed(1) : "-"
+        } tok/s, finish reason ${r.finishReason}`,
+      );
+    } finally {
+      kv.release();
+      loaded.release();
+    }
+  } finally {
+    backend.close();
+  }
+}

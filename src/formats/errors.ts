@@ -1,0 +1,13 @@
+// The one error class model file readers throw for a malformed, truncated or unsupported file.
+
+/** A model file is missing, malformed or uses something we do not support; `file` names it. */
+export class ModelFormatError extends Error {
+  /** Path of the offending file (or directory, when a whole layout is missing). */
+  readonly file: string;
+
+  constructor(file: string, detail: string, options?: ErrorOptions) {
+    super(`${file}: ${detail}`, options);
+    this.name = "ModelFormatError";
+    this.file = file;
+  }
+}

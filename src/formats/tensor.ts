@@ -1,0 +1,137 @@
+// Tensor descriptors shared by the safetensors and GGUF readers, and reading tensor bytes from disk.
+
+import { ModelFormatError } from "./errors.ts";
+
+/** Element types the inference kernels accept; everything else is rejected at load time. */
+export type DType = "F32" | "F16" | "BF16";
+
+/** Where one tensor's raw little-endian bytes live on disk. */
+export interface TensorInfo {
+  name: string;
+  dtype: DType;
+  /** Outermost dimension first (PyTorch order), so `shape[0]` is the number of rows. */
+  shape: number[];
+  file: string;
+  /** Absolute byte offset of the first element in `file`. */
+  byteOffset: number;
+  byteLength: number;
+}
+
+const DTYPE_BYTE_SIZES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };
+
+// One read() call is capped because Linux read(2) returns at most ~2 GiB anyway and a bounded
+// chunk keeps each call's latency predictable.
+const MAX_READ_BYTES = 256 * 1024 * 1024;
+
+/** True when `name` is one of the supported dtypes. */
+export function isDType(name: unknown): name is DType {
+  return typeof name === "string" && Object.hasOwn(DTYPE_BYTE_SIZES, name);
+}
+
+/** Bytes per element of `dtype`. */
+export function dtypeByteSize(dtype: DType): number {
+  if (!isDType(dtype)) {
+    throw new TypeError(`Expected a dtype of F32, F16 or BF16, found ${JSON.stringify(dtype)}`);
+  }
+  return DTYPE_BYTE_SIZES[dtype];
+}
+
+/** Number of elements of a tensor with `shape` (1 for a scalar with shape []). */
+export function numElements(shape: readonly number[]): number {
+  let count = 1;
+  for (const dim of shape) {
+    if (!Number.isSafeInteger(dim) || dim < 0) {
+      throw new RangeError(`Expected non-negative integer dimensions, found shape [${shape}]`);
+    }
+    count *= dim;
+  }
+  if (!Number.isSafeInteger(count)) {
+    throw new RangeError(`Expected a shape with a safe-integer element count, found [${shape}]`);
+  }
+  return count;
+}
+
+/**
+ * Reads into `dst` from `position` until `dst` is full or the file ends; returns the number of
+ * bytes read. Reads go straight into `dst`, which may be a view on native memory.
+ */
+export async function readFileAt(
+  file: Deno.FsFile,
+  position: number,
+  dst: Uint8Array,
+): Promise<number> {
+  await file.seek(position, Deno.SeekMode.Start);
+  let done = 0;
+  while (done < dst.byteLength) {
+    const end = Math.min(dst.byteLength, done + MAX_READ_BYTES);
+    const n = await file.read(dst.subarray(done, end));
+    if (n === null) break;
+    done += n;
+  }
+  return done;
+}
+
+/** Opens `path` for reading, turning "not found" into a ModelFormatError that names the file. */
+export async function openModelFile(path: string): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new ModelFormatError(path, "file not found", { cause: err });
+    }
+    throw err;
+  }
+}
+
+/** Keeps model files open across many tensor reads; close it (or `using` it) when done. */
+export class TensorFileReader {
+  #files = new Map<string, Deno.FsFile>();
+
+  /** Reads `info`'s bytes into `dst`, which must be exactly `info.byteLength` bytes long. */
+  async read(info: TensorInfo, dst: Uint8Array): Promise<void> {
+    if (dst.byteLength !== info.byteLength) {
+      throw new RangeError(
+        `Expected a ${info.byteLength}-byte buffer for tensor ${info.name}, ` +
+          `found ${dst.byteLength} bytes`,
+      );
+    }
+    let file = this.#files.get(info.file);
+    if (file === undefined) {
+      file = await openModelFile(info.file);
+      this.#files.set(info.file, file);
+    }
+    const numRead = await readFileAt(file, info.byteOffset, dst);
+    if (numRead !== info.byteLength) {
+      throw new ModelFormatError(
+        info.file,
+        `expected ${info.byteLength} bytes for tensor ${info.name} at offset ${info.byteOffset}, ` +
+          `found only ${numRead} before the end of the file`,
+      );
+    }
+  }
+
+  /** Closes every file this reader opened. */
+  close(): void {
+    for (const file of this.#files.values()) file.close();
+    this.#files.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** One-shot read of a tensor's bytes into `dst` (opens and closes its file). */
+export async function readTensorBytes(info: TensorInfo, dst: Uint8Array): Promise<void> {
+  using reader = new TensorFileReader();
+  await reader.read(info, dst);
+}
+
+/** Writes all of `data` to `file`, looping over partial writes. */
+export async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < data.byteLength) {
+    const end = Math.min(data.byteLength, done + MAX_READ_BYTES);
+    done += await file.write(data.subarray(done, end));
+  }
+}

@@ -1,0 +1,243 @@
+// Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
+// gate/up fused into one matrix each, norms and biases in f32, weights otherwise in their own dtype.
+import { DType, type DTypeId, type DevicePtr, type NativeBackend, offset } from "../../ffi/native.ts";
+import { ModelFormatError } from "../formats/errors.ts";
+import { readTensorBytes, type TensorInfo } from "../formats/tensor.ts";
+import type { ModelConfig } from "./config.ts";
+
+/** A weight matrix on the device: [rows, cols] of dtype. */
+export interface DeviceMatrix {
+  ptr: DevicePtr;
+  dtype: DTypeId;
+  rows: number;
+  cols: number;
+}
+
+export interface LayerWeights {
+  attnNorm: DevicePtr; // [hidden] f32
+  qkv: DeviceMatrix; // [(num_heads + 2 * num_kv_heads) * head_dim, hidden]
+  qkvBias: DevicePtr | null; // [(num_heads + 2 * num_kv_heads) * head_dim] f32
+  o: DeviceMatrix; // [hidden, num_heads * head_dim]
+  ffnNorm: DevicePtr; // [hidden] f32
+  gateUp: DeviceMatrix; // [2 * intermediate, hidden]: gate rows, then up rows
+  down: DeviceMatrix; // [hidden, intermediate]
+}
+
+export interface ModelWeights {
+  embed: DeviceMatrix; // [vocab, hidden]
+  layers: LayerWeights[];
+  finalNorm: DevicePtr; // [hidden] f32
+  lmHead: DeviceMatrix; // [vocab, hidden]; the embedding itself when tied
+  /** Every allocation, for release. */
+  allocations: DevicePtr[];
+  sizeBytes: number;
+}
+
+/** Canonical (Hugging Face) tensor names; GGUF names are mapped onto these by their source. */
+export function layerTensorName(layer: number, suffix: string): string {
+  return `model.layers.${layer}.${suffix}`;
+}
+
+const DTYPE_IDS: Record<TensorInfo["dtype"], DTypeId> = {
+  F32: DType.F32,
+  F16: DType.F16,
+  BF16: DType.BF16,
+};
+
+function elementSize(dtype: DTypeId): number {
+  return dtype === DType.F32 ? 4 : 2;
+}
+
+export interface LoadWeightsOptions {
+  /** Called after each tensor with bytes read so far and in total. */
+  onProgress?: (loadedBytes: number, totalBytes: number) => void;
+}
+
+/** Loads and validates every tensor the config calls for. */
+export async function loadWeights(
+  backend: NativeBackend,
+  config: ModelConfig,
+  tensors: Map<string, TensorInfo>,
+  options: LoadWeightsOptions = {},
+): Promise<ModelWeights> {
+  const loader = new WeightLoader(backend, tensors, options.onProgress);
+  try {
+    return await loader.loadAll(config);
+  } catch (error) {
+    loader.releaseAll();
+    throw error;
+  }
+}
+
+class WeightLoader {
+  #backend: NativeBackend;
+  #tensors: Map<string, TensorInfo>;
+  #onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  #allocations: DevicePtr[] = [];
+  #sizeBytes = 0;
+  #loadedBytes = 0;
+  #totalBytes = 0;
+
+  constructor(
+    backend: NativeBackend,
+    tensors: Map<string, TensorInfo>,
+    onProgress?: (loadedBytes: number, totalBytes: number) => void,
+  ) {
+    this.#backend = backend;
+    this.#tensors = tensors;
+    this.#onProgress = onProgress;
+    for (const info of tensors.values()) this.#totalBytes += info.byteLength;
+  }
+
+  async loadAll(c: ModelConfig): Promise<ModelWeights> {
+    const qDim = c.numHeads * c.headDim;
+    const kvDim = c.numKvHeads * c.headDim;
+    const embed = await this.#matrix(["model.embed_tokens.weight"], c.vocabSize, c.hiddenSize);
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const name = (suffix: string) => layerTensorName(l, suffix);
+      layers.push({
+        attnNorm: await this.#vector(name("input_layernorm.weight"), c.hiddenSize),
+        qkv: await this.#fused(
+          [name("self_attn.q_proj.weight"), name("self_attn.k_proj.weight"), name(
+            "self_attn.v_proj.weight",
+          )],
+          [qDim, kvDim, kvDim],
+          c.hiddenSize,
+        ),
+        qkvBias: c.attentionBias
+          ? await this.#fusedVector(
+            [name("self_attn.q_proj.bias"), name("self_attn.k_proj.bias"), name(
+              "self_attn.v_proj.bias",
+            )],
+            [qDim, kvDim, kvDim],
+          )
+          : null,
+        o: await this.#matrix([name("self_attn.o_proj.weight")], c.hiddenSize, qDim),
+        ffnNorm: await this.#vector(name("post_attention_layernorm.weight"), c.hiddenSize),
+        gateUp: await this.#fused(
+          [name("mlp.gate_proj.weight"), name("mlp.up_proj.weight")],
+          [c.intermediateSize, c.intermediateSize],
+          c.hiddenSize,
+        ),
+        down: await this.#matrix([name("mlp.down_proj.weight")], c.hiddenSize, c.intermediateSize),
+      });
+    }
+    const finalNorm = await this.#vector("model.norm.weight", c.hiddenSize);
+    // Some checkpoints say tie_word_embeddings yet still ship lm_head; use it when present.
+    const lmHead = this.#tensors.has("lm_head.weight")
+      ? await this.#matrix(["lm_head.weight"], c.vocabSize, c.hiddenSize)
+      : c.tieWordEmbeddings
+      ? embed
+      : this.#missing("lm_head.weight");
+    return {
+      embed,
+      layers,
+      finalNorm,
+      lmHead,
+      allocations: this.#allocations,
+      sizeBytes: this.#sizeBytes,
+    };
+  }
+
+  releaseAll(): void {
+    for (const ptr of this.#allocations) this.#backend.free(ptr);
+    this.#allocations = [];
+  }
+
+  #missing(name: string): never {
+    const anyInfo = this.#tensors.values().next().value;
+    throw new ModelFormatError(anyInfo?.file ?? "model", `missing tensor ${name}`);
+  }
+
+  #info(name: string, shape: number[]): TensorInfo {
+    const info = this.#tensors.get(name) ?? this.#missing(name);
+    const matches = info.shape.length === shape.length && info.shape.every((d, i) => d === shape[i]);
+    if (!matches) {
+      throw new ModelFormatError(
+        info.file,
+        `tensor ${name} has shape [${info.shape.join(", ")}], expected [${
+          shape.join(", ")
+        }] from the model config`,
+      );
+    }
+    return info;
+  }
+
+  #alloc(sizeBytes: number): DevicePtr {
+    const ptr = this.#backend.alloc(sizeBytes);
+    this.#allocations.push(ptr);
+    this.#sizeBytes += sizeBytes;
+    return ptr;
+  }
+
+  /** Copies one tensor into device memory at dst, converting to dstDtype if it differs. */
+  async #copy(info: TensorInfo, dst: DevicePtr, dstDtype: DTypeId): Promise<void> {
+    const srcDtype = DTYPE_IDS[info.dtype];
+    const numElements = info.shape.reduce((a, b) => a * b, 1);
+    if (srcDtype === dstDtype) {
+      // The CPU build's device memory is host memory: read the file straight into it.
+      const view = this.#backend.hostView(dst, info.byteLength);
+      if (view !== null) {
+        await readTensorBytes(info, view);
+      } else {
+        const staging = new Uint8Array(info.byteLength);
+        await readTensorBytes(info, staging);
+        this.#backend.upload(dst, staging);
+      }
+    } else {
+      const staging = this.#backend.alloc(info.byteLength);
+      try {
+        await this.#copy(info, staging, srcDtype);
+        this.#loadedBytes -= info.byteLength; // counted once, below
+        this.#backend.convert(dst, dstDtype, staging, srcDtype, numElements);
+      } finally {
+        this.#backend.free(staging);
+      }
+    }
+    this.#loadedBytes += info.byteLength;
+    this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
+  }
+
+  /** Stacks the row blocks of several [rows_i, cols] tensors into one matrix. */
+  async #fused(names: string[], rows: number[], cols: number): Promise<DeviceMatrix> {
+    const infos = names.map((name, i) => this.#info(name, [rows[i], cols]));
+    // One common dtype keeps the fused GEMM simple; mixed checkpoints fall back to f32.
+    const first = DTYPE_IDS[infos[0].dtype];
+    const dtype = infos.every((info) => DTYPE_IDS[info.dtype] === first) ? first : DType.F32;
+    const totalRows = rows.reduce((a, b) => a + b, 0);
+    const ptr = this.#alloc(totalRows * cols * elementSize(dtype));
+    let rowOffset = 0;
+    for (let i = 0; i < infos.length; i++) {
+      await this.#copy(infos[i], offset(ptr, rowOffset * cols * elementSize(dtype)), dtype);
+      rowOffset += rows[i];
+    }
+    return { ptr, dtype, rows: totalRows, cols };
+  }
+
+  #matrix(names: string[], rows: number, cols: number): Promise<DeviceMatrix> {
+    return this.#fused(names, [rows], cols);
+  }
+
+  /** Concatenates 1-D tensors into one f32 vector. */
+  async #fusedVector(names: string[], lengths: number[]): Promise<DevicePtr> {
+    const total = lengths.reduce((a, b) => a + b, 0);
+    const ptr = this.#alloc(total * 4);
+    let at = 0;
+    for (let i = 0; i < names.length; i++) {
+      await this.#copy(this.#info(names[i], [lengths[i]]), offset(ptr, at * 4), DType.F32);
+      at += lengths[i];
+    }
+    return ptr;
+  }
+
+  #vector(name: string, length: number): Promise<DevicePtr> {
+    return this.#fusedVector([name], [length]);
+  }
+}
+
+/** Frees every allocation of loaded weights. */
+export function releaseWeights(backend: NativeBackend, weights: ModelWeights): void {
+  for (const ptr of weights.allocations) backend.free(ptr);
+  weights.allocations.length = 0;
+}

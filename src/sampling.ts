@@ -1,0 +1,111 @@
+// Turns one row of logits into a token: greedy, or temperature with top-k, top-p and min-p
+// filtering, from a seeded generator so the same seed gives the same output.
+
+export interface SamplingParams {
+  /** 0 means greedy (argmax). */
+  temperature: number;
+  /** Keep the k most likely tokens; 0 or less disables. */
+  topK: number;
+  /** Keep the smallest set whose probability reaches topP; 1 disables. */
+  topP: number;
+  /** Drop tokens whose probability is below minP times the top one; 0 disables. */
+  minP: number;
+  /** Seed of the generator; undefined draws one at random. */
+  seed?: number;
+}
+
+export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, minP: 0 };
+
+/** Checks ranges with messages naming the parameter and the value found. */
+export function validateSamplingParams(p: SamplingParams): void {
+  if (!Number.isFinite(p.temperature) || p.temperature < 0) {
+    throw new RangeError(`temperature must be a number >= 0, got ${p.temperature}`);
+  }
+  if (!Number.isInteger(p.topK)) throw new RangeError(`top_k must be an integer, got ${p.topK}`);
+  if (!(p.topP > 0 && p.topP <= 1)) throw new RangeError(`top_p must be in (0, 1], got ${p.topP}`);
+  if (!(p.minP >= 0 && p.minP <= 1)) throw new RangeError(`min_p must be in [0, 1], got ${p.minP}`);
+  if (p.seed !== undefined && !Number.isSafeInteger(p.seed)) {
+    throw new RangeError(`seed must be an integer, got ${p.seed}`);
+  }
+}
+
+/** Index of the largest value; the lowest index wins ties, as in llama.cpp's greedy sampler. */
+export function argmax(row: Float32Array): number {
+  let best = 0;
+  let bestValue = row[0];
+  for (let i = 1; i < row.length; i++) {
+    if (row[i] > bestValue) {
+      bestValue = row[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
+/** A small, fast, seedable PRNG (SplitMix32-style); uniform floats in [0, 1). */
+export class Rng {
+  #state: number;
+  constructor(seed: number) {
+    this.#state = (seed ^ 0x9e3779b9) >>> 0;
+  }
+  next(): number {
+    let z = (this.#state = (this.#state + 0x9e3779b9) >>> 0);
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return ((z ^ (z >>> 16)) >>> 0) / 4294967296;
+  }
+}
+
+/** Samples with one Sampler per sequence so each keeps its own random stream. */
+export class Sampler {
+  readonly params: SamplingParams;
+  #rng: Rng;
+
+  constructor(params: SamplingParams) {
+    validateSamplingParams(params);
+    this.params = params;
+    this.#rng = new Rng(params.seed ?? Math.floor(Math.random() * 2 ** 31));
+  }
+
+  sample(row: Float32Array): number {
+    const p = this.params;
+    if (p.temperature === 0 || p.topK === 1) return argmax(row);
+
+    // Candidates sorted by logit; top-k cuts the list before the softmax.
+    let ids = Array.from(row.keys()).filter((i) => Number.isFinite(row[i]));
+    if (ids.length === 0) return argmax(row);
+    ids.sort((a, b) => row[b] - row[a] || a - b);
+    if (p.topK > 0 && p.topK < ids.length) ids = ids.slice(0, p.topK);
+
+    const maxLogit = row[ids[0]];
+    let probs = ids.map((i) => Math.exp((row[i] - maxLogit) / p.temperature));
+    let sum = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((x) => x / sum);
+
+    let keep = probs.length;
+    if (p.topP < 1) {
+      let cumulative = 0;
+      for (let i = 0; i < probs.length; i++) {
+        cumulative += probs[i];
+        if (cumulative >= p.topP) {
+          keep = i + 1;
+          break;
+        }
+      }
+    }
+    if (p.minP > 0) {
+      const threshold = probs[0] * p.minP;
+      let count = 0;
+      while (count < keep && probs[count] >= threshold) count++;
+      keep = Math.max(1, count);
+    }
+    sum = 0;
+    for (let i = 0; i < keep; i++) sum += probs[i];
+    let r = this.#rng.next() * sum;
+    for (let i = 0; i < keep; i++) {
+      r -= probs[i];
+      if (r < 0) return ids[i];
+    }
+    return ids[keep - 1];
+  }
+}
