@@ -67,6 +67,8 @@ async function buildCpu(): Promise<void> {
     "-Wextra",
     "-static-libstdc++",
     "-static-libgcc",
+    // dlclose must not unmap code that idle OpenMP worker threads may still return into.
+    "-Wl,-z,nodelete",
     "-Iffi",
     ...sources,
     "-o",

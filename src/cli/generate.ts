@@ -1,9 +1,9 @@
 // `denollm generate`: loads a model, streams one completion to stdout; logs go to stderr.
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../../ffi/native.ts";
-import { generate } from "../generate.ts";
+import { generate, type GenerationRequest, type Generator } from "../generate.ts";
 import { KvCache } from "../kv/kv_cache.ts";
-import { loadModel } from "../model/load.ts";
+import { type LoadedModel, loadModel } from "../model/load.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import { renderChat } from "../tokenizer/chat_template.ts";
 
@@ -21,7 +21,7 @@ export const GENERATE_USAGE = `Usage: denollm generate --model PATH --prompt TEX
   --chat               apply the model's chat template to the prompt (as one user message)
   --ignore-eos         keep generating past end-of-sequence tokens
   --threads N          CPU threads (default: all cores)
-  --kv-cache-memory B  KV cache bytes (default: enough for the model's context, at most 1 GiB)
+  --kv-cache-memory B  KV cache bytes (default: just enough for the prompt and --max-tokens)
   --library PATH       native library to load (default build/libdenollm_cpu.so)
 `;
 
@@ -37,7 +37,9 @@ function parseNumber(flag: string, value: string | undefined, fallback: number, 
   if (value === undefined) return fallback;
   const n = Number(value);
   if (value.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-    throw new UsageError(`--${flag} expects ${integer ? "an integer" : "a number"}, got "${value}"`);
+    throw new UsageError(
+      `--${flag} expects ${integer ? "an integer" : "a number"}, got "${value}"`,
+    );
   }
   return n;
 }
@@ -96,71 +98,79 @@ export async function runGenerate(args: string[]): Promise<void> {
   const backend = NativeBackend.open({ numThreads: threads, libraryPath: v.library });
   try {
     const loaded = await loadModel(backend, v.model);
-    const c = loaded.config;
-    console.error(
-      `loaded ${loaded.format} model ${v.model}: ${c.architecture}, ${c.numLayers} layers, ` +
-        `hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ${
-          (loaded.model.weights.sizeBytes / 1e6).toFixed(1)
-        } MB in ${loaded.loadMs.toFixed(0)} ms`,
-    );
-    const kvMemory = parseNumber("kv-cache-memory", v["kv-cache-memory"], 0, true);
-    const blockSize = 16;
-    const kv = new KvCache(backend, c, {
-      blockSize,
-      ...(kvMemory > 0 ? { memoryBytes: kvMemory } : {
-        numBlocks: Math.ceil(Math.min(c.maxPositionEmbeddings, 1 << 16) / blockSize),
-      }),
-    });
     try {
-      let promptText = v.prompt;
-      let parseSpecial = false;
-      if (v.chat) {
-        if (loaded.chatTemplate === null) {
-          throw new UsageError(`--chat: the model at ${v.model} has no chat template`);
-        }
-        promptText = renderChat(loaded.chatTemplate, [{ role: "user", content: v.prompt }], {
-          addGenerationPrompt: true,
-          bosToken: loaded.tokenizer.bosId === undefined
-            ? ""
-            : loaded.tokenizer.tokenText(loaded.tokenizer.bosId) ?? "",
-        });
-        parseSpecial = true;
-      }
-      // A rendered template already spells out BOS when the model wants it.
-      const promptIds = loaded.tokenizer.encode(promptText, {
-        addSpecial: !v.chat || !promptText.startsWith(
-          loaded.tokenizer.tokenText(loaded.tokenizer.bosId ?? -1) ?? "\u0000",
-        ),
-        parseSpecial,
-      });
-      const encoder = new TextEncoder();
-      const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
-        promptIds,
-        maxTokens,
-        sampling,
-        stopStrings: v.stop ?? [],
-        ignoreEos: v["ignore-eos"] ?? false,
-      });
-      let step = stream.next();
-      while (!step.done) {
-        if (step.value.text) await Deno.stdout.write(encoder.encode(step.value.text));
-        step = stream.next();
-      }
-      const r = step.value;
-      await Deno.stdout.write(encoder.encode("\n"));
-      const decodeTokens = Math.max(r.tokenIds.length - 1, 0);
+      const c = loaded.config;
       console.error(
-        `prompt ${r.numPromptTokens} tokens in ${r.prefillMs.toFixed(1)} ms (${
-          (r.numPromptTokens / (r.prefillMs / 1000)).toFixed(1)
-        } tok/s), generated ${r.tokenIds.length} tokens, decode ${
-          decodeTokens > 0 ? (decodeTokens / (r.decodeMs / 1000)).toFixed(1) : "-"
-        } tok/s, finish reason ${r.finishReason}`,
+        `loaded ${loaded.format} model ${v.model}: ${c.architecture}, ${c.numLayers} layers, ` +
+          `hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ${
+            (loaded.model.weights.sizeBytes / 1e6).toFixed(1)
+          } MB in ${loaded.loadMs.toFixed(0)} ms`,
       );
+      const promptIds = promptTokens(loaded, v.prompt, v.chat === true);
+      const kvMemory = parseNumber("kv-cache-memory", v["kv-cache-memory"], 0, true);
+      const blockSize = 16;
+      // One sequence needs KV for its prompt and output only, unless a budget is given.
+      const kv = new KvCache(backend, c, {
+        blockSize,
+        ...(kvMemory > 0 ? { memoryBytes: kvMemory } : {
+          numBlocks: Math.ceil(
+            Math.min(promptIds.length + maxTokens, c.maxPositionEmbeddings) / blockSize,
+          ),
+        }),
+      });
+      try {
+        await streamCompletion({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+          promptIds,
+          maxTokens,
+          sampling,
+          stopStrings: v.stop ?? [],
+          ignoreEos: v["ignore-eos"] ?? false,
+        });
+      } finally {
+        kv.release();
+      }
     } finally {
-      kv.release();
       loaded.release();
     }
   } finally {
     backend.close();
   }
+}
+
+/** Tokenizes the prompt, through the chat template when asked. */
+function promptTokens(loaded: LoadedModel, prompt: string, chat: boolean): number[] {
+  const tok = loaded.tokenizer;
+  if (!chat) return tok.encode(prompt);
+  if (loaded.chatTemplate === null) {
+    throw new UsageError(`--chat: the model at ${loaded.path} has no chat template`);
+  }
+  const bosText = tok.bosId === undefined ? "" : tok.tokenText(tok.bosId) ?? "";
+  const text = renderChat(loaded.chatTemplate, [{ role: "user", content: prompt }], {
+    addGenerationPrompt: true,
+    bosToken: bosText,
+  });
+  // The template spells out BOS itself when the model wants one; its control tokens are parsed.
+  const templateHasBos = bosText !== "" && text.startsWith(bosText);
+  return tok.encode(text, { addSpecial: !templateHasBos, parseSpecial: true });
+}
+
+/** Writes the completion to stdout as it is generated, then a summary line to stderr. */
+async function streamCompletion(g: Generator, request: GenerationRequest): Promise<void> {
+  const encoder = new TextEncoder();
+  const stream = generate(g, request);
+  let step = stream.next();
+  while (!step.done) {
+    if (step.value.text) await Deno.stdout.write(encoder.encode(step.value.text));
+    step = stream.next();
+  }
+  const r = step.value;
+  await Deno.stdout.write(encoder.encode("\n"));
+  const decodeTokens = Math.max(r.tokenIds.length - 1, 0);
+  console.error(
+    `prompt ${r.numPromptTokens} tokens in ${r.prefillMs.toFixed(1)} ms (${
+      (r.numPromptTokens / (r.prefillMs / 1000)).toFixed(1)
+    } tok/s), generated ${r.tokenIds.length} tokens, decode ${
+      decodeTokens > 0 ? (decodeTokens / (r.decodeMs / 1000)).toFixed(1) : "-"
+    } tok/s, finish reason ${r.finishReason}`,
+  );
 }
