@@ -407,8 +407,17 @@ Deno.test("kv_write stores K and V heads at their slots in every cache dtype, sk
         // Fused QKV rows: [q (numHeads * headDim) | k | v], k and v pointing into the same buffer.
         const rowStride = (numHeads + 2 * numKvHeads) * headDim;
         const qkv = ref.randomF32(rand, numTokens * rowStride);
-        const slots = Int32Array.from({ length: numTokens }, (_, t) => t % 6 === 5 ? -1 : t * 2 + 1);
-        slots[1] = numBlocks * blockSize - 1;
+        // Distinct slots (a shuffled prefix of all of them), the last slot included, every sixth
+        // token padding.
+        const numSlots = numBlocks * blockSize;
+        const order = Array.from({ length: numSlots }, (_, i) => i);
+        for (let i = numSlots - 1; i > 0; i--) {
+          const j = ref.randomInt(rand, 0, i);
+          [order[i], order[j]] = [order[j], order[i]];
+        }
+        const last = order.indexOf(numSlots - 1);
+        [order[1], order[last]] = [order[last], order[1]];
+        const slots = Int32Array.from({ length: numTokens }, (_, t) => t % 6 === 5 ? -1 : order[t]);
         const cacheLength = numBlocks * numKvHeads * blockSize * headDim;
         const initial = randomStored(rand, cacheLength, dtype);
         const kCache = b.from(initial.stored), vCache = b.from(initial.stored);

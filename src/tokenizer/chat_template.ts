@@ -55,7 +55,9 @@ export function selectChatTemplate(
   return entry.template;
 }
 
+// Parsed templates by source text; a model has one or two, so a small cap is plenty.
 const compiled = new Map<string, Template>();
+const MAX_COMPILED = 16;
 
 /** Renders `messages` with `source` (see {@link selectChatTemplate}) into the prompt text. */
 export function renderChat(
@@ -79,6 +81,7 @@ export function renderChat(
         cause: error,
       });
     }
+    if (compiled.size >= MAX_COMPILED) compiled.delete(compiled.keys().next().value!);
     compiled.set(text, template);
   }
   try {
