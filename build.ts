@@ -20,7 +20,11 @@ async function run(cmd: string, args: string[]): Promise<void> {
 /** Whether an executable can be started at all. */
 async function hasTool(cmd: string): Promise<boolean> {
   try {
-    const { code } = await new Deno.Command(cmd, { args: ["--version"], stdout: "null", stderr: "null" })
+    const { code } = await new Deno.Command(cmd, {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
       .output();
     return code === 0;
   } catch {

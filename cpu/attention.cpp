@@ -9,7 +9,7 @@
 // --- Kernels
 
 // dst[n] = src[n] widened to f32 (f16 or bf16 cache blocks).
-__attribute__((target_clones("avx512f", "avx2,fma", "default")))
+DL_TARGET_CLONES
 static void widen(float* dst, const uint16_t* src, int64_t n, int32_t dtype) {
   if (dtype == DL_DTYPE_F16) {
 #pragma omp simd
@@ -23,7 +23,7 @@ static void widen(float* dst, const uint16_t* src, int64_t n, int32_t dtype) {
 // One cache tile for the `group` query heads that share a KV head (flash-attention update):
 // scores s = scale * q·k, then with the new running max m' = max(m, max s):
 // l = l * exp(m - m') + sum exp(s - m'), acc = acc * exp(m - m') + sum exp(s - m') v.
-__attribute__((target_clones("avx512f", "avx2,fma", "default")))
+DL_TARGET_CLONES
 static void attend_tile(const float* q,  // [group, head_dim]
                         const float* k,  // [num_keys, head_dim]
                         const float* v,  // [num_keys, head_dim]

@@ -79,6 +79,15 @@ inline size_t dl_dtype_size(int32_t dtype) { return dtype == DL_DTYPE_F32 ? 4 : 
     if (dl_status_ != DL_OK) return dl_status_; \
   } while (0)
 
+// --- Instruction sets
+
+// Clones a hot loop for AVX-512 and AVX2 with a runtime pick (ifunc); elsewhere it builds as is.
+#if defined(__x86_64__)
+#define DL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define DL_TARGET_CLONES
+#endif
+
 // --- Threads
 
 // Small kernels stay on the calling thread: waking a team costs more than the work.

@@ -1,5 +1,7 @@
 // Linear layer out = x · wᵀ (+ bias) with f32, f16 or bf16 weights widened in registers, f32 accumulation.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.h"
 #include "half.h"
@@ -137,15 +139,22 @@ struct WLoad<DL_DTYPE_BF16> {
 
 enum class Isa { generic, avx2, avx512 };
 
+// The best path this CPU runs. DENOLLM_CPU_ISA=generic|avx2 picks a lower one, so the tests can
+// cover every path on one machine; it is read once, at the first matmul.
 static Isa detect_isa() {
+  Isa best = Isa::generic;
 #ifdef DL_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    return Isa::avx2;
+  if (__builtin_cpu_supports("avx512f")) {
+    best = Isa::avx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    best = Isa::avx2;
   }
 #endif
-  return Isa::generic;
+  const char* wanted = std::getenv("DENOLLM_CPU_ISA");
+  if (wanted != nullptr && std::strcmp(wanted, "generic") == 0) return Isa::generic;
+  if (wanted != nullptr && std::strcmp(wanted, "avx2") == 0 && best == Isa::avx512) return Isa::avx2;
+  return best;
 }
 
 extern "C" DL_API int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,

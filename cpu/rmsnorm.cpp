@@ -6,7 +6,7 @@
 // --- Kernel
 
 // Like llama.cpp's CPU rms_norm: squares summed in double, the scale applied in f32.
-__attribute__((target_clones("avx512f", "avx2,fma", "default")))
+DL_TARGET_CLONES
 static void rmsnorm_row(float* out, const float* x, const float* weight, int32_t dim, float eps) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)

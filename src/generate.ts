@@ -58,7 +58,9 @@ function checkRequest(g: Generator, r: GenerationRequest): void {
   }
   const vocab = g.model.config.vocabSize;
   const bad = r.promptIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocab);
-  if (bad !== undefined) throw new RangeError(`Token id ${bad} is outside the vocabulary [0, ${vocab})`);
+  if (bad !== undefined) {
+    throw new RangeError(`Token id ${bad} is outside the vocabulary [0, ${vocab})`);
+  }
   const total = r.promptIds.length + r.maxTokens;
   if (total > maxLen) {
     throw new ContextLengthError(
@@ -101,7 +103,7 @@ export function* generate(
   checkRequest(g, request);
   const sampler = new Sampler(request.sampling);
   const stopIds = new Set([...(request.stopTokenIds ?? [])]);
-  if (!request.ignoreEos) for (const id of g.tokenizer.eosIds) stopIds.add(id);
+  if (!request.ignoreEos) { for (const id of g.tokenizer.eosIds) stopIds.add(id); }
   const stopper = new StopStringMatcher(request.stopStrings ?? []);
   const detok = new IncrementalDetokenizer(g.tokenizer);
   const allocator = new BlockAllocator(g.kv.numBlocks);

@@ -124,7 +124,11 @@ export function encode(values: ArrayLike<number>, dtype: DtypeId): Float32Array 
 export function decode(stored: Float32Array | Uint16Array, dtype: DtypeId): Float64Array {
   const out = new Float64Array(stored.length);
   for (let i = 0; i < stored.length; i++) {
-    out[i] = dtype === 0 ? stored[i] : dtype === 1 ? f16BitsToF32(stored[i]) : bf16BitsToF32(stored[i]);
+    out[i] = dtype === 0
+      ? stored[i]
+      : dtype === 1
+      ? f16BitsToF32(stored[i])
+      : bf16BitsToF32(stored[i]);
   }
   return out;
 }
@@ -233,7 +237,11 @@ export function add(a: ArrayLike<number>, b: ArrayLike<number>): Float64Array {
   return out;
 }
 
-export function gatherRows(x: ArrayLike<number>, rows: ArrayLike<number>, dim: number): Float64Array {
+export function gatherRows(
+  x: ArrayLike<number>,
+  rows: ArrayLike<number>,
+  dim: number,
+): Float64Array {
   const out = new Float64Array(rows.length * dim);
   for (let r = 0; r < rows.length; r++) {
     for (let i = 0; i < dim; i++) out[r * dim + i] = x[rows[r] * dim + i];

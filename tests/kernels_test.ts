@@ -99,8 +99,12 @@ function assertNativeError(fn: () => void, status: number, pattern: RegExp): voi
     fn();
   } catch (error) {
     if (!(error instanceof NativeError)) throw error;
-    if (error.status !== status) fail(`Expected status ${status}, found ${error.status}: ${error.message}`);
-    if (!pattern.test(error.message)) fail(`Expected a message matching ${pattern}, found "${error.message}"`);
+    if (error.status !== status) {
+      fail(`Expected status ${status}, found ${error.status}: ${error.message}`);
+    }
+    if (!pattern.test(error.message)) {
+      fail(`Expected a message matching ${pattern}, found "${error.message}"`);
+    }
     return;
   }
   fail(`Expected a NativeError matching ${pattern}, but the call succeeded`);
@@ -127,7 +131,9 @@ function absAll(x: ArrayLike<number>): Float64Array {
 Deno.test("library reports its backend and status names", () => {
   if (backend.name !== "cpu") fail(`Expected backend "cpu", found "${backend.name}"`);
   if (backend.statusString(0) !== "ok") fail("Expected status 0 to be named ok");
-  if (backend.statusString(1) !== "invalid argument") fail("Expected status 1 named invalid argument");
+  if (backend.statusString(1) !== "invalid argument") {
+    fail("Expected status 1 named invalid argument");
+  }
   if (backend.statusString(99) !== "unknown status") fail("Expected unknown status for 99");
 });
 
@@ -135,7 +141,9 @@ Deno.test("alloc returns zeroed 64-byte aligned memory, size 0 included", () => 
   withBuffers((b) => {
     for (const size of [0, 1, 63, 1000]) {
       const ptr = b.zeros(size);
-      if (Deno.UnsafePointer.value(ptr) % 64n !== 0n) fail(`Allocation of ${size} is not 64-byte aligned`);
+      if (Deno.UnsafePointer.value(ptr) % 64n !== 0n) {
+        fail(`Allocation of ${size} is not 64-byte aligned`);
+      }
       const bytes = new Uint8Array(size);
       backend.download(bytes, ptr);
       if (bytes.some((x) => x !== 0)) fail(`Allocation of ${size} is not zeroed`);
@@ -148,9 +156,32 @@ Deno.test("alloc returns zeroed 64-byte aligned memory, size 0 included", () => 
 /** f32 values that stress rounding to f16 and bf16: ties, near-ties, subnormals, overflow. */
 function conversionInputs(rand: () => number): Float32Array {
   const values: number[] = [
-    0, -0, 1, -1, 65504, 65519.99, 65520, -65520, 1e6, Infinity, -Infinity, NaN,
-    2 ** -14, 2 ** -24, 2 ** -25, 1.5 * 2 ** -25, 2 ** -26, 3 * 2 ** -25, 2 ** -149, 2 ** -126,
-    3.4028234663852886e38, 3.3961776e38, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -8, 1 + 3 * 2 ** -8,
+    0,
+    -0,
+    1,
+    -1,
+    65504,
+    65519.99,
+    65520,
+    -65520,
+    1e6,
+    Infinity,
+    -Infinity,
+    NaN,
+    2 ** -14,
+    2 ** -24,
+    2 ** -25,
+    1.5 * 2 ** -25,
+    2 ** -26,
+    3 * 2 ** -25,
+    2 ** -149,
+    2 ** -126,
+    3.4028234663852886e38,
+    3.3961776e38,
+    1 + 2 ** -11,
+    1 + 3 * 2 ** -11,
+    1 + 2 ** -8,
+    1 + 3 * 2 ** -8,
   ];
   // Exact midpoints between neighbouring f16 values, and one f32 ulp either side.
   const ulp = (x: number) => {
@@ -167,7 +198,9 @@ function conversionInputs(rand: () => number): Float32Array {
   for (let i = 0; i < bits.length; i++) bits[i] = Math.floor(rand() * 2 ** 32);
   values.push(...new Float32Array(bits.buffer));
   // Values in the f16 range, where most real data lives.
-  for (let i = 0; i < 2000; i++) values.push((rand() - 0.5) * 2 ** randomIntBits(rand, 40) / 2 ** 26);
+  for (let i = 0; i < 2000; i++) {
+    values.push((rand() - 0.5) * 2 ** randomIntBits(rand, 40) / 2 ** 26);
+  }
   return Float32Array.from(values);
 }
 
@@ -210,8 +243,16 @@ Deno.test("convert f16 / bf16 -> f32 and f16 <-> bf16 are exact for all 65536 pa
       const got = b.f32(dst, all.length);
       const expected = ref.decode(all, dtype);
       for (let i = 0; i < all.length; i++) {
-        const same = Number.isNaN(expected[i]) ? Number.isNaN(got[i]) : Object.is(got[i], expected[i]);
-        if (!same) fail(`${DTYPE_NAMES[dtype]} 0x${i.toString(16)} decoded to ${got[i]}, expected ${expected[i]}`);
+        const same = Number.isNaN(expected[i])
+          ? Number.isNaN(got[i])
+          : Object.is(got[i], expected[i]);
+        if (!same) {
+          fail(
+            `${DTYPE_NAMES[dtype]} 0x${i.toString(16)} decoded to ${got[i]}, expected ${
+              expected[i]
+            }`,
+          );
+        }
       }
       // Across the 16-bit formats: decode then re-encode in the other format.
       const other = dtype === DType.F16 ? DType.BF16 : DType.F16;
@@ -221,7 +262,9 @@ Deno.test("convert f16 / bf16 -> f32 and f16 <-> bf16 are exact for all 65536 pa
       const crossExpected = ref.encode(expected, other);
       for (let i = 0; i < all.length; i++) {
         if (!Number.isNaN(expected[i]) && crossed[i] !== crossExpected[i]) {
-          fail(`${DTYPE_NAMES[dtype]} 0x${i.toString(16)} -> ${DTYPE_NAMES[other]} gave ${crossed[i]}`);
+          fail(
+            `${DTYPE_NAMES[dtype]} 0x${i.toString(16)} -> ${DTYPE_NAMES[other]} gave ${crossed[i]}`,
+          );
         }
       }
     }
@@ -233,7 +276,10 @@ Deno.test("convert f16 / bf16 -> f32 and f16 <-> bf16 are exact for all 65536 pa
 Deno.test("embedding gathers and widens rows for every table dtype", () => {
   const rand = ref.mulberry32(2);
   const vocabSize = 50, dim = 67, numTokens = 13;
-  const tokenIds = Int32Array.from({ length: numTokens }, () => ref.randomInt(rand, 0, vocabSize - 1));
+  const tokenIds = Int32Array.from(
+    { length: numTokens },
+    () => ref.randomInt(rand, 0, vocabSize - 1),
+  );
   tokenIds[0] = vocabSize - 1;
   withBuffers((b) => {
     for (const dtype of DTYPES) {
@@ -248,7 +294,11 @@ Deno.test("embedding gathers and widens rows for every table dtype", () => {
         vocabSize,
         dim,
       });
-      assertExact(b.f32(out, numTokens * dim), ref.embedding(table.values, tokenIds, dim), DTYPE_NAMES[dtype]);
+      assertExact(
+        b.f32(out, numTokens * dim),
+        ref.embedding(table.values, tokenIds, dim),
+        DTYPE_NAMES[dtype],
+      );
     }
   });
 });
@@ -265,7 +315,12 @@ Deno.test("rmsnorm matches the reference, in place too", () => {
       backend.rmsnorm({ out, x: xPtr, weight: wPtr, numTokens, dim, eps: 1e-5 });
       assertClose(b.f32(out, x.length), expected, tolerance, `rmsnorm ${numTokens}x${dim}`);
       backend.rmsnorm({ out: xPtr, x: xPtr, weight: wPtr, numTokens, dim, eps: 1e-5 });
-      assertClose(b.f32(xPtr, x.length), expected, tolerance, `in-place rmsnorm ${numTokens}x${dim}`);
+      assertClose(
+        b.f32(xPtr, x.length),
+        expected,
+        tolerance,
+        `in-place rmsnorm ${numTokens}x${dim}`,
+      );
     }
   });
 });
@@ -301,8 +356,17 @@ Deno.test("matmul matches the reference for every weight dtype, tile remainder a
             k,
           });
           const expected = ref.matmul(x, w.values, bias, m, n, k);
-          const scale = ref.matmul(absAll(x), absAll(w.values), bias ? absAll(bias) : null, m, n, k);
-          const label = `matmul m=${m} n=${n} k=${k} ${DTYPE_NAMES[dtype]}${hasBias ? " bias" : ""}`;
+          const scale = ref.matmul(
+            absAll(x),
+            absAll(w.values),
+            bias ? absAll(bias) : null,
+            m,
+            n,
+            k,
+          );
+          const label = `matmul m=${m} n=${n} k=${k} ${DTYPE_NAMES[dtype]}${
+            hasBias ? " bias" : ""
+          }`;
           assertClose(b.f32(out, m * n), expected, (i) => 1e-5 * scale[i], label);
         }
       }
@@ -323,7 +387,10 @@ Deno.test("rope rotates the leading heads, NEOX and interleaved, partial rotary_
       for (const style of [0, 1] as const) {
         const numTokens = 7, rowStride = c.rowHeads * c.headDim + 3;
         const x = ref.randomF32(rand, numTokens * rowStride);
-        const positions = Int32Array.from({ length: numTokens }, () => ref.randomInt(rand, 0, 5000));
+        const positions = Int32Array.from(
+          { length: numTokens },
+          () => ref.randomInt(rand, 0, 5000),
+        );
         positions[0] = 0;
         const invFreq = Float32Array.from(
           { length: c.rotaryDim / 2 },
@@ -372,7 +439,12 @@ Deno.test("silu_mul, add and gather_rows match the reference", () => {
     const out = b.zeros(numTokens * dim * 4);
     backend.siluMul({ out, gateUp: b.from(gateUp), numTokens, dim });
     const expected = ref.siluMul(gateUp, numTokens, dim);
-    assertClose(b.f32(out, numTokens * dim), expected, (i) => 1e-5 * Math.abs(expected[i]) + 1e-6, "silu_mul");
+    assertClose(
+      b.f32(out, numTokens * dim),
+      expected,
+      (i) => 1e-5 * Math.abs(expected[i]) + 1e-6,
+      "silu_mul",
+    );
 
     const n = 100_003; // past the single-thread cutoff, odd length
     const a = ref.randomF32(rand, n), c = ref.randomF32(rand, n);
@@ -437,7 +509,8 @@ Deno.test("kv_write stores K and V heads at their slots in every cache dtype, sk
           blockSize,
           numBlocks,
         });
-        const kExpected = Float64Array.from(initial.values), vExpected = Float64Array.from(initial.values);
+        const kExpected = Float64Array.from(initial.values),
+          vExpected = Float64Array.from(initial.values);
         ref.kvWrite(
           kExpected,
           vExpected,
@@ -450,7 +523,8 @@ Deno.test("kv_write stores K and V heads at their slots in every cache dtype, sk
           blockSize,
         );
         const label = `kv_write ${DTYPE_NAMES[dtype]} block_size ${blockSize}`;
-        const read = (ptr: DevicePtr) => dtype === DType.F32 ? b.f32(ptr, cacheLength) : b.u16(ptr, cacheLength);
+        const read = (ptr: DevicePtr) =>
+          dtype === DType.F32 ? b.f32(ptr, cacheLength) : b.u16(ptr, cacheLength);
         assertExact(read(kCache), ref.encode(kExpected, dtype), `${label} K`);
         assertExact(read(vCache), ref.encode(vExpected, dtype), `${label} V`);
       }
@@ -548,9 +622,30 @@ Deno.test("paged attention matches naive softmax attention: MHA, GQA, MQA, every
   const randomSeqs = (count: number): [number, number][] =>
     Array.from({ length: count }, () => [ref.randomInt(rand, 0, 100), ref.randomInt(rand, 1, 40)]);
   const cases: AttentionCase[] = [
-    { numHeads: 4, numKvHeads: 4, headDim: 8, blockSize: 16, seqs: randomSeqs(3), extraQColumns: 0 },
-    { numHeads: 8, numKvHeads: 2, headDim: 64, blockSize: 5, seqs: randomSeqs(3), extraQColumns: 32 },
-    { numHeads: 6, numKvHeads: 1, headDim: 80, blockSize: 16, seqs: randomSeqs(2), extraQColumns: 160 },
+    {
+      numHeads: 4,
+      numKvHeads: 4,
+      headDim: 8,
+      blockSize: 16,
+      seqs: randomSeqs(3),
+      extraQColumns: 0,
+    },
+    {
+      numHeads: 8,
+      numKvHeads: 2,
+      headDim: 64,
+      blockSize: 5,
+      seqs: randomSeqs(3),
+      extraQColumns: 32,
+    },
+    {
+      numHeads: 6,
+      numKvHeads: 1,
+      headDim: 80,
+      blockSize: 16,
+      seqs: randomSeqs(2),
+      extraQColumns: 160,
+    },
     // Pure prefill (no prefix), decode (one new token) and an exact block boundary.
     {
       numHeads: 4,
@@ -578,14 +673,26 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
     // matmul, convert, rmsnorm
     const matmul = { out: buf, x: buf, w: buf, wDtype: DType.F32, m: 1, n: 4, k: 4 };
     const out2 = b.zeros(64);
-    assertNativeError(() => backend.matmul({ ...matmul, out: NULL }), INVALID, /expected out to be non-NULL/);
+    assertNativeError(
+      () => backend.matmul({ ...matmul, out: NULL }),
+      INVALID,
+      /expected out to be non-NULL/,
+    );
     assertNativeError(
       () => backend.matmul({ ...matmul, out: out2, wDtype: 7 as DTypeId }),
       INVALID,
       /expected w_dtype to be a dl_dtype.*found 7/,
     );
-    assertNativeError(() => backend.matmul({ ...matmul, out: out2, n: 0 }), INVALID, /expected n > 0, found 0/);
-    assertNativeError(() => backend.matmul({ ...matmul, out: out2, m: -1 }), INVALID, /expected m >= 0, found -1/);
+    assertNativeError(
+      () => backend.matmul({ ...matmul, out: out2, n: 0 }),
+      INVALID,
+      /expected n > 0, found 0/,
+    );
+    assertNativeError(
+      () => backend.matmul({ ...matmul, out: out2, m: -1 }),
+      INVALID,
+      /expected m >= 0, found -1/,
+    );
     assertNativeError(() => backend.matmul(matmul), INVALID, /expected out not to overlap x/);
     assertNativeError(
       () => backend.convert(buf, 3 as DTypeId, buf, DType.F32, 4),
@@ -604,7 +711,14 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
     );
 
     // embedding, gather_rows
-    const embedding = { out: buf, table: buf, tableDtype: DType.F16, numTokens: 3, vocabSize: 50, dim: 4 };
+    const embedding = {
+      out: buf,
+      table: buf,
+      tableDtype: DType.F16,
+      numTokens: 3,
+      vocabSize: 50,
+      dim: 4,
+    };
     assertNativeError(
       () => backend.embedding({ ...embedding, tokenIds: ints([1, 2, 50]) }),
       INVALID,
@@ -616,7 +730,15 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
       /expected token_ids\[0\] in \[0, 50\), found -1/,
     );
     assertNativeError(
-      () => backend.gatherRows({ out: buf, x: buf, rows: ints([0, 5]), numRows: 2, numSrcRows: 5, dim: 4 }),
+      () =>
+        backend.gatherRows({
+          out: buf,
+          x: buf,
+          rows: ints([0, 5]),
+          numRows: 2,
+          numSrcRows: 5,
+          dim: 4,
+        }),
       INVALID,
       /expected rows\[1\] in \[0, 5\), found 5/,
     );
@@ -633,14 +755,26 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
       rowStride: 16,
       style: 0 as const,
     };
-    assertNativeError(() => backend.rope({ ...rope, rotaryDim: 7 }), INVALID, /even rotary_dim <= head_dim \(8\), found 7/);
-    assertNativeError(() => backend.rope({ ...rope, rotaryDim: 10 }), INVALID, /even rotary_dim <= head_dim \(8\), found 10/);
+    assertNativeError(
+      () => backend.rope({ ...rope, rotaryDim: 7 }),
+      INVALID,
+      /even rotary_dim <= head_dim \(8\), found 7/,
+    );
+    assertNativeError(
+      () => backend.rope({ ...rope, rotaryDim: 10 }),
+      INVALID,
+      /even rotary_dim <= head_dim \(8\), found 10/,
+    );
     assertNativeError(
       () => backend.rope({ ...rope, style: 2 as 0 }),
       INVALID,
       /expected style 0 \(NEOX\) or 1 \(INTERLEAVED\), found 2/,
     );
-    assertNativeError(() => backend.rope({ ...rope, rowStride: 15 }), INVALID, /row_stride >= num_heads \* head_dim \(16\), found 15/);
+    assertNativeError(
+      () => backend.rope({ ...rope, rowStride: 15 }),
+      INVALID,
+      /row_stride >= num_heads \* head_dim \(16\), found 15/,
+    );
 
     // kv_write
     const kvWrite = {

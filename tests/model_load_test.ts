@@ -59,7 +59,11 @@ Deno.test("bad model files are reported with the file and the problem", async (t
   const dirs: string[] = [];
   try {
     await t.step("missing path", async () => {
-      await expectLoadError("/nonexistent/model", /no such file or directory/, "/nonexistent/model");
+      await expectLoadError(
+        "/nonexistent/model",
+        /no such file or directory/,
+        "/nonexistent/model",
+      );
     });
     await t.step("not a directory or .gguf", async () => {
       await expectLoadError(`${MODEL_DIR}/stories260K.bin`, /expected a Hugging Face/, ".bin");

@@ -12,10 +12,12 @@ const fixture = JSON.parse(
   Deno.readTextFileSync(new URL("./fixtures/llamacpp/stories260K.json", import.meta.url)),
 );
 
-for (const [format, path] of [["hf", `${MODEL_DIR}/hf`], [
-  "gguf",
-  `${MODEL_DIR}/stories260K-f32.gguf`,
-]]) {
+for (
+  const [format, path] of [["hf", `${MODEL_DIR}/hf`], [
+    "gguf",
+    `${MODEL_DIR}/stories260K-f32.gguf`,
+  ]]
+) {
   Deno.test(`stories260K ${format}: greedy 64 tokens equal llama.cpp's`, async () => {
     const backend = NativeBackend.open({ numThreads: 2 });
     const loaded = await loadModel(backend, path, { showProgress: false });

@@ -64,7 +64,9 @@ export class SequenceBlocks {
     if (needed > 0) this.blockTable.push(...this.#allocator.allocate(needed));
     const slots: number[] = [];
     for (let p = this.#numTokens; p < total; p++) {
-      slots.push(this.blockTable[Math.floor(p / this.blockSize)] * this.blockSize + p % this.blockSize);
+      slots.push(
+        this.blockTable[Math.floor(p / this.blockSize)] * this.blockSize + p % this.blockSize,
+      );
     }
     this.#numTokens = total;
     return slots;

@@ -3,7 +3,13 @@
 // Layout (see ffi/denollm.h): each buffer is [numBlocks, numKvHeads, blockSize, headDim], so one
 // head's keys of one block are contiguous and attention streams them block by block. A token at
 // position p of a sequence lives in slot blockTable[p / blockSize] * blockSize + p % blockSize.
-import { DType, type DTypeId, type DevicePtr, dtypeSize, type NativeBackend } from "../../ffi/native.ts";
+import {
+  type DevicePtr,
+  DType,
+  type DTypeId,
+  dtypeSize,
+  type NativeBackend,
+} from "../../ffi/native.ts";
 import type { ModelConfig } from "../model/config.ts";
 
 export interface KvCacheOptions {

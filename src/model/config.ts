@@ -49,7 +49,9 @@ function num(json: Json, key: string, file: string, fallback?: number): number {
   if (typeof value !== "number" || !Number.isFinite(value)) {
     throw new ModelFormatError(
       file,
-      `expected a number for "${key}", found ${value === undefined ? "nothing" : JSON.stringify(value)}`,
+      `expected a number for "${key}", found ${
+        value === undefined ? "nothing" : JSON.stringify(value)
+      }`,
     );
   }
   return value;
@@ -123,7 +125,10 @@ export function configFromHf(json: Json, file: string): ModelConfig {
   }
   const act = json.hidden_act ?? json.hidden_activation ?? "silu";
   if (act !== "silu") {
-    throw new ModelFormatError(file, `unsupported hidden_act ${JSON.stringify(act)}; expected silu`);
+    throw new ModelFormatError(
+      file,
+      `unsupported hidden_act ${JSON.stringify(act)}; expected silu`,
+    );
   }
   return {
     architecture,

@@ -162,7 +162,14 @@ export class LlamaModel {
     for (let l = 0; l < c.numLayers; l++) {
       const layer = w.layers[l];
       // Attention block: norm, fused QKV projection, RoPE on Q and K, cache write, attention.
-      b.rmsnorm({ out: s.h, x: s.x, weight: layer.attnNorm, numTokens, dim: hidden, eps: c.rmsNormEps });
+      b.rmsnorm({
+        out: s.h,
+        x: s.x,
+        weight: layer.attnNorm,
+        numTokens,
+        dim: hidden,
+        eps: c.rmsNormEps,
+      });
       b.matmul({
         out: s.qkv,
         x: s.h,
@@ -231,7 +238,14 @@ export class LlamaModel {
       b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
 
       // MLP block: norm, fused gate/up projection, SiLU(gate) * up, down projection.
-      b.rmsnorm({ out: s.h, x: s.x, weight: layer.ffnNorm, numTokens, dim: hidden, eps: c.rmsNormEps });
+      b.rmsnorm({
+        out: s.h,
+        x: s.x,
+        weight: layer.ffnNorm,
+        numTokens,
+        dim: hidden,
+        eps: c.rmsNormEps,
+      });
       b.matmul({
         out: s.gateUp,
         x: s.h,
@@ -291,4 +305,3 @@ export class LlamaModel {
     this.#backend.free(this.#invFreq);
   }
 }
-

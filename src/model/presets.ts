@@ -1,7 +1,6 @@
 // Model shapes for random-weight test models: real checkpoints' config.json plus tiny test shapes.
 
-/** Pre-tokenizer flavour of the synthetic byte-level BPE tokenizer that goes with a preset. */
-export type SyntheticPre = "llama-bpe" | "qwen2" | "smollm";
+import type { SyntheticPre } from "../tokenizer/synthetic.ts";
 
 /** A config.json object, with the fields the random model generator relies on typed. */
 export interface HfConfigJson {
@@ -25,7 +24,10 @@ export interface HfConfigJson {
 
 export interface ModelPreset {
   name: string;
-  /** config.json as the real model ships it (field for field), or the tiny shape's own. */
+  /**
+   * config.json as the real model ships it (field for field), or the tiny shape's own. The random
+   * model generator replaces bos/eos ids with those of its synthetic tokenizer.
+   */
   config: HfConfigJson;
   /** Which pre-tokenizer the synthetic tokenizer imitates. */
   pre: SyntheticPre;
@@ -169,8 +171,6 @@ const PRESETS: readonly ModelPreset[] = [
     pre: "qwen2",
     config: {
       architectures: ["Qwen2ForCausalLM"],
-      bos_token_id: 1020,
-      eos_token_id: 1021,
       head_dim: 16,
       hidden_act: "silu",
       hidden_size: 64,
@@ -194,8 +194,6 @@ const PRESETS: readonly ModelPreset[] = [
     config: {
       architectures: ["LlamaForCausalLM"],
       attention_bias: false,
-      bos_token_id: 796,
-      eos_token_id: 797,
       head_dim: 16,
       hidden_act: "silu",
       hidden_size: 64,
@@ -227,14 +225,13 @@ export interface PresetOverrides {
   vocabSize?: number;
 }
 
-/**
- * Returns a deep copy of preset `name`, with layer count or vocab size replaced when given. Shrinking
- * the vocab moves special token ids that no longer fit to the top of the new vocab.
- */
+/** Returns a deep copy of preset `name`, with its layer count or vocab size replaced when given. */
 export function getPreset(name: string, overrides: PresetOverrides = {}): ModelPreset {
   const found = PRESETS.find((p) => p.name === name);
   if (found === undefined) {
-    throw new RangeError(`Unknown model preset "${name}"; expected one of ${presetNames().join(", ")}`);
+    throw new RangeError(
+      `Unknown model preset "${name}"; expected one of ${presetNames().join(", ")}`,
+    );
   }
   const preset: ModelPreset = structuredClone(found);
   const { numLayers, vocabSize } = overrides;
@@ -246,20 +243,13 @@ export function getPreset(name: string, overrides: PresetOverrides = {}): ModelP
     if (preset.config.max_window_layers !== undefined) preset.config.max_window_layers = numLayers;
   }
   if (vocabSize !== undefined) {
-    // Byte-level BPE needs its 256 byte tokens plus room for specials and a few merges.
+    // The synthetic byte-level BPE needs its 256 byte tokens plus a few specials.
     if (!Number.isSafeInteger(vocabSize) || vocabSize < 300) {
-      throw new RangeError(`Expected vocabSize to be an integer of at least 300, found ${vocabSize}`);
+      throw new RangeError(
+        `Expected vocabSize to be an integer of at least 300, found ${vocabSize}`,
+      );
     }
-    const old = preset.config.vocab_size;
-    const remap = (id: number) => (id < vocabSize ? id : vocabSize - (old - id));
     preset.config.vocab_size = vocabSize;
-    if (typeof preset.config.bos_token_id === "number") {
-      preset.config.bos_token_id = remap(preset.config.bos_token_id);
-    }
-    const eos = preset.config.eos_token_id;
-    if (eos !== undefined) {
-      preset.config.eos_token_id = Array.isArray(eos) ? eos.map(remap) : remap(eos);
-    }
   }
   return preset;
 }

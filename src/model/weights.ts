@@ -1,6 +1,12 @@
 // Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
 // gate/up fused into one matrix each, norms and biases in f32, weights otherwise in their own dtype.
-import { DType, type DTypeId, type DevicePtr, type NativeBackend, offset } from "../../ffi/native.ts";
+import {
+  type DevicePtr,
+  DType,
+  type DTypeId,
+  type NativeBackend,
+  offset,
+} from "../../ffi/native.ts";
 import { ModelFormatError } from "../formats/errors.ts";
 import { readTensorBytes, type TensorInfo } from "../formats/tensor.ts";
 import type { ModelConfig } from "./config.ts";
@@ -99,17 +105,25 @@ class WeightLoader {
       layers.push({
         attnNorm: await this.#vector(name("input_layernorm.weight"), c.hiddenSize),
         qkv: await this.#fused(
-          [name("self_attn.q_proj.weight"), name("self_attn.k_proj.weight"), name(
-            "self_attn.v_proj.weight",
-          )],
+          [
+            name("self_attn.q_proj.weight"),
+            name("self_attn.k_proj.weight"),
+            name(
+              "self_attn.v_proj.weight",
+            ),
+          ],
           [qDim, kvDim, kvDim],
           c.hiddenSize,
         ),
         qkvBias: c.attentionBias
           ? await this.#fusedVector(
-            [name("self_attn.q_proj.bias"), name("self_attn.k_proj.bias"), name(
-              "self_attn.v_proj.bias",
-            )],
+            [
+              name("self_attn.q_proj.bias"),
+              name("self_attn.k_proj.bias"),
+              name(
+                "self_attn.v_proj.bias",
+              ),
+            ],
             [qDim, kvDim, kvDim],
           )
           : null,
@@ -152,7 +166,8 @@ class WeightLoader {
 
   #info(name: string, shape: number[]): TensorInfo {
     const info = this.#tensors.get(name) ?? this.#missing(name);
-    const matches = info.shape.length === shape.length && info.shape.every((d, i) => d === shape[i]);
+    const matches = info.shape.length === shape.length &&
+      info.shape.every((d, i) => d === shape[i]);
     if (!matches) {
       throw new ModelFormatError(
         info.file,

@@ -1,9 +1,9 @@
 // Builds a tokenizer from GGUF `tokenizer.ggml.*` metadata that tokenizes exactly like llama.cpp.
 
-import { type BpeVocab, bpeTokenizeWord, mergeRanks } from "./bpe.ts";
+import { bpeTokenizeWord, type BpeVocab, mergeRanks } from "./bpe.ts";
 import { byteLevelDecode, byteLevelEncode } from "./byte_level.ts";
 import { preTokenizer } from "./pretokenize.ts";
-import { type SpmVocab, spmTokenize } from "./spm.ts";
+import { spmTokenize, type SpmVocab } from "./spm.ts";
 import {
   checkTokenId,
   type DecodeOptions,
@@ -101,7 +101,10 @@ class Metadata {
     this.#where = where;
   }
   #fail(key: string, expected: string, found: unknown): never {
-    throw new TokenizerError(this.#where, `expected ${key} to be ${expected}, found ${typeof found}`);
+    throw new TokenizerError(
+      this.#where,
+      `expected ${key} to be ${expected}, found ${typeof found}`,
+    );
   }
   has(key: string): boolean {
     return this.#map.has(key);

@@ -153,8 +153,12 @@ export class HfTokenizer implements TextTokenizer {
     const templateEos = single.length > 1 ? templateId(single[single.length - 1]) : undefined;
     const bosByName = this.bosToken === undefined ? undefined : this.#tokenToId.get(this.bosToken);
     const eosByName = this.eosToken === undefined ? undefined : this.#tokenToId.get(this.eosToken);
-    const configAddsBos = typeof config.add_bos_token === "boolean" ? config.add_bos_token : undefined;
-    const configAddsEos = typeof config.add_eos_token === "boolean" ? config.add_eos_token : undefined;
+    const configAddsBos = typeof config.add_bos_token === "boolean"
+      ? config.add_bos_token
+      : undefined;
+    const configAddsEos = typeof config.add_eos_token === "boolean"
+      ? config.add_eos_token
+      : undefined;
     this.addBos = configAddsBos ?? templateBos !== undefined;
     this.addEos = configAddsEos ?? templateEos !== undefined;
     this.bosId = configAddsBos === undefined ? templateBos ?? bosByName : bosByName ?? templateBos;
@@ -170,7 +174,11 @@ export class HfTokenizer implements TextTokenizer {
     if (this.eosId !== undefined) eos.add(this.eosId);
     for (const cfg of [files.generationConfig, files.modelConfig]) {
       const value = cfg?.eos_token_id;
-      const ids = Array.isArray(value) ? value : value === undefined || value === null ? [] : [value];
+      const ids = Array.isArray(value)
+        ? value
+        : value === undefined || value === null
+        ? []
+        : [value];
       for (const id of ids) {
         if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
           throw new TokenizerError(source, `eos_token_id ${JSON.stringify(id)} is not a token id`);

@@ -11,6 +11,7 @@ const FLAG_WHITESPACE = 4;
 const FLAG_KNOWN = 128;
 
 // llama.cpp's unicode_set_whitespace (White_Space): unlike JS `\s` it has U+0085 and no U+FEFF.
+// deno-fmt-ignore
 const WHITESPACE = new Set([
   0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003,
   0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f,
@@ -96,17 +97,15 @@ function customSplitter(variant: Variant): Splitter {
 
       if (variant === "gpt2") {
         let flags2 = cpt === 0x20 ? flagsAt(pos + 1) : flags;
-        // <space>?\p{L}+   <space>?\p{N}+   <space>?[^\s\p{L}\p{N}]+
-        for (const want of [FLAG_LETTER, FLAG_NUMBER]) {
-          if (flags2 & want) {
-            pos += cpt === 0x20 ? 1 : 0;
-            while (flags2 & want) flags2 = flagsAt(++pos);
-            addToken(pos);
-            flags2 = -1;
-            break;
-          }
+        // <space>?\p{L}+ and <space>?\p{N}+
+        const run = flags2 & FLAG_LETTER || flags2 & FLAG_NUMBER;
+        if (run) {
+          pos += cpt === 0x20 ? 1 : 0;
+          while (flags2 & run) flags2 = flagsAt(++pos);
+          addToken(pos);
+          continue;
         }
-        if (flags2 === -1) continue;
+        // <space>?[^\s\p{L}\p{N}]+
         if (!isWordChar(flags2) && flags2 !== 0) {
           pos += cpt === 0x20 ? 1 : 0;
           while (!isWordChar(flags2) && flags2 !== 0) flags2 = flagsAt(++pos);
@@ -267,7 +266,9 @@ export function hasPreTokenizer(name: string): boolean {
 export function preTokenizer(name: string): (text: string) => string[] {
   if (!hasPreTokenizer(name)) {
     throw new RangeError(
-      `Unsupported pre-tokenizer "${name}"; expected one of: ${SUPPORTED_PRE_TOKENIZERS.join(", ")}`,
+      `Unsupported pre-tokenizer "${name}"; expected one of: ${
+        SUPPORTED_PRE_TOKENIZERS.join(", ")
+      }`,
     );
   }
   const steps = PRE_TOKENIZERS[name];

@@ -35,10 +35,12 @@ export interface SyntheticTokenizer {
 }
 
 // Split regexes as llama.cpp has them (llm_tokenizer_bpe), which tokenizer.json libraries accept.
-const GPT2_REGEX = String.raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
+const GPT2_REGEX = String
+  .raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
 const CONTRACTIONS = String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])`;
 const LLAMA3_REGEX = CONTRACTIONS +
-  String.raw`|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+  String
+    .raw`|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
 const QWEN2_REGEX = CONTRACTIONS +
   String.raw`|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
 
@@ -65,7 +67,12 @@ interface PreProfile {
 function split(regex: string): Record<string, unknown> {
   return { type: "Split", pattern: { Regex: regex }, behavior: "Isolated", invert: false };
 }
-const BYTE_LEVEL = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false };
+const BYTE_LEVEL = {
+  type: "ByteLevel",
+  add_prefix_space: false,
+  trim_offsets: true,
+  use_regex: false,
+};
 
 const PROFILES: Record<SyntheticPre, PreProfile> = {
   "llama-bpe": {
@@ -111,7 +118,8 @@ const PROFILES: Record<SyntheticPre, PreProfile> = {
 };
 
 // Training text: English prose, code, numbers, accents, several scripts, emoji, odd spacing.
-const SAMPLE_TEXT = `Once upon a time, there was a little girl named Lily. She loved to play outside in the park.
+const SAMPLE_TEXT =
+  `Once upon a time, there was a little girl named Lily. She loved to play outside in the park.
 One day, she saw a big, red ball under the tree. "Can I play with it?" she asked her mom.
 "Yes, you can," said Mom. They played together until the sun went down, and they were happy.
 The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX! It's what we're doing; they'll see, I'd say, you've won, I'm here.
@@ -244,7 +252,9 @@ export function buildSyntheticTokenizer(opts: SyntheticTokenizerOptions): Synthe
   const numRegular = opts.vocabSize - specials.length;
   if (!Number.isInteger(opts.vocabSize) || numRegular < 256) {
     throw new RangeError(
-      `Expected vocabSize to be an integer of at least ${256 + specials.length}, got ${opts.vocabSize}`,
+      `Expected vocabSize to be an integer of at least ${
+        256 + specials.length
+      }, got ${opts.vocabSize}`,
     );
   }
 

@@ -44,7 +44,9 @@ async function loadLib() {
   // Resolve from the gitignored bench folder so the repo itself never depends on node_modules.
   const req = createRequire(resolve(BENCH_DIR, "package.json"));
   let entry;
-  try { entry = req.resolve("node-llama-cpp"); } catch {
+  try {
+    entry = req.resolve("node-llama-cpp");
+  } catch {
     throw new Error(`node-llama-cpp not found in ${BENCH_DIR}; run tools/llamacpp/install.sh`);
   }
   const lib = await import(entry);
@@ -58,8 +60,13 @@ async function open(opts, { vocabOnly = false } = {}) {
   const { lib, version } = await loadLib();
   // gpu:false + build:"never" + skipDownload: only the prebuilt CPU binary may be used; never compile or fetch.
   const llama = await lib.getLlama({
-    gpu: false, build: "never", skipDownload: true, usePrebuiltBinaries: true, progressLogs: false,
-    maxThreads: threads, logLevel: lib.LlamaLogLevel.warn,
+    gpu: false,
+    build: "never",
+    skipDownload: true,
+    usePrebuiltBinaries: true,
+    progressLogs: false,
+    maxThreads: threads,
+    logLevel: lib.LlamaLogLevel.warn,
     logger: (level, message) => log(`llama.cpp ${level}: ${String(message).trimEnd()}`),
   });
   const t0 = performance.now();
@@ -68,9 +75,14 @@ async function open(opts, { vocabOnly = false } = {}) {
   return { lib, llama, model, threads, version, loadMs };
 }
 
-async function newContext(model, threads, contextSize, batchSize) {
+function newContext(model, threads, contextSize, batchSize) {
   // min=ideal pins the thread count (threads is otherwise only a hint that may shrink under load).
-  return model.createContext({ contextSize, batchSize, sequences: 1, threads: { ideal: threads, min: threads } });
+  return model.createContext({
+    contextSize,
+    batchSize,
+    sequences: 1,
+    threads: { ideal: threads, min: threads },
+  });
 }
 
 async function cmdGenerate(opts) {
@@ -82,25 +94,50 @@ async function cmdGenerate(opts) {
     ...model.tokenize(opts.prompt ?? "", false),
   ];
   // Room for prompt + n so node-llama-cpp never context-shifts (which would silently change the output).
-  const ctx = await newContext(model, threads, promptIds.length + n + 1, Math.max(promptIds.length, 1));
+  const ctx = await newContext(
+    model,
+    threads,
+    promptIds.length + n + 1,
+    Math.max(promptIds.length, 1),
+  );
   const seq = ctx.getSequence();
-  const eog = [...new Set([model.tokens.eos, model.tokens.eot].filter((t) => t != null && model.isEogToken(t)))];
-  const tokenBias = opts["ignore-eos"] && eog.length ? new lib.TokenBias(model.tokenizer).set(eog, "never") : undefined;
+  const eog = [
+    ...new Set(
+      [model.tokens.eos, model.tokens.eot].filter((t) => t != null && model.isEogToken(t)),
+    ),
+  ];
+  const tokenBias = opts["ignore-eos"] && eog.length
+    ? new lib.TokenBias(model.tokenizer).set(eog, "never")
+    : undefined;
   const generatedIds = [];
   let stopReason = "length";
   if (n > 0) {
     // temperature 0 -> node-llama-cpp builds a chain of just llama_sampler_init_greedy (argmax); no penalties are set.
-    for await (const tok of seq.evaluate(promptIds, { temperature: 0, yieldEogToken: true, tokenBias })) {
-      if (opts["stop-at-eos"] && model.isEogToken(tok)) { stopReason = "eos"; break; }
+    for await (
+      const tok of seq.evaluate(promptIds, { temperature: 0, yieldEogToken: true, tokenBias })
+    ) {
+      if (opts["stop-at-eos"] && model.isEogToken(tok)) {
+        stopReason = "eos";
+        break;
+      }
       generatedIds.push(tok);
       if (generatedIds.length >= n) break;
     }
   }
   const text = model.detokenize(generatedIds, false, promptIds);
   const out = {
-    model: opts.model, prompt: opts.prompt ?? "", promptIds, generatedIds, text, stopReason,
+    model: opts.model,
+    prompt: opts.prompt ?? "",
+    promptIds,
+    generatedIds,
+    text,
+    stopReason,
     eos: opts["stop-at-eos"] ? "stop" : opts["ignore-eos"] ? "masked" : "continue",
-    bos, eosId: model.tokens.eos, addBos: model.tokens.shouldPrependBosToken, threads, nodeLlamaCppVersion: version,
+    bos,
+    eosId: model.tokens.eos,
+    addBos: model.tokens.shouldPrependBosToken,
+    threads,
+    nodeLlamaCppVersion: version,
   };
   await llama.dispose();
   return out;
@@ -122,10 +159,16 @@ async function cmdTokenize(opts) {
   return out;
 }
 
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
 
 async function cmdBench(opts) {
-  const pp = Number(opts["prompt-tokens"] ?? 512), tg = Number(opts["gen-tokens"] ?? 128), runs = Number(opts.runs ?? 3);
+  const pp = Number(opts["prompt-tokens"] ?? 512),
+    tg = Number(opts["gen-tokens"] ?? 128),
+    runs = Number(opts.runs ?? 3);
   const { lib, llama, model, threads, version, loadMs } = await open(opts);
   // Whole prompt in one batch (like llama-bench's n_batch >= pp); context holds prompt + generated with no shifting.
   const ctx = await newContext(model, threads, pp + tg + 2, pp);
@@ -135,7 +178,10 @@ async function cmdBench(opts) {
   let s = 12345;
   const rnd = () => (s = (s * 1103515245 + 12345) >>> 0) % vocab;
   const promptIds = [model.tokens.bos ?? 1];
-  while (promptIds.length < pp) { const t = rnd(); if (!model.isSpecialToken(t)) promptIds.push(t); }
+  while (promptIds.length < pp) {
+    const t = rnd();
+    if (!model.isSpecialToken(t)) promptIds.push(t);
+  }
   // Mask EOG so decode is never cut short; the chain is then tokenBias + greedy (negligible cost vs a forward pass).
   const eog = [model.tokens.eos, model.tokens.eot].filter((t) => t != null);
   const tokenBias = new lib.TokenBias(model.tokenizer).set(eog, "never");
@@ -143,9 +189,14 @@ async function cmdBench(opts) {
     await seq.clearHistory();
     let t0 = performance.now(), tPrompt = 0, got = 0;
     // First yield = whole prompt decoded + first token sampled; each later yield = one single-token decode.
-    for await (const _ of seq.evaluate(promptIds, { temperature: 0, yieldEogToken: true, tokenBias })) {
+    for await (
+      const _ of seq.evaluate(promptIds, { temperature: 0, yieldEogToken: true, tokenBias })
+    ) {
       const now = performance.now();
-      if (got === 0) { tPrompt = now - t0; t0 = now; }
+      if (got === 0) {
+        tPrompt = now - t0;
+        t0 = now;
+      }
       if (got++ >= tg) break;
     }
     const tDecode = performance.now() - t0;
@@ -154,13 +205,27 @@ async function cmdBench(opts) {
   log("warmup run (not counted)");
   await oneRun();
   const results = [];
-  for (let r = 0; r < runs; r++) { results.push(await oneRun()); log(`run ${r + 1}/${runs}`, JSON.stringify(results.at(-1))); }
+  for (let r = 0; r < runs; r++) {
+    results.push(await oneRun());
+    log(`run ${r + 1}/${runs}`, JSON.stringify(results.at(-1)));
+  }
   const out = {
-    model: opts.model, threads, promptTokens: pp, genTokens: tg, runs, contextSize: ctx.contextSize, batchSize: ctx.batchSize,
-    promptTokPerS: median(results.map((x) => x.promptTokPerS)), decodeTokPerS: median(results.map((x) => x.decodeTokPerS)),
-    perRun: results, modelLoadMs: loadMs,
+    model: opts.model,
+    threads,
+    promptTokens: pp,
+    genTokens: tg,
+    runs,
+    contextSize: ctx.contextSize,
+    batchSize: ctx.batchSize,
+    promptTokPerS: median(results.map((x) => x.promptTokPerS)),
+    decodeTokPerS: median(results.map((x) => x.decodeTokPerS)),
+    perRun: results,
+    modelLoadMs: loadMs,
     // maxRSS is in KiB on Linux; it is the whole Node process (JS runtime ~40-60 MiB included).
-    peakRssMiB: process.resourceUsage().maxRSS / 1024, nodeLlamaCppVersion: version, backend: "cpu (prebuilt)", cpus: availableParallelism(),
+    peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    nodeLlamaCppVersion: version,
+    backend: "cpu (prebuilt)",
+    cpus: availableParallelism(),
   };
   await llama.dispose();
   return out;
@@ -168,7 +233,10 @@ async function cmdBench(opts) {
 
 const { cmd, opts } = parseArgs(process.argv.slice(2));
 const cmds = { generate: cmdGenerate, tokenize: cmdTokenize, bench: cmdBench };
-if (!cmds[cmd]) { console.error("usage: reference.mjs generate|tokenize|bench --model X.gguf ... (see header)"); process.exit(2); }
+if (!cmds[cmd]) {
+  console.error("usage: reference.mjs generate|tokenize|bench --model X.gguf ... (see header)");
+  process.exit(2);
+}
 try {
   process.stdout.write(JSON.stringify(await cmds[cmd](opts)) + "\n");
 } catch (e) {
