@@ -1,4 +1,6 @@
 // Writes new tokens' K and V heads into the paged KV cache, converting to the cache dtype.
+#include <cstring>
+
 #include "common.h"
 #include "half.h"
 
@@ -73,6 +75,39 @@ extern "C" DL_API int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_ca
     kv_write_typed<uint16_t, store_bf16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k,
                                          v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
                                          block_size);
+  }
+  return DL_OK;
+}
+
+// --- Block copy (copy-on-write)
+
+extern "C" DL_API int32_t dl_copy_blocks(dl_context* ctx, void* cache, const int32_t* pairs, int32_t num_pairs,
+                                         uint64_t block_bytes, int32_t num_blocks) {
+  const char* fn = "dl_copy_blocks";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_pairs", num_pairs));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if (num_pairs == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "cache", cache));
+  DL_TRY(dl_check_ptr(fn, "pairs", pairs));
+  if (block_bytes == 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected block_bytes > 0, found 0", fn);
+  for (int32_t i = 0; i < 2 * num_pairs; i++) {
+    if (pairs[i] < 0 || pairs[i] >= num_blocks) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected block ids in [0, %d), found %d at pair %d", fn,
+                     num_blocks, pairs[i], i / 2);
+    }
+  }
+  for (int32_t i = 0; i < num_pairs; i++) {
+    if (pairs[2 * i] == pairs[2 * i + 1]) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: pair %d copies block %d onto itself", fn, i, pairs[2 * i]);
+    }
+  }
+  char* base = static_cast<char*>(cache);
+  const int64_t work = (int64_t)num_pairs * (int64_t)block_bytes / 4;
+#pragma omp parallel for num_threads(dl_threads_for(ctx, work)) schedule(static)
+  for (int32_t i = 0; i < num_pairs; i++) {
+    std::memcpy(base + (uint64_t)pairs[2 * i + 1] * block_bytes, base + (uint64_t)pairs[2 * i] * block_bytes,
+                block_bytes);
   }
   return DL_OK;
 }

@@ -24,3 +24,4 @@ DL_PENDING(dl_kv_write, dl_context*, void*, void*, int32_t, const float*, const 
 DL_PENDING(dl_paged_attention, dl_context*, float*, const float*, const void*, const void*,
            int32_t, const int32_t*, const int32_t*, const int32_t*, int32_t, int32_t, int32_t,
            int32_t, int32_t, int32_t, int32_t, int32_t, int32_t, float)
+DL_PENDING(dl_copy_blocks, dl_context*, void*, const int32_t*, int32_t, uint64_t, int32_t)

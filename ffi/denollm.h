@@ -213,6 +213,17 @@ DL_API int32_t dl_kv_write(
     int32_t block_size,
     int32_t num_blocks);
 
+// Copies whole cache blocks within one cache buffer: block pairs[i][1] becomes a copy of block
+// pairs[i][0]. Used for copy-on-write when sequences that shared a partial block diverge; call it
+// once per K and V buffer of each layer. Destination blocks must be distinct and not sources.
+DL_API int32_t dl_copy_blocks(
+    dl_context* ctx,
+    void* cache,             // [num_blocks, block_bytes]
+    const int32_t* pairs,    // [num_pairs, 2]: (source block, destination block)
+    int32_t num_pairs,
+    uint64_t block_bytes,
+    int32_t num_blocks);
+
 // Causal attention over the paged cache for a batch of sequences, each with one or more new query
 // tokens (prefill, chunked prefill and decode alike). Sequence s owns query rows
 // [query_start[s], query_start[s + 1]) and has seq_lens[s] tokens in the cache, the new ones last,

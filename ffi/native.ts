@@ -411,6 +411,30 @@ export class NativeBackend {
     );
   }
 
+  /** Copies cache blocks pairs[i][0] → pairs[i][1] inside one K or V buffer (copy-on-write). */
+  copyBlocks(
+    args: {
+      cache: DevicePtr;
+      pairs: DevicePtr;
+      numPairs: number;
+      blockBytes: number;
+      numBlocks: number;
+    },
+  ): void {
+    const a = args;
+    this.#check(
+      "dl_copy_blocks",
+      this.#lib.dl_copy_blocks(
+        this.#ctx,
+        a.cache,
+        a.pairs,
+        a.numPairs,
+        BigInt(a.blockBytes),
+        a.numBlocks,
+      ),
+    );
+  }
+
   pagedAttention(a: AttentionArgs): void {
     this.#check(
       "dl_paged_attention",

@@ -66,6 +66,10 @@ export const symbols = {
     ],
     result: "i32",
   },
+  dl_copy_blocks: {
+    parameters: ["pointer", "pointer", "pointer", "i32", "u64", "i32"],
+    result: "i32",
+  },
   dl_paged_attention: {
     parameters: [
       "pointer",

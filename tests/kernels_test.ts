@@ -617,6 +617,39 @@ function runAttentionCase(b: Buffers, c: AttentionCase, dtype: DTypeId, seed: nu
   );
 }
 
+Deno.test("copy_blocks copies whole blocks and rejects bad pairs", () => {
+  const rand = ref.mulberry32(11);
+  withBuffers((b) => {
+    const numBlocks = 6, blockFloats = 40;
+    const initial = ref.randomF32(rand, numBlocks * blockFloats);
+    const cache = b.from(initial);
+    const pairs = Int32Array.of(1, 4, 0, 5, 1, 2);
+    backend.copyBlocks({
+      cache,
+      pairs: b.from(pairs),
+      numPairs: 3,
+      blockBytes: blockFloats * 4,
+      numBlocks,
+    });
+    const expected = initial.slice();
+    for (let i = 0; i < 3; i++) {
+      const [src, dst] = [pairs[2 * i], pairs[2 * i + 1]];
+      expected.set(initial.subarray(src * blockFloats, (src + 1) * blockFloats), dst * blockFloats);
+    }
+    assertExact(b.f32(cache, numBlocks * blockFloats), expected, "copy_blocks");
+    const copy = (p: Int32Array) => () =>
+      backend.copyBlocks({
+        cache,
+        pairs: b.from(p),
+        numPairs: p.length / 2,
+        blockBytes: blockFloats * 4,
+        numBlocks,
+      });
+    assertNativeError(copy(Int32Array.of(0, 6)), 1, /block ids in \[0, 6\), found 6/);
+    assertNativeError(copy(Int32Array.of(3, 3)), 1, /onto itself/);
+  });
+});
+
 Deno.test("paged attention matches naive softmax attention: MHA, GQA, MQA, every cache dtype", () => {
   const rand = ref.mulberry32(8);
   const randomSeqs = (count: number): [number, number][] =>

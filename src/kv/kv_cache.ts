@@ -21,6 +21,8 @@ export interface KvCacheOptions {
 }
 
 export class KvCache {
+  /** f32 keeps CPU attention exact; half-precision caches come with the CUDA build. */
+  static readonly defaultDtype: DTypeId = DType.F32;
   readonly blockSize: number;
   readonly numBlocks: number;
   readonly dtype: DTypeId;
@@ -33,7 +35,7 @@ export class KvCache {
   constructor(backend: NativeBackend, config: ModelConfig, options: KvCacheOptions) {
     this.#backend = backend;
     this.blockSize = options.blockSize ?? 16;
-    this.dtype = options.dtype ?? DType.F32;
+    this.dtype = options.dtype ?? KvCache.defaultDtype;
     this.numKvHeads = config.numKvHeads;
     this.headDim = config.headDim;
     if (!Number.isInteger(this.blockSize) || this.blockSize <= 0) {

@@ -40,19 +40,27 @@ export interface RandomModel {
 
 // --- weight scales
 //
-// Chosen so that greedy decoding is robust to float rounding differences between engines: the
-// final logits have a standard deviation of LOGIT_STD, so the top-1 margin over the runner-up is
-// typically ~LOGIT_STD / sqrt(2 ln vocab) ≈ 0.8 logits for a 150k vocab, orders of magnitude above
-// f32 or f16 accumulation noise. Every projection has std 1/sqrt(fan_in), so each sublayer's output
-// has unit scale whatever the width. The embedding has the same small std as an untied lm_head
-// (LOGIT_STD/sqrt(hidden)) rather than 1: for tied models the embedding *is* the lm_head, and with
-// std 1 the current token's own embedding would dominate the residual stream and the model would
-// just repeat its input token. Norm weights are 1 + small noise (so a transposed or misapplied
-// norm still changes the output) and biases are small but nonzero.
-const LOGIT_STD = Number(Deno.env.get("RM_LOGIT") ?? 4);
-const EMBED_NORM = Number(Deno.env.get("RM_EMBED") ?? 0.5);
-const ATTN_GAIN = Number(Deno.env.get("RM_ATTN") ?? 1);
-const MLP_GAIN = Number(Deno.env.get("RM_MLP") ?? 1);
+// Picked so random models behave like models, not noise, and greedy decoding does not hinge on
+// float rounding. Tuned by greedy runs in llama.cpp on the tiny presets and cut-down smollm/qwen2.5
+// shapes: output stays varied (no token repeated more than a few times), and the f16 and bf16
+// roundings of a model mostly pick the same 48 tokens as its f32 original.
+// - Logits have std LOGIT_STD, so softmax is peaked (top-1 usually well above the rest).
+// - Projections have std 1/sqrt(fan_in), so each sublayer sees and returns unit-scale values;
+//   down_proj is MLP_GAIN times that so the MLP, driven by the current token, outweighs attention,
+//   whose softmax averaging would otherwise pull every position towards one state and make the
+//   model loop on one token.
+// - The embedding rows have norm ~EMBED_NORM (std EMBED_NORM/sqrt(hidden)), small next to the
+//   residual stream. In a tied model the embedding is the lm_head, and a large one makes the
+//   current token's own logit win, so the model repeats its input. Tied models get their logit
+//   scale from the final norm's gain (LOGIT_STD / EMBED_NORM) instead; untied ones from an lm_head
+//   of std LOGIT_STD/sqrt(hidden) with a final norm of ~1.
+// - Norm weights are 1 + small noise (a misapplied norm still changes the output) and biases are
+//   small but nonzero.
+// Residual risk: with f16 weights a token flips in roughly 1 of 200 greedy steps between the f32
+// and f16 roundings of the same model; compare engines on F32 files where exactness matters.
+const LOGIT_STD = 4;
+const EMBED_NORM = 1;
+const MLP_GAIN = 2;
 const NORM_NOISE_STD = 0.05;
 const BIAS_STD = 0.1;
 
@@ -146,7 +154,7 @@ function tensorSpecs(config: HfConfigJson): TensorSpec[] {
       ggufName: gg("attn_output.weight"),
       shape: [hidden, qRows],
       mean: 0,
-      std: ATTN_GAIN * proj(qRows),
+      std: proj(qRows),
     });
     specs.push(norm("post_attention_layernorm.weight", "ffn_norm.weight"));
     for (const [hfName, ggufName] of [["gate_proj", "ffn_gate"], ["up_proj", "ffn_up"]]) {

@@ -1,0 +1,220 @@
+// The serving engine: requests in, incremental outputs out, one `step()` at a time
+// (schedule, run the model, process what it sampled).
+import type { NativeBackend } from "../../ffi/native.ts";
+import type { KvCache } from "../kv/kv_cache.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import { validateSamplingParams } from "../sampling.ts";
+import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { BlockPool } from "./block_pool.ts";
+import { KvCacheManager } from "./kv_cache_manager.ts";
+import { topLogprobs } from "./logprobs.ts";
+import { ModelRunner } from "./model_runner.ts";
+import { Request, type RequestOutput, type RequestParams } from "./request.ts";
+import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
+
+export interface EngineConfig extends SchedulerConfig {
+  enablePrefixCaching?: boolean;
+}
+
+export interface EngineStats {
+  numRunning: number;
+  numWaiting: number;
+  numKvBlocks: number;
+  numFreeKvBlocks: number;
+  prefixCacheQueries: number;
+  prefixCacheHits: number;
+  numPreemptions: number;
+  numSteps: number;
+  /** Tokens computed in the last step: prefill chunks and decode tokens. */
+  lastStepPrefillTokens: number;
+  lastStepDecodeTokens: number;
+}
+
+/** A request id that is already in use or unknown. */
+export class RequestIdError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RequestIdError";
+  }
+}
+
+export class LLMEngine {
+  readonly tokenizer: TextTokenizer;
+  readonly scheduler: Scheduler;
+  readonly kv: KvCacheManager;
+  #runner: ModelRunner;
+  #requests = new Map<string, Request>();
+  /** n > 1 samples waiting for their leader's prompt to be computed, by leader id. */
+  #pendingForks = new Map<string, Request[]>();
+  #arrivals = 0;
+  #numSteps = 0;
+  #lastStep = { prefill: 0, decode: 0 };
+
+  constructor(
+    backend: NativeBackend,
+    parts: { model: LlamaModel; tokenizer: TextTokenizer; kvCache: KvCache },
+    config: EngineConfig,
+  ) {
+    this.tokenizer = parts.tokenizer;
+    const pool = new BlockPool(parts.kvCache.numBlocks, {
+      enablePrefixCaching: config.enablePrefixCaching ?? true,
+    });
+    this.kv = new KvCacheManager(pool, parts.kvCache.blockSize);
+    this.scheduler = new Scheduler(config, this.kv);
+    this.#runner = new ModelRunner(backend, parts.model, parts.kvCache);
+  }
+
+  get hasWork(): boolean {
+    return this.scheduler.hasWork;
+  }
+
+  /** Validates and queues a submission; n > 1 makes n requests `${id}` … that share the prompt. */
+  addRequest(id: string, promptIds: readonly number[], params: RequestParams): void {
+    const vocab = this.#runner.model.config.vocabSize;
+    if (promptIds.length === 0) throw new RangeError("The prompt must have at least one token");
+    const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
+    if (bad !== undefined) {
+      throw new RangeError(`Token id ${bad} is outside the vocabulary [0, ${vocab})`);
+    }
+    if (!Number.isInteger(params.maxTokens) || params.maxTokens < 1) {
+      throw new RangeError(`max_tokens must be a positive integer, got ${params.maxTokens}`);
+    }
+    const n = params.n ?? 1;
+    if (!Number.isInteger(n) || n < 1) {
+      throw new RangeError(`n must be a positive integer, got ${n}`);
+    }
+    validateSamplingParams(params.sampling);
+    const ids = Array.from({ length: n }, (_, i) => (i === 0 ? id : `${id}#${i}`));
+    for (const rid of ids) {
+      if (this.#requests.has(rid)) {
+        throw new RequestIdError(`Request id "${rid}" is already in use`);
+      }
+    }
+    const requests = ids.map((rid, index) =>
+      new Request(
+        { id: rid, submissionId: id, index, arrival: this.#arrivals++ },
+        promptIds,
+        params,
+        this.tokenizer,
+      )
+    );
+    this.scheduler.add(requests[0]); // throws RequestTooLongError before anything is registered
+    for (const r of requests) this.#requests.set(r.id, r);
+    if (n > 1) this.#pendingForks.set(id, requests.slice(1));
+  }
+
+  /** Cancels a submission (all its samples) and frees its KV blocks at once. */
+  abort(id: string): RequestOutput[] {
+    const outputs: RequestOutput[] = [];
+    const family = [...this.#requests.values()].filter((r) => r.submissionId === id);
+    for (const request of family) {
+      request.abort();
+      this.scheduler.remove(request);
+      this.#requests.delete(request.id);
+      outputs.push(this.#output(request, [], "", undefined));
+    }
+    this.#pendingForks.delete(id);
+    return outputs;
+  }
+
+  /** One engine step. Returns the outputs it produced (possibly none). */
+  step(): RequestOutput[] {
+    const plan = this.scheduler.schedule();
+    if (plan.scheduled.length === 0) return [];
+    const logits = this.#runner.execute(plan, this.kv);
+    this.scheduler.commit(plan);
+    this.#numSteps++;
+    this.#countTokens(plan);
+    return this.#processSamples(plan, logits);
+  }
+
+  #countTokens(plan: SchedulerOutput): void {
+    let prefill = 0;
+    let decode = 0;
+    for (const s of plan.scheduled) {
+      // A step that starts at the last known token is a decode step; anything else is prompt.
+      if (
+        s.numNewTokens === 1 && s.start === s.request.numTokens - 1 && s.request.numOutputTokens > 0
+      ) {
+        decode++;
+      } else {
+        prefill += s.numNewTokens;
+      }
+    }
+    this.#lastStep = { prefill, decode };
+  }
+
+  #processSamples(plan: SchedulerOutput, logits: Float32Array): RequestOutput[] {
+    const vocab = this.#runner.model.config.vocabSize;
+    const outputs: RequestOutput[] = [];
+    let row = 0;
+    for (const s of plan.scheduled) {
+      if (!s.sample) continue;
+      const rowLogits = logits.subarray(row * vocab, (row + 1) * vocab);
+      row++;
+      const leader = s.request;
+      // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
+      // share its blocks (forked before sampling, in case the leader finishes at once).
+      const siblings = this.#pendingForks.get(leader.id) ?? [];
+      this.#pendingForks.delete(leader.id);
+      for (const sibling of siblings) {
+        this.kv.fork(leader.id, sibling.id);
+        sibling.numComputedTokens = leader.numComputedTokens;
+        this.scheduler.addRunning(sibling);
+      }
+      for (const request of [leader, ...siblings]) {
+        outputs.push(this.#sampleInto(request, rowLogits));
+      }
+    }
+    return outputs;
+  }
+
+  #sampleInto(request: Request, rowLogits: Float32Array): RequestOutput {
+    const token = request.sampler.sample(rowLogits);
+    const wantLogprobs = request.params.logprobs !== undefined;
+    const { text, appended } = request.appendToken(token);
+    const logprobs = wantLogprobs && appended
+      ? [topLogprobs(rowLogits, token, request.params.logprobs!)]
+      : undefined;
+    if (request.isFinished) {
+      this.scheduler.finish(request);
+      this.#requests.delete(request.id);
+    }
+    return this.#output(request, appended ? [token] : [], text, logprobs);
+  }
+
+  #output(
+    request: Request,
+    newTokenIds: number[],
+    textDelta: string,
+    logprobs: RequestOutput["logprobs"],
+  ): RequestOutput {
+    return {
+      requestId: request.submissionId,
+      index: request.index,
+      newTokenIds,
+      textDelta,
+      ...(logprobs ? { logprobs } : {}),
+      finished: request.isFinished,
+      ...(request.finishReason ? { finishReason: request.finishReason } : {}),
+      numPromptTokens: request.numPromptTokens,
+      numOutputTokens: request.numOutputTokens,
+    };
+  }
+
+  stats(): EngineStats {
+    const kvStats = this.kv.stats;
+    return {
+      numRunning: this.scheduler.numRunning,
+      numWaiting: this.scheduler.numWaiting,
+      numKvBlocks: this.kv.numUsableBlocks,
+      numFreeKvBlocks: this.kv.numFreeBlocks,
+      prefixCacheQueries: kvStats.prefixQueries,
+      prefixCacheHits: kvStats.prefixHits,
+      numPreemptions: this.scheduler.numPreemptions,
+      numSteps: this.#numSteps,
+      lastStepPrefillTokens: this.#lastStep.prefill,
+      lastStepDecodeTokens: this.#lastStep.decode,
+    };
+  }
+}

@@ -1,0 +1,250 @@
+// Decides, each step, which requests run and how many of their tokens: a token budget handed to
+// running requests first, then waiting ones (vLLM v1's rule: no separate prefill and decode
+// phases, every request just catches its computed tokens up with its known tokens).
+import type { KvCacheManager } from "./kv_cache_manager.ts";
+import type { Request } from "./request.ts";
+
+export interface SchedulerConfig {
+  /** Token budget of one step (prefill chunks plus decode tokens). */
+  maxNumBatchedTokens: number;
+  /** Most requests running at once. */
+  maxNumSeqs: number;
+  /** Longest prompt + output a request may have. */
+  maxModelLen: number;
+  /** Split long prompts across steps so prefill and decode share a step. Default true. */
+  enableChunkedPrefill?: boolean;
+  /** "fcfs" (default) or "priority": the order waiting requests are admitted in. */
+  policy?: "fcfs" | "priority";
+  /**
+   * "continuous" (default): in-flight batching. "static": the baseline — fixed batches that run
+   * until their longest member finishes, with KV reserved for each member's maximum length.
+   */
+  mode?: "continuous" | "static";
+}
+
+/** One request's share of a step. */
+export interface ScheduledRequest {
+  request: Request;
+  /** Position of the first new token. */
+  start: number;
+  numNewTokens: number;
+  /** Whether this step reaches the end of its known tokens, so a token is sampled. */
+  sample: boolean;
+}
+
+/** Everything the model runner needs for a step; the only thing crossing that boundary. */
+export interface SchedulerOutput {
+  scheduled: ScheduledRequest[];
+  numBatchedTokens: number;
+  /** KV block copies (copy-on-write) to do before the forward pass. */
+  blockCopies: { src: number; dst: number }[];
+  /** Requests preempted (by recompute) this step. */
+  preempted: Request[];
+}
+
+/** A request that can never run: too long for the model or for the whole KV cache. */
+export class RequestTooLongError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RequestTooLongError";
+  }
+}
+
+export class Scheduler {
+  readonly config: Required<SchedulerConfig>;
+  #kv: KvCacheManager;
+  #waiting: Request[] = [];
+  #running: Request[] = [];
+  #numPreemptions = 0;
+
+  constructor(config: SchedulerConfig, kv: KvCacheManager) {
+    for (const key of ["maxNumBatchedTokens", "maxNumSeqs", "maxModelLen"] as const) {
+      if (!Number.isInteger(config[key]) || config[key] <= 0) {
+        throw new RangeError(`${key} must be a positive integer, got ${config[key]}`);
+      }
+    }
+    this.config = {
+      enableChunkedPrefill: true,
+      policy: "fcfs",
+      mode: "continuous",
+      ...config,
+    };
+    if (!this.config.enableChunkedPrefill && config.maxNumBatchedTokens < config.maxModelLen) {
+      throw new RangeError(
+        `Without chunked prefill, maxNumBatchedTokens (${config.maxNumBatchedTokens}) must be at ` +
+          `least maxModelLen (${config.maxModelLen}) so any prompt fits one step`,
+      );
+    }
+    this.#kv = kv;
+  }
+
+  get numWaiting(): number {
+    return this.#waiting.length;
+  }
+
+  get numRunning(): number {
+    return this.#running.length;
+  }
+
+  get numPreemptions(): number {
+    return this.#numPreemptions;
+  }
+
+  get hasWork(): boolean {
+    return this.#waiting.length > 0 || this.#running.length > 0;
+  }
+
+  /** Blocks a request needs at its maximum length. */
+  #blocksFor(numTokens: number): number {
+    return Math.ceil(numTokens / this.#kv.blockSize);
+  }
+
+  /** Admits a request to the waiting queue, refusing one that could never run. */
+  add(request: Request): void {
+    const maxLen = request.numPromptTokens + request.params.maxTokens;
+    if (maxLen > this.config.maxModelLen) {
+      throw new RequestTooLongError(
+        `This request needs ${maxLen} tokens (${request.numPromptTokens} in the prompt + ` +
+          `${request.params.maxTokens} max_tokens), more than the maximum context length of ` +
+          `${this.config.maxModelLen}`,
+      );
+    }
+    const needed = this.#blocksFor(maxLen);
+    if (needed > this.#kv.numUsableBlocks) {
+      throw new RequestTooLongError(
+        `This request needs ${needed} KV blocks (${maxLen} tokens) but the whole cache has ` +
+          `${this.#kv.numUsableBlocks}`,
+      );
+    }
+    this.#insertWaiting(request);
+  }
+
+  /** Puts an already-computed request straight into the running set (a forked n > 1 sample). */
+  addRunning(request: Request): void {
+    request.status = "running";
+    this.#running.push(request);
+  }
+
+  #insertWaiting(request: Request, atFront = false): void {
+    request.status = "waiting";
+    if (atFront) {
+      this.#waiting.unshift(request);
+    } else {
+      this.#waiting.push(request);
+    }
+    if (this.config.policy === "priority") {
+      this.#waiting.sort((a, b) => a.priority - b.priority || a.arrival - b.arrival);
+    }
+  }
+
+  /** Removes a request wherever it is and frees its KV blocks at once. */
+  remove(request: Request): void {
+    this.#waiting = this.#waiting.filter((r) => r !== request);
+    this.#running = this.#running.filter((r) => r !== request);
+    this.#kv.free(request.id);
+  }
+
+  /** The running request to preempt: lowest priority (highest value), then newest. */
+  #pickVictim(): Request | undefined {
+    let victim: Request | undefined;
+    for (const r of this.#running) {
+      if (
+        victim === undefined || r.priority > victim.priority ||
+        (r.priority === victim.priority && r.arrival > victim.arrival)
+      ) {
+        victim = r;
+      }
+    }
+    return victim;
+  }
+
+  /** Preemption by recompute: drop the KV, keep the tokens, requeue at the front. */
+  #preempt(victim: Request, preempted: Request[]): void {
+    this.#running = this.#running.filter((r) => r !== victim);
+    this.#kv.free(victim.id);
+    victim.numComputedTokens = 0;
+    victim.numPreemptions++;
+    this.#numPreemptions++;
+    preempted.push(victim);
+    this.#insertWaiting(victim, true);
+  }
+
+  schedule(): SchedulerOutput {
+    const scheduled: ScheduledRequest[] = [];
+    const preempted: Request[] = [];
+    let budget = this.config.maxNumBatchedTokens;
+    const chunk = (remaining: number) =>
+      this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
+
+    // Running requests first, in admission order, so older requests keep making progress.
+    const running = [...this.#running].sort((a, b) => a.arrival - b.arrival);
+    for (const request of running) {
+      if (budget === 0) break;
+      if (!this.#running.includes(request)) continue; // preempted earlier in this loop
+      const numNew = chunk(request.numTokens - request.numComputedTokens);
+      if (numNew === 0 || numNew > budget) continue;
+      let allocated = this.#kv.allocateSlots(request, numNew);
+      while (!allocated) {
+        const victim = this.#pickVictim()!;
+        this.#preempt(victim, preempted);
+        if (victim === request) break;
+        allocated = this.#kv.allocateSlots(request, numNew);
+      }
+      if (!allocated) continue;
+      scheduled.push(this.#share(request, numNew));
+      budget -= numNew;
+    }
+
+    // Then waiting requests, unless this step had to preempt (memory is short).
+    const isStatic = this.config.mode === "static";
+    const canAdmit = preempted.length === 0 && (!isStatic || this.#running.length === 0);
+    while (canAdmit && this.#waiting.length > 0 && budget > 0) {
+      if (this.#running.length >= this.config.maxNumSeqs) break;
+      const request = this.#waiting[0];
+      const cached = this.#kv.findCachedPrefix(request);
+      const numNew = chunk(request.numTokens - cached.numTokens);
+      if (numNew > budget) break;
+      // The static baseline reserves KV for the longest the request may grow, up front.
+      const reserve = isStatic
+        ? request.numPromptTokens + request.params.maxTokens - cached.numTokens
+        : numNew;
+      if (!this.#kv.allocateSlots(request, reserve, cached)) break;
+      this.#waiting.shift();
+      request.numComputedTokens = cached.numTokens;
+      request.status = "running";
+      this.#running.push(request);
+      scheduled.push(this.#share(request, numNew));
+      budget -= numNew;
+    }
+
+    return {
+      scheduled,
+      numBatchedTokens: this.config.maxNumBatchedTokens - budget,
+      blockCopies: this.#kv.takePendingCopies(),
+      preempted,
+    };
+  }
+
+  #share(request: Request, numNewTokens: number): ScheduledRequest {
+    const start = request.numComputedTokens;
+    return {
+      request,
+      start,
+      numNewTokens,
+      sample: start + numNewTokens === request.numTokens,
+    };
+  }
+
+  /** After the forward pass: the scheduled tokens now have KV. */
+  commit(output: SchedulerOutput): void {
+    for (const s of output.scheduled) {
+      s.request.numComputedTokens = s.start + s.numNewTokens;
+      this.#kv.commitComputed(s.request, s.request.numComputedTokens);
+    }
+  }
+
+  /** Drops a finished request and frees its blocks. */
+  finish(request: Request): void {
+    this.remove(request);
+  }
+}
