@@ -109,6 +109,8 @@ export function* generate(
   const allocator = new BlockAllocator(g.kv.numBlocks);
   const seq = new SequenceBlocks(allocator, g.kv.blockSize);
   const tokenIds: number[] = [];
+  // The penalties see the prompt and the output so far.
+  const history = { tokenIds: [...request.promptIds], numPromptTokens: request.promptIds.length };
   let text = "";
   let finishReason: FinishReason = "length";
   let prefillMs = 0;
@@ -119,7 +121,7 @@ export function* generate(
     while (tokenIds.length < request.maxTokens) {
       const started = performance.now();
       const logits = g.model.forward(singleSequenceBatch(seq, input), g.kv);
-      const token = sampler.sample(logits);
+      const token = sampler.sample(logits, history);
       const elapsed = performance.now() - started;
       if (tokenIds.length === 0) prefillMs = elapsed;
       else decodeMs += elapsed;
@@ -129,6 +131,7 @@ export function* generate(
         break;
       }
       tokenIds.push(token);
+      history.tokenIds.push(token);
       const piece = stopper.push(detok.push(token));
       text += piece.text;
       yield { tokenId: token, text: piece.text };

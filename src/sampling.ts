@@ -12,6 +12,19 @@ export interface SamplingParams {
   minP: number;
   /** Seed of the generator; undefined draws one at random. */
   seed?: number;
+  /** OpenAI's penalties on tokens already generated: flat once present, and per occurrence. */
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Hugging Face's multiplicative penalty on tokens of the prompt and the output; 1 disables. */
+  repetitionPenalty?: number;
+  /** Added to the logits of the given token ids before anything else. */
+  logitBias?: Record<number, number>;
+}
+
+/** The tokens a request has so far, for the penalties. */
+export interface TokenHistory {
+  tokenIds: readonly number[];
+  numPromptTokens: number;
 }
 
 export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, minP: 0 };
@@ -27,6 +40,62 @@ export function validateSamplingParams(p: SamplingParams): void {
   if (p.seed !== undefined && !Number.isSafeInteger(p.seed)) {
     throw new RangeError(`seed must be an integer, got ${p.seed}`);
   }
+  for (const key of ["presencePenalty", "frequencyPenalty"] as const) {
+    const v = p[key] ?? 0;
+    if (!(v >= -2 && v <= 2)) throw new RangeError(`${key} must be in [-2, 2], got ${v}`);
+  }
+  const rep = p.repetitionPenalty ?? 1;
+  if (!(rep > 0 && Number.isFinite(rep))) {
+    throw new RangeError(`repetitionPenalty must be a number > 0, got ${rep}`);
+  }
+  for (const [id, bias] of Object.entries(p.logitBias ?? {})) {
+    if (!/^\d+$/.test(id) || !(bias >= -100 && bias <= 100)) {
+      throw new RangeError(
+        `logitBias must map token ids to numbers in [-100, 100], got ${id}: ${bias}`,
+      );
+    }
+  }
+}
+
+/** Whether any penalty or bias changes the logits (so the row must be copied first). */
+function adjustsLogits(p: SamplingParams): boolean {
+  return (p.presencePenalty ?? 0) !== 0 || (p.frequencyPenalty ?? 0) !== 0 ||
+    (p.repetitionPenalty ?? 1) !== 1 || Object.keys(p.logitBias ?? {}).length > 0;
+}
+
+/**
+ * Applies logit bias, then the repetition penalty (prompt and output tokens: positive logits
+ * divided, negative multiplied), then presence and frequency penalties (output tokens only).
+ * Returns a copy; the row itself may be shared by the n samples of a prompt.
+ */
+export function adjustLogits(
+  row: Float32Array,
+  p: SamplingParams,
+  history?: TokenHistory,
+): Float32Array {
+  const out = row.slice();
+  for (const [id, bias] of Object.entries(p.logitBias ?? {})) {
+    const i = Number(id);
+    if (i < out.length) out[i] += bias;
+  }
+  if (!history) return out;
+  const rep = p.repetitionPenalty ?? 1;
+  if (rep !== 1) {
+    for (const id of new Set(history.tokenIds)) {
+      out[id] = out[id] > 0 ? out[id] / rep : out[id] * rep;
+    }
+  }
+  const presence = p.presencePenalty ?? 0;
+  const frequency = p.frequencyPenalty ?? 0;
+  if (presence !== 0 || frequency !== 0) {
+    const counts = new Map<number, number>();
+    for (let i = history.numPromptTokens; i < history.tokenIds.length; i++) {
+      const id = history.tokenIds[i];
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+    for (const [id, count] of counts) out[id] -= presence + frequency * count;
+  }
+  return out;
 }
 
 /** Index of the largest value; the lowest index wins ties, as in llama.cpp's greedy sampler. */
@@ -67,8 +136,9 @@ export class Sampler {
     this.#rng = new Rng(params.seed ?? Math.floor(Math.random() * 2 ** 31));
   }
 
-  sample(row: Float32Array): number {
+  sample(logits: Float32Array, history?: TokenHistory): number {
     const p = this.params;
+    const row = adjustsLogits(p) ? adjustLogits(logits, p, history) : logits;
     if (p.temperature === 0 || p.topK === 1) return argmax(row);
 
     // Candidates sorted by logit; top-k cuts the list before the softmax.

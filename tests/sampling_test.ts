@@ -1,6 +1,13 @@
 // Sampling: greedy picks the argmax, filters keep the right candidates, seeds reproduce output.
 import assert from "node:assert/strict";
-import { argmax, GREEDY, Rng, Sampler, validateSamplingParams } from "../src/sampling.ts";
+import {
+  adjustLogits,
+  argmax,
+  GREEDY,
+  Rng,
+  Sampler,
+  validateSamplingParams,
+} from "../src/sampling.ts";
 
 const logits = Float32Array.from([1, 5, 3, 5, -2, 0.5]);
 
@@ -63,4 +70,31 @@ Deno.test("bad sampling parameters are rejected with the value", () => {
   assert.throws(() => validateSamplingParams({ ...GREEDY, minP: 2 }), /min_p.*2/);
   assert.throws(() => validateSamplingParams({ ...GREEDY, topK: 1.5 }), /top_k.*1.5/);
   assert.throws(() => validateSamplingParams({ ...GREEDY, seed: 0.5 }), /seed.*0.5/);
+});
+
+Deno.test("logit bias and penalties change only the tokens they name, on a copy", () => {
+  const row = Float32Array.from([2, 1, -1, 0.5]);
+  const history = { tokenIds: [1, 2, 3, 3, 3], numPromptTokens: 2 };
+  assert.deepEqual(
+    Array.from(adjustLogits(row, { ...GREEDY, logitBias: { 3: 10, 0: -2 } })),
+    [0, 1, -1, 10.5],
+  );
+  // Repetition: prompt and output tokens (1, 2, 3); positive logits divided, negative multiplied.
+  assert.deepEqual(
+    Array.from(adjustLogits(row, { ...GREEDY, repetitionPenalty: 2 }, history)),
+    [2, 0.5, -2, 0.25],
+  );
+  // Presence and frequency: output tokens only (3 three times).
+  assert.deepEqual(
+    Array.from(
+      adjustLogits(row, { ...GREEDY, presencePenalty: 0.5, frequencyPenalty: 0.25 }, history),
+    ),
+    [2, 1, -1, 0.5 - 0.5 - 0.75],
+  );
+  assert.deepEqual(Array.from(row), [2, 1, -1, 0.5], "the shared row is untouched");
+  // Greedy follows the adjusted logits.
+  assert.equal(new Sampler({ ...GREEDY, logitBias: { 2: 5 } }).sample(row), 2);
+  assert.throws(() => validateSamplingParams({ ...GREEDY, presencePenalty: 3 }), /presencePenalty/);
+  assert.throws(() => validateSamplingParams({ ...GREEDY, repetitionPenalty: 0 }), /repetition/);
+  assert.throws(() => validateSamplingParams({ ...GREEDY, logitBias: { 1: 200 } }), /logitBias/);
 });

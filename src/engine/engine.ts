@@ -121,6 +121,8 @@ export class LLMEngine {
   step(): RequestOutput[] {
     const plan = this.scheduler.schedule();
     if (plan.scheduled.length === 0) return [];
+    const now = performance.now();
+    for (const s of plan.scheduled) s.request.firstScheduledTime ??= now;
     const logits = this.#runner.execute(plan, this.kv);
     this.scheduler.commit(plan);
     this.#numSteps++;
@@ -160,6 +162,7 @@ export class LLMEngine {
       for (const sibling of siblings) {
         this.kv.fork(leader.id, sibling.id);
         sibling.numComputedTokens = leader.numComputedTokens;
+        sibling.firstScheduledTime = leader.firstScheduledTime;
         this.scheduler.addRunning(sibling);
       }
       for (const request of [leader, ...siblings]) {
@@ -170,7 +173,7 @@ export class LLMEngine {
   }
 
   #sampleInto(request: Request, rowLogits: Float32Array): RequestOutput {
-    const token = request.sampler.sample(rowLogits);
+    const token = request.sampler.sample(rowLogits, request);
     const wantLogprobs = request.params.logprobs !== undefined;
     const { text, appended } = request.appendToken(token);
     const logprobs = wantLogprobs && appended
@@ -199,6 +202,9 @@ export class LLMEngine {
       ...(request.finishReason ? { finishReason: request.finishReason } : {}),
       numPromptTokens: request.numPromptTokens,
       numOutputTokens: request.numOutputTokens,
+      ...(request.firstScheduledTime === undefined
+        ? {}
+        : { queueMs: request.firstScheduledTime - request.arrivalTime }),
     };
   }
 

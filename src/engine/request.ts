@@ -41,6 +41,8 @@ export interface RequestOutput {
   finishReason?: FinishReason;
   numPromptTokens: number;
   numOutputTokens: number;
+  /** Time from admission until the request was first scheduled (absent if it never was). */
+  queueMs?: number;
 }
 
 export class Request {
@@ -57,6 +59,9 @@ export class Request {
   status: RequestStatus = "waiting";
   finishReason?: FinishReason;
   numPreemptions = 0;
+  /** performance.now() at admission and at the first step that scheduled it. */
+  readonly arrivalTime = performance.now();
+  firstScheduledTime?: number;
   readonly sampler: Sampler;
   readonly #stopIds: Set<number>;
   readonly #detokenizer: IncrementalDetokenizer;
