@@ -24,6 +24,8 @@ export interface EngineStats {
   prefixCacheQueries: number;
   prefixCacheHits: number;
   numPreemptions: number;
+  /** KV slots holding tokens of running requests (allocated minus this is waste). */
+  numKvTokensInUse: number;
   numSteps: number;
   /** Tokens computed in the last step: prefill chunks and decode tokens. */
   lastStepPrefillTokens: number;
@@ -218,6 +220,7 @@ export class LLMEngine {
       prefixCacheQueries: kvStats.prefixQueries,
       prefixCacheHits: kvStats.prefixHits,
       numPreemptions: this.scheduler.numPreemptions,
+      numKvTokensInUse: this.scheduler.numComputedTokens,
       numSteps: this.#numSteps,
       lastStepPrefillTokens: this.#lastStep.prefill,
       lastStepDecodeTokens: this.#lastStep.decode,

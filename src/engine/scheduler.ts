@@ -17,7 +17,7 @@ export interface SchedulerConfig {
   policy?: "fcfs" | "priority";
   /**
    * "continuous" (default): in-flight batching. "static": the baseline — fixed batches that run
-   * until their longest member finishes, with KV reserved for each member's maximum length.
+   * until their longest member finishes, with KV for maxModelLen tokens reserved per member.
    */
   mode?: "continuous" | "static";
 }
@@ -75,6 +75,12 @@ export class Scheduler {
           `least maxModelLen (${config.maxModelLen}) so any prompt fits one step`,
       );
     }
+    if (this.config.mode === "static" && kv.numUsableBlocks * kv.blockSize < config.maxModelLen) {
+      throw new RangeError(
+        `Static batching reserves maxModelLen (${config.maxModelLen}) tokens per request, more ` +
+          `than the whole KV cache (${kv.numUsableBlocks * kv.blockSize} tokens)`,
+      );
+    }
     this.#kv = kv;
   }
 
@@ -88,6 +94,11 @@ export class Scheduler {
 
   get numPreemptions(): number {
     return this.#numPreemptions;
+  }
+
+  /** Tokens whose KV the running requests hold: what allocated KV slots are actually used for. */
+  get numComputedTokens(): number {
+    return this.#running.reduce((n, r) => n + r.numComputedTokens, 0);
   }
 
   get hasWork(): boolean {
@@ -204,10 +215,9 @@ export class Scheduler {
       const cached = this.#kv.findCachedPrefix(request);
       const numNew = chunk(request.numTokens - cached.numTokens);
       if (numNew > budget) break;
-      // The static baseline reserves KV for the longest the request may grow, up front.
-      const reserve = isStatic
-        ? request.numPromptTokens + request.params.maxTokens - cached.numTokens
-        : numNew;
+      // The static baseline reserves KV for the maximum length up front, as servers without
+      // paging must: they cannot know how long the output will be.
+      const reserve = isStatic ? this.config.maxModelLen - cached.numTokens : numNew;
       if (!this.#kv.allocateSlots(request, reserve, cached)) break;
       this.#waiting.shift();
       request.numComputedTokens = cached.numTokens;
