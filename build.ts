@@ -73,6 +73,8 @@ async function buildCpu(): Promise<void> {
     "-static-libgcc",
     // dlclose must not unmap code that idle OpenMP worker threads may still return into.
     "-Wl,-z,nodelete",
+    // Keep the statically linked libstdc++ private: export the ABI and nothing else.
+    "-Wl,--exclude-libs,ALL",
     "-Iffi",
     ...sources,
     "-o",
@@ -137,7 +139,13 @@ async function compileExecutable(): Promise<void> {
     "--allow-ffi",
     "--allow-net",
     "--allow-sys",
+    // request.signal then fires only when a client goes away, not after every response (Deno 2.9);
+    // without it every served request logs a deprecation warning.
+    "--unstable-no-legacy-abort",
     ...includes,
+    // Worker code is not found by the module graph; AsyncEngine starts this file as a Worker.
+    "--include",
+    "src/engine/engine_worker.ts",
     "--output",
     "build/denollm",
     "main.ts",

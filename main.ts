@@ -3,12 +3,14 @@ import { LibraryLoadError, NativeError } from "./ffi/native.ts";
 import { GENERATE_USAGE, runGenerate, UsageError } from "./src/cli/generate.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
 import { ContextLengthError } from "./src/generate.ts";
+import { runServe } from "./src/server/serve.ts";
 import { TokenizerError } from "./src/tokenizer/tokenizer.ts";
 
 const USAGE = `Usage: denollm <command> [options]
 
 Commands:
   generate   generate text from a prompt (denollm generate --help)
+  serve      serve an OpenAI-compatible API (denollm serve --help)
 `;
 
 /** Errors the user can act on get one clear line; anything else is a bug and keeps its stack. */
@@ -26,6 +28,8 @@ async function main(args: string[]): Promise<number> {
       case "generate":
         await runGenerate(rest);
         return 0;
+      case "serve":
+        return await runServe(rest);
       case undefined:
       case "-h":
       case "--help":
@@ -37,7 +41,12 @@ async function main(args: string[]): Promise<number> {
   } catch (error) {
     if (!isUserFacing(error)) throw error;
     console.error(`error: ${(error as Error).message}`);
-    if (error instanceof UsageError) console.error(command === "generate" ? GENERATE_USAGE : USAGE);
+    if (error instanceof UsageError && command === "serve") {
+      // Kept to two lines: under systemd this lands in the journal.
+      console.error("Run `denollm serve --help` for the options.");
+    } else if (error instanceof UsageError) {
+      console.error(command === "generate" ? GENERATE_USAGE : USAGE);
+    }
     return error instanceof UsageError ? 2 : 1;
   }
 }

@@ -50,7 +50,10 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "device must be in [0, %d), got %d", count, device);
   }
   DL_CUDA_CHECK(cudaSetDevice(device));
-  dl_context* ctx = new (std::nothrow) dl_context{device, nullptr};
+  int max_smem_optin = 0;
+  DL_CUDA_CHECK(
+      cudaDeviceGetAttribute(&max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  dl_context* ctx = new (std::nothrow) dl_context{device, nullptr, nullptr, 0, max_smem_optin};
   if (ctx == nullptr) return dl_fail(DL_ERR_OUT_OF_MEMORY, "cannot allocate a context");
   err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {
@@ -64,6 +67,7 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
 extern "C" int32_t dl_context_destroy(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  DL_CUDA_CHECK(cudaFree(ctx->scratch));
   DL_CUDA_CHECK(cudaStreamDestroy(ctx->stream));
   delete ctx;
   return DL_OK;
@@ -72,6 +76,27 @@ extern "C" int32_t dl_context_destroy(dl_context* ctx) {
 extern "C" int32_t dl_synchronize(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  return DL_OK;
+}
+
+// --- Scratch
+
+int32_t dl_scratch(dl_context* ctx, size_t bytes, void** out) {
+  if (bytes > ctx->scratch_bytes) {
+    // Kernels already enqueued may still read the old buffer.
+    DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    DL_CUDA_CHECK(cudaFree(ctx->scratch));
+    ctx->scratch = nullptr;
+    ctx->scratch_bytes = 0;
+    const size_t grown = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+    cudaError_t err = cudaMalloc(&ctx->scratch, grown);
+    if (err == cudaErrorMemoryAllocation) {
+      return dl_fail(DL_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of scratch failed", grown);
+    }
+    DL_CUDA_CHECK(err);
+    ctx->scratch_bytes = grown;
+  }
+  *out = ctx->scratch;
   return DL_OK;
 }
 

@@ -79,3 +79,31 @@ Deno.test("a missing library gives a clear error", () => {
     (error) => error instanceof LibraryLoadError && /deno task build/.test(error.message),
   );
 });
+
+/** Dynamic symbols a library defines, via nm (binutils); undefined when nm is unavailable. */
+function exportedSymbols(path: string): string[] | undefined {
+  try {
+    const out = new Deno.Command("nm", { args: ["-D", "--defined-only", path] }).outputSync();
+    if (!out.success) return undefined;
+    return new TextDecoder().decode(out.stdout).split("\n")
+      .map((line) => line.trim().split(/\s+/))
+      .filter((f) => f.length === 3 && /^[TtWw]$/.test(f[1]))
+      .map((f) => f[2])
+      .sort();
+  } catch {
+    return undefined;
+  }
+}
+
+for (const backend of ["cpu", "cuda"] as const) {
+  const path = defaultLibraryPath(backend);
+  const symbolsOut = exists(path) ? exportedSymbols(path) : undefined;
+  Deno.test({
+    name: `the ${backend} library exports exactly the header's functions`,
+    ignore: symbolsOut === undefined,
+    fn() {
+      // Anything else exported (a statically linked runtime, a helper) could clash with the host.
+      assert.deepEqual(symbolsOut, parseHeader(header).map((fn) => fn.name).sort());
+    },
+  });
+}

@@ -46,7 +46,12 @@ export class ApiError extends Error {
 
   get body(): ErrorBody {
     return {
-      error: { message: this.message, type: TYPES[this.status], param: this.param, code: this.code },
+      error: {
+        message: this.message,
+        type: TYPES[this.status],
+        param: this.param,
+        code: this.code,
+      },
     };
   }
 }
@@ -66,11 +71,32 @@ export function fromDomainError(error: unknown): ApiError | undefined {
   if (error.name === "RequestTooLongError") {
     return new ApiError(400, error.message, { code: "context_length_exceeded" });
   }
-  if (error instanceof ChatTemplateError) return new ApiError(400, error.message, { param: "messages" });
+  if (error instanceof ChatTemplateError) {
+    return new ApiError(400, error.message, { param: "messages" });
+  }
   // The engine's admission checks (token ids, parameters) throw these; the API validates first,
   // so reaching here means the two disagree, still the client's request at fault.
   if (error instanceof EngineError && (error.name === "RangeError" || error.name === "TypeError")) {
     return new ApiError(400, error.message);
   }
   return undefined;
+}
+
+/**
+ * The ApiError for any error: the mapped one for a request at fault, else a generic 500 whose
+ * details go to the log only, never to the client.
+ */
+export function toApiError(
+  error: unknown,
+  log?: (level: "error", msg: string, fields?: Record<string, unknown>) => void,
+): ApiError {
+  const mapped = fromDomainError(error);
+  if (mapped !== undefined) return mapped;
+  const e = error instanceof Error ? error : new Error(String(error));
+  log?.("error", "Unexpected error while serving a request", {
+    name: e.name,
+    message: e.message,
+    stack: e.stack,
+  });
+  return new ApiError(500, "The server had an error while processing your request");
 }

@@ -4,6 +4,9 @@
 //   node tools/llamacpp/reference.mjs generate --model M.gguf --prompt TEXT [--n 64] [--threads 2] [--stop-at-eos | --ignore-eos]
 //   node tools/llamacpp/reference.mjs tokenize --model M.gguf (--text TEXT | --texts-json FILE) [--threads 2]
 //   node tools/llamacpp/reference.mjs bench --model M.gguf [--threads 2] [--prompt-tokens 512] [--gen-tokens 128] [--runs 3]
+//   node tools/llamacpp/reference.mjs bench-multi --model M.gguf [--threads 2] [--sequences 16] [--prompt-tokens 16]
+//     [--gen-tokens 128] [--runs 3]
+// Both benches start with an untimed warm-up run of --warmup-gen-tokens (default --gen-tokens) outputs.
 //
 // EOS handling in `generate` (pure argmax, no repetition penalty, no top-k/p, no bias unless stated):
 //   default        exactly n tokens; an end-of-generation token is kept in generatedIds and fed back like any other.
@@ -75,12 +78,13 @@ async function open(opts, { vocabOnly = false } = {}) {
   return { lib, llama, model, threads, version, loadMs };
 }
 
-function newContext(model, threads, contextSize, batchSize) {
+function newContext(model, threads, contextSize, batchSize, sequences = 1) {
   // min=ideal pins the thread count (threads is otherwise only a hint that may shrink under load).
+  // contextSize is per sequence: node-llama-cpp allocates contextSize * sequences KV cells.
   return model.createContext({
     contextSize,
     batchSize,
-    sequences: 1,
+    sequences,
     threads: { ideal: threads, min: threads },
   });
 }
@@ -168,7 +172,8 @@ const median = (xs) => {
 async function cmdBench(opts) {
   const pp = Number(opts["prompt-tokens"] ?? 512),
     tg = Number(opts["gen-tokens"] ?? 128),
-    runs = Number(opts.runs ?? 3);
+    runs = Number(opts.runs ?? 3),
+    warmupTg = Number(opts["warmup-gen-tokens"] ?? tg);
   const { lib, llama, model, threads, version, loadMs } = await open(opts);
   // Whole prompt in one batch (like llama-bench's n_batch >= pp); context holds prompt + generated with no shifting.
   const ctx = await newContext(model, threads, pp + tg + 2, pp);
@@ -185,7 +190,7 @@ async function cmdBench(opts) {
   // Mask EOG so decode is never cut short; the chain is then tokenBias + greedy (negligible cost vs a forward pass).
   const eog = [model.tokens.eos, model.tokens.eot].filter((t) => t != null);
   const tokenBias = new lib.TokenBias(model.tokenizer).set(eog, "never");
-  const oneRun = async () => {
+  const oneRun = async (n = tg) => {
     await seq.clearHistory();
     let t0 = performance.now(), tPrompt = 0, got = 0;
     // First yield = whole prompt decoded + first token sampled; each later yield = one single-token decode.
@@ -197,13 +202,13 @@ async function cmdBench(opts) {
         tPrompt = now - t0;
         t0 = now;
       }
-      if (got++ >= tg) break;
+      if (got++ >= n) break;
     }
     const tDecode = performance.now() - t0;
-    return { promptTokPerS: pp / (tPrompt / 1000), decodeTokPerS: tg / (tDecode / 1000) };
+    return { promptTokPerS: pp / (tPrompt / 1000), decodeTokPerS: n / (tDecode / 1000) };
   };
   log("warmup run (not counted)");
-  await oneRun();
+  await oneRun(warmupTg);
   const results = [];
   for (let r = 0; r < runs; r++) {
     results.push(await oneRun());
@@ -231,10 +236,101 @@ async function cmdBench(opts) {
   return out;
 }
 
+/**
+ * The same pseudo-random non-special prompt the denollm benches build: [BOS] + LCG ids from `seed`.
+ * llama-bench also uses random ids; speed does not depend on content.
+ */
+function benchPromptIds(model, numTokens, seed) {
+  const vocab = model.fileInfo.metadata.tokenizer.ggml.tokens.length;
+  let s = seed >>> 0;
+  const ids = [model.tokens.bos ?? 1];
+  while (ids.length < numTokens) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const t = s % vocab;
+    if (!model.isSpecialToken(t)) ids.push(t);
+  }
+  return ids;
+}
+
+// Aggregate decode throughput with several sequences in one context: every sequence evaluates its
+// own short prompt concurrently and node-llama-cpp's batch dispatcher packs all pending tokens of
+// all sequences into one llama_decode per cycle (16 sequences decoding = 16-token batches).
+// Timed window: from the moment the last sequence got its first token (every prompt is done) to
+// the moment the last sequence got its last one; only tokens sampled inside the window count.
+async function cmdBenchMulti(opts) {
+  const numSeqs = Number(opts.sequences ?? 16),
+    pp = Number(opts["prompt-tokens"] ?? 16),
+    tg = Number(opts["gen-tokens"] ?? 128),
+    runs = Number(opts.runs ?? 3),
+    warmupTg = Number(opts["warmup-gen-tokens"] ?? tg);
+  const { lib, llama, model, threads, version, loadMs } = await open(opts);
+  const ctx = await newContext(model, threads, pp + tg + 2, Math.max(512, numSeqs), numSeqs);
+  const seqs = Array.from({ length: numSeqs }, () => ctx.getSequence());
+  const prompts = seqs.map((_, i) => benchPromptIds(model, pp, 12345 + 7919 * i));
+  const eog = [model.tokens.eos, model.tokens.eot].filter((t) => t != null);
+  const tokenBias = new lib.TokenBias(model.tokenizer).set(eog, "never");
+  const oneRun = async (n = tg) => {
+    await Promise.all(seqs.map((q) => q.clearHistory()));
+    const stamps = seqs.map(() => []);
+    const t0 = performance.now();
+    await Promise.all(seqs.map(async (seq, i) => {
+      let got = 0;
+      // 1 + tg tokens: the first comes from the prompt pass, tg more are decode steps.
+      for await (
+        const _ of seq.evaluate(prompts[i], { temperature: 0, yieldEogToken: true, tokenBias })
+      ) {
+        stamps[i].push(performance.now());
+        if (++got > n) break;
+      }
+    }));
+    const windowStart = Math.max(...stamps.map((s) => s[0]));
+    const windowEnd = Math.max(...stamps.map((s) => s.at(-1)));
+    const inWindow = stamps.reduce((n, s) => n + s.filter((t) => t > windowStart).length, 0);
+    return {
+      decodeTokPerS: inWindow / ((windowEnd - windowStart) / 1000),
+      totalTokPerS: (numSeqs * n) / ((windowEnd - t0) / 1000),
+      prefillMs: windowStart - t0,
+    };
+  };
+  log("warmup run (not counted)");
+  await oneRun(warmupTg);
+  const results = [];
+  for (let r = 0; r < runs; r++) {
+    results.push(await oneRun());
+    log(`run ${r + 1}/${runs}`, JSON.stringify(results.at(-1)));
+  }
+  const out = {
+    model: opts.model,
+    threads,
+    sequences: numSeqs,
+    promptTokens: pp,
+    genTokens: tg,
+    runs,
+    contextSize: ctx.contextSize,
+    batchSize: ctx.batchSize,
+    decodeTokPerS: median(results.map((x) => x.decodeTokPerS)),
+    perRun: results,
+    modelLoadMs: loadMs,
+    peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    nodeLlamaCppVersion: version,
+    backend: "cpu (prebuilt)",
+    cpus: availableParallelism(),
+  };
+  await llama.dispose();
+  return out;
+}
+
 const { cmd, opts } = parseArgs(process.argv.slice(2));
-const cmds = { generate: cmdGenerate, tokenize: cmdTokenize, bench: cmdBench };
+const cmds = {
+  generate: cmdGenerate,
+  tokenize: cmdTokenize,
+  bench: cmdBench,
+  "bench-multi": cmdBenchMulti,
+};
 if (!cmds[cmd]) {
-  console.error("usage: reference.mjs generate|tokenize|bench --model X.gguf ... (see header)");
+  console.error(
+    "usage: reference.mjs generate|tokenize|bench|bench-multi --model X.gguf ... (see header)",
+  );
   process.exit(2);
 }
 try {

@@ -1,0 +1,411 @@
+// Benchmark (not a test): denollm side by side with llama.cpp on random-weight models of real
+// shapes, the same GGUF file and thread count for both, alternating runs, each engine in its own
+// process so peak RSS compares like with like. Prints a Markdown table.
+//
+//   deno task bench:peer [--models stories15m,smollm-135m,qwen2.5-0.5b] [--dtypes f32,f16]
+//     [--threads 1] [--runs 3] [--prompt-tokens 512] [--gen-tokens 128] [--sequences 16]
+//     [--multi-prompt-tokens 16] [--warmup-gen-tokens 8] [--rows pp,tg,multi] [--models-dir .bench/models]
+//     [--ours-format gguf|hf] [--skip-llamacpp]
+//
+// Quick run (a few minutes): --models stories15m,smollm-135m --dtypes f16 --runs 3
+//
+// Rows, per model file:
+//   pp     prompt processing tok/s: one prompt of --prompt-tokens in one pass (first token out).
+//   tg     batch-1 decode tok/s: --gen-tokens greedy tokens after that prompt, EOS masked.
+//   multi  aggregate decode tok/s with --sequences concurrent sequences (ours: LLMEngine with that
+//          many requests; llama.cpp: that many sequences in one context), each with its own
+//          --multi-prompt-tokens prompt and --gen-tokens outputs. Timed from the moment the last
+//          sequence has its first token to the last token, counting tokens sampled in that window.
+// Each run is a fresh process: one untimed warm-up pass (the same prompt, --warmup-gen-tokens
+// outputs, default 8), then one timed pass. Medians over --runs.
+// The "multi / llama.cpp tg" column is the goal metric: 16-sequence throughput against llama.cpp's
+// batch-1 decode (goal >= 3x); "ours / llama.cpp" on the tg row is the batch-1 goal (>= 1.0x).
+import { parseArgs } from "node:util";
+import { NativeBackend } from "../ffi/native.ts";
+import { LLMEngine } from "../src/engine/engine.ts";
+import { generate } from "../src/generate.ts";
+import { KvCache } from "../src/kv/kv_cache.ts";
+import { loadModel } from "../src/model/load.ts";
+import { getPreset } from "../src/model/presets.ts";
+import { generateRandomModel } from "../src/model/random_model.ts";
+import { GREEDY } from "../src/sampling.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const BLOCK_SIZE = 16;
+
+/** One timed pass of one engine; absent fields were not measured by that kind of run. */
+interface Measurement {
+  promptTokPerS?: number;
+  decodeTokPerS?: number;
+  multiTokPerS?: number;
+  peakRssMiB: number;
+}
+
+type RowKind = "pp" | "tg" | "multi";
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** [BOS] + LCG ids from `seed`, skipping special ids: the ids reference.mjs builds for llama.cpp. */
+function benchPromptIds(
+  numTokens: number,
+  seed: number,
+  vocab: number,
+  bos: number,
+  isSpecial: (id: number) => boolean,
+): number[] {
+  let s = seed >>> 0;
+  const ids = [bos];
+  while (ids.length < numTokens) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const t = s % vocab;
+    if (!isSpecial(t)) ids.push(t);
+  }
+  return ids;
+}
+
+/** Peak resident set of this process (VmHWM), the number node reports as maxRSS. */
+function peakRssMiB(): number {
+  const status = Deno.readTextFileSync("/proc/self/status");
+  const kib = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  return kib / 1024;
+}
+
+// --- child: one engine process, prints one JSON Measurement
+
+interface ChildArgs {
+  kind: "single" | "multi";
+  model: string;
+  threads: number;
+  promptTokens: number;
+  genTokens: number;
+  /** Outputs of the untimed warm-up pass (it touches every weight page and scratch buffer). */
+  warmupGenTokens: number;
+  sequences: number;
+}
+
+async function runChild(a: ChildArgs): Promise<Measurement> {
+  const backend = NativeBackend.open({ numThreads: a.threads });
+  const loaded = await loadModel(backend, a.model, { showProgress: false });
+  const tok = loaded.tokenizer;
+  const prompt = (seed: number) =>
+    benchPromptIds(
+      a.promptTokens,
+      seed,
+      loaded.config.vocabSize,
+      tok.bosId ?? 1,
+      (id) => tok.isSpecial(id),
+    );
+  const blocksPerSeq = Math.ceil((a.promptTokens + a.genTokens + 2) / BLOCK_SIZE);
+  const kv = new KvCache(backend, loaded.config, {
+    blockSize: BLOCK_SIZE,
+    numBlocks: blocksPerSeq * (a.kind === "multi" ? a.sequences : 1) + 1,
+  });
+  try {
+    if (a.kind === "single") {
+      const promptIds = prompt(12345);
+      const once = (genTokens: number) => {
+        const stream = generate({ model: loaded.model, tokenizer: tok, kv }, {
+          promptIds,
+          maxTokens: genTokens + 1,
+          sampling: GREEDY,
+          ignoreEos: true,
+        });
+        let step = stream.next();
+        while (!step.done) step = stream.next();
+        const r = step.value;
+        // The first token comes from the prompt pass; the next genTokens are decode steps.
+        return {
+          promptTokPerS: a.promptTokens / (r.prefillMs / 1000),
+          decodeTokPerS: (r.tokenIds.length - 1) / (r.decodeMs / 1000),
+        };
+      };
+      once(a.warmupGenTokens);
+      return { ...once(a.genTokens), peakRssMiB: peakRssMiB() };
+    }
+    const engine = new LLMEngine(backend, { model: loaded.model, tokenizer: tok, kvCache: kv }, {
+      maxNumBatchedTokens: Math.max(512, a.sequences * a.promptTokens),
+      maxNumSeqs: a.sequences,
+      maxModelLen: a.promptTokens + a.genTokens + 2,
+      // Distinct prompts share no blocks; keep hashing out of the timed path.
+      enablePrefixCaching: false,
+    });
+    let run = 0;
+    const once = (genTokens: number) => {
+      const stamps: number[][] = [];
+      for (let i = 0; i < a.sequences; i++) {
+        stamps.push([]);
+        engine.addRequest(`r${run}-${i}`, prompt(12345 + 7919 * i), {
+          maxTokens: genTokens + 1,
+          sampling: GREEDY,
+          ignoreEos: true,
+        });
+      }
+      const index = (id: string) => Number(id.slice(id.indexOf("-") + 1));
+      while (engine.hasWork) {
+        const outputs = engine.step();
+        const now = performance.now();
+        for (const out of outputs) {
+          for (const _ of out.newTokenIds) stamps[index(out.requestId)].push(now);
+        }
+      }
+      run++;
+      const windowStart = Math.max(...stamps.map((s) => s[0]));
+      const windowEnd = Math.max(...stamps.map((s) => s[s.length - 1]));
+      const inWindow = stamps.reduce((n, s) => n + s.filter((t) => t > windowStart).length, 0);
+      return inWindow / ((windowEnd - windowStart) / 1000);
+    };
+    once(a.warmupGenTokens);
+    return { multiTokPerS: once(a.genTokens), peakRssMiB: peakRssMiB() };
+  } finally {
+    kv.release();
+    loaded.release();
+    backend.close();
+  }
+}
+
+// --- parent: models, alternating runs, the table
+
+async function runProcess(cmd: string, args: string[]): Promise<Measurement> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  if (out.code !== 0) {
+    throw new Error(`${cmd} ${args.join(" ")} failed (exit ${out.code}):\n${stderr.slice(-2000)}`);
+  }
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+  return JSON.parse(lines[lines.length - 1]);
+}
+
+function oursProcess(a: ChildArgs): Promise<Measurement> {
+  return runProcess(Deno.execPath(), [
+    "run",
+    // Deno 2.9 lets only --allow-all read /proc/self/status (peak RSS); the parent already holds
+    // --allow-run, which is as strong.
+    "--allow-all",
+    new URL(import.meta.url).pathname,
+    "--child",
+    a.kind,
+    "--model",
+    a.model,
+    "--threads",
+    String(a.threads),
+    "--prompt-tokens",
+    String(a.promptTokens),
+    "--gen-tokens",
+    String(a.genTokens),
+    "--sequences",
+    String(a.sequences),
+    "--warmup-gen-tokens",
+    String(a.warmupGenTokens),
+  ]);
+}
+
+async function llamaCppProcess(a: ChildArgs): Promise<Measurement> {
+  const args = [
+    `${ROOT}tools/llamacpp/reference.mjs`,
+    a.kind === "single" ? "bench" : "bench-multi",
+    "--model",
+    a.model,
+    "--threads",
+    String(a.threads),
+    "--prompt-tokens",
+    String(a.promptTokens),
+    "--gen-tokens",
+    String(a.genTokens),
+    "--runs",
+    "1",
+    "--warmup-gen-tokens",
+    String(a.warmupGenTokens),
+  ];
+  if (a.kind === "multi") args.push("--sequences", String(a.sequences));
+  const r = await runProcess("node", args) as Measurement & { decodeTokPerS: number };
+  return a.kind === "single" ? r : { multiTokPerS: r.decodeTokPerS, peakRssMiB: r.peakRssMiB };
+}
+
+/** The HF dir and GGUF of one preset/dtype, made once (a stamp file marks a complete set). */
+async function ensureModel(modelsDir: string, preset: string, dtype: string) {
+  const outDir = `${modelsDir}/${preset}-${dtype}`;
+  const stamp = `${outDir}/.complete`;
+  const made = { hfDir: outDir, ggufPath: `${outDir}/${preset}.gguf` };
+  try {
+    await Deno.stat(stamp);
+    return made;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  console.error(`making random ${preset} ${dtype} in ${outDir}`);
+  await generateRandomModel(getPreset(preset), {
+    outDir,
+    seed: 1,
+    dtype: dtype.toUpperCase() as "F32" | "F16",
+    formats: ["hf", "gguf"],
+  });
+  await Deno.writeTextFile(stamp, new Date().toISOString() + "\n");
+  return made;
+}
+
+async function ensureLlamaCpp(): Promise<void> {
+  const { code } = await new Deno.Command("bash", {
+    args: [`${ROOT}tools/llamacpp/install.sh`],
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (code !== 0) throw new Error("tools/llamacpp/install.sh failed");
+}
+
+function loadAverage(): string {
+  // Deno 2.9 reads /proc/loadavg only with --allow-all; Deno.loadavg() needs --allow-sys=loadavg.
+  return Deno.loadavg().map((x) => x.toFixed(2)).join(" ");
+}
+
+const fmt = (x: number | undefined, digits = 1) => x === undefined ? "-" : x.toFixed(digits);
+const ratio = (a: number | undefined, b: number | undefined) =>
+  a === undefined || b === undefined ? "-" : `${(a / b).toFixed(2)}x`;
+
+async function main(): Promise<void> {
+  const { values: v } = parseArgs({
+    args: Deno.args,
+    options: {
+      child: { type: "string" },
+      model: { type: "string" },
+      models: { type: "string", default: "stories15m,smollm-135m,qwen2.5-0.5b" },
+      dtypes: { type: "string", default: "f32,f16" },
+      threads: { type: "string", default: "1" },
+      runs: { type: "string", default: "3" },
+      "prompt-tokens": { type: "string", default: "512" },
+      "gen-tokens": { type: "string", default: "128" },
+      sequences: { type: "string", default: "16" },
+      "warmup-gen-tokens": { type: "string", default: "8" },
+      "multi-prompt-tokens": { type: "string", default: "16" },
+      rows: { type: "string", default: "pp,tg,multi" },
+      "models-dir": { type: "string", default: `${ROOT}.bench/models` },
+      "ours-format": { type: "string", default: "gguf" },
+      "skip-llamacpp": { type: "boolean", default: false },
+    },
+  });
+  const int = (name: keyof typeof v) => {
+    const n = Number(v[name]);
+    if (!Number.isSafeInteger(n) || n < 1) {
+      throw new RangeError(`Expected --${name} to be a positive integer, found ${v[name]}`);
+    }
+    return n;
+  };
+  if (v.child !== undefined) {
+    if (v.child !== "single" && v.child !== "multi") {
+      throw new TypeError(`Expected --child single or multi, found ${v.child}`);
+    }
+    const m = await runChild({
+      kind: v.child,
+      model: v.model!,
+      threads: int("threads"),
+      promptTokens: int("prompt-tokens"),
+      genTokens: int("gen-tokens"),
+      warmupGenTokens: int("warmup-gen-tokens"),
+      sequences: int("sequences"),
+    });
+    console.log(JSON.stringify(m));
+    return;
+  }
+
+  const threads = int("threads");
+  const runs = int("runs");
+  const rows = new Set(v.rows!.split(",") as RowKind[]);
+  const withLlama = !v["skip-llamacpp"];
+  if (withLlama) await ensureLlamaCpp();
+  const single = rows.has("pp") || rows.has("tg");
+  console.error(`load average before: ${loadAverage()}`);
+  const table: string[] = [];
+  for (const preset of v.models!.split(",")) {
+    for (const dtype of v.dtypes!.split(",")) {
+      const files = await ensureModel(v["models-dir"]!, preset, dtype);
+      const oursPath = v["ours-format"] === "hf" ? files.hfDir : files.ggufPath;
+      // A prompt must fit the model's context with the outputs (stories15m has only 256 positions).
+      const maxLen = getPreset(preset).config.max_position_embeddings;
+      const singleArgs: ChildArgs = {
+        kind: "single",
+        model: oursPath,
+        threads,
+        promptTokens: Math.min(int("prompt-tokens"), maxLen - int("gen-tokens") - 1),
+        genTokens: int("gen-tokens"),
+        warmupGenTokens: int("warmup-gen-tokens"),
+        sequences: 1,
+      };
+      const multiArgs: ChildArgs = {
+        ...singleArgs,
+        kind: "multi",
+        promptTokens: int("multi-prompt-tokens"),
+        sequences: int("sequences"),
+      };
+      const ours: Measurement[] = [];
+      const theirs: Measurement[] = [];
+      const oursMulti: Measurement[] = [];
+      const theirsMulti: Measurement[] = [];
+      // Alternate engines run by run so slow drifts in machine load hit both alike.
+      for (let r = 0; r < runs; r++) {
+        if (single) {
+          ours.push(await oursProcess(singleArgs));
+          if (withLlama) {
+            theirs.push(await llamaCppProcess({ ...singleArgs, model: files.ggufPath }));
+          }
+        }
+        if (rows.has("multi")) {
+          oursMulti.push(await oursProcess(multiArgs));
+          if (withLlama) {
+            theirsMulti.push(await llamaCppProcess({ ...multiArgs, model: files.ggufPath }));
+          }
+        }
+        console.error(`${preset} ${dtype}: run ${r + 1}/${runs}, load ${loadAverage()}`);
+      }
+      const med = (ms: Measurement[], key: keyof Measurement) =>
+        ms.length ? median(ms.map((m) => m[key]!)) : undefined;
+      const name = `${preset} ${dtype.toUpperCase()}`;
+      const line = (
+        what: string,
+        a: Measurement[],
+        b: Measurement[],
+        key: keyof Measurement,
+        extra = "-",
+      ) => {
+        const x = med(a, key);
+        const y = med(b, key);
+        table.push(
+          `| ${name} | ${what} | ${fmt(x)} | ${fmt(y)} | ${ratio(x, y)} | ${extra} | ${
+            fmt(med(a, "peakRssMiB"), 0)
+          } | ${fmt(med(b, "peakRssMiB"), 0)} |`,
+        );
+      };
+      if (rows.has("pp")) line(`pp ${singleArgs.promptTokens}`, ours, theirs, "promptTokPerS");
+      if (rows.has("tg")) {
+        line(`tg ${singleArgs.genTokens}, batch 1`, ours, theirs, "decodeTokPerS");
+      }
+      if (rows.has("multi")) {
+        line(
+          `tg ${multiArgs.genTokens} x ${multiArgs.sequences} seqs`,
+          oursMulti,
+          theirsMulti,
+          "multiTokPerS",
+          ratio(med(oursMulti, "multiTokPerS"), med(theirs, "decodeTokPerS")),
+        );
+      }
+    }
+  }
+  console.log(
+    `denollm vs llama.cpp (node-llama-cpp 3.21.1, prebuilt CPU), ${threads} thread(s), ` +
+      `median of ${runs} alternating runs, random-weight models, ours loads the ${
+        v["ours-format"]
+      } ` +
+      `file; ${navigator.hardwareConcurrency} CPUs, load average after: ${loadAverage()}`,
+  );
+  console.log("");
+  console.log(
+    "| model | row | denollm tok/s | llama.cpp tok/s | ours / llama.cpp | multi / llama.cpp tg | " +
+      "denollm peak RSS MiB | llama.cpp peak RSS MiB |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+  for (const row of table) console.log(row);
+}
+
+if (import.meta.main) await main();

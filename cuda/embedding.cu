@@ -1,0 +1,60 @@
+// Token embedding lookup: one block per token copies (and widens to f32) its table row.
+#include "common.cuh"
+#include "half.cuh"
+
+// --- Kernels
+
+// out[t] = table[token_ids[t]]. The ids live in device memory and cannot be checked on the host:
+// a row whose id is outside [0, vocab_size) is written as zeros instead of reading out of bounds.
+template <int DT>
+__global__ void embedding_kernel(float* __restrict__ out,                       // [T, dim]
+                                 const typename Dtype<DT>::T* __restrict__ table,  // [V, dim]
+                                 const int32_t* __restrict__ token_ids,         // [T]
+                                 int32_t vocab_size, int32_t dim) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = token_ids[t];
+  float* dst = out + t * dim;
+  if (id < 0 || id >= vocab_size) {
+    for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = 0.0f;
+    return;
+  }
+  const typename Dtype<DT>::T* row = table + (int64_t)id * dim;
+  for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    if constexpr (DT == DL_DTYPE_F16) {
+      dst[i] = dl_f16_to_f32(row[i]);  // exact, like the CPU build
+    } else {
+      dst[i] = Dtype<DT>::load(row[i]);
+    }
+  }
+}
+
+// --- Launcher
+
+extern "C" int32_t dl_embedding(dl_context* ctx, float* out, const void* table,
+                                int32_t table_dtype, const int32_t* token_ids, int32_t num_tokens,
+                                int32_t vocab_size, int32_t dim) {
+  const char* fn = "dl_embedding";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "table", table));
+  DL_TRY(dl_check_ptr(fn, "token_ids", token_ids));
+  const int threads = dim >= 256 ? 256 : ((dim + 31) / 32) * 32;
+  cudaStream_t s = ctx->stream;
+  if (table_dtype == DL_DTYPE_F32) {
+    embedding_kernel<DL_DTYPE_F32><<<num_tokens, threads, 0, s>>>(
+        out, static_cast<const float*>(table), token_ids, vocab_size, dim);
+  } else if (table_dtype == DL_DTYPE_F16) {
+    embedding_kernel<DL_DTYPE_F16><<<num_tokens, threads, 0, s>>>(
+        out, static_cast<const uint16_t*>(table), token_ids, vocab_size, dim);
+  } else {
+    embedding_kernel<DL_DTYPE_BF16><<<num_tokens, threads, 0, s>>>(
+        out, static_cast<const uint16_t*>(table), token_ids, vocab_size, dim);
+  }
+  DL_CUDA_CHECK(cudaGetLastError());
+  return DL_OK;
+}

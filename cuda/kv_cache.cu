@@ -1,0 +1,133 @@
+// Paged KV cache writes (new tokens' K and V heads at their slots) and whole-block copies.
+#include "common.cuh"
+#include "half.cuh"
+
+// --- Kernels
+
+// One block per token writes its num_kv_heads * head_dim K and V values, rounded to the cache
+// dtype, at (block, head, offset). A negative slot is padding; a slot past the cache (which the
+// host cannot check, the mapping being device memory) is skipped too, so nothing is written out of
+// bounds.
+template <int DT>
+__global__ void kv_write_kernel(typename Dtype<DT>::T* __restrict__ k_cache,
+                                typename Dtype<DT>::T* __restrict__ v_cache,
+                                const float* __restrict__ k,  // [T, row_stride]
+                                const float* __restrict__ v,  // [T, row_stride]
+                                const int32_t* __restrict__ slot_mapping, int32_t num_kv_heads,
+                                int32_t head_dim, int32_t row_stride, int32_t block_size,
+                                int64_t num_slots) {
+  const int64_t t = blockIdx.x;
+  const int32_t slot = slot_mapping[t];
+  if (slot < 0 || slot >= num_slots) return;
+  const int64_t block = slot / block_size, offset = slot % block_size;
+  const int32_t items = num_kv_heads * head_dim;
+  for (int32_t item = threadIdx.x; item < items; item += blockDim.x) {
+    const int32_t h = item / head_dim, d = item % head_dim;
+    // [num_blocks, num_kv_heads, block_size, head_dim] at (block, h, offset, d)
+    const int64_t dst = ((block * num_kv_heads + h) * block_size + offset) * head_dim + d;
+    k_cache[dst] = Dtype<DT>::store(k[t * row_stride + item]);
+    v_cache[dst] = Dtype<DT>::store(v[t * row_stride + item]);
+  }
+}
+
+// One block per pair copies block_bytes from the source block to the destination block, 16 bytes
+// at a time when VEC (block_bytes and the cache 16-byte aligned), else byte by byte. Pairs with an
+// id outside [0, num_blocks) or a block copied onto itself are skipped.
+template <bool VEC>
+__global__ void copy_blocks_kernel(char* cache, const int32_t* __restrict__ pairs,
+                                   uint64_t block_bytes, int32_t num_blocks) {
+  const int32_t src = pairs[2 * blockIdx.x], dst = pairs[2 * blockIdx.x + 1];
+  if (src < 0 || src >= num_blocks || dst < 0 || dst >= num_blocks || src == dst) return;
+  const char* from = cache + (uint64_t)src * block_bytes;
+  char* to = cache + (uint64_t)dst * block_bytes;
+  if constexpr (VEC) {
+    const uint64_t n = block_bytes / 16;
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      reinterpret_cast<uint4*>(to)[i] = reinterpret_cast<const uint4*>(from)[i];
+    }
+  } else {
+    for (uint64_t i = threadIdx.x; i < block_bytes; i += blockDim.x) to[i] = from[i];
+  }
+}
+
+// --- Launchers
+
+template <int DT>
+static void launch_kv_write(cudaStream_t s, void* k_cache, void* v_cache, const float* k,
+                            const float* v, const int32_t* slot_mapping, int32_t num_tokens,
+                            int32_t num_kv_heads, int32_t head_dim, int32_t row_stride,
+                            int32_t block_size, int64_t num_slots) {
+  using T = typename Dtype<DT>::T;
+  const int32_t items = num_kv_heads * head_dim;
+  const int threads = items >= 256 ? 256 : (items + 31) / 32 * 32;
+  kv_write_kernel<DT><<<num_tokens, threads, 0, s>>>(
+      static_cast<T*>(k_cache), static_cast<T*>(v_cache), k, v, slot_mapping, num_kv_heads,
+      head_dim, row_stride, block_size, num_slots);
+}
+
+extern "C" int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_cache, int32_t cache_dtype,
+                               const float* k, const float* v, const int32_t* slot_mapping,
+                               int32_t num_tokens, int32_t num_kv_heads, int32_t head_dim,
+                               int32_t row_stride, int32_t block_size, int32_t num_blocks) {
+  const char* fn = "dl_kv_write";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  DL_TRY(dl_check_positive(fn, "block_size", block_size));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if ((int64_t)row_stride < (int64_t)num_kv_heads * head_dim) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                   "%s: expected row_stride >= num_kv_heads * head_dim (%lld), found %d", fn,
+                   (long long)num_kv_heads * head_dim, row_stride);
+  }
+  if ((int64_t)num_kv_heads * head_dim > INT32_MAX) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: num_kv_heads * head_dim exceeds INT32_MAX", fn);
+  }
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
+  DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
+  DL_TRY(dl_check_ptr(fn, "k", k));
+  DL_TRY(dl_check_ptr(fn, "v", v));
+  DL_TRY(dl_check_ptr(fn, "slot_mapping", slot_mapping));
+  const int64_t num_slots = (int64_t)num_blocks * block_size;
+  cudaStream_t s = ctx->stream;
+  if (cache_dtype == DL_DTYPE_F32) {
+    launch_kv_write<DL_DTYPE_F32>(s, k_cache, v_cache, k, v, slot_mapping, num_tokens,
+                                  num_kv_heads, head_dim, row_stride, block_size, num_slots);
+  } else if (cache_dtype == DL_DTYPE_F16) {
+    launch_kv_write<DL_DTYPE_F16>(s, k_cache, v_cache, k, v, slot_mapping, num_tokens,
+                                  num_kv_heads, head_dim, row_stride, block_size, num_slots);
+  } else {
+    launch_kv_write<DL_DTYPE_BF16>(s, k_cache, v_cache, k, v, slot_mapping, num_tokens,
+                                   num_kv_heads, head_dim, row_stride, block_size, num_slots);
+  }
+  DL_CUDA_CHECK(cudaGetLastError());
+  return DL_OK;
+}
+
+extern "C" int32_t dl_copy_blocks(dl_context* ctx, void* cache, const int32_t* pairs,
+                                  int32_t num_pairs, uint64_t block_bytes, int32_t num_blocks) {
+  const char* fn = "dl_copy_blocks";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_pairs", num_pairs));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if (num_pairs == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "cache", cache));
+  DL_TRY(dl_check_ptr(fn, "pairs", pairs));
+  if (block_bytes == 0) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected block_bytes > 0, found 0", fn);
+  }
+  constexpr int threads = 256;
+  char* base = static_cast<char*>(cache);
+  if (block_bytes % 16 == 0 && dl_is_aligned(cache, 16)) {
+    copy_blocks_kernel<true><<<num_pairs, threads, 0, ctx->stream>>>(base, pairs, block_bytes,
+                                                                     num_blocks);
+  } else {
+    copy_blocks_kernel<false><<<num_pairs, threads, 0, ctx->stream>>>(base, pairs, block_bytes,
+                                                                      num_blocks);
+  }
+  DL_CUDA_CHECK(cudaGetLastError());
+  return DL_OK;
+}

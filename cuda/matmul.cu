@@ -1,0 +1,365 @@
+// Linear layer out = x · wᵀ (+ bias): f32 activations, f32 / f16 / bf16 weights, f32 accumulation.
+//
+// Three kernels, picked by the launcher:
+// - gemv (m <= 8, decode): bandwidth-bound; each warp streams two weight rows with 128-bit loads
+//   and dots them with every x row, so each weight byte is read once per call.
+// - tiled f32 (m > 8, f32 weights): 64x64 output tile per 256-thread block, 4x4 per thread, plain
+//   f32 FMAs: the exact path, no TF32.
+// - tiled WMMA (m > 8, f16 / bf16 weights): tensor cores on 16x16x16 fragments. x is split into
+//   x_hi + x_lo, both in the weight dtype, and both products are accumulated in f32, so the
+//   result keeps about 16 (bf16) or 22 (f16) bits of each x instead of 8 or 11.
+#include <mma.h>
+
+#include "common.cuh"
+#include "half.cuh"
+
+namespace {
+
+constexpr int GEMV_MAX_M = 8;       // rows of x the gemv path takes
+constexpr int GEMV_ROWS = 2;        // weight rows per warp
+constexpr int GEMV_WARPS = 4;       // warps per block
+constexpr int TILE_M = 64, TILE_N = 64;
+constexpr int F32_TILE_K = 16;      // k slice of the f32 tiled kernel
+constexpr int WMMA_TILE_K = 32;     // k slice of the WMMA kernel
+constexpr int WMMA_LD = WMMA_TILE_K + 8;  // padded shared row: 80 bytes, a multiple of 16
+
+}  // namespace
+
+// --- Kernels
+
+// gemv: warp w of the grid computes out[0..M, j0..j0+GEMV_ROWS) for j0 = w * GEMV_ROWS. With VEC
+// (k * sizeof(W) and every pointer 16-byte aligned) lanes stride over 128-bit vectors of the
+// weight rows, loaded with the streaming hint since each is used once; else over single elements.
+template <int DT, int M, bool VEC>
+__global__ __launch_bounds__(GEMV_WARPS * 32) void matmul_gemv_kernel(
+    float* __restrict__ out,                      // [M, n]
+    const float* __restrict__ x,                  // [M, k]
+    const typename Dtype<DT>::T* __restrict__ w,  // [n, k]
+    const float* __restrict__ bias,               // [n] or NULL
+    int32_t n, int32_t k) {
+  using T = typename Dtype<DT>::T;
+  const int lane = threadIdx.x % 32;
+  const int64_t j0 = ((int64_t)blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * GEMV_ROWS;
+  if (j0 >= n) return;
+  float acc[GEMV_ROWS][M];
+#pragma unroll
+  for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+    for (int i = 0; i < M; i++) acc[r][i] = 0.0f;
+  // A missing last row (odd n) re-reads row j0 and its result is dropped.
+  const T* wr[GEMV_ROWS];
+#pragma unroll
+  for (int r = 0; r < GEMV_ROWS; r++) wr[r] = w + (j0 + r < n ? j0 + r : j0) * (int64_t)k;
+
+  if constexpr (VEC) {
+    constexpr int E = 16 / sizeof(T);  // elements per 128-bit load
+    const int32_t num_vec = k / E;
+#pragma unroll 4
+    for (int32_t v = lane; v < num_vec; v += 32) {
+      float wf[GEMV_ROWS][E];
+#pragma unroll
+      for (int r = 0; r < GEMV_ROWS; r++) {
+        dl_unpack16<DT>(__ldcs(reinterpret_cast<const uint4*>(wr[r]) + v), wf[r]);
+      }
+#pragma unroll
+      for (int i = 0; i < M; i++) {
+        const float4* xv = reinterpret_cast<const float4*>(x + (int64_t)i * k + (int64_t)v * E);
+        float xf[E];
+#pragma unroll
+        for (int q = 0; q < E / 4; q++) {
+          const float4 f = __ldg(xv + q);
+          xf[4 * q] = f.x;
+          xf[4 * q + 1] = f.y;
+          xf[4 * q + 2] = f.z;
+          xf[4 * q + 3] = f.w;
+        }
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+          for (int e = 0; e < E; e++) acc[r][i] = fmaf(xf[e], wf[r][e], acc[r][i]);
+      }
+    }
+  } else {
+    for (int32_t c = lane; c < k; c += 32) {
+      float wf[GEMV_ROWS];
+#pragma unroll
+      for (int r = 0; r < GEMV_ROWS; r++) wf[r] = Dtype<DT>::load(wr[r][c]);
+#pragma unroll
+      for (int i = 0; i < M; i++) {
+        const float xv = x[(int64_t)i * k + c];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r][i] = fmaf(xv, wf[r], acc[r][i]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < GEMV_ROWS; r++) {
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+      float v = acc[r][i];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0 && j0 + r < n) {
+        out[(int64_t)i * n + j0 + r] = v + (bias != nullptr ? bias[j0 + r] : 0.0f);
+      }
+    }
+  }
+}
+
+// tiled f32: block (bx, by) computes out[by*64 .. +64, bx*64 .. +64]. Each k slice of x and w is
+// staged transposed in shared memory ([k][row]) so the inner loop reads 4 x values and 4 w values
+// per k step; thread (ty, tx) owns rows ty + 16 i and columns tx + 16 j. Every output is one f32
+// FMA chain in k order.
+__global__ __launch_bounds__(256) void matmul_f32_tiled_kernel(float* __restrict__ out,
+                                                               const float* __restrict__ x,
+                                                               const float* __restrict__ w,
+                                                               const float* __restrict__ bias,
+                                                               int32_t m, int32_t n, int32_t k) {
+  __shared__ float xs[F32_TILE_K][TILE_M + 4];
+  __shared__ float ws[F32_TILE_K][TILE_N + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t row0 = (int64_t)blockIdx.y * TILE_M, col0 = (int64_t)blockIdx.x * TILE_N;
+  float acc[4][4] = {};
+  for (int32_t k0 = 0; k0 < k; k0 += F32_TILE_K) {
+#pragma unroll
+    for (int l = 0; l < 4; l++) {
+      const int idx = tid + l * 256, r = idx / F32_TILE_K, c = idx % F32_TILE_K;
+      const int64_t gk = k0 + c;
+      xs[c][r] = (row0 + r < m && gk < k) ? x[(row0 + r) * k + gk] : 0.0f;
+      ws[c][r] = (col0 + r < n && gk < k) ? w[(col0 + r) * k + gk] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < F32_TILE_K; kk++) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) a[i] = xs[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; j++) b[j] = ws[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int64_t r = row0 + ty + 16 * i;
+    if (r >= m) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int64_t c = col0 + tx + 16 * j;
+      if (c < n) out[r * n + c] = acc[i][j] + (bias != nullptr ? bias[c] : 0.0f);
+    }
+  }
+}
+
+// The CUDA 16-bit type of a weight dtype, for WMMA fragments.
+template <int DT>
+struct WmmaType;
+template <>
+struct WmmaType<DL_DTYPE_F16> {
+  using T = __half;
+  static __device__ __forceinline__ T round(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ float widen(T v) { return __half2float(v); }
+  // f16 overflows past 65504: x_hi saturates there and x_lo carries the rest.
+  static __device__ __forceinline__ float clamp(float v) { return fminf(fmaxf(v, -65504.0f), 65504.0f); }
+};
+template <>
+struct WmmaType<DL_DTYPE_BF16> {
+  using T = __nv_bfloat16;
+  static __device__ __forceinline__ T round(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ float widen(T v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ float clamp(float v) { return v; }
+};
+
+// tiled WMMA: block (bx, by) computes out[by*64 .. +64, bx*64 .. +64] with 4 warps in a 2x2
+// layout, each owning a 32x32 quadrant as 2x2 fragments of 16x16 f32 accumulators. Per k slice
+// of 32, x is staged as x_hi and x_lo [64][40] (row-major A) and w as [64][40] (column-major B,
+// since w is [n, k]). VEC: k % 8 == 0 and pointers 16-byte aligned, for 128-bit loads.
+template <int DT, bool VEC>
+__global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ out,
+                                                          const float* __restrict__ x,
+                                                          const uint16_t* __restrict__ w,
+                                                          const float* __restrict__ bias,
+                                                          int32_t m, int32_t n, int32_t k) {
+  namespace wmma = nvcuda::wmma;
+  using H = WmmaType<DT>;
+  using T = typename H::T;
+  __shared__ __align__(128) T xs_hi[TILE_M * WMMA_LD];
+  __shared__ __align__(128) T xs_lo[TILE_M * WMMA_LD];
+  __shared__ __align__(128) T ws[TILE_N * WMMA_LD];
+  __shared__ __align__(128) float staging[4][16 * 16];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp / 2, wn = warp % 2;
+  const int64_t row0 = (int64_t)blockIdx.y * TILE_M, col0 = (int64_t)blockIdx.x * TILE_N;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int32_t k0 = 0; k0 < k; k0 += WMMA_TILE_K) {
+    // x slice [64, 32] f32: 512 float4 positions, 4 per thread, split into hi and lo.
+#pragma unroll
+    for (int l = 0; l < 4; l++) {
+      const int idx = tid + l * 128, r = idx / 8, c = (idx % 8) * 4;
+      const int64_t gr = row0 + r, gc = k0 + c;
+      float v[4];
+      if (VEC && gr < m && gc < k) {
+        const float4 f = *reinterpret_cast<const float4*>(x + gr * k + gc);
+        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) v[e] = (gr < m && gc + e < k) ? x[gr * k + gc + e] : 0.0f;
+      }
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const T hi = H::round(H::clamp(v[e]));
+        xs_hi[r * WMMA_LD + c + e] = hi;
+        xs_lo[r * WMMA_LD + c + e] = H::round(v[e] - H::widen(hi));
+      }
+    }
+    // w slice [64, 32] 16-bit: 256 positions of 8 elements, 2 per thread.
+#pragma unroll
+    for (int l = 0; l < 2; l++) {
+      const int idx = tid + l * 128, r = idx / 4, c = (idx % 4) * 8;
+      const int64_t gr = col0 + r, gc = k0 + c;
+      uint16_t* dst = reinterpret_cast<uint16_t*>(ws + r * WMMA_LD + c);
+      if (VEC && gr < n && gc < k) {
+        *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(w + gr * k + gc));
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) dst[e] = (gr < n && gc + e < k) ? w[gr * k + gc + e] : 0;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < WMMA_TILE_K; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_hi[2], a_lo[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        const int r = wm * 32 + i * 16;
+        wmma::load_matrix_sync(a_hi[i], xs_hi + r * WMMA_LD + kk, WMMA_LD);
+        wmma::load_matrix_sync(a_lo[i], xs_lo + r * WMMA_LD + kk, WMMA_LD);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        wmma::load_matrix_sync(b[j], ws + (wn * 32 + j * 16) * WMMA_LD + kk, WMMA_LD);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          wmma::mma_sync(acc[i][j], a_lo[i], b[j], acc[i][j]);
+          wmma::mma_sync(acc[i][j], a_hi[i], b[j], acc[i][j]);
+        }
+    }
+    __syncthreads();
+  }
+  // Epilogue through a per-warp 16x16 staging tile: bounds and bias per element.
+  float* stage = staging[warp];
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int64_t r = row0 + wm * 32 + i * 16 + e / 16;
+        const int64_t c = col0 + wn * 32 + j * 16 + e % 16;
+        if (r < m && c < n) out[r * n + c] = stage[e] + (bias != nullptr ? bias[c] : 0.0f);
+      }
+      __syncwarp();
+    }
+}
+
+// --- Launchers
+
+template <int DT, int M>
+static void launch_gemv_m(cudaStream_t s, float* out, const float* x, const void* w,
+                          const float* bias, int32_t n, int32_t k, bool vec) {
+  using T = typename Dtype<DT>::T;
+  const int64_t rows_per_block = GEMV_WARPS * GEMV_ROWS;
+  const unsigned blocks = (unsigned)((n + rows_per_block - 1) / rows_per_block);
+  const T* wt = static_cast<const T*>(w);
+  if (vec) {
+    matmul_gemv_kernel<DT, M, true><<<blocks, GEMV_WARPS * 32, 0, s>>>(out, x, wt, bias, n, k);
+  } else {
+    matmul_gemv_kernel<DT, M, false><<<blocks, GEMV_WARPS * 32, 0, s>>>(out, x, wt, bias, n, k);
+  }
+}
+
+template <int DT>
+static void launch_gemv(cudaStream_t s, float* out, const float* x, const void* w,
+                        const float* bias, int32_t m, int32_t n, int32_t k) {
+  using T = typename Dtype<DT>::T;
+  const bool vec = ((int64_t)k * sizeof(T)) % 16 == 0 && dl_is_aligned(w, 16) &&
+                   dl_is_aligned(x, 16);
+  switch (m) {
+    case 1: launch_gemv_m<DT, 1>(s, out, x, w, bias, n, k, vec); break;
+    case 2: launch_gemv_m<DT, 2>(s, out, x, w, bias, n, k, vec); break;
+    case 3: launch_gemv_m<DT, 3>(s, out, x, w, bias, n, k, vec); break;
+    case 4: launch_gemv_m<DT, 4>(s, out, x, w, bias, n, k, vec); break;
+    case 5: launch_gemv_m<DT, 5>(s, out, x, w, bias, n, k, vec); break;
+    case 6: launch_gemv_m<DT, 6>(s, out, x, w, bias, n, k, vec); break;
+    case 7: launch_gemv_m<DT, 7>(s, out, x, w, bias, n, k, vec); break;
+    default: launch_gemv_m<DT, 8>(s, out, x, w, bias, n, k, vec); break;
+  }
+}
+
+template <int DT>
+static void launch_wmma(cudaStream_t s, float* out, const float* x, const void* w,
+                        const float* bias, int32_t m, int32_t n, int32_t k) {
+  const dim3 grid((unsigned)((n + TILE_N - 1) / TILE_N), (unsigned)((m + TILE_M - 1) / TILE_M));
+  const bool vec = k % 8 == 0 && dl_is_aligned(w, 16) && dl_is_aligned(x, 16);
+  const uint16_t* wt = static_cast<const uint16_t*>(w);
+  if (vec) {
+    matmul_wmma_kernel<DT, true><<<grid, 128, 0, s>>>(out, x, wt, bias, m, n, k);
+  } else {
+    matmul_wmma_kernel<DT, false><<<grid, 128, 0, s>>>(out, x, wt, bias, m, n, k);
+  }
+}
+
+extern "C" int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w,
+                             int32_t w_dtype, const float* bias, int32_t m, int32_t n, int32_t k) {
+  const char* fn = "dl_matmul";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "w_dtype", w_dtype));
+  DL_TRY(dl_check_non_negative(fn, "m", m));
+  DL_TRY(dl_check_positive(fn, "n", n));
+  DL_TRY(dl_check_positive(fn, "k", k));
+  if (m == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "x", x));
+  DL_TRY(dl_check_ptr(fn, "w", w));
+  const auto out_begin = (uintptr_t)out, out_end = out_begin + (uintptr_t)m * n * sizeof(float);
+  const auto x_begin = (uintptr_t)x, x_end = x_begin + (uintptr_t)m * k * sizeof(float);
+  if (out_begin < x_end && x_begin < out_end) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                   "%s: expected out not to overlap x, found overlapping buffers", fn);
+  }
+  if ((int64_t)(m + TILE_M - 1) / TILE_M > 65535) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: m = %d is larger than this build supports", fn, m);
+  }
+  cudaStream_t s = ctx->stream;
+  if (m <= GEMV_MAX_M) {
+    if (w_dtype == DL_DTYPE_F32) launch_gemv<DL_DTYPE_F32>(s, out, x, w, bias, m, n, k);
+    else if (w_dtype == DL_DTYPE_F16) launch_gemv<DL_DTYPE_F16>(s, out, x, w, bias, m, n, k);
+    else launch_gemv<DL_DTYPE_BF16>(s, out, x, w, bias, m, n, k);
+  } else if (w_dtype == DL_DTYPE_F32) {
+    const dim3 grid((unsigned)((n + TILE_N - 1) / TILE_N), (unsigned)((m + TILE_M - 1) / TILE_M));
+    matmul_f32_tiled_kernel<<<grid, 256, 0, s>>>(out, x, static_cast<const float*>(w), bias, m,
+                                                 n, k);
+  } else if (w_dtype == DL_DTYPE_F16) {
+    launch_wmma<DL_DTYPE_F16>(s, out, x, w, bias, m, n, k);
+  } else {
+    launch_wmma<DL_DTYPE_BF16>(s, out, x, w, bias, m, n, k);
+  }
+  DL_CUDA_CHECK(cudaGetLastError());
+  return DL_OK;
+}

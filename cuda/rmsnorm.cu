@@ -1,0 +1,49 @@
+// RMS normalization, one block per row: out = x / sqrt(mean(x^2) + eps) * weight.
+#include <cmath>
+
+#include "common.cuh"
+#include "reduce.cuh"
+
+// --- Kernels
+
+// Each thread sums the squares of its strided elements in f32, a warp-shuffle block reduction
+// gives the row's sum, and the same thread then scales exactly the elements it read, so out may
+// alias x. The scale is applied as (x * scale) * weight, in the CPU build's order.
+__global__ void rmsnorm_kernel(float* out,                        // [T, dim]
+                               const float* x,                    // [T, dim]
+                               const float* __restrict__ weight,  // [dim]
+                               int32_t dim, float eps) {
+  __shared__ float partial[32];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * dim;
+  float* outr = out + row * dim;
+  float sum = 0.0f;
+  for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) sum = fmaf(xr[i], xr[i], sum);
+  sum = dl_block_sum(sum, partial);
+  const float scale = 1.0f / sqrtf(sum / (float)dim + eps);
+  for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) outr[i] = xr[i] * scale * weight[i];
+}
+
+// --- Launcher
+
+extern "C" int32_t dl_rmsnorm(dl_context* ctx, float* out, const float* x, const float* weight,
+                              int32_t num_tokens, int32_t dim, float eps) {
+  const char* fn = "dl_rmsnorm";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (!(eps >= 0.0f) || std::isinf(eps)) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite eps >= 0, found %g", fn,
+                   (double)eps);
+  }
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "x", x));
+  DL_TRY(dl_check_ptr(fn, "weight", weight));
+  // Enough threads for about 4 elements each, a whole number of warps, at most 1024.
+  int threads = ((dim + 3) / 4 + 31) / 32 * 32;
+  threads = threads > 1024 ? 1024 : threads;
+  rmsnorm_kernel<<<num_tokens, threads, 0, ctx->stream>>>(out, x, weight, dim, eps);
+  DL_CUDA_CHECK(cudaGetLastError());
+  return DL_OK;
+}

@@ -1,0 +1,189 @@
+// POST /v1/chat/completions: messages rendered with the model's chat template, n choices,
+// streamed as chat.completion.chunk events or returned as one chat.completion.
+import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { readJsonObject } from "./body.ts";
+import { chatPromptIds } from "./chat_prompt.ts";
+import {
+  type ApiDeps,
+  checkModel,
+  checkQueue,
+  checkStreamOptions,
+  DEFAULT_MAX_BODY_BYTES,
+  newId,
+  nowSeconds,
+  requireEngine,
+} from "./deps.ts";
+import { ApiError, toApiError } from "./errors.ts";
+import { GenerationRun, type RunEvent, startRun } from "./generation.ts";
+import type { InflightTracker } from "./inflight.ts";
+import { type ChatLogprob, chatLogprobs } from "./logprobs.ts";
+import { checkPromptChars, requestParams } from "./params.ts";
+import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
+import { sseResponse } from "./sse.ts";
+
+export async function handleChat(
+  request: Request,
+  deps: ApiDeps,
+  inflight: InflightTracker,
+): Promise<Response> {
+  const engine = requireEngine(deps);
+  const body = await readJsonObject(request, deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+  const req = parseBody(chatRequest, body);
+  checkModel(deps, req.model);
+  checkStreamOptions(req);
+  if (req.top_logprobs != null && !req.logprobs) {
+    throw new ApiError(400, "top_logprobs can only be set when logprobs is true", {
+      param: "top_logprobs",
+    });
+  }
+  checkQueue(deps, engine);
+  const numChars = req.messages.reduce(
+    (sum, m) =>
+      sum +
+      (typeof m.content === "string"
+        ? m.content.length
+        : m.content.reduce((n, part) => n + part.text.length, 0)),
+    0,
+  );
+  checkPromptChars(deps.tokenizer, numChars, {
+    maxModelLen: engine.maxModelLen,
+    promptParam: "messages",
+  });
+  const promptIds = chatPromptIds(deps.tokenizer, deps.chatTemplate, req.messages);
+  const params = requestParams(req, {
+    numPromptTokens: promptIds.length,
+    maxModelLen: engine.maxModelLen,
+    vocabSize: deps.tokenizer.vocabSize,
+    maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
+    logprobs: req.logprobs ? req.top_logprobs ?? 0 : undefined,
+    promptParam: "messages",
+  });
+  const id = newId("chatcmpl");
+  const run = new GenerationRun(engine, [{ promptIds, params }], {
+    id,
+    metrics: deps.metrics,
+    signal: request.signal,
+  });
+  const started = await startRun(run, inflight);
+  const shape = new ChatShape(req, promptIds.length, { id, model: deps.servedModelName }, deps);
+  if (req.stream) {
+    return sseResponse(shape.chunks(started.events), {
+      onCancel: run.abort,
+      onClose: started.done,
+      onError: (error) => toApiError(error, deps.log).body,
+    }, { "X-Request-Id": id });
+  }
+  try {
+    return Response.json(await shape.collect(started.events), { headers: { "X-Request-Id": id } });
+  } finally {
+    started.done();
+  }
+}
+
+/** Turns engine outputs into chat chunks or one chat completion. */
+class ChatShape {
+  #req: ChatRequest;
+  #numPromptTokens: number;
+  #base: { id: string; object: string; created: number; model: string };
+  #tokenizer: TextTokenizer;
+  #n: number;
+
+  constructor(
+    req: ChatRequest,
+    numPromptTokens: number,
+    meta: { id: string; model: string },
+    deps: ApiDeps,
+  ) {
+    this.#req = req;
+    this.#numPromptTokens = numPromptTokens;
+    this.#base = {
+      id: meta.id,
+      object: "chat.completion",
+      created: nowSeconds(),
+      model: meta.model,
+    };
+    this.#tokenizer = deps.tokenizer;
+    this.#n = req.n ?? 1;
+  }
+
+  #usage(numCompletionTokens: number) {
+    return {
+      prompt_tokens: this.#numPromptTokens,
+      completion_tokens: numCompletionTokens,
+      total_tokens: this.#numPromptTokens + numCompletionTokens,
+    };
+  }
+
+  async collect(events: AsyncIterable<RunEvent>) {
+    const choices = Array.from({ length: this.#n }, () => ({
+      content: "",
+      logprobs: [] as ChatLogprob[],
+      finishReason: null as string | null,
+      numOutputTokens: 0,
+    }));
+    for await (const { output } of events) {
+      const choice = choices[output.index];
+      choice.content += output.textDelta;
+      if (output.logprobs) choice.logprobs.push(...chatLogprobs(this.#tokenizer, output.logprobs));
+      if (output.finished) {
+        choice.finishReason = output.finishReason ?? "stop";
+        choice.numOutputTokens = output.numOutputTokens;
+      }
+    }
+    return {
+      ...this.#base,
+      choices: choices.map((choice, index) => ({
+        index,
+        message: { role: "assistant", content: choice.content },
+        logprobs: this.#req.logprobs ? { content: choice.logprobs } : null,
+        finish_reason: choice.finishReason,
+      })),
+      usage: this.#usage(choices.reduce((sum, c) => sum + c.numOutputTokens, 0)),
+    };
+  }
+
+  async *chunks(events: AsyncIterable<RunEvent>): AsyncGenerator<unknown> {
+    const base = { ...this.#base, object: "chat.completion.chunk" };
+    const includeUsage = this.#req.stream_options?.include_usage ?? false;
+    // OpenAI: with include_usage, every chunk has a usage field, null until the last one.
+    const usageField = includeUsage ? { usage: null } : {};
+    const chunk = (
+      index: number,
+      delta: { role?: string; content?: string },
+      logprobs: ChatLogprob[] | null,
+      finishReason: string | null,
+    ) => ({
+      ...base,
+      choices: [{
+        index,
+        delta,
+        logprobs: logprobs === null ? null : { content: logprobs },
+        finish_reason: finishReason,
+      }],
+      ...usageField,
+    });
+    for (let index = 0; index < this.#n; index++) {
+      yield chunk(index, { role: "assistant", content: "" }, null, null);
+    }
+    let numCompletionTokens = 0;
+    for await (const { output } of events) {
+      if (output.finished) numCompletionTokens += output.numOutputTokens;
+      const logprobs = this.#req.logprobs
+        ? chatLogprobs(this.#tokenizer, output.logprobs ?? [])
+        : null;
+      // Tokens whose text is held back (a partial character) matter only for their logprobs.
+      const hasNews = output.textDelta !== "" || (logprobs !== null && logprobs.length > 0);
+      if (!hasNews && !output.finished) continue;
+      const delta = output.textDelta === "" && output.finished ? {} : { content: output.textDelta };
+      yield chunk(
+        output.index,
+        delta,
+        logprobs,
+        output.finished ? output.finishReason ?? "stop" : null,
+      );
+    }
+    if (includeUsage) {
+      yield { ...base, choices: [], usage: this.#usage(numCompletionTokens) };
+    }
+  }
+}

@@ -1,0 +1,48 @@
+// Chat messages to prompt token ids: the model's template rendered, then encoded with control
+// tokens parsed and without a second BOS when the template already wrote one.
+import { renderChat } from "../tokenizer/chat_template.ts";
+import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { ApiError } from "./errors.ts";
+import type { ChatMessageInput } from "./schemas.ts";
+
+export interface ChatPromptOptions {
+  addGenerationPrompt?: boolean;
+  /** Force adding (or not) the tokenizer's special tokens; default: add unless the text has BOS. */
+  addSpecial?: boolean;
+}
+
+function messageText(content: ChatMessageInput["content"]): string {
+  return typeof content === "string" ? content : content.map((part) => part.text).join("\n");
+}
+
+/** The prompt ids of `messages` under `template`; a 400 when the model has no template. */
+export function chatPromptIds(
+  tokenizer: TextTokenizer,
+  template: string | null,
+  messages: readonly ChatMessageInput[],
+  opts: ChatPromptOptions = {},
+): number[] {
+  if (template === null) {
+    throw new ApiError(
+      400,
+      "This model has no chat template, so it cannot serve chat completions; use " +
+        "/v1/completions with a plain prompt instead",
+      { param: "messages", code: "chat_template_missing" },
+    );
+  }
+  const bosText = tokenizer.bosId === undefined ? undefined : tokenizer.tokenText(tokenizer.bosId);
+  const eosText = tokenizer.eosIds.length > 0
+    ? tokenizer.tokenText(tokenizer.eosIds[0])
+    : undefined;
+  const text = renderChat(
+    template,
+    // Templates know "system"; OpenAI's newer "developer" role means the same to them.
+    messages.map((m) => ({
+      role: m.role === "developer" ? "system" : m.role,
+      content: messageText(m.content),
+    })),
+    { addGenerationPrompt: opts.addGenerationPrompt ?? true, bosToken: bosText, eosToken: eosText },
+  );
+  const hasBos = bosText !== undefined && bosText !== "" && text.startsWith(bosText);
+  return tokenizer.encode(text, { addSpecial: opts.addSpecial ?? !hasBos, parseSpecial: true });
+}

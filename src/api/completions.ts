@@ -1,0 +1,241 @@
+// POST /v1/completions: prompts as text or token ids, one block of n choices per prompt (choice
+// index = prompt index × n + sample index, as OpenAI lays them out), streamed or not.
+import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { readJsonObject } from "./body.ts";
+import {
+  type ApiDeps,
+  checkModel,
+  checkQueue,
+  checkStreamOptions,
+  DEFAULT_MAX_BODY_BYTES,
+  newId,
+  nowSeconds,
+  requireEngine,
+} from "./deps.ts";
+import { ApiError, toApiError } from "./errors.ts";
+import { GenerationRun, type RunEvent, startRun } from "./generation.ts";
+import type { InflightTracker } from "./inflight.ts";
+import { type CompletionLogprobs, CompletionLogprobsBuilder } from "./logprobs.ts";
+import { checkPromptChars, checkTokenIds, requestParams } from "./params.ts";
+import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
+import { sseResponse } from "./sse.ts";
+
+interface Prompt {
+  /** What echo repeats: the text as sent, or the decoded token ids. */
+  text: string;
+  ids: number[];
+}
+
+interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+function toPrompts(prompt: CompletionRequest["prompt"], tokenizer: TextTokenizer): Prompt[] {
+  const encode = (text: string): Prompt => ({ text, ids: tokenizer.encode(text) });
+  const fromIds = (ids: number[]): Prompt => {
+    checkTokenIds(ids, tokenizer.vocabSize, "prompt");
+    // Like vLLM, echo shows the text without control tokens such as BOS.
+    return { text: tokenizer.decode(ids, { skipSpecial: true }), ids };
+  };
+  if (typeof prompt === "string") return [encode(prompt)];
+  if (prompt.every((p) => typeof p === "string")) return prompt.map(encode);
+  if (prompt.every((p) => typeof p === "number")) return [fromIds(prompt)];
+  return (prompt as number[][]).map(fromIds);
+}
+
+function usage(numPromptTokens: number, numCompletionTokens: number): Usage {
+  return {
+    prompt_tokens: numPromptTokens,
+    completion_tokens: numCompletionTokens,
+    total_tokens: numPromptTokens + numCompletionTokens,
+  };
+}
+
+export async function handleCompletion(
+  request: Request,
+  deps: ApiDeps,
+  inflight: InflightTracker,
+): Promise<Response> {
+  const engine = requireEngine(deps);
+  const body = await readJsonObject(request, deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+  const req = parseBody(completionRequest, body);
+  checkModel(deps, req.model);
+  checkStreamOptions(req);
+  checkQueue(deps, engine);
+  const texts = typeof req.prompt === "string" ? [req.prompt] : req.prompt;
+  for (const text of texts) {
+    if (typeof text !== "string") break;
+    checkPromptChars(deps.tokenizer, text.length, {
+      maxModelLen: engine.maxModelLen,
+      promptParam: "prompt",
+    });
+  }
+  const prompts = toPrompts(req.prompt, deps.tokenizer);
+  const n = req.n ?? 1;
+  if (prompts.length * n > MAX_CHOICES) {
+    throw new ApiError(
+      400,
+      `${prompts.length} prompts × n = ${n} asks for more than ${MAX_CHOICES} choices`,
+      { param: "n" },
+    );
+  }
+  const submissions = prompts.map((p) => ({
+    promptIds: p.ids,
+    params: requestParams(req, {
+      numPromptTokens: p.ids.length,
+      maxModelLen: engine.maxModelLen,
+      vocabSize: deps.tokenizer.vocabSize,
+      maxTokens: req.max_tokens ?? undefined,
+      logprobs: req.logprobs ?? undefined,
+      promptParam: "prompt",
+    }),
+  }));
+  const id = newId("cmpl");
+  const run = new GenerationRun(engine, submissions, {
+    id,
+    metrics: deps.metrics,
+    signal: request.signal,
+  });
+  const started = await startRun(run, inflight);
+  const shape = new CompletionShape(req, prompts, { id, model: deps.servedModelName }, deps);
+  if (req.stream) {
+    return sseResponse(shape.chunks(started.events), {
+      onCancel: run.abort,
+      onClose: started.done,
+      onError: (error) => toApiError(error, deps.log).body,
+    }, { "X-Request-Id": id });
+  }
+  try {
+    return Response.json(await shape.collect(started.events), { headers: { "X-Request-Id": id } });
+  } finally {
+    started.done();
+  }
+}
+
+/** Turns engine outputs into completion chunks or one completion. */
+class CompletionShape {
+  #req: CompletionRequest;
+  #prompts: Prompt[];
+  #base: { id: string; object: "text_completion"; created: number; model: string };
+  #tokenizer: TextTokenizer;
+  #n: number;
+
+  constructor(
+    req: CompletionRequest,
+    prompts: Prompt[],
+    meta: { id: string; model: string },
+    deps: ApiDeps,
+  ) {
+    this.#req = req;
+    this.#prompts = prompts;
+    this.#base = {
+      id: meta.id,
+      object: "text_completion",
+      created: nowSeconds(),
+      model: meta.model,
+    };
+    this.#tokenizer = deps.tokenizer;
+    this.#n = req.n ?? 1;
+  }
+
+  get #numChoices(): number {
+    return this.#prompts.length * this.#n;
+  }
+
+  get #numPromptTokens(): number {
+    return this.#prompts.reduce((sum, p) => sum + p.ids.length, 0);
+  }
+
+  #promptOf(index: number): Prompt {
+    return this.#prompts[Math.floor(index / this.#n)];
+  }
+
+  /** One logprobs builder per choice, holding the echoed prompt when there is one. */
+  #builders(): CompletionLogprobsBuilder[] | undefined {
+    if (this.#req.logprobs == null) return undefined;
+    return Array.from({ length: this.#numChoices }, (_, index) => {
+      const builder = new CompletionLogprobsBuilder(this.#tokenizer);
+      if (this.#req.echo) builder.addPrompt(this.#promptOf(index).ids);
+      return builder;
+    });
+  }
+
+  async collect(events: AsyncIterable<RunEvent>) {
+    const builders = this.#builders();
+    const choices = Array.from({ length: this.#numChoices }, (_, index) => ({
+      text: this.#req.echo ? this.#promptOf(index).text : "",
+      finishReason: null as string | null,
+      numOutputTokens: 0,
+    }));
+    for await (const { prompt, output } of events) {
+      const index = prompt * this.#n + output.index;
+      const choice = choices[index];
+      choice.text += output.textDelta;
+      builders?.[index].add(output.logprobs ?? []);
+      if (output.finished) {
+        choice.finishReason = output.finishReason ?? "stop";
+        choice.numOutputTokens = output.numOutputTokens;
+      }
+    }
+    return {
+      ...this.#base,
+      choices: choices.map((choice, index) => ({
+        text: choice.text,
+        index,
+        logprobs: builders?.[index].value ?? null,
+        finish_reason: choice.finishReason,
+      })),
+      usage: usage(
+        this.#numPromptTokens,
+        choices.reduce((sum, c) => sum + c.numOutputTokens, 0),
+      ),
+    };
+  }
+
+  async *chunks(events: AsyncIterable<RunEvent>): AsyncGenerator<unknown> {
+    const includeUsage = this.#req.stream_options?.include_usage ?? false;
+    // OpenAI: with include_usage, every chunk has a usage field, null until the last one.
+    const usageField = includeUsage ? { usage: null } : {};
+    const builders = this.#builders();
+    const chunk = (
+      index: number,
+      text: string,
+      logprobs: CompletionLogprobs | null,
+      finishReason: string | null,
+    ) => ({
+      ...this.#base,
+      choices: [{ text, index, logprobs, finish_reason: finishReason }],
+      ...usageField,
+    });
+    if (this.#req.echo) {
+      for (let index = 0; index < this.#numChoices; index++) {
+        yield chunk(index, this.#promptOf(index).text, builders?.[index].take() ?? null, null);
+      }
+    }
+    let numCompletionTokens = 0;
+    for await (const { prompt, output } of events) {
+      const index = prompt * this.#n + output.index;
+      if (output.finished) numCompletionTokens += output.numOutputTokens;
+      // Tokens whose text is held back (a partial character) matter only for their logprobs.
+      const hasNews = output.textDelta !== "" ||
+        (builders !== undefined && output.newTokenIds.length > 0);
+      if (!hasNews && !output.finished) continue;
+      builders?.[index].add(output.logprobs ?? []);
+      yield chunk(
+        index,
+        output.textDelta,
+        builders?.[index].take() ?? null,
+        output.finished ? output.finishReason ?? "stop" : null,
+      );
+    }
+    if (includeUsage) {
+      yield {
+        ...this.#base,
+        choices: [],
+        usage: usage(this.#numPromptTokens, numCompletionTokens),
+      };
+    }
+  }
+}

@@ -1,0 +1,124 @@
+// From a validated request body to the engine's RequestParams: defaults as OpenAI has them, token
+// ids checked against the vocabulary, and the context-length check with both numbers.
+import type { RequestParams } from "../engine/request.ts";
+import type { SamplingParams } from "../sampling.ts";
+import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { ApiError } from "./errors.ts";
+import type { CompletionRequest } from "./schemas.ts";
+
+/** The fields that both generation endpoints share. */
+export type GenerationRequest = Omit<CompletionRequest, "prompt" | "echo" | "logprobs">;
+
+export interface ParamsOptions {
+  numPromptTokens: number;
+  maxModelLen: number;
+  vocabSize: number;
+  /** The `max_tokens` to use; undefined fills the rest of the context. */
+  maxTokens?: number;
+  /** Top alternatives per token, when logprobs are wanted. */
+  logprobs?: number;
+  /** The name of the prompt's field, for error messages. */
+  promptParam: "prompt" | "messages";
+}
+
+/** Throws a 400 naming `param` unless every id is in the vocabulary. */
+export function checkTokenIds(ids: readonly number[], vocabSize: number, param: string): void {
+  const bad = ids.find((id) => id >= vocabSize);
+  if (bad !== undefined) {
+    throw new ApiError(
+      400,
+      `Invalid '${param}': token id ${bad} is outside the vocabulary [0, ${vocabSize})`,
+      { param },
+    );
+  }
+}
+
+function samplingParams(req: GenerationRequest, vocabSize: number): SamplingParams {
+  const logitBias: Record<number, number> = {};
+  for (const [key, bias] of Object.entries(req.logit_bias ?? {})) {
+    const id = Number(key);
+    checkTokenIds([id], vocabSize, "logit_bias");
+    logitBias[id] = bias;
+  }
+  return {
+    temperature: req.temperature ?? 1,
+    topK: Math.max(0, req.top_k ?? 0),
+    topP: req.top_p ?? 1,
+    minP: req.min_p ?? 0,
+    ...(req.seed == null ? {} : { seed: req.seed }),
+    presencePenalty: req.presence_penalty ?? 0,
+    frequencyPenalty: req.frequency_penalty ?? 0,
+    repetitionPenalty: req.repetition_penalty ?? 1,
+    logitBias,
+  };
+}
+
+/** The engine parameters of one prompt of `req`; throws a 400 when it cannot fit the context. */
+export function requestParams(req: GenerationRequest, opts: ParamsOptions): RequestParams {
+  const { numPromptTokens, maxModelLen } = opts;
+  if (numPromptTokens === 0) {
+    throw new ApiError(400, `The ${opts.promptParam} must have at least one token`, {
+      param: opts.promptParam,
+    });
+  }
+  const maxTokens = opts.maxTokens ?? maxModelLen - numPromptTokens;
+  if (maxTokens < 1 || numPromptTokens + maxTokens > maxModelLen) {
+    const message = opts.maxTokens === undefined
+      ? `This model's maximum context length is ${maxModelLen} tokens. However, the ` +
+        `${opts.promptParam} has ${numPromptTokens} tokens, which leaves no room for a ` +
+        `completion. Please reduce the length of the ${opts.promptParam}.`
+      : `This model's maximum context length is ${maxModelLen} tokens. However, you requested ` +
+        `${numPromptTokens + maxTokens} tokens (${numPromptTokens} in the ${opts.promptParam}, ` +
+        `${maxTokens} in the completion). Please reduce the length of the ` +
+        `${opts.promptParam} or the completion.`;
+    throw new ApiError(400, message, {
+      param: opts.maxTokens === undefined ? opts.promptParam : "max_tokens",
+      code: "context_length_exceeded",
+    });
+  }
+  const stop = req.stop ?? [];
+  const stopTokenIds = req.stop_token_ids ?? [];
+  checkTokenIds(stopTokenIds, opts.vocabSize, "stop_token_ids");
+  return {
+    maxTokens,
+    sampling: samplingParams(req, opts.vocabSize),
+    stopStrings: typeof stop === "string" ? [stop] : stop,
+    stopTokenIds,
+    ignoreEos: req.ignore_eos ?? false,
+    priority: req.priority ?? 0,
+    n: req.n ?? 1,
+    ...(opts.logprobs === undefined ? {} : { logprobs: opts.logprobs }),
+    ...(req.cache_salt == null ? {} : { cacheSalt: req.cache_salt }),
+  };
+}
+
+const maxTokenBytes = new WeakMap<TextTokenizer, number>();
+
+/**
+ * Throws a 400 for text far too long to fit `maxModelLen` tokens, before the tokenizer spends
+ * seconds of the event loop on it: no token covers more than the longest token's bytes, and a
+ * factor of 4 leaves room for normalization that shortens text.
+ */
+export function checkPromptChars(
+  tokenizer: TextTokenizer,
+  numChars: number,
+  opts: { maxModelLen: number; promptParam: "prompt" | "messages" },
+): void {
+  let longest = maxTokenBytes.get(tokenizer);
+  if (longest === undefined) {
+    longest = 1;
+    for (let id = 0; id < tokenizer.vocabSize; id++) {
+      longest = Math.max(longest, tokenizer.tokenBytes(id).length);
+    }
+    maxTokenBytes.set(tokenizer, longest);
+  }
+  const limit = 4 * longest * opts.maxModelLen;
+  if (numChars > limit) {
+    throw new ApiError(
+      400,
+      `The ${opts.promptParam} has ${numChars} characters, more than the model's maximum ` +
+        `context length of ${opts.maxModelLen} tokens can hold. Please reduce its length.`,
+      { param: opts.promptParam, code: "context_length_exceeded" },
+    );
+  }
+}

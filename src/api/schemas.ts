@@ -1,0 +1,169 @@
+// Request bodies of the OpenAI-compatible endpoints as zod schemas, bounded so that no field can
+// make the server do unbounded work, and the mapping of a zod failure to a 400 naming the field.
+import { z } from "zod";
+import { ApiError } from "./errors.ts";
+
+/** Most prompts per completion request, and most choices (prompts × n) per request. */
+export const MAX_PROMPTS = 32;
+export const MAX_CHOICES = 64;
+export const MAX_N = 16;
+export const MAX_TOP_LOGPROBS = 20;
+const MAX_TEXT_CHARS = 4 << 20;
+const MAX_PROMPT_TOKENS = 1 << 20;
+const MAX_SHORT_CHARS = 256;
+const MAX_INT32 = 2 ** 31 - 1;
+
+const tokenId = z.int().min(0).max(MAX_INT32);
+const shortString = z.string().max(MAX_SHORT_CHARS);
+const stopString = z.string().min(1).max(MAX_SHORT_CHARS);
+
+// zod drops a "__proto__" key from a record silently; a token-id map must not have one at all.
+const noProtoKey = z.unknown().refine(
+  (value) => typeof value !== "object" || value === null || !Object.hasOwn(value, "__proto__"),
+  'Expected token ids as keys, got "__proto__"',
+);
+
+/** Fields both generation endpoints share (sampling, stopping, streaming). */
+const generationFields = {
+  model: shortString.nullish(),
+  max_tokens: z.int().min(1).max(MAX_INT32).nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  top_k: z.int().min(-1).max(MAX_INT32).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  repetition_penalty: z.number().gt(0).max(10).nullish(),
+  seed: z.int().nullish(),
+  stop: z.union([stopString, z.array(stopString).max(16)], {
+    error: "Expected a non-empty string or a list of at most 16 non-empty strings",
+  }).nullish(),
+  stop_token_ids: z.array(tokenId).max(64).nullish(),
+  n: z.int().min(1).max(MAX_N).nullish(),
+  logit_bias: noProtoKey.pipe(
+    z.record(z.string().regex(/^\d{1,10}$/), z.number().min(-100).max(100))
+      .refine((bias) => Object.keys(bias).length <= 1024, "Expected at most 1024 entries"),
+  ).nullish(),
+  ignore_eos: z.boolean().nullish(),
+  user: shortString.nullish(),
+  priority: z.int().min(-MAX_INT32 - 1).max(MAX_INT32).nullish(),
+  cache_salt: z.string().min(1).max(MAX_SHORT_CHARS).nullish(),
+  stream: z.boolean().nullish(),
+  stream_options: z.strictObject({ include_usage: z.boolean().nullish() }).nullish(),
+};
+
+export const completionRequest = z.strictObject({
+  ...generationFields,
+  prompt: z.union([
+    z.string().max(MAX_TEXT_CHARS),
+    z.array(z.string().max(MAX_TEXT_CHARS)).min(1).max(MAX_PROMPTS),
+    z.array(tokenId).min(1).max(MAX_PROMPT_TOKENS),
+    z.array(z.array(tokenId).min(1).max(MAX_PROMPT_TOKENS)).min(1).max(MAX_PROMPTS),
+  ], {
+    error: `Expected a string, a list of at most ${MAX_PROMPTS} strings, a non-empty list of ` +
+      `token ids, or a list of at most ${MAX_PROMPTS} non-empty token id lists`,
+  }),
+  echo: z.boolean().nullish(),
+  logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+});
+export type CompletionRequest = z.infer<typeof completionRequest>;
+
+const textPart = z.strictObject({ type: z.literal("text"), text: z.string().max(MAX_TEXT_CHARS) });
+
+const chatMessage = z.strictObject({
+  role: z.enum(["system", "developer", "user", "assistant"]),
+  content: z.union([z.string().max(MAX_TEXT_CHARS), z.array(textPart).max(256)], {
+    error: 'Expected a string or a list of {"type": "text", "text": ...} parts',
+  }),
+  name: shortString.nullish(),
+});
+export type ChatMessageInput = z.infer<typeof chatMessage>;
+
+const chatMessages = z.array(chatMessage).min(1).max(1024);
+
+export const chatRequest = z.strictObject({
+  ...generationFields,
+  messages: chatMessages,
+  max_completion_tokens: z.int().min(1).max(MAX_INT32).nullish(),
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+});
+export type ChatRequest = z.infer<typeof chatRequest>;
+
+export const tokenizePromptRequest = z.strictObject({
+  model: shortString.nullish(),
+  prompt: z.string().max(MAX_TEXT_CHARS),
+  add_special_tokens: z.boolean().nullish(),
+});
+
+export const tokenizeChatRequest = z.strictObject({
+  model: shortString.nullish(),
+  messages: chatMessages,
+  add_generation_prompt: z.boolean().nullish(),
+  add_special_tokens: z.boolean().nullish(),
+});
+
+export const detokenizeRequest = z.strictObject({
+  model: shortString.nullish(),
+  tokens: z.array(tokenId).max(MAX_PROMPT_TOKENS),
+});
+
+/** `messages[0].content` from zod's path. */
+function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const key of path) {
+    out += typeof key === "number" ? `[${key}]` : `${out === "" ? "" : "."}${String(key)}`;
+  }
+  return out;
+}
+
+type Issue = z.core.$ZodIssue;
+
+/**
+ * The issue to report for a failed union: the deepest one from a branch that got past the type
+ * check (the branch the client evidently meant), or the union itself when none did.
+ */
+function explainUnion(
+  issue: Issue & { code: "invalid_union" },
+): { issue: Issue; path: PropertyKey[] } {
+  let best: { issue: Issue; path: PropertyKey[] } | undefined;
+  for (const branch of issue.errors) {
+    const first = branch[0];
+    if (first === undefined || (first.code === "invalid_type" && first.path.length === 0)) continue;
+    const nested = first.code === "invalid_union"
+      ? explainUnion(first)
+      : { issue: first, path: [...first.path] };
+    if (best === undefined || nested.path.length > best.path.length) best = nested;
+  }
+  if (best === undefined) return { issue, path: [] };
+  return { issue: best.issue, path: best.path };
+}
+
+/** Parses `body` with `schema`, or throws a 400 naming the first offending field. */
+export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  const result = schema.safeParse(body);
+  if (result.success) return result.data;
+  const issues = result.error.issues;
+  // Unknown fields first: a misspelt parameter explains the other complaints, if any.
+  const unknown = issues.find((i) => i.code === "unrecognized_keys" && i.path.length === 0);
+  if (unknown?.code === "unrecognized_keys") {
+    return unsupported(unknown.keys[0]);
+  }
+  const first = issues[0];
+  let path = [...first.path];
+  let issue: Issue = first;
+  if (first.code === "invalid_union") {
+    const explained = explainUnion(first);
+    issue = explained.issue;
+    path = [...path, ...explained.path];
+  }
+  const param = formatPath(path);
+  const detail = issue.message.replace(/^Invalid input: /, "");
+  throw new ApiError(400, param === "" ? detail : `Invalid '${param}': ${detail}`, {
+    param: param === "" ? null : param,
+  });
+}
+
+function unsupported(key: string): never {
+  throw new ApiError(400, `Unrecognized request argument supplied: ${key}`, { param: key });
+}

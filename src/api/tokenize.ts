@@ -1,0 +1,41 @@
+// POST /tokenize and POST /detokenize, as vLLM serves them.
+import { readJsonObject } from "./body.ts";
+import { chatPromptIds } from "./chat_prompt.ts";
+import { type ApiDeps, checkModel, DEFAULT_MAX_BODY_BYTES, requireEngine } from "./deps.ts";
+import { checkTokenIds } from "./params.ts";
+import {
+  detokenizeRequest,
+  parseBody,
+  tokenizeChatRequest,
+  tokenizePromptRequest,
+} from "./schemas.ts";
+
+/** `{prompt}` or `{messages}` to `{count, max_model_len, tokens}`. */
+export async function handleTokenize(request: Request, deps: ApiDeps): Promise<Response> {
+  const engine = requireEngine(deps);
+  const body = await readJsonObject(request, deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+  let tokens: number[];
+  if ("messages" in body) {
+    const req = parseBody(tokenizeChatRequest, body);
+    checkModel(deps, req.model);
+    tokens = chatPromptIds(deps.tokenizer, deps.chatTemplate, req.messages, {
+      addGenerationPrompt: req.add_generation_prompt ?? true,
+      addSpecial: req.add_special_tokens ?? undefined,
+    });
+  } else {
+    const req = parseBody(tokenizePromptRequest, body);
+    checkModel(deps, req.model);
+    tokens = deps.tokenizer.encode(req.prompt, { addSpecial: req.add_special_tokens ?? true });
+  }
+  return Response.json({ count: tokens.length, max_model_len: engine.maxModelLen, tokens });
+}
+
+/** `{tokens}` to `{prompt}`. */
+export async function handleDetokenize(request: Request, deps: ApiDeps): Promise<Response> {
+  requireEngine(deps);
+  const body = await readJsonObject(request, deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+  const req = parseBody(detokenizeRequest, body);
+  checkModel(deps, req.model);
+  checkTokenIds(req.tokens, deps.tokenizer.vocabSize, "tokens");
+  return Response.json({ prompt: deps.tokenizer.decode(req.tokens) });
+}

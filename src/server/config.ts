@@ -1,0 +1,335 @@
+// `denollm serve` configuration: every flag is also a DENOLLM_<NAME> environment variable (flags
+// win), parsed and validated with zod into one typed ServeConfig.
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { UsageError } from "../cli/generate.ts";
+
+export type Device = { kind: "auto" } | { kind: "cpu" } | { kind: "cuda"; ordinal?: number };
+
+export interface ServeConfig {
+  /** Local HF directory, .gguf file, or Hugging Face repo id (`org/name`, `org/name:FILE.gguf`). */
+  model: string;
+  revision: string;
+  host: string;
+  /** 0 picks a free port (logged once listening). */
+  port: number;
+  servedModelName: string;
+  apiKey?: string;
+  /** Unset: the model's own maximum (max_position_embeddings). */
+  maxModelLen?: number;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  kvCacheMemoryBytes: number;
+  blockSize: number;
+  /** CPU threads for kernels; 0 = all cores. */
+  numThreads: number;
+  device: Device;
+  scheduler: "continuous" | "static";
+  enablePrefixCaching: boolean;
+  maxQueuedRequests: number;
+  shutdownTimeoutMs: number;
+  logFormat: "text" | "json";
+  hfCacheDir: string;
+}
+
+/** What `parseServeConfig` found: a configuration, or a request for the help text. */
+export type ParsedServe = { help: true } | { help: false; config: ServeConfig };
+
+/** Where a raw value came from, for error messages that name it. */
+interface Source {
+  origin: "flag" | "env";
+  name: string;
+  value: string;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+};
+
+/** "512M", "2G", "1.5GiB", "1073741824" → bytes (binary units); undefined when malformed. */
+export function parseByteSize(text: string): number | undefined {
+  const match = /^(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?$/i.exec(text.trim());
+  if (!match) return undefined;
+  const bytes = Number(match[1]) * SIZE_UNITS[(match[2] ?? "").toLowerCase()];
+  return Number.isSafeInteger(Math.floor(bytes)) ? Math.floor(bytes) : undefined;
+}
+
+function integer(min: number, max = Number.MAX_SAFE_INTEGER) {
+  const range = max === Number.MAX_SAFE_INTEGER ? `at least ${min}` : `from ${min} to ${max}`;
+  return z.string().trim().regex(/^-?\d+$/, { error: `expected an integer ${range}` })
+    .transform(Number)
+    .pipe(
+      z.number().int().min(min, { error: `expected an integer ${range}` }).max(max, {
+        error: `expected an integer ${range}`,
+      }),
+    );
+}
+
+function choice<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, { error: `expected one of ${values.join(", ")}` });
+}
+
+const boolText = z.string().trim().toLowerCase().pipe(
+  z.enum(["1", "true", "yes", "on", "0", "false", "no", "off"], {
+    error: "expected true or false (1/0, yes/no)",
+  }),
+).transform((v) => ["1", "true", "yes", "on"].includes(v));
+
+const nonEmpty = z.string().trim().min(1, { error: "expected a non-empty value" });
+
+const deviceSchema = z.string().trim().toLowerCase().transform((text, ctx): Device => {
+  if (text === "auto" || text === "cpu" || text === "cuda") return { kind: text };
+  const match = /^cuda:(\d+)$/.exec(text);
+  if (match) return { kind: "cuda", ordinal: Number(match[1]) };
+  ctx.addIssue({ code: "custom", message: "expected auto, cpu, cuda or cuda:N" });
+  return z.NEVER;
+});
+
+const byteSize = z.string().transform((text, ctx) => {
+  const bytes = parseByteSize(text);
+  if (bytes === undefined || bytes < 1) {
+    ctx.addIssue({
+      code: "custom",
+      message: "expected a positive size in bytes, optionally with a K, M, G or T suffix",
+    });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+/** One serve option: its flag, environment variable, default and help line. */
+interface Option {
+  flag: string;
+  arg?: string;
+  help: string;
+  /** Shown in --help; the value itself comes from `defaults`. */
+  defaultText?: string;
+  isBoolean?: boolean;
+}
+
+const OPTIONS = [
+  { flag: "model", arg: "PATH|ORG/NAME", help: "HF model directory, .gguf file, or HF repo id" },
+  { flag: "revision", arg: "REV", help: "branch, tag or commit of a repo id", defaultText: "main" },
+  { flag: "host", arg: "HOST", help: "address to listen on", defaultText: "127.0.0.1" },
+  { flag: "port", arg: "N", help: "port to listen on (0 = any free port)", defaultText: "8000" },
+  {
+    flag: "served-model-name",
+    arg: "NAME",
+    help: "model name in the API",
+    defaultText: "the model's basename or repo id",
+  },
+  { flag: "api-key", arg: "KEY", help: "require `Authorization: Bearer KEY`", defaultText: "none" },
+  {
+    flag: "max-model-len",
+    arg: "N",
+    help: "longest prompt + output in tokens",
+    defaultText: "the model's maximum",
+  },
+  { flag: "max-num-seqs", arg: "N", help: "most requests running at once", defaultText: "64" },
+  {
+    flag: "max-num-batched-tokens",
+    arg: "N",
+    help: "token budget of one engine step",
+    defaultText: "2048",
+  },
+  {
+    flag: "kv-cache-memory",
+    arg: "BYTES",
+    help: "KV cache size; K/M/G/T suffixes are powers of 1024",
+    defaultText: "1G",
+  },
+  { flag: "block-size", arg: "N", help: "tokens per KV cache block", defaultText: "16" },
+  { flag: "threads", arg: "N", help: "CPU threads for kernels (0 = all cores)", defaultText: "0" },
+  {
+    flag: "device",
+    arg: "DEV",
+    help: "auto, cpu, cuda or cuda:N (auto = CUDA when a GPU is usable)",
+    defaultText: "auto",
+  },
+  {
+    flag: "scheduler",
+    arg: "MODE",
+    help: "continuous (in-flight batching) or static (fixed batches)",
+    defaultText: "continuous",
+  },
+  { flag: "no-prefix-caching", help: "disable prefix caching", isBoolean: true },
+  {
+    flag: "max-queued-requests",
+    arg: "N",
+    help: "requests waiting beyond this get HTTP 429",
+    defaultText: "256",
+  },
+  {
+    flag: "shutdown-timeout",
+    arg: "SECONDS",
+    help: "on SIGTERM, how long in-flight requests may run",
+    defaultText: "30",
+  },
+  { flag: "log-format", arg: "FMT", help: "text or json (JSON lines)", defaultText: "text" },
+  {
+    flag: "hf-cache",
+    arg: "DIR",
+    help: "Hugging Face hub cache",
+    defaultText: "$HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub",
+  },
+] as const satisfies readonly Option[];
+
+type Flag = (typeof OPTIONS)[number]["flag"];
+
+/** DENOLLM_MAX_NUM_SEQS for max-num-seqs. */
+export function envName(flag: string): string {
+  return `DENOLLM_${flag.toUpperCase().replaceAll("-", "_")}`;
+}
+
+function usage(): string {
+  const lines = OPTIONS.map((o: Option) => {
+    const left = `  --${o.flag}${o.arg ? ` ${o.arg}` : ""}`;
+    const fallback = o.defaultText === undefined ? "" : `default ${o.defaultText}, `;
+    const required = o.flag === "model" ? "required, " : "";
+    return `${left.padEnd(30)}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${
+      envName(o.flag)
+    }`;
+  });
+  return `Usage: denollm serve --model PATH|ORG/NAME [options]
+
+Serves an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health,
+/metrics). Every option can also be set as an environment variable; flags win.
+
+${lines.join("\n")}
+  --help                      show this help
+
+A repo id is downloaded once into the hub cache (HF_TOKEN, HF_ENDPOINT are honoured); a GGUF repo
+file is named as ORG/NAME:FILE.gguf.
+`;
+}
+
+export const SERVE_USAGE = usage();
+
+/** The default hub cache, the way huggingface_hub finds it. */
+export function defaultHfCache(env: Record<string, string | undefined>): string {
+  if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
+  if (env.HF_HOME) return `${env.HF_HOME.replace(/\/+$/, "")}/hub`;
+  const cacheHome = env.XDG_CACHE_HOME ?? `${env.HOME ?? "."}/.cache`;
+  return `${cacheHome.replace(/\/+$/, "")}/huggingface/hub`;
+}
+
+/** A Hugging Face repo id, optionally with `:FILE.gguf`, as opposed to a local path. */
+export const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+(?::[^\s:]+\.gguf)?$/;
+
+function defaultServedName(model: string): string {
+  const trimmed = model.replace(/\/+$/, "");
+  if (REPO_ID.test(trimmed) && !trimmed.startsWith(".")) return trimmed.split(":")[0];
+  return trimmed.split("/").pop() || trimmed;
+}
+
+/** One schema per value kind; each entry maps to one ServeConfig field. */
+const SCHEMAS = {
+  model: nonEmpty,
+  revision: nonEmpty,
+  host: nonEmpty,
+  port: integer(0, 65535),
+  "served-model-name": nonEmpty,
+  "api-key": nonEmpty,
+  "max-model-len": integer(1),
+  "max-num-seqs": integer(1),
+  "max-num-batched-tokens": integer(1),
+  "kv-cache-memory": byteSize,
+  "block-size": integer(1, 1024),
+  threads: integer(0, 4096),
+  device: deviceSchema,
+  scheduler: choice(["continuous", "static"]),
+  "no-prefix-caching": boolText,
+  "max-queued-requests": integer(0),
+  "shutdown-timeout": z.string().trim().regex(/^\d+(\.\d+)?$/, {
+    error: "expected a number of seconds, at least 0",
+  }).transform(Number),
+  "log-format": choice(["text", "json"]),
+  "hf-cache": nonEmpty,
+} satisfies Record<Flag, z.ZodType>;
+
+type Values = { [K in Flag]?: z.output<(typeof SCHEMAS)[K]> };
+
+function describe(source: Source): string {
+  return source.origin === "flag"
+    ? `--${source.name} ${JSON.stringify(source.value)}`
+    : `${source.name}=${JSON.stringify(source.value)}`;
+}
+
+/**
+ * Parses `denollm serve` flags over DENOLLM_* environment variables. Throws UsageError with a
+ * message that names the flag or variable and the bad value.
+ */
+export function parseServeConfig(
+  args: string[],
+  options: { env?: Record<string, string | undefined> } = {},
+): ParsedServe {
+  const env = options.env ?? Deno.env.toObject();
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        ...Object.fromEntries(
+          OPTIONS.map((o: Option) => [o.flag, { type: o.isBoolean ? "boolean" : "string" }]),
+        ) as Record<Flag, { type: "string" | "boolean" }>,
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (parsed.values.help) return { help: true };
+
+  const values: Values = {};
+  for (const option of OPTIONS as readonly Option[]) {
+    const flag = option.flag as Flag;
+    const fromFlag = parsed.values[flag];
+    const fromEnv = env[envName(flag)];
+    let source: Source | undefined;
+    if (fromFlag !== undefined) {
+      source = { origin: "flag", name: flag, value: String(fromFlag) };
+    } else if (fromEnv !== undefined && fromEnv !== "") {
+      source = { origin: "env", name: envName(flag), value: fromEnv };
+    }
+    if (source === undefined) continue;
+    const result = SCHEMAS[flag].safeParse(source.value);
+    if (!result.success) {
+      throw new UsageError(`${describe(source)}: ${result.error.issues[0].message}`);
+    }
+    (values as Record<string, unknown>)[flag] = result.data;
+  }
+
+  if (values.model === undefined) {
+    throw new UsageError(`--model (or ${envName("model")}) is required`);
+  }
+  return {
+    help: false,
+    config: {
+      model: values.model,
+      revision: values.revision ?? "main",
+      host: values.host ?? "127.0.0.1",
+      port: values.port ?? 8000,
+      servedModelName: values["served-model-name"] ?? defaultServedName(values.model),
+      apiKey: values["api-key"],
+      maxModelLen: values["max-model-len"],
+      maxNumSeqs: values["max-num-seqs"] ?? 64,
+      maxNumBatchedTokens: values["max-num-batched-tokens"] ?? 2048,
+      kvCacheMemoryBytes: values["kv-cache-memory"] ?? 2 ** 30,
+      blockSize: values["block-size"] ?? 16,
+      numThreads: values.threads ?? 0,
+      device: values.device ?? { kind: "auto" },
+      scheduler: values.scheduler ?? "continuous",
+      enablePrefixCaching: !(values["no-prefix-caching"] ?? false),
+      maxQueuedRequests: values["max-queued-requests"] ?? 256,
+      shutdownTimeoutMs: (values["shutdown-timeout"] ?? 30) * 1000,
+      logFormat: values["log-format"] ?? "text",
+      hfCacheDir: values["hf-cache"] ?? defaultHfCache(env),
+    },
+  };
+}

@@ -1,0 +1,300 @@
+// `denollm serve`: resolves the model (downloading a repo id), listens at once (/health answers 503
+// while the model loads), starts the engine, tells systemd it is ready, and on SIGTERM/SIGINT drains
+// in-flight requests before it exits.
+import { LibraryLoadError, NativeError } from "../../ffi/native.ts";
+import { createApp, Metrics } from "../api/mod.ts";
+import { UsageError } from "../cli/generate.ts";
+import { AsyncEngine, EngineError } from "../engine/async_engine.ts";
+import { ModelFormatError } from "../formats/errors.ts";
+import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
+import { openModelSource } from "../model/load.ts";
+import { parseServeConfig, REPO_ID, SERVE_USAGE, type ServeConfig } from "./config.ts";
+import { DeviceError, resolveDevice } from "./device.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { notify } from "./sd_notify.ts";
+
+export const VERSION = "0.1.0";
+
+/** After the shutdown timeout, aborted requests get this long to send their last bytes. */
+const ABORT_GRACE_MS = 5000;
+
+/** Start-up failures the operator can fix; logged as one line without a stack. */
+function isOperatorError(error: unknown): boolean {
+  return error instanceof ModelFormatError || error instanceof HubError ||
+    error instanceof DeviceError || error instanceof EngineError ||
+    error instanceof LibraryLoadError || error instanceof NativeError ||
+    error instanceof UsageError || error instanceof Deno.errors.AddrInUse ||
+    error instanceof Deno.errors.PermissionDenied || error instanceof Deno.errors.AddrNotAvailable;
+}
+
+async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+/** A local path as is; a repo id through the hub cache (downloaded the first time). */
+async function resolveModelPath(config: ServeConfig, log: Logger): Promise<string> {
+  if (await pathExists(config.model) || !REPO_ID.test(config.model)) return config.model;
+  const { repoId, file } = parseRepoRef(config.model);
+  try {
+    const snapshot = await downloadSnapshot(repoId, {
+      revision: config.revision,
+      cacheDir: config.hfCacheDir,
+      file,
+      log: (msg) => log("info", msg),
+    });
+    log("info", snapshot.isCached ? "using cached snapshot" : "downloaded snapshot", {
+      repo: repoId,
+      revision: config.revision,
+      commit: snapshot.commit,
+      path: snapshot.modelPath,
+    });
+    return snapshot.modelPath;
+  } catch (error) {
+    if (!(error instanceof HubError)) throw error;
+    throw new HubError(
+      `--model ${config.model} is no local file or directory, so it was taken as a Hugging Face ` +
+        `repo id: ${error.message}`,
+      { cause: error },
+    );
+  }
+}
+
+function listenError(error: unknown, config: ServeConfig): unknown {
+  const where = `${config.host}:${config.port}`;
+  if (error instanceof Deno.errors.AddrInUse) {
+    return new Deno.errors.AddrInUse(`Cannot listen on ${where}: the address is already in use`);
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return new Deno.errors.AddrNotAvailable(`Cannot listen on ${where}: no such local address`);
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return new Deno.errors.PermissionDenied(`Cannot listen on ${where}: permission denied`);
+  }
+  return error;
+}
+
+/** sd_notify that cannot take the server down: a failure to reach systemd is only logged. */
+function tellSystemd(log: Logger, ...assignments: string[]): void {
+  try {
+    notify(...assignments);
+  } catch (error) {
+    log("warn", `sd_notify failed: ${(error as Error).message}`);
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The answer to a request that arrives while the server drains. */
+function shuttingDown(): Response {
+  return Response.json(
+    {
+      error: {
+        message: "The server is shutting down",
+        type: "service_unavailable",
+        param: null,
+        code: "shutting_down",
+      },
+    },
+    { status: 503, headers: { connection: "close", "retry-after": "5" } },
+  );
+}
+
+interface SignalWatch {
+  /** Resolves with the first SIGTERM/SIGINT's name. */
+  first: Promise<string>;
+  /** Resolves on a second signal (stop waiting for in-flight requests). */
+  again: Promise<void>;
+  readonly isStopping: boolean;
+  remove(): void;
+}
+
+function watchSignals(): SignalWatch {
+  const first = Promise.withResolvers<string>();
+  const again = Promise.withResolvers<void>();
+  let count = 0;
+  const signals = ["SIGTERM", "SIGINT"] as const;
+  const handlers = signals.map((signal) => () => {
+    if (count++ === 0) first.resolve(signal);
+    else again.resolve();
+  });
+  signals.forEach((signal, i) => Deno.addSignalListener(signal, handlers[i]));
+  return {
+    first: first.promise,
+    again: again.promise,
+    get isStopping() {
+      return count > 0;
+    },
+    remove: () => signals.forEach((signal, i) => Deno.removeSignalListener(signal, handlers[i])),
+  };
+}
+
+/** Starts the engine; under --device auto a CUDA start that fails falls back to the CPU. */
+async function startEngine(
+  config: ServeConfig,
+  modelPath: string,
+  maxModelLen: number,
+  log: Logger,
+): Promise<{ engine: AsyncEngine; device: string }> {
+  const device = resolveDevice(config.device);
+  log("info", "loading model", { model: modelPath, device: device.description });
+  const start = (backend: "cpu" | "cuda") =>
+    AsyncEngine.start({
+      modelPath,
+      backend,
+      numThreads: config.numThreads,
+      blockSize: config.blockSize,
+      kvCacheMemoryBytes: config.kvCacheMemoryBytes,
+      maxModelLen,
+      engine: {
+        maxNumBatchedTokens: config.maxNumBatchedTokens,
+        maxNumSeqs: config.maxNumSeqs,
+        enablePrefixCaching: config.enablePrefixCaching,
+        mode: config.scheduler,
+      },
+    });
+  try {
+    return { engine: await start(device.backend), device: device.description };
+  } catch (error) {
+    const isBackendFailure = error instanceof EngineError &&
+      (error.name === "LibraryLoadError" || error.name === "NativeError");
+    if (config.device.kind !== "auto" || device.backend !== "cuda" || !isBackendFailure) {
+      throw error;
+    }
+    log("warn", "the CUDA backend failed to start; using the CPU", {
+      error: (error as Error).message,
+    });
+    return { engine: await start("cpu"), device: "cpu" };
+  }
+}
+
+/** Runs the server until SIGTERM/SIGINT; returns the exit code. */
+export async function serve(config: ServeConfig, options: { log?: Logger } = {}): Promise<number> {
+  const log = options.log ?? createLogger(config.logFormat);
+  const signals = watchSignals();
+  let server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  const stopped = (signal: string) => {
+    log("info", `received ${signal} while starting; exiting`);
+    tellSystemd(log, "STOPPING=1");
+    return 0;
+  };
+  try {
+    // A signal during a long download or load ends the process at once.
+    const resolving = resolveModelPath(config, log);
+    // If a signal wins a race, the loser's later failure must not surface as unhandled.
+    resolving.catch(() => {});
+    const modelPath = await Promise.race([resolving, signals.first]);
+    if (signals.isStopping) return stopped(await signals.first);
+    const source = await openModelSource(modelPath);
+    const modelMax = source.config.maxPositionEmbeddings;
+    if (config.maxModelLen !== undefined && config.maxModelLen > modelMax) {
+      log(
+        "warn",
+        `--max-model-len ${config.maxModelLen} exceeds the model's ${modelMax}; using ${modelMax}`,
+      );
+    }
+    const maxModelLen = Math.min(config.maxModelLen ?? modelMax, modelMax);
+
+    // What the request handlers see: no engine while loading, and a flag once draining.
+    const state: { engine?: AsyncEngine; isDraining: boolean } = { isDraining: false };
+    const { app, inflight } = createApp({
+      getEngine: () => state.engine,
+      tokenizer: source.tokenizer,
+      chatTemplate: source.chatTemplate,
+      servedModelName: config.servedModelName,
+      version: VERSION,
+      apiKey: config.apiKey,
+      maxQueuedRequests: config.maxQueuedRequests,
+      metrics: new Metrics(),
+      log,
+    });
+    const listening = Promise.withResolvers<Deno.NetAddr>();
+    try {
+      server = Deno.serve({
+        hostname: config.host,
+        port: config.port,
+        onListen: (addr) => listening.resolve(addr),
+      }, (request, info) => (state.isDraining ? shuttingDown() : app.fetch(request, info)));
+    } catch (error) {
+      throw listenError(error, config);
+    }
+    const addr = await listening.promise;
+    const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+    const url = `http://${host}:${addr.port}`;
+    log("info", `listening on ${url}`, { port: addr.port });
+
+    const loading = startEngine(config, modelPath, maxModelLen, log);
+    loading.catch(() => {});
+    const started = await Promise.race([loading, signals.first]);
+    if (typeof started === "string") {
+      state.isDraining = true;
+      await server.shutdown();
+      return stopped(started);
+    }
+    const engine = started.engine;
+    state.engine = engine;
+    log("info", `serving ${config.servedModelName}`, {
+      model: config.servedModelName,
+      path: modelPath,
+      format: source.format,
+      device: started.device,
+      kv_blocks: engine.numKvBlocks,
+      kv_tokens: engine.numKvBlocks * engine.blockSize,
+      block_size: engine.blockSize,
+      max_model_len: engine.maxModelLen,
+      weight_bytes: engine.weightBytes,
+      load_ms: Math.round(engine.loadMs),
+    });
+    tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);
+
+    const signal = await signals.first;
+    log("info", `received ${signal}; draining`, {
+      inflight: inflight.count,
+      timeout_s: config.shutdownTimeoutMs / 1000,
+    });
+    tellSystemd(log, "STOPPING=1", `STATUS=Draining ${inflight.count} requests`);
+    state.isDraining = true;
+    const closed = server.shutdown();
+    const isDrained = await Promise.race([
+      Promise.all([closed, inflight.whenIdle()]).then(() => true),
+      delay(config.shutdownTimeoutMs).then(() => false),
+      signals.again.then(() => false),
+    ]);
+    if (!isDrained) {
+      log("warn", "aborting requests still in flight", { inflight: inflight.count });
+      inflight.abortAll();
+      await Promise.race([closed, delay(ABORT_GRACE_MS)]);
+    }
+    await engine.shutdown();
+    log("info", "stopped");
+    return 0;
+  } catch (error) {
+    if (isOperatorError(error)) {
+      log("error", (error as Error).message);
+    } else {
+      const e = error instanceof Error ? error : new Error(String(error));
+      log("error", `${e.name}: ${e.message}`, { stack: e.stack });
+    }
+    await server?.shutdown();
+    return 1;
+  } finally {
+    signals.remove();
+  }
+}
+
+/** `denollm serve [flags]`: parses the configuration (UsageError when bad) and serves. */
+export async function runServe(args: string[]): Promise<number> {
+  const parsed = parseServeConfig(args);
+  if (parsed.help) {
+    console.log(SERVE_USAGE);
+    return 0;
+  }
+  return await serve(parsed.config);
+}
