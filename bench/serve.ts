@@ -8,7 +8,8 @@
 //     [--dataset FILE.jsonl] [--prefix-len N --num-prefixes K] [--prompt-format text|ids]
 //     [--id-range 1000:10000] [--ignore-eos] [--seed 0] [--goodput ttft:500,tpot:50]
 //     [--percentiles 50,90,99] [--warmup 1] [--label NAME] [--out DIR] [--title TEXT]
-//   deno task bench:serve --merge a.json,b.json --out DIR [--title TEXT]   # one chart of several
+//   deno task bench:serve --merge a.json,b.json --out DIR [--title TEXT] [--label NAME]
+//     [--note TEXT]...   # one chart and table of several saved sweeps; notes go in the caption
 //
 // Lengths: "128", "uniform:64:256" or "lognormal:MEDIAN:SIGMA[:MIN:MAX]". With --prefix-len, every
 // prompt starts with one of --num-prefixes shared prefixes and --input-len sets the rest.
@@ -55,6 +56,7 @@ const { values: v } = parseArgs({
     out: { type: "string" },
     title: { type: "string" },
     merge: { type: "string" },
+    note: { type: "string", multiple: true },
   },
 });
 
@@ -101,7 +103,7 @@ async function merge(): Promise<void> {
     for (const p of saved.points) if (p.load === null) p.load = Infinity; // JSON has no Infinity
     runs.push(saved);
   }
-  const caption = runs.map((r) => `${r.label}: ${r.command ?? "?"}`);
+  const caption = [...(v.note ?? []), ...runs.map((r) => `${r.label}: ${r.command ?? "?"}`)];
   await writeOutputs(v.out, v.label ?? "merged", runs, caption);
   console.log(markdownTable(runs));
 }

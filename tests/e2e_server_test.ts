@@ -41,6 +41,7 @@ class ServerProcess {
   #listening = Promise.withResolvers<number>();
   #waiters: { predicate: (line: LogLine) => boolean; resolve: (line: LogLine) => void }[] = [];
   #reading: Promise<void>;
+  #stdoutClosed: Promise<void>;
 
   constructor(args: string[], env: Record<string, string> = {}) {
     this.child = new Deno.Command(Deno.execPath(), {
@@ -56,7 +57,7 @@ class ServerProcess {
     // Awaited through `port` by tests that need it; failure tests never ask.
     this.#listening.promise.catch(() => {});
     this.#reading = this.#read();
-    this.child.stdout.cancel();
+    this.#stdoutClosed = this.child.stdout.cancel();
   }
 
   async #read(): Promise<void> {
@@ -111,6 +112,7 @@ class ServerProcess {
       // Already exited.
     }
     await this.#reading;
+    await this.#stdoutClosed;
     return await this.exited;
   }
 }
@@ -497,7 +499,11 @@ Deno.test("denollm serve --api-key", async () => {
     const anonymous = new OpenAI({ baseURL: `${url}/v1`, apiKey: "wrong", maxRetries: 0 });
     await assert.rejects(
       anonymous.completions.create({ model: "hf", prompt: "Hi", max_tokens: 2 }),
-      (error: unknown) => error instanceof OpenAI.AuthenticationError && error.status === 401,
+      (error: unknown) => {
+        assert.ok(error instanceof OpenAI.AuthenticationError, String(error));
+        assert.equal(error.status, 401);
+        return true;
+      },
     );
     const bare = await fetch(`${url}/v1/models`);
     assert.equal(bare.status, 401);

@@ -205,12 +205,27 @@ function panelSvg(panel: Panel, x0: number, y0: number, w: number, h: number): s
   return out;
 }
 
+/** Breaks a line at spaces into pieces of at most `width` characters (longer words stay whole). */
+export function wrapText(line: string, width: number): string[] {
+  const out: string[] = [];
+  let current = "";
+  for (const word of line.split(" ")) {
+    if (current !== "" && current.length + 1 + word.length > width) {
+      out.push(current);
+      current = "  " + word;
+    } else current = current === "" ? word : `${current} ${word}`;
+  }
+  out.push(current);
+  return out;
+}
+
 /** A row of line-chart panels with a title and a caption, as a standalone SVG document. */
 export function lineChartSvg(spec: ChartSpec): string {
   const panelW = 380;
   const panelH = 320;
   const width = panelW * spec.panels.length + 20;
-  const caption = spec.caption ?? [];
+  // About 6.2 px per character at font-size 11.
+  const caption = (spec.caption ?? []).flatMap((l) => wrapText(l, Math.floor((width - 28) / 6.2)));
   const height = 36 + panelH + 18 * caption.length + 16;
   const body: string[] = [
     `<rect width="100%" height="100%" fill="white"/>`,

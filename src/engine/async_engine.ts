@@ -72,6 +72,7 @@ export class AsyncEngine {
   #stats: EngineStats;
   #lastStepMs = 0;
   #fatal?: Error;
+  #failed = Promise.withResolvers<Error>();
   #closed?: () => void;
 
   private constructor(worker: Worker, ready: Extract<FromWorker, { type: "ready" }>) {
@@ -83,6 +84,16 @@ export class AsyncEngine {
     this.weightBytes = ready.weightBytes;
     this.#stats = ready.stats;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(event.data);
+    worker.onerror = (event) => {
+      // An uncaught error in the worker: the engine is gone, so fail like a fatal message.
+      event.preventDefault();
+      this.#receive({ type: "fatal", error: { name: "EngineError", message: event.message } });
+    };
+  }
+
+  /** Settles with the error if the engine dies; the server exits non-zero to get restarted. */
+  get failed(): Promise<Error> {
+    return this.#failed.promise;
   }
 
   /** Starts the worker and waits until the model is loaded. */
@@ -146,6 +157,7 @@ export class AsyncEngine {
         this.#fatal = new EngineError(message.error);
         for (const stream of this.#streams.values()) stream.fail(this.#fatal);
         this.#streams.clear();
+        this.#failed.resolve(this.#fatal);
         return;
       case "closed":
         this.#closed?.();

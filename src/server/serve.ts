@@ -254,7 +254,16 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
     });
     tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);
 
-    const signal = await signals.first;
+    const signal = await Promise.race([signals.first, engine.failed]);
+    if (signal instanceof Error) {
+      // Without an engine nothing can be served: exit non-zero so systemd restarts the service.
+      log("error", `the engine failed: ${signal.message}`);
+      tellSystemd(log, "STOPPING=1");
+      state.isDraining = true;
+      inflight.abortAll();
+      await server.shutdown();
+      return 1;
+    }
     log("info", `received ${signal}; draining`, {
       inflight: inflight.count,
       timeout_s: config.shutdownTimeoutMs / 1000,
