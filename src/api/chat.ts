@@ -14,12 +14,11 @@ import {
   requireEngine,
 } from "./deps.ts";
 import { ApiError, toApiError } from "./errors.ts";
-import { GenerationRun, type RunEvent, startRun } from "./generation.ts";
+import { GenerationRun, respondWithRun, type RunEvent } from "./generation.ts";
 import type { InflightTracker } from "./inflight.ts";
 import { type ChatLogprob, chatLogprobs } from "./logprobs.ts";
 import { checkPromptChars, requestParams } from "./params.ts";
 import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
-import { sseResponse } from "./sse.ts";
 
 export async function handleChat(
   request: Request,
@@ -64,20 +63,13 @@ export async function handleChat(
     metrics: deps.metrics,
     signal: request.signal,
   });
-  const started = await startRun(run, inflight);
   const shape = new ChatShape(req, promptIds.length, { id, model: deps.servedModelName }, deps);
-  if (req.stream) {
-    return sseResponse(shape.chunks(started.events), {
-      onCancel: run.abort,
-      onClose: started.done,
-      onError: (error) => toApiError(error, deps.log).body,
-    }, { "X-Request-Id": id });
-  }
-  try {
-    return Response.json(await shape.collect(started.events), { headers: { "X-Request-Id": id } });
-  } finally {
-    started.done();
-  }
+  return await respondWithRun(run, shape, {
+    id,
+    stream: req.stream === true,
+    inflight,
+    toErrorBody: (error) => toApiError(error, deps.log).body,
+  });
 }
 
 /** Turns engine outputs into chat chunks or one chat completion. */

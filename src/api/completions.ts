@@ -13,12 +13,11 @@ import {
   requireEngine,
 } from "./deps.ts";
 import { ApiError, toApiError } from "./errors.ts";
-import { GenerationRun, type RunEvent, startRun } from "./generation.ts";
+import { GenerationRun, respondWithRun, type RunEvent } from "./generation.ts";
 import type { InflightTracker } from "./inflight.ts";
 import { type CompletionLogprobs, CompletionLogprobsBuilder } from "./logprobs.ts";
 import { checkPromptChars, checkTokenIds, requestParams } from "./params.ts";
 import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
-import { sseResponse } from "./sse.ts";
 
 interface Prompt {
   /** What echo repeats: the text as sent, or the decoded token ids. */
@@ -98,20 +97,13 @@ export async function handleCompletion(
     metrics: deps.metrics,
     signal: request.signal,
   });
-  const started = await startRun(run, inflight);
   const shape = new CompletionShape(req, prompts, { id, model: deps.servedModelName }, deps);
-  if (req.stream) {
-    return sseResponse(shape.chunks(started.events), {
-      onCancel: run.abort,
-      onClose: started.done,
-      onError: (error) => toApiError(error, deps.log).body,
-    }, { "X-Request-Id": id });
-  }
-  try {
-    return Response.json(await shape.collect(started.events), { headers: { "X-Request-Id": id } });
-  } finally {
-    started.done();
-  }
+  return await respondWithRun(run, shape, {
+    id,
+    stream: req.stream === true,
+    inflight,
+    toErrorBody: (error) => toApiError(error, deps.log).body,
+  });
 }
 
 /** Turns engine outputs into completion chunks or one completion. */

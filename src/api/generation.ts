@@ -2,7 +2,9 @@
 // arrive, metrics recorded per sequence, and everything aborted when the client goes away.
 import type { EngineStats } from "../engine/engine.ts";
 import type { RequestOutput, RequestParams } from "../engine/request.ts";
+import type { ErrorBody } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
+import { sseResponse } from "./sse.ts";
 
 /** The engine as the API uses it; AsyncEngine satisfies it. */
 export interface EngineClient {
@@ -189,5 +191,41 @@ export async function startRun(
   } catch (error) {
     entry.done();
     throw error;
+  }
+}
+
+/** A response format: SSE chunks when streaming, or one JSON body collected from all events. */
+export interface ResponseShape {
+  chunks(events: AsyncIterable<RunEvent>): AsyncGenerator<unknown>;
+  collect(events: AsyncIterable<RunEvent>): Promise<unknown>;
+}
+
+/**
+ * Starts a run and answers with its events in the given shape; shared by the completion and chat
+ * routes. The run stays registered as in flight until its response is complete.
+ */
+export async function respondWithRun(
+  run: GenerationRun,
+  shape: ResponseShape,
+  options: {
+    id: string;
+    stream: boolean;
+    inflight: { add(abort: () => void): { done(): void } };
+    toErrorBody: (error: unknown) => ErrorBody;
+  },
+): Promise<Response> {
+  const started = await startRun(run, options.inflight);
+  const headers = { "X-Request-Id": options.id };
+  if (options.stream) {
+    return sseResponse(shape.chunks(started.events), {
+      onCancel: run.abort,
+      onClose: started.done,
+      onError: options.toErrorBody,
+    }, headers);
+  }
+  try {
+    return Response.json(await shape.collect(started.events), { headers });
+  } finally {
+    started.done();
   }
 }
