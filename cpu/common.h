@@ -81,6 +81,13 @@ inline size_t dl_dtype_size(int32_t dtype) { return dtype == DL_DTYPE_F32 ? 4 : 
 
 // --- Instruction sets
 
+// Kernels with hand-written vector paths (matmul, attention) pick one of these per process.
+enum class DlIsa { generic, avx2, avx512 };
+
+// The best path this CPU runs. DENOLLM_CPU_ISA=generic|avx2 picks a lower one, so the tests can
+// cover every path on one machine; it is read once, at the first call.
+DlIsa dl_cpu_isa();
+
 // Clones a hot loop for AVX-512 and AVX2 with a runtime pick (ifunc); elsewhere it builds as is.
 #if defined(__x86_64__)
 #define DL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))

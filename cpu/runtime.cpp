@@ -43,6 +43,29 @@ extern "C" DL_API const char* dl_status_string(int32_t status) {
 
 extern "C" DL_API const char* dl_last_error(void) { return tls_last_error.c_str(); }
 
+// --- Instruction set
+
+static DlIsa detect_isa() {
+  DlIsa best = DlIsa::generic;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) {
+    best = DlIsa::avx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    best = DlIsa::avx2;
+  }
+#endif
+  const char* wanted = std::getenv("DENOLLM_CPU_ISA");
+  if (wanted != nullptr && std::strcmp(wanted, "generic") == 0) return DlIsa::generic;
+  if (wanted != nullptr && std::strcmp(wanted, "avx2") == 0 && best == DlIsa::avx512) return DlIsa::avx2;
+  return best;
+}
+
+DlIsa dl_cpu_isa() {
+  static const DlIsa isa = detect_isa();
+  return isa;
+}
+
 // --- Context
 
 extern "C" DL_API int32_t dl_context_create(int32_t device, int32_t num_threads, dl_context** out) {

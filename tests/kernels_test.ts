@@ -374,6 +374,40 @@ Deno.test("matmul matches the reference for every weight dtype, tile remainder a
   });
 });
 
+Deno.test("matmul rows are bit-identical whatever the batch size and the row's place in it", () => {
+  // Decode (m <= 4) and prefill take different tile shapes and weight streams; the engine's batch
+  // invariance needs every output element summed in the same order all the same.
+  const rand = ref.mulberry32(40);
+  const batch = 37;
+  const shapes: [number, number][] = [[130, 333], [1000, 64], [7, 48]];
+  withBuffers((b) => {
+    for (const [n, k] of shapes) {
+      for (const dtype of DTYPES) {
+        const x = ref.randomF32(rand, batch * k);
+        const w = b.from(randomStored(rand, n * k, dtype).stored);
+        const bias = b.from(ref.randomF32(rand, n));
+        const xAll = b.from(x);
+        const outAll = b.zeros(batch * n * 4);
+        backend.matmul({ out: outAll, x: xAll, w, wDtype: dtype, bias, m: batch, n, k });
+        const all = b.f32(outAll, batch * n);
+        for (const m of [1, 2, 3, 4, 5, 8]) {
+          for (const first of [0, 1, batch - m]) {
+            const out = b.zeros(m * n * 4);
+            const xPart = b.from(x.subarray(first * k, (first + m) * k));
+            backend.matmul({ out, x: xPart, w, wDtype: dtype, bias, m, n, k });
+            assertExact(
+              b.f32(out, m * n),
+              all.subarray(first * n, (first + m) * n),
+              `matmul rows ${first}..${first + m - 1} of ${batch} alone, n=${n} k=${k} ` +
+                DTYPE_NAMES[dtype],
+            );
+          }
+        }
+      }
+    }
+  });
+});
+
 Deno.test("rope rotates the leading heads, NEOX and interleaved, partial rotary_dim", () => {
   const rand = ref.mulberry32(5);
   const cases = [
@@ -540,6 +574,8 @@ interface AttentionCase {
   /** [prefix tokens already cached, new query tokens] per sequence. */
   seqs: [number, number][];
   extraQColumns: number;
+  /** Queries uniform in [-qRange, qRange] (default 1). */
+  qRange?: number;
 }
 
 function runAttentionCase(b: Buffers, c: AttentionCase, dtype: DTypeId, seed: number): void {
@@ -569,7 +605,8 @@ function runAttentionCase(b: Buffers, c: AttentionCase, dtype: DTypeId, seed: nu
   const kCache = randomStored(rand, cacheLength, dtype);
   const vCache = randomStored(rand, cacheLength, dtype);
   const qRowStride = numHeads * headDim + c.extraQColumns;
-  const q = ref.randomF32(rand, numTokens * qRowStride);
+  const qRange = c.qRange ?? 1;
+  const q = ref.randomF32(rand, numTokens * qRowStride, -qRange, qRange);
   const scale = 1 / Math.sqrt(headDim);
   const out = b.zeros(numTokens * numHeads * headDim * 4);
   backend.pagedAttention({
@@ -616,6 +653,72 @@ function runAttentionCase(b: Buffers, c: AttentionCase, dtype: DTypeId, seed: nu
     `attention ${JSON.stringify(c)} ${DTYPE_NAMES[dtype]} seed ${seed}`,
   );
 }
+
+Deno.test("paged attention gives a query the same bits alone as in a batch", () => {
+  const rand = ref.mulberry32(41);
+  const [numHeads, numKvHeads, headDim, blockSize] = [6, 2, 64, 16];
+  const seqs: [number, number][] = [[70, 1], [0, 21], [33, 1], [5, 4]]; // [prefix, new tokens]
+  const maxBlocksPerSeq = 8;
+  const numBlocks = seqs.length * maxBlocksPerSeq;
+  const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => (i * 7) % numBlocks);
+  const seqLens = Int32Array.from(seqs, ([prefix, numNew]) => prefix + numNew);
+  const queryStart = new Int32Array(seqs.length + 1);
+  seqs.forEach(([, numNew], s) => queryStart[s + 1] = queryStart[s] + numNew);
+  const numTokens = queryStart[seqs.length];
+  const rowWidth = numHeads * headDim;
+  const cacheLength = numBlocks * numKvHeads * blockSize * headDim;
+  withBuffers((b) => {
+    for (const dtype of DTYPES) {
+      const kCache = b.from(randomStored(rand, cacheLength, dtype).stored);
+      const vCache = b.from(randomStored(rand, cacheLength, dtype).stored);
+      const q = ref.randomF32(rand, numTokens * rowWidth, -4, 4);
+      const shape = {
+        kCache,
+        vCache,
+        cacheDtype: dtype,
+        numHeads,
+        numKvHeads,
+        headDim,
+        qRowStride: rowWidth,
+        blockSize,
+        maxBlocksPerSeq,
+        numBlocks,
+        scale: 1 / Math.sqrt(headDim),
+      };
+      const outAll = b.zeros(numTokens * rowWidth * 4);
+      backend.pagedAttention({
+        ...shape,
+        out: outAll,
+        q: b.from(q),
+        blockTables: b.from(blockTables),
+        seqLens: b.from(seqLens),
+        queryStart: b.from(queryStart),
+        numSeqs: seqs.length,
+        numTokens,
+      });
+      const all = b.f32(outAll, numTokens * rowWidth);
+      seqs.forEach(([, numNew], s) => {
+        const rows = [queryStart[s], queryStart[s + 1]];
+        const out = b.zeros(numNew * rowWidth * 4);
+        backend.pagedAttention({
+          ...shape,
+          out,
+          q: b.from(q.subarray(rows[0] * rowWidth, rows[1] * rowWidth)),
+          blockTables: b.from(blockTables.subarray(s * maxBlocksPerSeq, (s + 1) * maxBlocksPerSeq)),
+          seqLens: b.from(Int32Array.of(seqLens[s])),
+          queryStart: b.from(Int32Array.of(0, numNew)),
+          numSeqs: 1,
+          numTokens: numNew,
+        });
+        assertExact(
+          b.f32(out, numNew * rowWidth),
+          all.subarray(rows[0] * rowWidth, rows[1] * rowWidth),
+          `attention of sequence ${s} alone, ${DTYPE_NAMES[dtype]} cache`,
+        );
+      });
+    }
+  });
+});
 
 Deno.test("copy_blocks copies whole blocks and rejects bad pairs", () => {
   const rand = ref.mulberry32(11);
@@ -687,6 +790,17 @@ Deno.test("paged attention matches naive softmax attention: MHA, GQA, MQA, every
       blockSize: 16,
       seqs: [[0, 37], [99, 1], [16, 16], [0, 1]],
       extraQColumns: 0,
+    },
+    // Decode alone over a long context (fewer tokens than threads, so the KV heads are split
+    // between threads), with queries scaled up so the softmax exps span a wide range.
+    {
+      numHeads: 9,
+      numKvHeads: 3,
+      headDim: 64,
+      blockSize: 16,
+      seqs: [[2047, 1]],
+      extraQColumns: 0,
+      qRange: 8,
     },
   ];
   withBuffers((b) => {
@@ -903,3 +1017,31 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
     );
   });
 });
+
+// --- Every instruction-set path
+
+// DENOLLM_CPU_ISA is read once per process, so the lower paths run this whole file again in a
+// child process each. Needs --allow-run (as `deno task test` grants); skipped without it, and in
+// the children themselves.
+const canSpawn = Deno.env.get("DENOLLM_CPU_ISA") === undefined &&
+  Deno.permissions.querySync({ name: "run" }).state === "granted";
+
+for (const isa of ["avx2", "generic"]) {
+  Deno.test({
+    name: `every kernel test passes on the ${isa} path (DENOLLM_CPU_ISA=${isa}, child process)`,
+    ignore: !canSpawn || Deno.build.arch !== "x86_64",
+    async fn() {
+      const file = new URL(import.meta.url).pathname;
+      const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: ["test", "--allow-read", "--allow-ffi", "--allow-env", file],
+        env: { DENOLLM_CPU_ISA: isa, NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      if (code !== 0) {
+        const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+        fail(`Expected the ${isa} run to pass, found exit code ${code}:\n${text.slice(-4000)}`);
+      }
+    },
+  });
+}
