@@ -9,33 +9,11 @@ import { generate } from "../src/generate.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
+import { benchPromptIds, median } from "./common.ts";
 
 interface RunResult {
   promptTokPerS: number;
   decodeTokPerS: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-/** The same pseudo-random non-special prompt the llama.cpp script builds (LCG from 12345). */
-function benchPrompt(
-  numTokens: number,
-  vocab: number,
-  bos: number,
-  isSpecial: (id: number) => boolean,
-) {
-  let s = 12345;
-  const ids = [bos];
-  while (ids.length < numTokens) {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    const t = s % vocab;
-    if (!isSpecial(t)) ids.push(t);
-  }
-  return ids;
 }
 
 const { values: v } = parseArgs({
@@ -65,11 +43,12 @@ const kv = new KvCache(backend, loaded.config, {
   numBlocks: Math.ceil((promptTokens + genTokens + 1) / 16),
 });
 const tok = loaded.tokenizer;
-const promptIds = benchPrompt(
+const promptIds = benchPromptIds(
   promptTokens,
+  12345, // the seed reference.mjs uses
   loaded.config.vocabSize,
   tok.bosId ?? 1,
-  (id) => tok.isSpecial(id),
+  (id: number) => tok.isSpecial(id),
 );
 
 function oursOnce(): RunResult {

@@ -29,6 +29,7 @@ import { loadModel } from "../src/model/load.ts";
 import { getPreset } from "../src/model/presets.ts";
 import { generateRandomModel } from "../src/model/random_model.ts";
 import { GREEDY } from "../src/sampling.ts";
+import { benchPromptIds, median } from "./common.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const BLOCK_SIZE = 16;
@@ -42,30 +43,6 @@ interface Measurement {
 }
 
 type RowKind = "pp" | "tg" | "multi";
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-/** [BOS] + LCG ids from `seed`, skipping special ids: the ids reference.mjs builds for llama.cpp. */
-function benchPromptIds(
-  numTokens: number,
-  seed: number,
-  vocab: number,
-  bos: number,
-  isSpecial: (id: number) => boolean,
-): number[] {
-  let s = seed >>> 0;
-  const ids = [bos];
-  while (ids.length < numTokens) {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    const t = s % vocab;
-    if (!isSpecial(t)) ids.push(t);
-  }
-  return ids;
-}
 
 /** Peak resident set of this process (VmHWM), the number node reports as maxRSS. */
 function peakRssMiB(): number {
