@@ -2,7 +2,7 @@
 // exactly the tokens each produces alone — with chunked prefill, under preemption, with prefix
 // caching, with n > 1 forks, in static mode — and every KV block is free afterwards.
 import assert from "node:assert/strict";
-import { NativeBackend } from "../ffi/native.ts";
+import { DType, type DTypeId, NativeBackend } from "../ffi/native.ts";
 import { type EngineConfig, LLMEngine } from "../src/engine/engine.ts";
 import type { RequestOutput, RequestParams } from "../src/engine/request.ts";
 import { RequestTooLongError } from "../src/engine/scheduler.ts";
@@ -45,8 +45,8 @@ function makeJobs(count: number, seed: number, sharedPrefix: number[] = [], idPr
 }
 
 /** Each job's tokens generated alone, through the single-sequence path. */
-function alone(job: Job): number[] {
-  const kv = new KvCache(backend, config, { blockSize: 16, numBlocks: 32 });
+function alone(job: Job, dtype: DTypeId = DType.F32): number[] {
+  const kv = new KvCache(backend, config, { blockSize: 16, numBlocks: 32, dtype });
   try {
     const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
       promptIds: job.promptIds,
@@ -65,7 +65,7 @@ function alone(job: Job): number[] {
 function runTogether(
   jobs: Job[],
   engineConfig: Partial<EngineConfig>,
-  cache: { blockSize: number; numBlocks: number },
+  cache: { blockSize: number; numBlocks: number; dtype?: DTypeId },
 ) {
   const kvCache = new KvCache(backend, config, cache);
   const engine = new LLMEngine(
@@ -150,6 +150,15 @@ Deno.test("the same with prefix caching and a shared prompt prefix", () => {
   });
   assertSameAsAlone(off.tokens, shared);
   assert.equal(off.stats.prefixCacheHits, 0);
+});
+
+Deno.test("the same with a half-precision (f16) KV cache", () => {
+  const { tokens } = runTogether(jobs, { maxNumBatchedTokens: 32 }, {
+    blockSize: 16,
+    numBlocks: 200,
+    dtype: DType.F16,
+  });
+  for (const job of jobs) assert.deepEqual(tokens.get(job.id), alone(job, DType.F16), job.id);
 });
 
 Deno.test("the same in static-batching mode", () => {

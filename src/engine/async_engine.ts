@@ -11,6 +11,8 @@ export interface AsyncEngineOptions {
   /** CPU threads for kernels; 0 = all cores. */
   numThreads?: number;
   blockSize?: number;
+  /** Element type of the KV cache; default f32. */
+  kvCacheDtype?: "f32" | "f16" | "bf16";
   kvCacheMemoryBytes: number;
   maxModelLen: number;
   engine: Omit<EngineConfig, "maxModelLen">;
@@ -108,6 +110,7 @@ export class AsyncEngine {
       libraryPath: options.libraryPath,
       numThreads: options.numThreads ?? 0,
       blockSize: options.blockSize ?? 16,
+      kvCacheDtype: options.kvCacheDtype ?? "f32",
       kvCacheMemoryBytes: options.kvCacheMemoryBytes,
       maxModelLen: options.maxModelLen,
       engine: options.engine,

@@ -2,11 +2,13 @@
 // and exchanges requests and outputs with the main thread by message, so forward passes never
 // block the HTTP event loop.
 /// <reference lib="deno.worker" />
-import { NativeBackend } from "../../ffi/native.ts";
+import { DType, NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { loadModel } from "../model/load.ts";
 import { LLMEngine } from "./engine.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
+
+const KV_DTYPES = { f32: DType.F32, f16: DType.F16, bf16: DType.BF16 } as const;
 
 let engine: LLMEngine | undefined;
 let release: (() => void) | undefined;
@@ -47,11 +49,16 @@ async function init(message: WorkerInit): Promise<void> {
   });
   const loaded = await loadModel(backend, message.modelPath, { showProgress: false });
   const maxModelLen = Math.min(message.maxModelLen, loaded.config.maxPositionEmbeddings);
+  const dtype = KV_DTYPES[message.kvCacheDtype];
   const numBlocks = planKvBlocks(
     { ...message, maxModelLen },
-    KvCache.bytesPerBlock(loaded.config, message.blockSize, KvCache.defaultDtype),
+    KvCache.bytesPerBlock(loaded.config, message.blockSize, dtype),
   );
-  const kvCache = new KvCache(backend, loaded.config, { blockSize: message.blockSize, numBlocks });
+  const kvCache = new KvCache(backend, loaded.config, {
+    blockSize: message.blockSize,
+    numBlocks,
+    dtype,
+  });
   engine = new LLMEngine(
     backend,
     { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },

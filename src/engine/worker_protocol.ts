@@ -9,6 +9,7 @@ export interface WorkerInit {
   libraryPath?: string;
   numThreads: number;
   blockSize: number;
+  kvCacheDtype: "f32" | "f16" | "bf16";
   kvCacheMemoryBytes: number;
   maxModelLen: number;
   engine: Omit<EngineConfig, "maxModelLen">;

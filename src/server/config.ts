@@ -21,6 +21,8 @@ export interface ServeConfig {
   maxNumBatchedTokens: number;
   kvCacheMemoryBytes: number;
   blockSize: number;
+  /** Element type of cached K and V: f32 keeps CPU attention exact, f16/bf16 halve its memory. */
+  kvCacheDtype: "f32" | "f16" | "bf16";
   /** CPU threads for kernels; 0 = all cores. */
   numThreads: number;
   device: Device;
@@ -143,6 +145,12 @@ const OPTIONS = [
     defaultText: "1G",
   },
   { flag: "block-size", arg: "N", help: "tokens per KV cache block", defaultText: "16" },
+  {
+    flag: "kv-cache-dtype",
+    arg: "TYPE",
+    help: "f32, f16 or bf16 for cached keys and values (f16/bf16 halve KV memory)",
+    defaultText: "f32",
+  },
   { flag: "threads", arg: "N", help: "CPU threads for kernels (0 = all cores)", defaultText: "0" },
   {
     flag: "device",
@@ -239,6 +247,7 @@ const SCHEMAS = {
   "max-num-batched-tokens": integer(1),
   "kv-cache-memory": byteSize,
   "block-size": integer(1, 1024),
+  "kv-cache-dtype": choice(["f32", "f16", "bf16"]),
   threads: integer(0, 4096),
   device: deviceSchema,
   scheduler: choice(["continuous", "static"]),
@@ -322,6 +331,7 @@ export function parseServeConfig(
       maxNumBatchedTokens: values["max-num-batched-tokens"] ?? 2048,
       kvCacheMemoryBytes: values["kv-cache-memory"] ?? 2 ** 30,
       blockSize: values["block-size"] ?? 16,
+      kvCacheDtype: values["kv-cache-dtype"] ?? "f32",
       numThreads: values.threads ?? 0,
       device: values.device ?? { kind: "auto" },
       scheduler: values.scheduler ?? "continuous",

@@ -151,6 +151,7 @@ async function startEngine(
       backend,
       numThreads: config.numThreads,
       blockSize: config.blockSize,
+      kvCacheDtype: config.kvCacheDtype,
       kvCacheMemoryBytes: config.kvCacheMemoryBytes,
       maxModelLen,
       engine: {
@@ -248,6 +249,7 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
       kv_blocks: engine.numKvBlocks,
       kv_tokens: engine.numKvBlocks * engine.blockSize,
       block_size: engine.blockSize,
+      kv_dtype: config.kvCacheDtype,
       max_model_len: engine.maxModelLen,
       weight_bytes: engine.weightBytes,
       load_ms: Math.round(engine.loadMs),
