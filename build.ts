@@ -51,7 +51,11 @@ function isUpToDate(output: string, inputs: string[]): boolean {
 
 async function buildCpu(): Promise<void> {
   const sources = listSources("cpu", [".cpp"]);
-  const headers = [...listSources("cpu", [".h"]), "ffi/denollm.h"];
+  const headers = [
+    ...listSources("cpu", [".h"]),
+    ...listSources("native", [".h"]),
+    "ffi/denollm.h",
+  ];
   const output = "build/libdenollm_cpu.so";
   if (isUpToDate(output, [...sources, ...headers, "build.ts"])) {
     console.error(`${output} is up to date`);
@@ -76,6 +80,7 @@ async function buildCpu(): Promise<void> {
     // Keep the statically linked libstdc++ private: export the ABI and nothing else.
     "-Wl,--exclude-libs,ALL",
     "-Iffi",
+    "-Inative",
     ...sources,
     "-o",
     output,
@@ -94,7 +99,11 @@ async function buildCuda(): Promise<void> {
     return;
   }
   const sources = listSources("cuda", [".cu"]);
-  const headers = [...listSources("cuda", [".cuh"]), "ffi/denollm.h"];
+  const headers = [
+    ...listSources("cuda", [".cuh"]),
+    ...listSources("native", [".h"]),
+    "ffi/denollm.h",
+  ];
   const output = "build/libdenollm_cuda.so";
   if (isUpToDate(output, [...sources, ...headers, "build.ts"])) {
     console.error(`${output} is up to date`);
@@ -113,6 +122,7 @@ async function buildCuda(): Promise<void> {
     "static",
     ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
     "-Iffi",
+    "-Inative",
     ...sources,
     "-o",
     output,

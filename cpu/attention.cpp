@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "common.h"
-#include "half.h"
+#include "dl_half.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12.2's AVX-512 intrinsics trip -Wuninitialized where inlined (GCC bug 105593, fixed in 12.3).
@@ -162,43 +162,18 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
                                              int32_t max_blocks_per_seq, int32_t num_blocks, float scale) {
   return dl_guard("dl_paged_attention", [&]() -> int32_t {
     const char* fn = "dl_paged_attention";
-    DL_TRY(dl_check_ctx(fn, ctx));
-    DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
-    DL_TRY(dl_check_non_negative(fn, "num_seqs", num_seqs));
-    DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-    DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
-    DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
-    DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
-    DL_TRY(dl_check_positive(fn, "block_size", block_size));
-    DL_TRY(dl_check_positive(fn, "max_blocks_per_seq", max_blocks_per_seq));
-    DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
-    if (num_heads % num_kv_heads != 0) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected num_heads (%d) to be a multiple of num_kv_heads, found %d",
-                     fn, num_heads, num_kv_heads);
-    }
-    if ((int64_t)q_row_stride < (int64_t)num_heads * head_dim) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected q_row_stride >= num_heads * head_dim (%lld), found %d",
-                     fn, (long long)num_heads * head_dim, q_row_stride);
-    }
-    if (!std::isfinite(scale)) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite scale, found %g", fn, (double)scale);
-    }
-    if (num_seqs == 0 && num_tokens == 0) return DL_OK;
-    DL_TRY(dl_check_ptr(fn, "query_start", query_start));
-    DL_TRY(dl_check_ptr(fn, "seq_lens", seq_lens));
-    DL_TRY(dl_check_ptr(fn, "block_tables", block_tables));
-    if (num_seqs == 0) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected num_seqs > 0 for %d query tokens, found 0", fn,
-                     num_tokens);
-    }
-    std::vector<int32_t> token_seq((size_t)num_tokens);
-    DL_TRY(validate(fn, block_tables, seq_lens, query_start, num_seqs, num_tokens, block_size, max_blocks_per_seq,
-                    num_blocks, token_seq));
+    // The metadata lives in host memory here, so it is checked too (and token_seq filled in).
+    std::vector<int32_t> token_seq;
+    auto check_metadata = [&]() -> int32_t {
+      token_seq = std::vector<int32_t>((size_t)num_tokens);  // resize() would export a weak symbol
+      return validate(fn, block_tables, seq_lens, query_start, num_seqs, num_tokens, block_size,
+                      max_blocks_per_seq, num_blocks, token_seq);
+    };
+    DL_TRY(dl_validate_paged_attention(fn, ctx, out, q, k_cache, v_cache, cache_dtype, block_tables, seq_lens,
+                                       query_start, num_seqs, num_tokens, num_heads, num_kv_heads, head_dim,
+                                       q_row_stride, block_size, max_blocks_per_seq, num_blocks, scale,
+                                       check_metadata));
     if (num_tokens == 0) return DL_OK;
-    DL_TRY(dl_check_ptr(fn, "out", out));
-    DL_TRY(dl_check_ptr(fn, "q", q));
-    DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
-    DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
 
     const int32_t group = num_heads / num_kv_heads;
     const int64_t tile_elems = (int64_t)block_size * head_dim;

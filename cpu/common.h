@@ -1,4 +1,5 @@
-// Internal helpers shared by the CPU kernels: the context, per-thread errors, argument checks.
+// Internal helpers shared by the CPU kernels: the context, exception guard, ISA pick, threads
+// (argument checks and validators are in native/).
 #pragma once
 
 #include <cstdarg>
@@ -8,6 +9,8 @@
 #include <stdexcept>
 
 #include "denollm.h"
+#include "dl_check.h"
+#include "dl_validate.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -20,9 +23,6 @@ struct dl_context {
 };
 
 // --- Errors
-
-// Records a printf-style message as this thread's last error and returns `status`.
-int32_t dl_fail(int32_t status, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // Runs `body` (returning a dl_status) and maps escaping C++ exceptions to statuses, so nothing
 // unwinds through the C ABI. Kernels validate before any OpenMP region: an exception thrown inside
@@ -39,45 +39,6 @@ int32_t dl_guard(const char* fn, Body&& body) noexcept {
     return dl_fail(DL_ERR_INTERNAL, "%s: internal error (unknown exception)", fn);
   }
 }
-
-// --- Argument checks: each returns DL_OK or fails with a message naming the argument.
-
-inline int32_t dl_check_ctx(const char* fn, const dl_context* ctx) {
-  if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a context, found NULL", fn);
-  return DL_OK;
-}
-
-inline int32_t dl_check_ptr(const char* fn, const char* name, const void* p) {
-  if (p == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s to be non-NULL, found NULL", fn, name);
-  return DL_OK;
-}
-
-inline int32_t dl_check_positive(const char* fn, const char* name, int64_t v) {
-  if (v <= 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s > 0, found %lld", fn, name, (long long)v);
-  return DL_OK;
-}
-
-inline int32_t dl_check_non_negative(const char* fn, const char* name, int64_t v) {
-  if (v < 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s >= 0, found %lld", fn, name, (long long)v);
-  return DL_OK;
-}
-
-inline int32_t dl_check_dtype(const char* fn, const char* name, int32_t dtype) {
-  if (dtype != DL_DTYPE_F32 && dtype != DL_DTYPE_F16 && dtype != DL_DTYPE_BF16) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s to be a dl_dtype (0 f32, 1 f16, 2 bf16), found %d",
-                   fn, name, dtype);
-  }
-  return DL_OK;
-}
-
-inline size_t dl_dtype_size(int32_t dtype) { return dtype == DL_DTYPE_F32 ? 4 : 2; }
-
-// Evaluates a check and returns its status from the enclosing function when it fails.
-#define DL_TRY(expr)                 \
-  do {                               \
-    int32_t dl_status_ = (expr);     \
-    if (dl_status_ != DL_OK) return dl_status_; \
-  } while (0)
 
 // --- Instruction sets
 

@@ -9,12 +9,8 @@
 extern "C" DL_API int32_t dl_silu_mul(dl_context* ctx, float* out, const float* gate_up, int32_t num_tokens,
                                       int32_t dim) {
   const char* fn = "dl_silu_mul";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_validate_silu_mul(fn, ctx, out, gate_up, num_tokens, dim));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "gate_up", gate_up));
   // expf dominates: count each element as a few units of work.
 #pragma omp parallel for num_threads(dl_threads_for(ctx, (int64_t)num_tokens * dim * 8)) schedule(static)
   for (int32_t t = 0; t < num_tokens; t++) {
@@ -31,15 +27,8 @@ extern "C" DL_API int32_t dl_silu_mul(dl_context* ctx, float* out, const float* 
 extern "C" DL_API int32_t dl_add(dl_context* ctx, float* out, const float* a, const float* b,
                                  uint64_t num_elements) {
   const char* fn = "dl_add";
-  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_validate_add(fn, ctx, out, a, b, num_elements));
   if (num_elements == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "a", a));
-  DL_TRY(dl_check_ptr(fn, "b", b));
-  if (num_elements > (uint64_t)INT64_MAX / 4) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: num_elements %llu is too large", fn,
-                   (unsigned long long)num_elements);
-  }
   const int64_t n = (int64_t)num_elements;
 #pragma omp parallel for simd num_threads(dl_threads_for(ctx, n)) schedule(static)
   for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
@@ -51,14 +40,8 @@ extern "C" DL_API int32_t dl_add(dl_context* ctx, float* out, const float* a, co
 extern "C" DL_API int32_t dl_gather_rows(dl_context* ctx, float* out, const float* x, const int32_t* rows,
                                          int32_t num_rows, int32_t num_src_rows, int32_t dim) {
   const char* fn = "dl_gather_rows";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_rows", num_rows));
-  DL_TRY(dl_check_non_negative(fn, "num_src_rows", num_src_rows));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_validate_gather_rows(fn, ctx, out, x, rows, num_rows, num_src_rows, dim));
   if (num_rows == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "x", x));
-  DL_TRY(dl_check_ptr(fn, "rows", rows));
   for (int32_t i = 0; i < num_rows; i++) {
     if (rows[i] < 0 || rows[i] >= num_src_rows) {
       return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected rows[%d] in [0, %d), found %d", fn, i, num_src_rows,

@@ -1,6 +1,6 @@
 // Token embedding lookup: copies (and widens to f32) one table row per token.
 #include "common.h"
-#include "half.h"
+#include "dl_half.h"
 
 // --- Kernel
 
@@ -22,15 +22,8 @@ extern "C" DL_API int32_t dl_embedding(dl_context* ctx, float* out, const void* 
                                        const int32_t* token_ids, int32_t num_tokens, int32_t vocab_size,
                                        int32_t dim) {
   const char* fn = "dl_embedding";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_validate_embedding(fn, ctx, out, table, table_dtype, token_ids, num_tokens, vocab_size, dim));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "table", table));
-  DL_TRY(dl_check_ptr(fn, "token_ids", token_ids));
   for (int32_t t = 0; t < num_tokens; t++) {
     if (token_ids[t] < 0 || token_ids[t] >= vocab_size) {
       return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected token_ids[%d] in [0, %d), found %d", fn, t, vocab_size,

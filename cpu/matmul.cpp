@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "common.h"
-#include "half.h"
+#include "dl_half.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12.2's AVX-512 intrinsics initialize _mm512_undefined_ps() from itself and trip
@@ -142,20 +142,8 @@ struct WLoad<DL_DTYPE_BF16> {
 extern "C" DL_API int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
                                     const float* bias, int32_t m, int32_t n, int32_t k) {
   const char* fn = "dl_matmul";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "w_dtype", w_dtype));
-  DL_TRY(dl_check_non_negative(fn, "m", m));
-  DL_TRY(dl_check_positive(fn, "n", n));
-  DL_TRY(dl_check_positive(fn, "k", k));
+  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k));
   if (m == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "x", x));
-  DL_TRY(dl_check_ptr(fn, "w", w));
-  const auto out_begin = (uintptr_t)out, out_end = out_begin + (uintptr_t)m * n * sizeof(float);
-  const auto x_begin = (uintptr_t)x, x_end = x_begin + (uintptr_t)m * k * sizeof(float);
-  if (out_begin < x_end && x_begin < out_end) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected out not to overlap x, found overlapping buffers", fn);
-  }
   const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
   switch (dl_cpu_isa()) {
 #ifdef DL_X86

@@ -22,16 +22,8 @@ static void rmsnorm_row(float* out, const float* x, const float* weight, int32_t
 extern "C" DL_API int32_t dl_rmsnorm(dl_context* ctx, float* out, const float* x, const float* weight,
                                      int32_t num_tokens, int32_t dim, float eps) {
   const char* fn = "dl_rmsnorm";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
-  if (!(eps >= 0.0f) || std::isinf(eps)) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite eps >= 0, found %g", fn, (double)eps);
-  }
+  DL_TRY(dl_validate_rmsnorm(fn, ctx, out, x, weight, num_tokens, dim, eps));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "x", x));
-  DL_TRY(dl_check_ptr(fn, "weight", weight));
 #pragma omp parallel for num_threads(dl_threads_for(ctx, (int64_t)num_tokens * dim)) schedule(static)
   for (int32_t t = 0; t < num_tokens; t++) {
     rmsnorm_row(out + (int64_t)t * dim, x + (int64_t)t * dim, weight, dim, eps);

@@ -44,26 +44,9 @@ extern "C" DL_API int32_t dl_rope(dl_context* ctx, float* x, const int32_t* posi
                                   int32_t row_stride, int32_t style) {
   return dl_guard("dl_rope", [&]() -> int32_t {
     const char* fn = "dl_rope";
-    DL_TRY(dl_check_ctx(fn, ctx));
-    DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-    DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
-    DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
-    DL_TRY(dl_check_positive(fn, "rotary_dim", rotary_dim));
-    if (rotary_dim % 2 != 0 || rotary_dim > head_dim) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected an even rotary_dim <= head_dim (%d), found %d", fn,
-                     head_dim, rotary_dim);
-    }
-    if ((int64_t)row_stride < (int64_t)num_heads * head_dim) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected row_stride >= num_heads * head_dim (%lld), found %d", fn,
-                     (long long)num_heads * head_dim, row_stride);
-    }
-    if (style != DL_ROPE_NEOX && style != DL_ROPE_INTERLEAVED) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected style 0 (NEOX) or 1 (INTERLEAVED), found %d", fn, style);
-    }
+    DL_TRY(dl_validate_rope(fn, ctx, x, positions, inv_freq, num_tokens, num_heads, head_dim, rotary_dim,
+                            row_stride, style));
     if (num_tokens == 0) return DL_OK;
-    DL_TRY(dl_check_ptr(fn, "x", x));
-    DL_TRY(dl_check_ptr(fn, "positions", positions));
-    DL_TRY(dl_check_ptr(fn, "inv_freq", inv_freq));
     const int threads = dl_threads_for(ctx, (int64_t)num_tokens * num_heads * rotary_dim * 8);
     std::vector<float> scratch((size_t)threads * rotary_dim);
 #pragma omp parallel for num_threads(threads) schedule(static)

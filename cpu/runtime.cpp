@@ -4,7 +4,8 @@
 #include <string>
 
 #include "common.h"
-#include "half.h"
+#include "dl_half.h"
+#include "dl_status.h"
 
 // --- Identity and errors
 
@@ -28,18 +29,7 @@ extern "C" DL_API uint32_t dl_abi_version(void) { return DL_ABI_VERSION; }
 
 extern "C" DL_API const char* dl_backend_name(void) { return "cpu"; }
 
-extern "C" DL_API const char* dl_status_string(int32_t status) {
-  switch (status) {
-    case DL_OK: return "ok";
-    case DL_ERR_INVALID_ARGUMENT: return "invalid argument";
-    case DL_ERR_OUT_OF_MEMORY: return "out of memory";
-    case DL_ERR_UNSUPPORTED: return "unsupported";
-    case DL_ERR_DEVICE: return "device error";
-    case DL_ERR_NOT_IMPLEMENTED: return "not implemented";
-    case DL_ERR_INTERNAL: return "internal error";
-    default: return "unknown status";
-  }
-}
+extern "C" DL_API const char* dl_status_string(int32_t status) { return dl_status_name(status); }
 
 extern "C" DL_API const char* dl_last_error(void) { return tls_last_error.c_str(); }
 
@@ -154,16 +144,8 @@ static void convert_loop(const dl_context* ctx, Dst* dst, const Src* src, int64_
 extern "C" DL_API int32_t dl_convert(dl_context* ctx, void* dst, int32_t dst_dtype, const void* src,
                                      int32_t src_dtype, uint64_t num_elements) {
   const char* fn = "dl_convert";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype));
-  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype));
+  DL_TRY(dl_validate_convert(fn, ctx, dst, dst_dtype, src, src_dtype, num_elements));
   if (num_elements == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "dst", dst));
-  DL_TRY(dl_check_ptr(fn, "src", src));
-  if (num_elements > (uint64_t)INT64_MAX / 4) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: num_elements %llu is too large", fn,
-                   (unsigned long long)num_elements);
-  }
   const int64_t n = (int64_t)num_elements;
   if (dst_dtype == src_dtype) {
     std::memmove(dst, src, (size_t)n * dl_dtype_size(src_dtype));

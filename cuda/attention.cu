@@ -533,43 +533,12 @@ extern "C" int32_t dl_paged_attention(dl_context* ctx, float* out, const float* 
                                       int32_t block_size, int32_t max_blocks_per_seq,
                                       int32_t num_blocks, float scale) {
   const char* fn = "dl_paged_attention";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
-  DL_TRY(dl_check_non_negative(fn, "num_seqs", num_seqs));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
-  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
-  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
-  DL_TRY(dl_check_positive(fn, "block_size", block_size));
-  DL_TRY(dl_check_positive(fn, "max_blocks_per_seq", max_blocks_per_seq));
-  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
-  if (num_heads % num_kv_heads != 0) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT,
-                   "%s: expected num_heads (%d) to be a multiple of num_kv_heads, found %d", fn,
-                   num_heads, num_kv_heads);
-  }
-  if ((int64_t)q_row_stride < (int64_t)num_heads * head_dim) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT,
-                   "%s: expected q_row_stride >= num_heads * head_dim (%lld), found %d", fn,
-                   (long long)num_heads * head_dim, q_row_stride);
-  }
-  if (!std::isfinite(scale)) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite scale, found %g", fn,
-                   (double)scale);
-  }
-  if (num_seqs == 0 && num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "query_start", query_start));
-  DL_TRY(dl_check_ptr(fn, "seq_lens", seq_lens));
-  DL_TRY(dl_check_ptr(fn, "block_tables", block_tables));
-  if (num_seqs == 0) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT,
-                   "%s: expected num_seqs > 0 for %d query tokens, found 0", fn, num_tokens);
-  }
+  // The metadata is device memory, which the host cannot read: no metadata checks here.
+  DL_TRY(dl_validate_paged_attention(fn, ctx, out, q, k_cache, v_cache, cache_dtype, block_tables,
+                                     seq_lens, query_start, num_seqs, num_tokens, num_heads,
+                                     num_kv_heads, head_dim, q_row_stride, block_size,
+                                     max_blocks_per_seq, num_blocks, scale, dl_no_metadata_check));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "q", q));
-  DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
-  DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
   if (head_dim > MAX_HEAD_DIM) {
     return dl_fail(DL_ERR_UNSUPPORTED, "%s: head_dim %d is larger than the CUDA build's %d", fn,
                    head_dim, MAX_HEAD_DIM);

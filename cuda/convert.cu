@@ -33,16 +33,8 @@ static void launch_convert(cudaStream_t stream, void* dst, const void* src, int6
 extern "C" int32_t dl_convert(dl_context* ctx, void* dst, int32_t dst_dtype, const void* src,
                               int32_t src_dtype, uint64_t num_elements) {
   const char* fn = "dl_convert";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype));
-  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype));
+  DL_TRY(dl_validate_convert(fn, ctx, dst, dst_dtype, src, src_dtype, num_elements));
   if (num_elements == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "dst", dst));
-  DL_TRY(dl_check_ptr(fn, "src", src));
-  if (num_elements > (uint64_t)INT64_MAX / 4) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: num_elements %llu is too large", fn,
-                   (unsigned long long)num_elements);
-  }
   const int64_t n = (int64_t)num_elements;
   cudaStream_t s = ctx->stream;
   if (dst_dtype == src_dtype) {

@@ -49,12 +49,8 @@ __global__ void gather_rows_kernel(float* __restrict__ out, const float* __restr
 extern "C" int32_t dl_silu_mul(dl_context* ctx, float* out, const float* gate_up,
                                int32_t num_tokens, int32_t dim) {
   const char* fn = "dl_silu_mul";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_validate_silu_mul(fn, ctx, out, gate_up, num_tokens, dim));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "gate_up", gate_up));
   const int64_t n = (int64_t)num_tokens * dim;
   constexpr int threads = 256;
   silu_mul_kernel<<<dl_grid_for(n, threads), threads, 0, ctx->stream>>>(out, gate_up, dim, n);
@@ -65,15 +61,8 @@ extern "C" int32_t dl_silu_mul(dl_context* ctx, float* out, const float* gate_up
 extern "C" int32_t dl_add(dl_context* ctx, float* out, const float* a, const float* b,
                           uint64_t num_elements) {
   const char* fn = "dl_add";
-  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_validate_add(fn, ctx, out, a, b, num_elements));
   if (num_elements == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "a", a));
-  DL_TRY(dl_check_ptr(fn, "b", b));
-  if (num_elements > (uint64_t)INT64_MAX / 4) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: num_elements %llu is too large", fn,
-                   (unsigned long long)num_elements);
-  }
   const int64_t n = (int64_t)num_elements;
   constexpr int threads = 256;
   int64_t begin = 0;
@@ -97,14 +86,8 @@ extern "C" int32_t dl_add(dl_context* ctx, float* out, const float* a, const flo
 extern "C" int32_t dl_gather_rows(dl_context* ctx, float* out, const float* x, const int32_t* rows,
                                   int32_t num_rows, int32_t num_src_rows, int32_t dim) {
   const char* fn = "dl_gather_rows";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_rows", num_rows));
-  DL_TRY(dl_check_non_negative(fn, "num_src_rows", num_src_rows));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_validate_gather_rows(fn, ctx, out, x, rows, num_rows, num_src_rows, dim));
   if (num_rows == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "x", x));
-  DL_TRY(dl_check_ptr(fn, "rows", rows));
   const int threads = dim >= 256 ? 256 : ((dim + 31) / 32) * 32;
   gather_rows_kernel<<<num_rows, threads, 0, ctx->stream>>>(out, x, rows, num_src_rows, dim);
   DL_CUDA_CHECK(cudaGetLastError());

@@ -34,15 +34,8 @@ extern "C" int32_t dl_embedding(dl_context* ctx, float* out, const void* table,
                                 int32_t table_dtype, const int32_t* token_ids, int32_t num_tokens,
                                 int32_t vocab_size, int32_t dim) {
   const char* fn = "dl_embedding";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_validate_embedding(fn, ctx, out, table, table_dtype, token_ids, num_tokens, vocab_size, dim));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "table", table));
-  DL_TRY(dl_check_ptr(fn, "token_ids", token_ids));
   const int threads = dim >= 256 ? 256 : ((dim + 31) / 32) * 32;
   cudaStream_t s = ctx->stream;
   if (table_dtype == DL_DTYPE_F32) {

@@ -70,27 +70,10 @@ extern "C" int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_cache, in
                                int32_t num_tokens, int32_t num_kv_heads, int32_t head_dim,
                                int32_t row_stride, int32_t block_size, int32_t num_blocks) {
   const char* fn = "dl_kv_write";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
-  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
-  DL_TRY(dl_check_positive(fn, "block_size", block_size));
-  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
-  if ((int64_t)row_stride < (int64_t)num_kv_heads * head_dim) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT,
-                   "%s: expected row_stride >= num_kv_heads * head_dim (%lld), found %d", fn,
-                   (long long)num_kv_heads * head_dim, row_stride);
-  }
-  if ((int64_t)num_kv_heads * head_dim > INT32_MAX) {
-    return dl_fail(DL_ERR_UNSUPPORTED, "%s: num_kv_heads * head_dim exceeds INT32_MAX", fn);
-  }
+  DL_TRY(dl_validate_kv_write(fn, ctx, k_cache, v_cache, cache_dtype, k, v, slot_mapping,
+                              num_tokens, num_kv_heads, head_dim, row_stride, block_size,
+                              num_blocks));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
-  DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
-  DL_TRY(dl_check_ptr(fn, "k", k));
-  DL_TRY(dl_check_ptr(fn, "v", v));
-  DL_TRY(dl_check_ptr(fn, "slot_mapping", slot_mapping));
   const int64_t num_slots = (int64_t)num_blocks * block_size;
   cudaStream_t s = ctx->stream;
   if (cache_dtype == DL_DTYPE_F32) {
@@ -110,15 +93,8 @@ extern "C" int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_cache, in
 extern "C" int32_t dl_copy_blocks(dl_context* ctx, void* cache, const int32_t* pairs,
                                   int32_t num_pairs, uint64_t block_bytes, int32_t num_blocks) {
   const char* fn = "dl_copy_blocks";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_pairs", num_pairs));
-  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  DL_TRY(dl_validate_copy_blocks(fn, ctx, cache, pairs, num_pairs, block_bytes, num_blocks));
   if (num_pairs == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "cache", cache));
-  DL_TRY(dl_check_ptr(fn, "pairs", pairs));
-  if (block_bytes == 0) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected block_bytes > 0, found 0", fn);
-  }
   constexpr int threads = 256;
   char* base = static_cast<char*>(cache);
   if (block_bytes % 16 == 0 && dl_is_aligned(cache, 16)) {

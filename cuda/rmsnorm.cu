@@ -29,17 +29,8 @@ __global__ void rmsnorm_kernel(float* out,                        // [T, dim]
 extern "C" int32_t dl_rmsnorm(dl_context* ctx, float* out, const float* x, const float* weight,
                               int32_t num_tokens, int32_t dim, float eps) {
   const char* fn = "dl_rmsnorm";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
-  DL_TRY(dl_check_positive(fn, "dim", dim));
-  if (!(eps >= 0.0f) || std::isinf(eps)) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite eps >= 0, found %g", fn,
-                   (double)eps);
-  }
+  DL_TRY(dl_validate_rmsnorm(fn, ctx, out, x, weight, num_tokens, dim, eps));
   if (num_tokens == 0) return DL_OK;
-  DL_TRY(dl_check_ptr(fn, "out", out));
-  DL_TRY(dl_check_ptr(fn, "x", x));
-  DL_TRY(dl_check_ptr(fn, "weight", weight));
   // Enough threads for about 4 elements each, a whole number of warps, at most 1024.
   int threads = ((dim + 3) / 4 + 31) / 32 * 32;
   threads = threads > 1024 ? 1024 : threads;

@@ -4,6 +4,7 @@
 #include <new>
 
 #include "common.cuh"
+#include "dl_status.h"
 
 // --- Errors
 
@@ -21,18 +22,7 @@ extern "C" uint32_t dl_abi_version(void) { return DL_ABI_VERSION; }
 
 extern "C" const char* dl_backend_name(void) { return "cuda"; }
 
-extern "C" const char* dl_status_string(int32_t status) {
-  switch (status) {
-    case DL_OK: return "DL_OK";
-    case DL_ERR_INVALID_ARGUMENT: return "DL_ERR_INVALID_ARGUMENT";
-    case DL_ERR_OUT_OF_MEMORY: return "DL_ERR_OUT_OF_MEMORY";
-    case DL_ERR_UNSUPPORTED: return "DL_ERR_UNSUPPORTED";
-    case DL_ERR_DEVICE: return "DL_ERR_DEVICE";
-    case DL_ERR_NOT_IMPLEMENTED: return "DL_ERR_NOT_IMPLEMENTED";
-    case DL_ERR_INTERNAL: return "DL_ERR_INTERNAL";
-    default: return "unknown status";
-  }
-}
+extern "C" const char* dl_status_string(int32_t status) { return dl_status_name(status); }
 
 extern "C" const char* dl_last_error(void) { return g_last_error; }
 

@@ -130,9 +130,9 @@ function absAll(x: ArrayLike<number>): Float64Array {
 
 Deno.test("library reports its backend and status names", () => {
   if (backend.name !== "cpu") fail(`Expected backend "cpu", found "${backend.name}"`);
-  if (backend.statusString(0) !== "ok") fail("Expected status 0 to be named ok");
-  if (backend.statusString(1) !== "invalid argument") {
-    fail("Expected status 1 named invalid argument");
+  if (backend.statusString(0) !== "DL_OK") fail("Expected status 0 to be named DL_OK");
+  if (backend.statusString(1) !== "DL_ERR_INVALID_ARGUMENT") {
+    fail("Expected status 1 named DL_ERR_INVALID_ARGUMENT");
   }
   if (backend.statusString(99) !== "unknown status") fail("Expected unknown status for 99");
 });

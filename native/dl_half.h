@@ -1,26 +1,42 @@
-// Exact scalar f16 / bf16 <-> f32 conversions (round to nearest even), written in plain bit code.
+// Exact scalar f16 / bf16 <-> f32 bit conversions (round to nearest even, NaNs quieted with their
+// payload), shared by the CPU build and CUDA device code.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-inline uint32_t dl_f32_bits(float f) {
+// Host and device under nvcc, plain inline functions under a host compiler.
+#ifdef __CUDACC__
+#define DL_HD __host__ __device__ __forceinline__
+#else
+#define DL_HD inline
+#endif
+
+DL_HD uint32_t dl_f32_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
+#endif
 }
 
-inline float dl_bits_f32(uint32_t u) {
+DL_HD float dl_bits_f32(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
 
 // --- f16
 
 // Branch-free so `#pragma omp simd` loops vectorize it. Exact for every input: normals rebias the
 // exponent, subnormals go through a magic-number subtraction, Inf/NaN keep their payload.
-inline float dl_f16_to_f32(uint16_t h) {
+DL_HD float dl_f16_to_f32(uint16_t h) {
   const uint32_t w = (uint32_t)h << 16;
   const uint32_t sign = w & 0x80000000u;
   const uint32_t two_w = w + w;
@@ -30,7 +46,7 @@ inline float dl_f16_to_f32(uint16_t h) {
   return dl_bits_f32(sign | magnitude);
 }
 
-inline uint16_t dl_f32_to_f16(float f) {
+DL_HD uint16_t dl_f32_to_f16(float f) {
   const uint32_t x = dl_f32_bits(f);
   const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
   const uint32_t ax = x & 0x7fffffffu;
@@ -55,9 +71,9 @@ inline uint16_t dl_f32_to_f16(float f) {
 
 // --- bf16
 
-inline float dl_bf16_to_f32(uint16_t h) { return dl_bits_f32((uint32_t)h << 16); }
+DL_HD float dl_bf16_to_f32(uint16_t h) { return dl_bits_f32((uint32_t)h << 16); }
 
-inline uint16_t dl_f32_to_bf16(float f) {
+DL_HD uint16_t dl_f32_to_bf16(float f) {
   const uint32_t x = dl_f32_bits(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);  // NaN, quieted
   return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);  // ties to even; overflow gives Inf
@@ -65,6 +81,6 @@ inline uint16_t dl_f32_to_bf16(float f) {
 
 // --- Typed loads, for kernels templated on the storage type
 
-inline float dl_load_f32(const float* p, int64_t i) { return p[i]; }
-inline float dl_load_f16(const uint16_t* p, int64_t i) { return dl_f16_to_f32(p[i]); }
-inline float dl_load_bf16(const uint16_t* p, int64_t i) { return dl_bf16_to_f32(p[i]); }
+DL_HD float dl_load_f32(const float* p, int64_t i) { return p[i]; }
+DL_HD float dl_load_f16(const uint16_t* p, int64_t i) { return dl_f16_to_f32(p[i]); }
+DL_HD float dl_load_bf16(const uint16_t* p, int64_t i) { return dl_bf16_to_f32(p[i]); }

@@ -1,0 +1,234 @@
+// Host-side argument validation of every ABI kernel, shared by the CPU and CUDA launchers.
+//
+// Each dl_validate_<kernel> runs the checks both builds make, in order, with the same messages. It
+// returns DL_OK also when there is nothing to do (for example num_tokens == 0, where NULL buffers
+// are allowed): the launcher returns early on that itself. Only host-readable arguments are checked
+// here; checks that read metadata arrays (ids, slots, block tables) need host memory and stay in the
+// CPU launchers, and a build's own limits (grid sizes, shared memory) stay in its launchers.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "dl_check.h"
+
+inline int32_t dl_validate_embedding(const char* fn, const dl_context* ctx, const float* out, const void* table,
+                                     int32_t table_dtype, const int32_t* token_ids, int32_t num_tokens,
+                                     int32_t vocab_size, int32_t dim) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "table", table));
+  DL_TRY(dl_check_ptr(fn, "token_ids", token_ids));
+  return DL_OK;
+}
+
+inline int32_t dl_validate_rmsnorm(const char* fn, const dl_context* ctx, const float* out, const float* x,
+                                   const float* weight, int32_t num_tokens, int32_t dim, float eps) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (!(eps >= 0.0f) || std::isinf(eps)) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite eps >= 0, found %g", fn, (double)eps);
+  }
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "x", x));
+  DL_TRY(dl_check_ptr(fn, "weight", weight));
+  return DL_OK;
+}
+
+inline int32_t dl_validate_matmul(const char* fn, const dl_context* ctx, const float* out, const float* x,
+                                  const void* w, int32_t w_dtype, int32_t m, int32_t n, int32_t k) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "w_dtype", w_dtype));
+  DL_TRY(dl_check_non_negative(fn, "m", m));
+  DL_TRY(dl_check_positive(fn, "n", n));
+  DL_TRY(dl_check_positive(fn, "k", k));
+  if (m == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "x", x));
+  DL_TRY(dl_check_ptr(fn, "w", w));
+  const auto out_begin = (uintptr_t)out, out_end = out_begin + (uintptr_t)m * n * sizeof(float);
+  const auto x_begin = (uintptr_t)x, x_end = x_begin + (uintptr_t)m * k * sizeof(float);
+  if (out_begin < x_end && x_begin < out_end) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected out not to overlap x, found overlapping buffers", fn);
+  }
+  return DL_OK;
+}
+
+inline int32_t dl_validate_rope(const char* fn, const dl_context* ctx, const float* x, const int32_t* positions,
+                                const float* inv_freq, int32_t num_tokens, int32_t num_heads, int32_t head_dim,
+                                int32_t rotary_dim, int32_t row_stride, int32_t style) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  DL_TRY(dl_check_positive(fn, "rotary_dim", rotary_dim));
+  if (rotary_dim % 2 != 0 || rotary_dim > head_dim) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected an even rotary_dim <= head_dim (%d), found %d", fn,
+                   head_dim, rotary_dim);
+  }
+  if ((int64_t)row_stride < (int64_t)num_heads * head_dim) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected row_stride >= num_heads * head_dim (%lld), found %d", fn,
+                   (long long)num_heads * head_dim, row_stride);
+  }
+  if (style != DL_ROPE_NEOX && style != DL_ROPE_INTERLEAVED) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected style 0 (NEOX) or 1 (INTERLEAVED), found %d", fn, style);
+  }
+  // Implied by the row_stride check (an int32); kept for the CUDA kernel's int32 indexing.
+  if ((int64_t)num_heads * (rotary_dim / 2) > INT32_MAX) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: num_heads * rotary_dim / 2 exceeds INT32_MAX", fn);
+  }
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "x", x));
+  DL_TRY(dl_check_ptr(fn, "positions", positions));
+  DL_TRY(dl_check_ptr(fn, "inv_freq", inv_freq));
+  return DL_OK;
+}
+
+inline int32_t dl_validate_silu_mul(const char* fn, const dl_context* ctx, const float* out, const float* gate_up,
+                                    int32_t num_tokens, int32_t dim) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "gate_up", gate_up));
+  return DL_OK;
+}
+
+inline int32_t dl_validate_add(const char* fn, const dl_context* ctx, const float* out, const float* a,
+                               const float* b, uint64_t num_elements) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  if (num_elements == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "a", a));
+  DL_TRY(dl_check_ptr(fn, "b", b));
+  DL_TRY(dl_check_num_elements(fn, num_elements));
+  return DL_OK;
+}
+
+// rows[i] in [0, num_src_rows) is device metadata: checked by the CPU launcher only.
+inline int32_t dl_validate_gather_rows(const char* fn, const dl_context* ctx, const float* out, const float* x,
+                                       const int32_t* rows, int32_t num_rows, int32_t num_src_rows, int32_t dim) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_rows", num_rows));
+  DL_TRY(dl_check_non_negative(fn, "num_src_rows", num_src_rows));
+  DL_TRY(dl_check_positive(fn, "dim", dim));
+  if (num_rows == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "x", x));
+  DL_TRY(dl_check_ptr(fn, "rows", rows));
+  return DL_OK;
+}
+
+// slot_mapping bounds are device metadata: checked by the CPU launcher only.
+inline int32_t dl_validate_kv_write(const char* fn, const dl_context* ctx, const void* k_cache, const void* v_cache,
+                                    int32_t cache_dtype, const float* k, const float* v,
+                                    const int32_t* slot_mapping, int32_t num_tokens, int32_t num_kv_heads,
+                                    int32_t head_dim, int32_t row_stride, int32_t block_size, int32_t num_blocks) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  DL_TRY(dl_check_positive(fn, "block_size", block_size));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if ((int64_t)row_stride < (int64_t)num_kv_heads * head_dim) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected row_stride >= num_kv_heads * head_dim (%lld), found %d",
+                   fn, (long long)num_kv_heads * head_dim, row_stride);
+  }
+  // Implied by the row_stride check (an int32); kept for the CUDA kernel's int32 indexing.
+  if ((int64_t)num_kv_heads * head_dim > INT32_MAX) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: num_kv_heads * head_dim exceeds INT32_MAX", fn);
+  }
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
+  DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
+  DL_TRY(dl_check_ptr(fn, "k", k));
+  DL_TRY(dl_check_ptr(fn, "v", v));
+  DL_TRY(dl_check_ptr(fn, "slot_mapping", slot_mapping));
+  return DL_OK;
+}
+
+// Block ids in pairs are device metadata: checked by the CPU launcher only.
+inline int32_t dl_validate_copy_blocks(const char* fn, const dl_context* ctx, const void* cache,
+                                       const int32_t* pairs, int32_t num_pairs, uint64_t block_bytes,
+                                       int32_t num_blocks) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_pairs", num_pairs));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if (num_pairs == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "cache", cache));
+  DL_TRY(dl_check_ptr(fn, "pairs", pairs));
+  if (block_bytes == 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected block_bytes > 0, found 0", fn);
+  return DL_OK;
+}
+
+inline int32_t dl_validate_convert(const char* fn, const dl_context* ctx, const void* dst, int32_t dst_dtype,
+                                   const void* src, int32_t src_dtype, uint64_t num_elements) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype));
+  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype));
+  if (num_elements == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "dst", dst));
+  DL_TRY(dl_check_ptr(fn, "src", src));
+  DL_TRY(dl_check_num_elements(fn, num_elements));
+  return DL_OK;
+}
+
+// check_metadata() runs once the metadata pointers are known to be non-NULL and num_seqs > 0, before
+// the output buffers are checked: the CPU build validates query_start, seq_lens and block_tables
+// there; the CUDA build, which cannot read them on the host, passes dl_no_metadata_check.
+inline int32_t dl_no_metadata_check() { return DL_OK; }
+
+template <class MetadataCheck>
+inline int32_t dl_validate_paged_attention(const char* fn, const dl_context* ctx, const float* out, const float* q,
+                                           const void* k_cache, const void* v_cache, int32_t cache_dtype,
+                                           const int32_t* block_tables, const int32_t* seq_lens,
+                                           const int32_t* query_start, int32_t num_seqs, int32_t num_tokens,
+                                           int32_t num_heads, int32_t num_kv_heads, int32_t head_dim,
+                                           int32_t q_row_stride, int32_t block_size, int32_t max_blocks_per_seq,
+                                           int32_t num_blocks, float scale, MetadataCheck&& check_metadata) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
+  DL_TRY(dl_check_non_negative(fn, "num_seqs", num_seqs));
+  DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
+  DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
+  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  DL_TRY(dl_check_positive(fn, "block_size", block_size));
+  DL_TRY(dl_check_positive(fn, "max_blocks_per_seq", max_blocks_per_seq));
+  DL_TRY(dl_check_positive(fn, "num_blocks", num_blocks));
+  if (num_heads % num_kv_heads != 0) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected num_heads (%d) to be a multiple of num_kv_heads, found %d",
+                   fn, num_heads, num_kv_heads);
+  }
+  if ((int64_t)q_row_stride < (int64_t)num_heads * head_dim) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected q_row_stride >= num_heads * head_dim (%lld), found %d",
+                   fn, (long long)num_heads * head_dim, q_row_stride);
+  }
+  if (!std::isfinite(scale)) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite scale, found %g", fn, (double)scale);
+  }
+  if (num_seqs == 0 && num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "query_start", query_start));
+  DL_TRY(dl_check_ptr(fn, "seq_lens", seq_lens));
+  DL_TRY(dl_check_ptr(fn, "block_tables", block_tables));
+  if (num_seqs == 0) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected num_seqs > 0 for %d query tokens, found 0", fn,
+                   num_tokens);
+  }
+  DL_TRY(check_metadata());
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  DL_TRY(dl_check_ptr(fn, "q", q));
+  DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
+  DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
+  return DL_OK;
+}
