@@ -49,43 +49,50 @@ function isUpToDate(output: string, inputs: string[]): boolean {
   }
 }
 
-async function buildCpu(): Promise<void> {
-  const sources = listSources("cpu", [".cpp"]);
+/** Compiles one backend's library from `<dir>/*<sourceExt>` unless it is up to date. */
+async function buildLibrary(
+  backend: "cpu" | "cuda",
+  compile: { compiler: string; sourceExt: string; headerExt: string; flags: string[] },
+): Promise<void> {
+  const sources = listSources(backend, [compile.sourceExt]);
   const headers = [
-    ...listSources("cpu", [".h"]),
+    ...listSources(backend, [compile.headerExt]),
     ...listSources("native", [".h"]),
     "ffi/denollm.h",
   ];
-  const output = "build/libdenollm_cpu.so";
+  const output = `build/libdenollm_${backend}.so`;
   if (isUpToDate(output, [...sources, ...headers, "build.ts"])) {
     console.error(`${output} is up to date`);
     return;
   }
+  await run(compile.compiler, [...compile.flags, "-Iffi", "-Inative", ...sources, "-o", output]);
+  console.error(`built ${output}`);
+}
+
+function buildCpu(): Promise<void> {
   // Hot loops carry target_clones (AVX-512, AVX2+FMA, baseline), so one portable library picks
   // the best code path at load time instead of being tied to the build machine's CPU.
-  const cxx = Deno.env.get("CXX") ?? "g++";
-  await run(cxx, [
-    "-O3",
-    "-std=c++17",
-    "-fPIC",
-    "-shared",
-    "-fopenmp",
-    "-fvisibility=hidden",
-    "-Wall",
-    "-Wextra",
-    "-static-libstdc++",
-    "-static-libgcc",
-    // dlclose must not unmap code that idle OpenMP worker threads may still return into.
-    "-Wl,-z,nodelete",
-    // Keep the statically linked libstdc++ private: export the ABI and nothing else.
-    "-Wl,--exclude-libs,ALL",
-    "-Iffi",
-    "-Inative",
-    ...sources,
-    "-o",
-    output,
-  ]);
-  console.error(`built ${output}`);
+  return buildLibrary("cpu", {
+    compiler: Deno.env.get("CXX") ?? "g++",
+    sourceExt: ".cpp",
+    headerExt: ".h",
+    flags: [
+      "-O3",
+      "-std=c++17",
+      "-fPIC",
+      "-shared",
+      "-fopenmp",
+      "-fvisibility=hidden",
+      "-Wall",
+      "-Wextra",
+      "-static-libstdc++",
+      "-static-libgcc",
+      // dlclose must not unmap code that idle OpenMP worker threads may still return into.
+      "-Wl,-z,nodelete",
+      // Keep the statically linked libstdc++ private: export the ABI and nothing else.
+      "-Wl,--exclude-libs,ALL",
+    ],
+  });
 }
 
 async function buildCuda(): Promise<void> {
@@ -98,36 +105,24 @@ async function buildCuda(): Promise<void> {
     console.error(`skipping the CUDA library: ${nvcc} not found`);
     return;
   }
-  const sources = listSources("cuda", [".cu"]);
-  const headers = [
-    ...listSources("cuda", [".cuh"]),
-    ...listSources("native", [".h"]),
-    "ffi/denollm.h",
-  ];
-  const output = "build/libdenollm_cuda.so";
-  if (isUpToDate(output, [...sources, ...headers, "build.ts"])) {
-    console.error(`${output} is up to date`);
-    return;
-  }
   const archs = (Deno.env.get("CUDA_ARCHS") ?? "80,90").split(",").map((a) => a.trim());
   // The CUDA runtime is linked statically: a library embedded by `deno compile` is extracted on
   // its own and cannot find a libcudart next to it. Only the driver (libcuda) comes from the host.
-  await run(nvcc, [
-    "-O3",
-    "-std=c++17",
-    "-shared",
-    "-Xcompiler",
-    "-fPIC,-fvisibility=hidden",
-    "-cudart",
-    "static",
-    ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
-    "-Iffi",
-    "-Inative",
-    ...sources,
-    "-o",
-    output,
-  ]);
-  console.error(`built ${output}`);
+  await buildLibrary("cuda", {
+    compiler: nvcc,
+    sourceExt: ".cu",
+    headerExt: ".cuh",
+    flags: [
+      "-O3",
+      "-std=c++17",
+      "-shared",
+      "-Xcompiler",
+      "-fPIC,-fvisibility=hidden",
+      "-cudart",
+      "static",
+      ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
+    ],
+  });
 }
 
 /** The real `deno compile`; explains in one line when the denort runtime cannot be had. */
