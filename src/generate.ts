@@ -105,7 +105,7 @@ export function* generate(
   const stopIds = new Set([...(request.stopTokenIds ?? [])]);
   if (!request.ignoreEos) { for (const id of g.tokenizer.eosIds) stopIds.add(id); }
   const stopper = new StopStringMatcher(request.stopStrings ?? []);
-  const detok = new IncrementalDetokenizer(g.tokenizer);
+  const detok = new IncrementalDetokenizer(g.tokenizer, { continuesPrompt: true });
   const allocator = new BlockAllocator(g.kv.numBlocks);
   const seq = new SequenceBlocks(allocator, g.kv.blockSize);
   const tokenIds: number[] = [];

@@ -85,7 +85,7 @@ export class Request {
     this.sampler = new Sampler({ ...params.sampling, seed });
     this.#stopIds = new Set(params.stopTokenIds ?? []);
     if (!params.ignoreEos) { for (const id of tokenizer.eosIds) this.#stopIds.add(id); }
-    this.#detokenizer = new IncrementalDetokenizer(tokenizer);
+    this.#detokenizer = new IncrementalDetokenizer(tokenizer, { continuesPrompt: true });
     this.#stopper = new StopStringMatcher(params.stopStrings ?? []);
   }
 

@@ -101,7 +101,9 @@ export function decodeWithBytes(
  * `tokenizer.decode(allIds, opts)`. Bytes of a UTF-8 character split across tokens (byte
  * fallback `<0xE2>` `<0x82>` `<0xAC>`, or byte-level BPE pieces) are held back until the
  * character is complete, so a delta never contains a U+FFFD that the full decode would not.
- * The leading-space strip applies only to the very start of the stream.
+ * The leading-space strip applies only to the very start of the stream, and not at all with
+ * `continuesPrompt`: generated text continues its prompt, so "Once upon a time" + "▁there" must
+ * stream " there" (as llama.cpp and vLLM do), not "there".
  */
 export class IncrementalDetokenizer {
   #tokenizer: TextTokenizer;
@@ -110,9 +112,13 @@ export class IncrementalDetokenizer {
   #atStart = true;
   #text = "";
 
-  constructor(tokenizer: TextTokenizer, opts: DecodeOptions = {}) {
+  constructor(
+    tokenizer: TextTokenizer,
+    opts: DecodeOptions & { continuesPrompt?: boolean } = {},
+  ) {
     this.#tokenizer = tokenizer;
-    this.#opts = { ...opts };
+    this.#opts = { skipSpecial: opts.skipSpecial };
+    this.#atStart = !opts.continuesPrompt;
   }
 
   /** All text emitted so far. */

@@ -1,0 +1,52 @@
+// A request's streamed text: a UTF-8 character split across byte tokens is only emitted whole, a
+// stop string is never emitted in part, and the deltas add up to the final text.
+import assert from "node:assert/strict";
+import { Request } from "../src/engine/request.ts";
+import { openModelSource } from "../src/model/load.ts";
+import { GREEDY } from "../src/sampling.ts";
+
+const MODEL = new URL("../../shared/models/stories260K/hf", import.meta.url).pathname;
+const { tokenizer } = await openModelSource(MODEL);
+// stories260K's byte-fallback tokens: <0xNN> is id NN + 3.
+const byteToken = (byte: number) => tokenizer.tokenId(`<0x${byte.toString(16).toUpperCase()}>`)!;
+
+function request(stopStrings: string[] = []) {
+  return new Request(
+    { id: "r", submissionId: "r", index: 0, arrival: 0 },
+    [1],
+    { maxTokens: 50, sampling: GREEDY, stopStrings },
+    tokenizer,
+  );
+}
+
+Deno.test("a character split across byte tokens streams only when complete", () => {
+  const r = request();
+  const euro = [0xe2, 0x82, 0xac].map(byteToken);
+  const deltas = euro.map((id) => r.appendToken(id).text);
+  assert.deepEqual(deltas, ["", "", "€"]);
+  assert.ok(!deltas.join("").includes("\uFFFD"));
+});
+
+Deno.test("a stop string split across tokens is cut and never streamed", () => {
+  const r = request(["Lily"]);
+  const ids = tokenizer.encode("she saw Lily and", { addSpecial: false });
+  let text = "";
+  for (const id of ids) {
+    const piece = r.appendToken(id);
+    text += piece.text;
+    if (r.isFinished) break;
+  }
+  assert.equal(r.finishReason, "stop");
+  assert.equal(text, " she saw ");
+});
+
+Deno.test("output continues the prompt: its leading space is kept, deltas add up", () => {
+  const r = request();
+  const ids = tokenizer.encode("there was a girl.", { addSpecial: false });
+  assert.equal(tokenizer.tokenText(ids[0]), "\u2581there");
+  let text = "";
+  for (const id of ids) text += r.appendToken(id).text;
+  // decode() of the ids alone strips SentencePiece's leading space; a continuation must not.
+  assert.equal(text, " " + tokenizer.decode(ids));
+  assert.equal(text, " there was a girl.");
+});
