@@ -131,6 +131,19 @@ Deno.test("the same with a KV budget so tight that requests are preempted", () =
   console.log(`preemptions: ${stats.numPreemptions}`);
 });
 
+Deno.test("the same under preemption with mixed priorities", () => {
+  const prioritized = jobs.map((job, i) => ({
+    ...job,
+    params: { ...job.params, priority: (i * 7) % 3 },
+  }));
+  const { tokens, stats } = runTogether(prioritized, { policy: "priority" }, {
+    blockSize: 4,
+    numBlocks: 40,
+  });
+  assertSameAsAlone(tokens, prioritized);
+  assert.ok(stats.numPreemptions > 0, `expected preemptions, got ${stats.numPreemptions}`);
+});
+
 Deno.test("the same with prefix caching and a shared prompt prefix", () => {
   const prefix = loaded.tokenizer.encode(
     "Once upon a time, there was a little girl named Lily. She loved to play outside.",

@@ -98,6 +98,28 @@ Deno.test("out of blocks, the lowest-priority then newest request is preempted a
   assert.equal(scheduler.numPreemptions, 1);
 });
 
+Deno.test("a victim already scheduled in this step loses its share of the step", () => {
+  const { kv, scheduler } = setup(6, { maxNumBatchedTokens: 32 }); // 5 usable blocks of 4 tokens
+  const low = request("low", 6, { priority: 9 }); // older, lower priority
+  const vip = request("vip", 6, { priority: 0 });
+  for (const r of [low, vip]) scheduler.add(r);
+  let out = scheduler.schedule();
+  assert.deepEqual(summary(out), ["low:0+6*", "vip:0+6*"]);
+  finishStep(scheduler, out);
+  for (let position = 6; position < 8; position++) {
+    out = scheduler.schedule();
+    finishStep(scheduler, out);
+  }
+  assert.equal(kv.numFreeBlocks, 1);
+  // Both need a third block: low (older) is served first and takes the free one; vip then finds
+  // none, and the victim is low, already scheduled: it must leave this step with its blocks.
+  out = scheduler.schedule();
+  assert.deepEqual(out.preempted.map((r) => r.id), ["low"]);
+  assert.deepEqual(summary(out), ["vip:8+1*"]);
+  assert.equal(kv.has("low"), false);
+  assert.equal(low.numComputedTokens, 0);
+});
+
 Deno.test("static mode reserves maxModelLen per request and admits only between batches", () => {
   const { kv, scheduler } = setup(41, { mode: "static", maxModelLen: 64 }); // 40 usable blocks
   for (const id of ["a", "b", "c"]) scheduler.add(request(id, 4, { maxTokens: 2 }));

@@ -199,6 +199,9 @@ export class Scheduler {
         const victim = this.#pickVictim()!;
         this.#preempt(victim, preempted);
         if (victim === request) break;
+        // A lower-priority request may already have its share of this step: take it back.
+        const at = scheduled.findIndex((s) => s.request === victim);
+        if (at !== -1) budget += scheduled.splice(at, 1)[0].numNewTokens;
         allocated = this.#kv.allocateSlots(request, numNew);
       }
       if (!allocated) continue;
