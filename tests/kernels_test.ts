@@ -7,6 +7,7 @@
 // - rope: 1e-5 * (|a| + |b|) + 1e-6, with dims past rotary_dim and unrotated heads exact
 // - paged attention: 1e-5 * |ref| + 1e-5 (inputs in [-1, 1], the output a convex mix of V rows)
 import { type DevicePtr, DType, type DTypeId, NativeBackend, NativeError } from "../ffi/native.ts";
+import { type DeviceBuffers, withDeviceBuffers } from "./device_buffers.ts";
 import * as ref from "./kernel_reference.ts";
 
 const LIBRARY_PATH = new URL("../build/libdenollm_cpu.so", import.meta.url).pathname;
@@ -19,49 +20,10 @@ const NULL = null as unknown as DevicePtr;
 
 // --- Helpers
 
-type HostArray = Float32Array | Int32Array | Uint16Array | Uint32Array;
-
-/** Device buffers that are all freed when the test body returns. */
-class Buffers {
-  #owned: DevicePtr[] = [];
-
-  zeros(sizeBytes: number): DevicePtr {
-    const ptr = backend.alloc(sizeBytes);
-    this.#owned.push(ptr);
-    return ptr;
-  }
-
-  from(data: HostArray): DevicePtr {
-    const ptr = this.zeros(data.byteLength);
-    backend.upload(ptr, data);
-    return ptr;
-  }
-
-  f32(ptr: DevicePtr, length: number): Float32Array {
-    const out = new Float32Array(length);
-    backend.download(out, ptr);
-    return out;
-  }
-
-  u16(ptr: DevicePtr, length: number): Uint16Array {
-    const out = new Uint16Array(length);
-    backend.download(out, ptr);
-    return out;
-  }
-
-  freeAll(): void {
-    for (const ptr of this.#owned) backend.free(ptr);
-    this.#owned = [];
-  }
-}
+type Buffers = DeviceBuffers;
 
 function withBuffers(body: (b: Buffers) => void): void {
-  const buffers = new Buffers();
-  try {
-    body(buffers);
-  } finally {
-    buffers.freeAll();
-  }
+  withDeviceBuffers(backend, body);
 }
 
 function fail(message: string): never {

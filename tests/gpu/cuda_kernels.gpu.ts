@@ -21,6 +21,7 @@ import { KvCache } from "../../src/kv/kv_cache.ts";
 import { loadModel } from "../../src/model/load.ts";
 import { GREEDY, Rng } from "../../src/sampling.ts";
 import * as ref from "../kernel_reference.ts";
+import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device_buffers.ts";
 
 const DEVICE_BACKEND = (Deno.env.get("DENOLLM_GPU_TEST_BACKEND") ?? "cuda") as "cpu" | "cuda";
 const MODEL_DIR = new URL("../../../shared/models/stories260K/hf", import.meta.url).pathname;
@@ -36,78 +37,20 @@ globalThis.addEventListener("unload", () => {
 
 // --- Helpers
 
-type HostArray = Float32Array | Int32Array | Uint16Array | Uint32Array | Uint8Array;
-
-/** Device buffers of one backend, all freed by freeAll(). */
-class Side {
-  readonly backend: NativeBackend;
-  #owned: DevicePtr[] = [];
-
-  constructor(backend: NativeBackend) {
-    this.backend = backend;
-  }
-
-  zeros(sizeBytes: number): DevicePtr {
-    const ptr = this.backend.alloc(sizeBytes);
-    this.#owned.push(ptr);
-    return ptr;
-  }
-
-  from(data: HostArray): DevicePtr {
-    const ptr = this.zeros(data.byteLength);
-    this.backend.upload(ptr, data);
-    return ptr;
-  }
-
-  f32(ptr: DevicePtr, length: number): Float32Array {
-    this.backend.synchronize();
-    const out = new Float32Array(length);
-    this.backend.download(out, ptr);
-    return out;
-  }
-
-  u16(ptr: DevicePtr, length: number): Uint16Array {
-    this.backend.synchronize();
-    const out = new Uint16Array(length);
-    this.backend.download(out, ptr);
-    return out;
-  }
-
-  bytes(ptr: DevicePtr, length: number): Uint8Array {
-    this.backend.synchronize();
-    const out = new Uint8Array(length);
-    this.backend.download(out, ptr);
-    return out;
-  }
-
-  freeAll(): void {
-    for (const ptr of this.#owned) this.backend.free(ptr);
-    this.#owned = [];
-  }
-}
+type Side = DeviceBuffers;
 
 /** Runs the same body on the CPU and the device backend; returns [cpu result, device result]. */
 function onBoth<T>(body: (side: Side) => T): [T, T] {
   const results: T[] = [];
   for (const backend of [cpu, gpu]) {
-    const side = new Side(backend);
-    try {
-      results.push(body(side));
-    } finally {
-      side.freeAll();
-    }
+    results.push(withDeviceBuffers(backend, body));
   }
   return [results[0], results[1]];
 }
 
 /** Runs a body on the CPU backend only (tolerance scales). */
 function onCpu<T>(body: (side: Side) => T): T {
-  const side = new Side(cpu);
-  try {
-    return body(side);
-  } finally {
-    side.freeAll();
-  }
+  return withDeviceBuffers(cpu, body);
 }
 
 function fail(message: string): never {
