@@ -14,7 +14,7 @@
 // - rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
-import { type DevicePtr, DType, type DTypeId, NativeBackend, offset } from "../../ffi/native.ts";
+import { DType, type DTypeId, NativeBackend, offset } from "../../ffi/native.ts";
 import { LLMEngine } from "../../src/engine/engine.ts";
 import { generate } from "../../src/generate.ts";
 import { KvCache } from "../../src/kv/kv_cache.ts";
