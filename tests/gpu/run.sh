@@ -5,12 +5,29 @@
 #
 #   bash tests/gpu/run.sh            # from anywhere; about 4-6 minutes on an H100
 #   SKIP_HF=1 bash tests/gpu/run.sh  # without the transformers comparison
+#
+# On the lent GPU machine (no network): run `bash tests/gpu/pack.sh` here first, then the device
+# tool with command "bash tests/gpu/run.sh", carry [".gpu-carry"], timeout_s 540.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   echo "no GPU: skipping"
   exit 0
+fi
+
+# The GPU machine has no network: use the Deno binary and cache packed by tests/gpu/pack.sh.
+if ! command -v deno >/dev/null 2>&1 && [ -f .gpu-carry/deno.xz ]; then
+  unpack() { xz -dc "$1" 2>/dev/null || python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$1"; }
+  mkdir -p /tmp/denollm-gpu/bin /tmp/denollm-gpu/deno_dir
+  unpack .gpu-carry/deno.xz > /tmp/denollm-gpu/bin/deno
+  chmod +x /tmp/denollm-gpu/bin/deno
+  unpack .gpu-carry/deno_dir.tar.xz | tar -C /tmp/denollm-gpu/deno_dir -xf -
+  export PATH="/tmp/denollm-gpu/bin:$PATH" DENO_DIR=/tmp/denollm-gpu/deno_dir DENO_NO_UPDATE_CHECK=1
+fi
+if ! command -v deno >/dev/null 2>&1; then
+  echo "FAIL deno is not installed here and .gpu-carry/ is missing: run tests/gpu/pack.sh first"
+  exit 1
 fi
 
 started=$SECONDS
