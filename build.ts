@@ -148,9 +148,12 @@ async function compileExecutable(): Promise<void> {
     // without it every served request logs a deprecation warning.
     "--unstable-no-legacy-abort",
     ...includes,
-    // Worker code is not found by the module graph; AsyncEngine starts this file as a Worker.
+    // Worker code is not found by the module graph; AsyncEngine and AsyncTokenizer start these
+    // files as Workers.
     "--include",
     "src/engine/engine_worker.ts",
+    "--include",
+    "src/api/tokenizer_worker.ts",
     "--output",
     "build/denollm",
     "main.ts",

@@ -2,7 +2,6 @@
 // streamed as chat.completion.chunk events or returned as one chat.completion.
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { readJsonObject } from "./body.ts";
-import { chatPromptIds } from "./chat_prompt.ts";
 import {
   type ApiDeps,
   checkModel,
@@ -18,6 +17,7 @@ import { GenerationRun, respondWithRun, type RunEvent } from "./generation.ts";
 import type { InflightTracker } from "./inflight.ts";
 import { type ChatLogprob, chatLogprobs } from "./logprobs.ts";
 import { checkPromptChars, requestParams } from "./params.ts";
+import { chatPrompt, numMessageChars } from "./prompt_ids.ts";
 import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
 
 export async function handleChat(
@@ -36,19 +36,11 @@ export async function handleChat(
     });
   }
   checkQueue(deps, engine);
-  const numChars = req.messages.reduce(
-    (sum, m) =>
-      sum +
-      (typeof m.content === "string"
-        ? m.content.length
-        : m.content.reduce((n, part) => n + part.text.length, 0)),
-    0,
-  );
-  checkPromptChars(deps.tokenizer, numChars, {
+  checkPromptChars(deps.tokenizer, numMessageChars(req.messages), {
     maxModelLen: engine.maxModelLen,
     promptParam: "messages",
   });
-  const promptIds = chatPromptIds(deps.tokenizer, deps.chatTemplate, req.messages);
+  const promptIds = await chatPrompt(deps, req.messages);
   const params = requestParams(req, {
     numPromptTokens: promptIds.length,
     maxModelLen: engine.maxModelLen,

@@ -15,13 +15,8 @@ function messageText(content: ChatMessageInput["content"]): string {
   return typeof content === "string" ? content : content.map((part) => part.text).join("\n");
 }
 
-/** The prompt ids of `messages` under `template`; a 400 when the model has no template. */
-export function chatPromptIds(
-  tokenizer: TextTokenizer,
-  template: string | null,
-  messages: readonly ChatMessageInput[],
-  opts: ChatPromptOptions = {},
-): number[] {
+/** A 400 when the model has no chat template. */
+export function checkChatTemplate(template: string | null): asserts template is string {
   if (template === null) {
     throw new ApiError(
       400,
@@ -30,6 +25,16 @@ export function chatPromptIds(
       { param: "messages", code: "chat_template_missing" },
     );
   }
+}
+
+/** The prompt ids of `messages` under `template`; a 400 when the model has no template. */
+export function chatPromptIds(
+  tokenizer: TextTokenizer,
+  template: string | null,
+  messages: readonly ChatMessageInput[],
+  opts: ChatPromptOptions = {},
+): number[] {
+  checkChatTemplate(template);
   const bosText = tokenizer.bosId === undefined ? undefined : tokenizer.tokenText(tokenizer.bosId);
   const eosText = tokenizer.eosIds.length > 0
     ? tokenizer.tokenText(tokenizer.eosIds[0])

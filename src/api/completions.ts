@@ -17,6 +17,7 @@ import { GenerationRun, respondWithRun, type RunEvent } from "./generation.ts";
 import type { InflightTracker } from "./inflight.ts";
 import { type CompletionLogprobs, CompletionLogprobsBuilder } from "./logprobs.ts";
 import { checkPromptChars, checkTokenIds, requestParams } from "./params.ts";
+import { encodePrompt } from "./prompt_ids.ts";
 import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
 
 interface Prompt {
@@ -31,15 +32,19 @@ interface Usage {
   total_tokens: number;
 }
 
-function toPrompts(prompt: CompletionRequest["prompt"], tokenizer: TextTokenizer): Prompt[] {
-  const encode = (text: string): Prompt => ({ text, ids: tokenizer.encode(text) });
+async function toPrompts(prompt: CompletionRequest["prompt"], deps: ApiDeps): Promise<Prompt[]> {
+  const tokenizer = deps.tokenizer;
+  const encode = async (text: string): Promise<Prompt> => ({
+    text,
+    ids: await encodePrompt(deps, text),
+  });
   const fromIds = (ids: number[]): Prompt => {
     checkTokenIds(ids, tokenizer.vocabSize, "prompt");
     // Like vLLM, echo shows the text without control tokens such as BOS.
     return { text: tokenizer.decode(ids, { skipSpecial: true }), ids };
   };
-  if (typeof prompt === "string") return [encode(prompt)];
-  if (prompt.every((p) => typeof p === "string")) return prompt.map(encode);
+  if (typeof prompt === "string") return [await encode(prompt)];
+  if (prompt.every((p) => typeof p === "string")) return await Promise.all(prompt.map(encode));
   if (prompt.every((p) => typeof p === "number")) return [fromIds(prompt)];
   return (prompt as number[][]).map(fromIds);
 }
@@ -71,7 +76,7 @@ export async function handleCompletion(
       promptParam: "prompt",
     });
   }
-  const prompts = toPrompts(req.prompt, deps.tokenizer);
+  const prompts = await toPrompts(req.prompt, deps);
   const n = req.n ?? 1;
   if (prompts.length * n > MAX_CHOICES) {
     throw new ApiError(

@@ -1,16 +1,26 @@
 // What the API needs from the process around it, and the checks every generation route shares.
-import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import type { EncodeOptions, TextTokenizer } from "../tokenizer/tokenizer.ts";
+import type { ChatPromptOptions } from "./chat_prompt.ts";
 import { ApiError } from "./errors.ts";
 import type { EngineClient } from "./generation.ts";
 import type { Metrics } from "./metrics.ts";
+import type { ChatMessageInput } from "./schemas.ts";
 
 export type LogLevel = "info" | "warn" | "error";
+
+/** Tokenization off the main thread (AsyncTokenizer), on the same tokenizer and chat template. */
+export interface AsyncTokenizerClient {
+  encode(text: string, opts?: EncodeOptions): Promise<number[]>;
+  chatPromptIds(messages: readonly ChatMessageInput[], opts?: ChatPromptOptions): Promise<number[]>;
+}
 
 export interface ApiDeps {
   /** The engine, or undefined while the model loads. */
   getEngine(): EngineClient | undefined;
   tokenizer: TextTokenizer;
   chatTemplate: string | null;
+  /** When set, long prompt texts are tokenized here instead of blocking the event loop. */
+  asyncTokenizer?: AsyncTokenizerClient;
   servedModelName: string;
   version: string;
   /** When set, every route but /health and /metrics needs `Authorization: Bearer <apiKey>`. */

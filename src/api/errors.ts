@@ -63,7 +63,8 @@ export function errorResponse(error: ApiError): Response {
 
 /**
  * Maps the errors that the engine and the chat template raise for a bad request to a 400 (engine
- * errors keep their `name` across the worker boundary); anything else stays unmapped, a 500.
+ * and tokenizer worker errors keep their `name` across the worker boundary); anything else stays
+ * unmapped, a 500.
  */
 export function fromDomainError(error: unknown): ApiError | undefined {
   if (error instanceof ApiError) return error;
@@ -71,7 +72,7 @@ export function fromDomainError(error: unknown): ApiError | undefined {
   if (error.name === "RequestTooLongError") {
     return new ApiError(400, error.message, { code: "context_length_exceeded" });
   }
-  if (error instanceof ChatTemplateError) {
+  if (error instanceof ChatTemplateError || error.name === "ChatTemplateError") {
     return new ApiError(400, error.message, { param: "messages" });
   }
   // The engine's admission checks (token ids, parameters) throw these; the API validates first,

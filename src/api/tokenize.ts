@@ -1,8 +1,8 @@
 // POST /tokenize and POST /detokenize, as vLLM serves them.
 import { readJsonObject } from "./body.ts";
-import { chatPromptIds } from "./chat_prompt.ts";
 import { type ApiDeps, checkModel, DEFAULT_MAX_BODY_BYTES, requireEngine } from "./deps.ts";
 import { checkTokenIds } from "./params.ts";
+import { chatPrompt, encodePrompt } from "./prompt_ids.ts";
 import {
   detokenizeRequest,
   parseBody,
@@ -18,14 +18,14 @@ export async function handleTokenize(request: Request, deps: ApiDeps): Promise<R
   if ("messages" in body) {
     const req = parseBody(tokenizeChatRequest, body);
     checkModel(deps, req.model);
-    tokens = chatPromptIds(deps.tokenizer, deps.chatTemplate, req.messages, {
+    tokens = await chatPrompt(deps, req.messages, {
       addGenerationPrompt: req.add_generation_prompt ?? true,
       addSpecial: req.add_special_tokens ?? undefined,
     });
   } else {
     const req = parseBody(tokenizePromptRequest, body);
     checkModel(deps, req.model);
-    tokens = deps.tokenizer.encode(req.prompt, { addSpecial: req.add_special_tokens ?? true });
+    tokens = await encodePrompt(deps, req.prompt, { addSpecial: req.add_special_tokens ?? true });
   }
   return Response.json({ count: tokens.length, max_model_len: engine.maxModelLen, tokens });
 }

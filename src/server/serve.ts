@@ -2,6 +2,7 @@
 // while the model loads), starts the engine, tells systemd it is ready, and on SIGTERM/SIGINT drains
 // in-flight requests before it exits.
 import { LibraryLoadError, NativeError } from "../../ffi/native.ts";
+import { AsyncTokenizer } from "../api/async_tokenizer.ts";
 import { createApp, Metrics } from "../api/mod.ts";
 import { UsageError } from "../cli/generate.ts";
 import { AsyncEngine, EngineError } from "../engine/async_engine.ts";
@@ -204,11 +205,16 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
     const maxModelLen = Math.min(config.maxModelLen ?? modelMax, modelMax);
 
     // What the request handlers see: no engine while loading, and a flag once draining.
-    const state: { engine?: AsyncEngine; isDraining: boolean } = { isDraining: false };
+    const state: { engine?: AsyncEngine; tokenizer?: AsyncTokenizer; isDraining: boolean } = {
+      isDraining: false,
+    };
     const { app, inflight } = createApp({
       getEngine: () => state.engine,
       tokenizer: source.tokenizer,
       chatTemplate: source.chatTemplate,
+      get asyncTokenizer() {
+        return state.tokenizer;
+      },
       servedModelName: config.servedModelName,
       version: VERSION,
       apiKey: config.apiKey,
@@ -231,7 +237,11 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
     const url = `http://${host}:${addr.port}`;
     log("info", `listening on ${url}`, { port: addr.port });
 
-    const loading = startEngine(config, modelPath, maxModelLen, log);
+    // Long prompts are tokenized in a worker of their own, so they never stall other streams.
+    const loading = Promise.all([
+      startEngine(config, modelPath, maxModelLen, log),
+      AsyncTokenizer.start(modelPath),
+    ]);
     loading.catch(() => {});
     const started = await Promise.race([loading, signals.first]);
     if (typeof started === "string") {
@@ -239,13 +249,14 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
       await server.shutdown();
       return stopped(started);
     }
-    const engine = started.engine;
+    const [{ engine, device }, tokenizer] = started;
+    state.tokenizer = tokenizer;
     state.engine = engine;
     log("info", `serving ${config.servedModelName}`, {
       model: config.servedModelName,
       path: modelPath,
       format: source.format,
-      device: started.device,
+      device,
       kv_blocks: engine.numKvBlocks,
       kv_tokens: engine.numKvBlocks * engine.blockSize,
       block_size: engine.blockSize,
@@ -256,14 +267,16 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
     });
     tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);
 
-    const signal = await Promise.race([signals.first, engine.failed]);
+    const signal = await Promise.race([signals.first, engine.failed, tokenizer.failed]);
     if (signal instanceof Error) {
-      // Without an engine nothing can be served: exit non-zero so systemd restarts the service.
-      log("error", `the engine failed: ${signal.message}`);
+      // Without an engine or a tokenizer nothing can be served: exit non-zero so systemd restarts
+      // the service.
+      log("error", `a worker failed: ${signal.message}`);
       tellSystemd(log, "STOPPING=1");
       state.isDraining = true;
       inflight.abortAll();
       await server.shutdown();
+      await tokenizer.close();
       return 1;
     }
     log("info", `received ${signal}; draining`, {
@@ -284,6 +297,7 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
       await Promise.race([closed, delay(ABORT_GRACE_MS)]);
     }
     await engine.shutdown();
+    await tokenizer.close();
     log("info", "stopped");
     return 0;
   } catch (error) {
