@@ -9,6 +9,7 @@
 import { type DevicePtr, DType, type DTypeId, NativeBackend, NativeError } from "../ffi/native.ts";
 import { type DeviceBuffers, withDeviceBuffers } from "./device_buffers.ts";
 import * as ref from "./kernel_reference.ts";
+import { assertClose } from "./assert_close.ts";
 
 const LIBRARY_PATH = new URL("../build/libdenollm_cpu.so", import.meta.url).pathname;
 const backend = NativeBackend.open({ libraryPath: LIBRARY_PATH, numThreads: 2 });
@@ -28,27 +29,6 @@ function withBuffers(body: (b: Buffers) => void): void {
 
 function fail(message: string): never {
   throw new Error(message);
-}
-
-/** Checks |actual[i] - expected[i]| <= tolerance(i) for every i. */
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tolerance: (i: number) => number,
-  label: string,
-): void {
-  if (actual.length !== expected.length) {
-    fail(`${label}: expected length ${expected.length}, found ${actual.length}`);
-  }
-  for (let i = 0; i < expected.length; i++) {
-    const error = Math.abs(actual[i] - expected[i]);
-    if (!(error <= tolerance(i))) {
-      fail(
-        `${label}: element ${i} is ${actual[i]}, expected ${expected[i]} ` +
-          `(error ${error.toExponential(2)} > tolerance ${tolerance(i).toExponential(2)})`,
-      );
-    }
-  }
 }
 
 function assertExact(actual: ArrayLike<number>, expected: ArrayLike<number>, label: string): void {

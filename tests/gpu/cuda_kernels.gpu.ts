@@ -22,6 +22,7 @@ import { loadModel } from "../../src/model/load.ts";
 import { GREEDY, Rng } from "../../src/sampling.ts";
 import * as ref from "../kernel_reference.ts";
 import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device_buffers.ts";
+import { assertClose as assertCloseTo } from "../assert_close.ts";
 
 const DEVICE_BACKEND = (Deno.env.get("DENOLLM_GPU_TEST_BACKEND") ?? "cuda") as "cpu" | "cuda";
 const MODEL_DIR = new URL("../../../shared/models/stories260K/hf", import.meta.url).pathname;
@@ -57,29 +58,17 @@ function fail(message: string): never {
   throw new Error(message);
 }
 
-/** Checks |actual[i] - expected[i]| <= tolerance(i) and reports the worst error ratio. */
+/** Compares the device result with the CPU result; returns the worst error / tolerance. */
 function assertClose(
   actual: ArrayLike<number>,
   expected: ArrayLike<number>,
   tolerance: (i: number) => number,
   label: string,
 ): number {
-  if (actual.length !== expected.length) {
-    fail(`${label}: expected length ${expected.length}, found ${actual.length}`);
-  }
-  let worst = 0;
-  for (let i = 0; i < expected.length; i++) {
-    const error = Math.abs(actual[i] - expected[i]);
-    const tol = tolerance(i);
-    if (!(error <= tol)) {
-      fail(
-        `${label}: element ${i} is ${actual[i]} on ${DEVICE_BACKEND}, ${expected[i]} on cpu ` +
-          `(error ${error.toExponential(2)} > tolerance ${tol.toExponential(2)})`,
-      );
-    }
-    if (tol > 0) worst = Math.max(worst, error / tol);
-  }
-  return worst;
+  return assertCloseTo(actual, expected, tolerance, label, {
+    actual: `on ${DEVICE_BACKEND}`,
+    expected: "on cpu",
+  });
 }
 
 function assertBits(actual: HostArray, expected: HostArray, label: string): void {
