@@ -5,7 +5,7 @@
 //   deno task bench:llamacpp --model M.gguf [--threads 1] [--prompt-tokens 512] [--gen-tokens 128] [--runs 3]
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
-import { generate } from "../src/generate.ts";
+import { generateAll } from "../src/generate.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
@@ -52,15 +52,12 @@ const promptIds = benchPromptIds(
 );
 
 function oursOnce(): RunResult {
-  const stream = generate({ model: loaded.model, tokenizer: tok, kv }, {
+  const r = generateAll({ model: loaded.model, tokenizer: tok, kv }, {
     promptIds,
     maxTokens: genTokens + 1,
     sampling: GREEDY,
     ignoreEos: true,
   });
-  let step = stream.next();
-  while (!step.done) step = stream.next();
-  const r = step.value;
   // The first token comes from the prompt pass; the next genTokens are decode steps.
   return {
     promptTokPerS: promptTokens / (r.prefillMs / 1000),

@@ -23,7 +23,7 @@
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
 import { LLMEngine } from "../src/engine/engine.ts";
-import { generate } from "../src/generate.ts";
+import { generateAll } from "../src/generate.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
 import { getPreset } from "../src/model/presets.ts";
@@ -85,15 +85,12 @@ async function runChild(a: ChildArgs): Promise<Measurement> {
     if (a.kind === "single") {
       const promptIds = prompt(12345);
       const once = (genTokens: number) => {
-        const stream = generate({ model: loaded.model, tokenizer: tok, kv }, {
+        const r = generateAll({ model: loaded.model, tokenizer: tok, kv }, {
           promptIds,
           maxTokens: genTokens + 1,
           sampling: GREEDY,
           ignoreEos: true,
         });
-        let step = stream.next();
-        while (!step.done) step = stream.next();
-        const r = step.value;
         // The first token comes from the prompt pass; the next genTokens are decode steps.
         return {
           promptTokPerS: a.promptTokens / (r.prefillMs / 1000),

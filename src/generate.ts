@@ -164,3 +164,11 @@ export function* generate(
     decodeMs,
   };
 }
+
+/** Runs a request to the end without streaming and returns its result. */
+export function generateAll(g: Generator, request: GenerationRequest): GenerationResult {
+  const stream = generate(g, request);
+  let step = stream.next();
+  while (!step.done) step = stream.next();
+  return step.value;
+}

@@ -6,7 +6,7 @@ import { DType, type DTypeId, NativeBackend } from "../ffi/native.ts";
 import { type EngineConfig, LLMEngine } from "../src/engine/engine.ts";
 import type { RequestOutput, RequestParams } from "../src/engine/request.ts";
 import { RequestTooLongError } from "../src/engine/scheduler.ts";
-import { generate } from "../src/generate.ts";
+import { generateAll } from "../src/generate.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { type LoadedModel, loadModel } from "../src/model/load.ts";
 import { GREEDY, Rng } from "../src/sampling.ts";
@@ -48,14 +48,12 @@ function makeJobs(count: number, seed: number, sharedPrefix: number[] = [], idPr
 function alone(job: Job, dtype: DTypeId = DType.F32): number[] {
   const kv = new KvCache(backend, config, { blockSize: 16, numBlocks: 32, dtype });
   try {
-    const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+    const result = generateAll({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
       promptIds: job.promptIds,
       maxTokens: job.params.maxTokens,
       sampling: job.params.sampling,
     });
-    let step = stream.next();
-    while (!step.done) step = stream.next();
-    return step.value.tokenIds;
+    return result.tokenIds;
   } finally {
     kv.release();
   }

@@ -3,7 +3,7 @@
 // (tests/fixtures/llamacpp/random_*.json, made by tools/llamacpp/make_random_fixtures.sh).
 import assert from "node:assert/strict";
 import { NativeBackend } from "../ffi/native.ts";
-import { generate } from "../src/generate.ts";
+import { generateAll } from "../src/generate.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
 import { generateRandomModel } from "../src/model/random_model.ts";
@@ -30,15 +30,13 @@ for (const preset of ["tiny-qwen2", "tiny-llama-untied"]) {
           try {
             const promptIds = loaded.tokenizer.encode(fixture.generate.prompt);
             assert.deepEqual(promptIds, fixture.generate.promptIds);
-            const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+            const result = generateAll({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
               promptIds,
               maxTokens: fixture.generate.n,
               sampling: GREEDY,
               ignoreEos: true,
             });
-            let step = stream.next();
-            while (!step.done) step = stream.next();
-            assert.deepEqual(step.value.tokenIds, fixture.generate.generatedIds);
+            assert.deepEqual(result.tokenIds, fixture.generate.generatedIds);
             for (const { text, ids } of fixture.tokenize.cases) {
               assert.deepEqual(
                 loaded.tokenizer.encode(text, { addSpecial: false }),

@@ -16,7 +16,7 @@
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
 import { DType, type DTypeId, NativeBackend, offset } from "../../ffi/native.ts";
 import { LLMEngine } from "../../src/engine/engine.ts";
-import { generate } from "../../src/generate.ts";
+import { generateAll } from "../../src/generate.ts";
 import { KvCache } from "../../src/kv/kv_cache.ts";
 import { loadModel } from "../../src/model/load.ts";
 import { GREEDY, Rng } from "../../src/sampling.ts";
@@ -569,15 +569,13 @@ async function greedyTokens(backend: NativeBackend, cacheDtype: DTypeId): Promis
     dtype: cacheDtype,
   });
   try {
-    const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+    const result = generateAll({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
       promptIds: loaded.tokenizer.encode("Once upon a time"),
       maxTokens: 64,
       sampling: GREEDY,
       ignoreEos: true,
     });
-    let step = stream.next();
-    while (!step.done) step = stream.next();
-    return step.value.tokenIds;
+    return result.tokenIds;
   } finally {
     kv.release();
     loaded.release();
