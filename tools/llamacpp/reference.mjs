@@ -169,6 +169,18 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
+/** One untimed warm-up run (warmupTg tokens), then `runs` timed ones. */
+async function timedRuns(oneRun, runs, warmupTg) {
+  log("warmup run (not counted)");
+  await oneRun(warmupTg);
+  const results = [];
+  for (let r = 0; r < runs; r++) {
+    results.push(await oneRun());
+    log(`run ${r + 1}/${runs}`, JSON.stringify(results.at(-1)));
+  }
+  return results;
+}
+
 async function cmdBench(opts) {
   const pp = Number(opts["prompt-tokens"] ?? 512),
     tg = Number(opts["gen-tokens"] ?? 128),
@@ -207,13 +219,7 @@ async function cmdBench(opts) {
     const tDecode = performance.now() - t0;
     return { promptTokPerS: pp / (tPrompt / 1000), decodeTokPerS: n / (tDecode / 1000) };
   };
-  log("warmup run (not counted)");
-  await oneRun(warmupTg);
-  const results = [];
-  for (let r = 0; r < runs; r++) {
-    results.push(await oneRun());
-    log(`run ${r + 1}/${runs}`, JSON.stringify(results.at(-1)));
-  }
+  const results = await timedRuns(oneRun, runs, warmupTg);
   const out = {
     model: opts.model,
     threads,
@@ -292,13 +298,7 @@ async function cmdBenchMulti(opts) {
       prefillMs: windowStart - t0,
     };
   };
-  log("warmup run (not counted)");
-  await oneRun(warmupTg);
-  const results = [];
-  for (let r = 0; r < runs; r++) {
-    results.push(await oneRun());
-    log(`run ${r + 1}/${runs}`, JSON.stringify(results.at(-1)));
-  }
+  const results = await timedRuns(oneRun, runs, warmupTg);
   const out = {
     model: opts.model,
     threads,
