@@ -2,7 +2,7 @@
 import { LibraryLoadError, NativeError } from "./ffi/native.ts";
 import { GENERATE_USAGE, runGenerate, UsageError } from "./src/cli/generate.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
-import { ContextLengthError } from "./src/generate.ts";
+import { RequestTooLongError } from "./src/engine/scheduler.ts";
 import { runServe } from "./src/server/serve.ts";
 import { TokenizerError } from "./src/tokenizer/tokenizer.ts";
 
@@ -16,7 +16,7 @@ Commands:
 /** Errors the user can act on get one clear line; anything else is a bug and keeps its stack. */
 function isUserFacing(error: unknown): boolean {
   return error instanceof UsageError || error instanceof ModelFormatError ||
-    error instanceof TokenizerError || error instanceof ContextLengthError ||
+    error instanceof TokenizerError || error instanceof RequestTooLongError ||
     error instanceof LibraryLoadError || error instanceof NativeError ||
     error instanceof RangeError;
 }

@@ -6,8 +6,7 @@
 //     [--max-num-seqs 16] [--kv-tokens 8192] [--max-model-len 512] [--threads 2] [--seed 1]
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
-import { LLMEngine } from "../src/engine/engine.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { getPreset } from "../src/model/presets.ts";
 import { generateRandomModel } from "../src/model/random_model.ts";
@@ -84,19 +83,17 @@ try {
   console.log("| --- | --- | --- | --- | --- | --- | --- |");
 
   for (const mode of ["continuous", "static"] as const) {
-    const kvCache = new KvCache(backend, config, { blockSize, numBlocks });
-    const engine = new LLMEngine(
-      backend,
-      { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-      {
-        maxNumBatchedTokens: 512,
-        maxNumSeqs: Number(v["max-num-seqs"]),
-        maxModelLen,
-        mode,
-        // The workload has no shared prefixes; keep caching out of the comparison.
-        enablePrefixCaching: false,
-      },
-    );
+    const llm = LLM.over(backend, loaded, {
+      blockSize,
+      numKvBlocks: numBlocks,
+      maxNumBatchedTokens: 512,
+      maxNumSeqs: Number(v["max-num-seqs"]),
+      maxModelLen,
+      mode,
+      // The workload has no shared prefixes; keep caching out of the comparison.
+      enablePrefixCaching: false,
+    });
+    const engine = llm.engine;
     const started = performance.now();
     jobs.forEach((job, i) =>
       engine.addRequest(`r${i}`, job.promptIds, {
@@ -135,7 +132,7 @@ try {
         percentile(lat, 0.9).toFixed(2)
       } | ${((100 * wasteTime) / totalTime).toFixed(1)}% | ${steps} |`,
     );
-    kvCache.release();
+    llm.release();
   }
   loaded.release();
   backend.close();

@@ -5,8 +5,7 @@
 //   deno task bench:llamacpp --model M.gguf [--threads 1] [--prompt-tokens 512] [--gen-tokens 128] [--runs 3]
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
-import { generateAll } from "../src/generate.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { benchPromptIds, median } from "./common.ts";
@@ -38,9 +37,14 @@ const runs = Number(v.runs);
 
 const backend = NativeBackend.open({ numThreads: threads });
 const loaded = await loadModel(backend, v.model, { showProgress: false });
-const kv = new KvCache(backend, loaded.config, {
+// The serving engine with one sequence; no prefix caching, so every run computes its prompt.
+const llm = LLM.over(backend, loaded, {
   blockSize: 16,
-  numBlocks: Math.ceil((promptTokens + genTokens + 1) / 16),
+  numKvBlocks: Math.ceil((promptTokens + genTokens + 1) / 16) + 1,
+  maxNumSeqs: 1,
+  maxNumBatchedTokens: Math.max(512, promptTokens),
+  maxModelLen: promptTokens + genTokens + 1,
+  enablePrefixCaching: false,
 });
 const tok = loaded.tokenizer;
 const promptIds = benchPromptIds(
@@ -52,7 +56,7 @@ const promptIds = benchPromptIds(
 );
 
 function oursOnce(): RunResult {
-  const r = generateAll({ model: loaded.model, tokenizer: tok, kv }, {
+  const r = llm.generate({
     promptIds,
     maxTokens: genTokens + 1,
     sampling: GREEDY,
@@ -122,6 +126,6 @@ console.log(
       : ""
   }`,
 );
-kv.release();
+llm.release();
 loaded.release();
 backend.close();

@@ -6,8 +6,7 @@
 import { parseArgs } from "node:util";
 import { defaultLibraryPath, NativeBackend } from "../ffi/native.ts";
 import { AsyncEngine } from "../src/engine/async_engine.ts";
-import { LLMEngine } from "../src/engine/engine.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
 
@@ -51,7 +50,7 @@ async function inWorker() {
     modelPath: v.model!,
     kvCacheMemoryBytes: 256 << 20,
     maxModelLen: 512,
-    engine: engineConfig,
+    ...engineConfig,
   });
   const probe = lagProbe();
   const started = performance.now();
@@ -71,12 +70,13 @@ async function inWorker() {
 async function inMainThread() {
   const backend = NativeBackend.open();
   const loaded = await loadModel(backend, v.model!, { showProgress: false });
-  const kvCache = new KvCache(backend, loaded.config, { blockSize: 16, numBlocks: 512 });
-  const engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    { ...engineConfig, maxModelLen: 512 },
-  );
+  const llm = LLM.over(backend, loaded, {
+    blockSize: 16,
+    numKvBlocks: 512,
+    ...engineConfig,
+    maxModelLen: 512,
+  });
+  const engine = llm.engine;
   for (let i = 0; i < numRequests; i++) {
     engine.addRequest(`m${i}`, prompt, { maxTokens, sampling: GREEDY });
   }
@@ -89,7 +89,7 @@ async function inMainThread() {
   }
   const elapsed = performance.now() - started;
   const lag = probe.stop();
-  kvCache.release();
+  llm.release();
   loaded.release();
   backend.close();
   return { elapsed, ...lag };

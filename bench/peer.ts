@@ -22,9 +22,7 @@
 // batch-1 decode (goal >= 3x); "ours / llama.cpp" on the tg row is the batch-1 goal (>= 1.0x).
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
-import { LLMEngine } from "../src/engine/engine.ts";
-import { generateAll } from "../src/generate.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { getPreset } from "../src/model/presets.ts";
 import { generateRandomModel } from "../src/model/random_model.ts";
@@ -77,15 +75,22 @@ async function runChild(a: ChildArgs): Promise<Measurement> {
       (id) => tok.isSpecial(id),
     );
   const blocksPerSeq = Math.ceil((a.promptTokens + a.genTokens + 2) / BLOCK_SIZE);
-  const kv = new KvCache(backend, loaded.config, {
+  const numSeqs = a.kind === "multi" ? a.sequences : 1;
+  // The serving engine, stepped in this process. Distinct prompts share no blocks, and the warm-up
+  // run must not hand the timed run a cached prompt: prefix caching stays off.
+  const llm = LLM.over(backend, loaded, {
     blockSize: BLOCK_SIZE,
-    numBlocks: blocksPerSeq * (a.kind === "multi" ? a.sequences : 1) + 1,
+    numKvBlocks: blocksPerSeq * numSeqs + 1,
+    maxNumBatchedTokens: Math.max(512, numSeqs * a.promptTokens),
+    maxNumSeqs: numSeqs,
+    maxModelLen: a.promptTokens + a.genTokens + 2,
+    enablePrefixCaching: false,
   });
   try {
     if (a.kind === "single") {
       const promptIds = prompt(12345);
       const once = (genTokens: number) => {
-        const r = generateAll({ model: loaded.model, tokenizer: tok, kv }, {
+        const r = llm.generate({
           promptIds,
           maxTokens: genTokens + 1,
           sampling: GREEDY,
@@ -100,13 +105,7 @@ async function runChild(a: ChildArgs): Promise<Measurement> {
       once(a.warmupGenTokens);
       return { ...once(a.genTokens), peakRssMiB: peakRssMiB() };
     }
-    const engine = new LLMEngine(backend, { model: loaded.model, tokenizer: tok, kvCache: kv }, {
-      maxNumBatchedTokens: Math.max(512, a.sequences * a.promptTokens),
-      maxNumSeqs: a.sequences,
-      maxModelLen: a.promptTokens + a.genTokens + 2,
-      // Distinct prompts share no blocks; keep hashing out of the timed path.
-      enablePrefixCaching: false,
-    });
+    const engine = llm.engine;
     let run = 0;
     const once = (genTokens: number) => {
       const stamps: number[][] = [];
@@ -135,7 +134,7 @@ async function runChild(a: ChildArgs): Promise<Measurement> {
     once(a.warmupGenTokens);
     return { multiTokPerS: once(a.genTokens), peakRssMiB: peakRssMiB() };
   } finally {
-    kv.release();
+    llm.release();
     loaded.release();
     backend.close();
   }

@@ -255,7 +255,8 @@ async function completions(t: Deno.TestContext, engine: AsyncEngine): Promise<vo
     const res = await post(app, "/v1/completions", {
       prompt: ["Once upon a time", "Lily"],
       n: 2,
-      max_tokens: 5,
+      // Long enough that the second prompt's arrival, a step or two later, lands mid-stream.
+      max_tokens: 40,
       temperature: 0.8,
       seed: 3,
       ignore_eos: true,
@@ -279,7 +280,8 @@ async function completions(t: Deno.TestContext, engine: AsyncEngine): Promise<vo
     const whole = await postJson(app, "/v1/completions", {
       prompt: ["Once upon a time", "Lily"],
       n: 2,
-      max_tokens: 5,
+      // Long enough that the second prompt's arrival, a step or two later, lands mid-stream.
+      max_tokens: 40,
       temperature: 0.8,
       seed: 3,
       ignore_eos: true,

@@ -33,7 +33,8 @@ export function startEngine(): Promise<AsyncEngine> {
     numThreads: 2,
     kvCacheMemoryBytes: 8 << 20,
     maxModelLen: 512,
-    engine: { maxNumBatchedTokens: 256, maxNumSeqs: 32 },
+    maxNumBatchedTokens: 256,
+    maxNumSeqs: 32,
   });
 }
 

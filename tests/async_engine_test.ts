@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { AsyncEngine } from "../src/engine/async_engine.ts";
 import type { RequestOutput } from "../src/engine/request.ts";
-import { planKvBlocks } from "../src/engine/engine_worker.ts";
+import { planKvBlocks } from "../src/engine/local_engine.ts";
 import { GREEDY } from "../src/sampling.ts";
 
 const MODEL = new URL("../../shared/models/stories260K/hf", import.meta.url).pathname;
@@ -29,7 +29,8 @@ Deno.test("the engine worker serves concurrent requests, cancels, and rejects", 
     numThreads: 2,
     kvCacheMemoryBytes: 4 << 20,
     maxModelLen: 512,
-    engine: { maxNumBatchedTokens: 128, maxNumSeqs: 16 },
+    maxNumBatchedTokens: 128,
+    maxNumSeqs: 16,
   });
   try {
     assert.ok(engine.numKvBlocks * engine.blockSize >= 512);
@@ -91,7 +92,8 @@ Deno.test("start-up refuses a KV budget that cannot hold one full-length sequenc
         numThreads: 1,
         kvCacheMemoryBytes: 1000,
         maxModelLen: 512,
-        engine: { maxNumBatchedTokens: 64, maxNumSeqs: 4 },
+        maxNumBatchedTokens: 64,
+        maxNumSeqs: 4,
       }),
     /raise --kv-cache-memory/,
   );
@@ -101,7 +103,8 @@ Deno.test("start-up refuses a KV budget that cannot hold one full-length sequenc
         modelPath: "/nonexistent",
         kvCacheMemoryBytes: 1 << 20,
         maxModelLen: 512,
-        engine: { maxNumBatchedTokens: 64, maxNumSeqs: 4 },
+        maxNumBatchedTokens: 64,
+        maxNumSeqs: 4,
       }),
     /no such file or directory/,
   );

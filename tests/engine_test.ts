@@ -2,12 +2,12 @@
 // exactly the tokens each produces alone — with chunked prefill, under preemption, with prefix
 // caching, with n > 1 forks, in static mode — and every KV block is free afterwards.
 import assert from "node:assert/strict";
-import { DType, type DTypeId, NativeBackend } from "../ffi/native.ts";
-import { type EngineConfig, LLMEngine } from "../src/engine/engine.ts";
+import { NativeBackend } from "../ffi/native.ts";
+import type { EngineConfig } from "../src/engine/engine.ts";
+import { LLM } from "../src/engine/llm.ts";
+import type { KvCacheDtype } from "../src/engine/local_engine.ts";
 import type { RequestOutput, RequestParams } from "../src/engine/request.ts";
 import { RequestTooLongError } from "../src/engine/scheduler.ts";
-import { generateAll } from "../src/generate.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
 import { type LoadedModel, loadModel } from "../src/model/load.ts";
 import { GREEDY, Rng } from "../src/sampling.ts";
 
@@ -44,18 +44,23 @@ function makeJobs(count: number, seed: number, sharedPrefix: number[] = [], idPr
   });
 }
 
-/** Each job's tokens generated alone, through the single-sequence path. */
-function alone(job: Job, dtype: DTypeId = DType.F32): number[] {
-  const kv = new KvCache(backend, config, { blockSize: 16, numBlocks: 32, dtype });
+/** Each job's tokens generated alone: the only request in an engine of one sequence. */
+function alone(job: Job, kvCacheDtype: KvCacheDtype = "f32"): number[] {
+  const llm = LLM.over(backend, loaded, {
+    blockSize: 16,
+    numKvBlocks: 32,
+    kvCacheDtype,
+    maxNumSeqs: 1,
+  });
   try {
-    const result = generateAll({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+    const result = llm.generate({
       promptIds: job.promptIds,
       maxTokens: job.params.maxTokens,
       sampling: job.params.sampling,
     });
     return result.tokenIds;
   } finally {
-    kv.release();
+    llm.release();
   }
 }
 
@@ -63,19 +68,18 @@ function alone(job: Job, dtype: DTypeId = DType.F32): number[] {
 function runTogether(
   jobs: Job[],
   engineConfig: Partial<EngineConfig>,
-  cache: { blockSize: number; numBlocks: number; dtype?: DTypeId },
+  cache: { blockSize: number; numBlocks: number; dtype?: KvCacheDtype },
 ) {
-  const kvCache = new KvCache(backend, config, cache);
-  const engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    {
-      maxNumBatchedTokens: 256,
-      maxNumSeqs: 64,
-      maxModelLen: config.maxPositionEmbeddings,
-      ...engineConfig,
-    },
-  );
+  const llm = LLM.over(backend, loaded, {
+    maxNumBatchedTokens: 256,
+    maxNumSeqs: 64,
+    maxModelLen: config.maxPositionEmbeddings,
+    ...engineConfig,
+    blockSize: cache.blockSize,
+    numKvBlocks: cache.numBlocks,
+    kvCacheDtype: cache.dtype,
+  });
+  const engine = llm.engine;
   try {
     for (const job of jobs) engine.addRequest(job.id, job.promptIds, job.params);
     const tokens = new Map<string, number[]>();
@@ -94,7 +98,7 @@ function runTogether(
     assert.equal(stats.numRunning, 0);
     return { tokens, stats, outputs };
   } finally {
-    kvCache.release();
+    llm.release();
   }
 }
 
@@ -167,9 +171,9 @@ Deno.test("the same with a half-precision (f16) KV cache", () => {
   const { tokens } = runTogether(jobs, { maxNumBatchedTokens: 32 }, {
     blockSize: 16,
     numBlocks: 200,
-    dtype: DType.F16,
+    dtype: "f16",
   });
-  for (const job of jobs) assert.deepEqual(tokens.get(job.id), alone(job, DType.F16), job.id);
+  for (const job of jobs) assert.deepEqual(tokens.get(job.id), alone(job, "f16"), job.id);
 });
 
 Deno.test("the same in static-batching mode", () => {
@@ -200,12 +204,12 @@ Deno.test("n > 1 samples share the prompt's blocks and equal separate runs", () 
 });
 
 Deno.test("cancelling frees blocks at once, whether waiting, prefilling or decoding", () => {
-  const kvCache = new KvCache(backend, config, { blockSize: 4, numBlocks: 100 });
-  const engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    { maxNumBatchedTokens: 8, maxNumSeqs: 2, maxModelLen: 512 },
-  );
+  const llm = LLM.over(backend, loaded, {
+    blockSize: 4,
+    numKvBlocks: 100,
+    ...{ maxNumBatchedTokens: 8, maxNumSeqs: 2, maxModelLen: 512 },
+  });
+  const engine = llm.engine;
   try {
     const long = Array.from({ length: 30 }, (_, i) => 3 + i);
     engine.addRequest("decoding", [1, 403, 407], { maxTokens: 100, sampling: GREEDY });
@@ -223,17 +227,17 @@ Deno.test("cancelling frees blocks at once, whether waiting, prefilling or decod
     assert.equal(stats.numFreeKvBlocks, stats.numKvBlocks);
     assert.equal(engine.hasWork, false);
   } finally {
-    kvCache.release();
+    llm.release();
   }
 });
 
 Deno.test("a request that can never fit is rejected at admission", () => {
-  const kvCache = new KvCache(backend, config, { blockSize: 4, numBlocks: 10 });
-  const engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    { maxNumBatchedTokens: 64, maxNumSeqs: 4, maxModelLen: 512 },
-  );
+  const llm = LLM.over(backend, loaded, {
+    blockSize: 4,
+    numKvBlocks: 10,
+    ...{ maxNumBatchedTokens: 64, maxNumSeqs: 4, maxModelLen: 512 },
+  });
+  const engine = llm.engine;
   try {
     assert.throws(
       () => engine.addRequest("big", [1, 2, 3], { maxTokens: 600, sampling: GREEDY }),
@@ -245,7 +249,7 @@ Deno.test("a request that can never fit is rejected at admission", () => {
     );
     assert.equal(engine.hasWork, false);
   } finally {
-    kvCache.release();
+    llm.release();
   }
 });
 

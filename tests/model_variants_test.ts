@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { DType, NativeBackend } from "../ffi/native.ts";
 import { readSafetensorsDir, writeSafetensorsSharded } from "../src/formats/safetensors.ts";
 import { readTensorBytes } from "../src/formats/tensor.ts";
+import { LocalExecutor } from "../src/engine/executor.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
 
@@ -14,9 +15,16 @@ const PROMPT = [1, 403, 407, 261, 378];
 async function promptLogits(backend: NativeBackend, path: string): Promise<Float32Array> {
   const loaded = await loadModel(backend, path, { showProgress: false });
   const kv = new KvCache(backend, loaded.config, { blockSize: 16, numBlocks: 1 });
+  const n = PROMPT.length;
+  // Below the scheduler: one hand-made batch straight into the executor.
+  const executor = new LocalExecutor(backend, { model: loaded.model, kvCache: kv }, {
+    maxNumTokens: n,
+    maxNumSeqs: n,
+    maxBlocksPerSeq: 1,
+    blockSize: 16,
+  });
   try {
-    const n = PROMPT.length;
-    return loaded.model.forward({
+    return executor.execute({
       tokenIds: Int32Array.from(PROMPT),
       positions: Int32Array.from(PROMPT.keys()),
       slotMapping: Int32Array.from(PROMPT.keys()),
@@ -25,8 +33,10 @@ async function promptLogits(backend: NativeBackend, path: string): Promise<Float
       blockTables: Int32Array.of(0),
       maxBlocksPerSeq: 1,
       logitRows: Int32Array.from(PROMPT.keys()),
-    }, kv);
+      blockCopies: new Int32Array(0),
+    }).slice();
   } finally {
+    executor.release();
     kv.release();
     loaded.release();
   }

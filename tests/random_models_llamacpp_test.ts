@@ -3,8 +3,7 @@
 // (tests/fixtures/llamacpp/random_*.json, made by tools/llamacpp/make_random_fixtures.sh).
 import assert from "node:assert/strict";
 import { NativeBackend } from "../ffi/native.ts";
-import { generateAll } from "../src/generate.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { generateRandomModel } from "../src/model/random_model.ts";
 import { GREEDY } from "../src/sampling.ts";
@@ -26,11 +25,11 @@ for (const preset of ["tiny-qwen2", "tiny-llama-untied"]) {
       for (const [format, path] of [["hf", made.hfDir], ["gguf", made.ggufPath]] as const) {
         await t.step(format, async () => {
           const loaded = await loadModel(backend, path!, { showProgress: false });
-          const kv = new KvCache(backend, loaded.config, { blockSize: 16, numBlocks: 8 });
+          const llm = LLM.over(backend, loaded, { blockSize: 16, numKvBlocks: 8 });
           try {
             const promptIds = loaded.tokenizer.encode(fixture.generate.prompt);
             assert.deepEqual(promptIds, fixture.generate.promptIds);
-            const result = generateAll({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+            const result = llm.generate({
               promptIds,
               maxTokens: fixture.generate.n,
               sampling: GREEDY,
@@ -45,7 +44,7 @@ for (const preset of ["tiny-qwen2", "tiny-llama-untied"]) {
               );
             }
           } finally {
-            kv.release();
+            llm.release();
             loaded.release();
           }
         });

@@ -1,7 +1,7 @@
 // A request's streamed text: a UTF-8 character split across byte tokens is only emitted whole, a
 // stop string is never emitted in part, and the deltas add up to the final text.
 import assert from "node:assert/strict";
-import { Request } from "../src/engine/request.ts";
+import { EngineRequest } from "../src/engine/request.ts";
 import { openModelSource } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
 
@@ -11,7 +11,7 @@ const { tokenizer } = await openModelSource(MODEL);
 const byteToken = (byte: number) => tokenizer.tokenId(`<0x${byte.toString(16).toUpperCase()}>`)!;
 
 function request(stopStrings: string[] = []) {
-  return new Request(
+  return new EngineRequest(
     { id: "r", submissionId: "r", index: 0, arrival: 0 },
     [1],
     { maxTokens: 50, sampling: GREEDY, stopStrings },

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { BlockPool } from "../src/engine/block_pool.ts";
 import { KvCacheManager } from "../src/engine/kv_cache_manager.ts";
-import { Request, type RequestParams } from "../src/engine/request.ts";
+import { EngineRequest, type RequestParams } from "../src/engine/request.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "../src/engine/scheduler.ts";
 import { GREEDY } from "../src/sampling.ts";
 import type { TextTokenizer } from "../src/tokenizer/tokenizer.ts";
@@ -15,8 +15,12 @@ const tokenizer = {
 } as unknown as TextTokenizer;
 
 let arrivals = 0;
-function request(id: string, promptLen: number, params: Partial<RequestParams> = {}): Request {
-  return new Request(
+function request(
+  id: string,
+  promptLen: number,
+  params: Partial<RequestParams> = {},
+): EngineRequest {
+  return new EngineRequest(
     { id, submissionId: id, index: 0, arrival: arrivals++ },
     Array.from({ length: promptLen }, (_, i) => i + 1),
     { maxTokens: 8, sampling: GREEDY, ...params },
@@ -36,11 +40,13 @@ function setup(numBlocks: number, config: Partial<SchedulerConfig> = {}) {
 /** Commits a step and appends one sampled token to every request that sampled. */
 function finishStep(scheduler: Scheduler, out: SchedulerOutput): void {
   scheduler.commit(out);
-  for (const s of out.scheduled) if (s.sample) s.request.appendToken(7);
+  for (const s of out.scheduled) {
+    if (s.sample) scheduler.runningRequest(s.requestId).appendToken(7);
+  }
 }
 
 const summary = (out: SchedulerOutput) =>
-  out.scheduled.map((s) => `${s.request.id}:${s.start}+${s.numNewTokens}${s.sample ? "*" : ""}`);
+  out.scheduled.map((s) => `${s.requestId}:${s.start}+${s.numNewTokens}${s.sample ? "*" : ""}`);
 
 Deno.test("the budget is shared: running decodes first, then waiting prompts in chunks", () => {
   const { scheduler } = setup(64);
@@ -90,7 +96,7 @@ Deno.test("out of blocks, the lowest-priority then newest request is preempted a
   // Position 8 needs a third block each: old takes the last one; for vip, young (same priority
   // as old but newer, lower priority than vip) is preempted.
   out = scheduler.schedule();
-  assert.deepEqual(out.preempted.map((r) => r.id), ["young"]);
+  assert.deepEqual(out.preemptedIds, ["young"]);
   assert.deepEqual(summary(out), ["old:8+1*", "vip:8+1*"]);
   assert.equal(young.numComputedTokens, 0);
   assert.equal(young.status, "waiting");
@@ -114,7 +120,7 @@ Deno.test("a victim already scheduled in this step loses its share of the step",
   // Both need a third block: low (older) is served first and takes the free one; vip then finds
   // none, and the victim is low, already scheduled: it must leave this step with its blocks.
   out = scheduler.schedule();
-  assert.deepEqual(out.preempted.map((r) => r.id), ["low"]);
+  assert.deepEqual(out.preemptedIds, ["low"]);
   assert.deepEqual(summary(out), ["vip:8+1*"]);
   assert.equal(kv.has("low"), false);
   assert.equal(low.numComputedTokens, 0);
@@ -132,7 +138,7 @@ Deno.test("static mode reserves maxModelLen per request and admits only between 
   assert.deepEqual(summary(out), ["a:4+1*", "b:4+1*"]);
   finishStep(scheduler, out);
   // a and b reached max_tokens: the batch is done, c starts alone.
-  for (const r of out.scheduled.map((s) => s.request)) {
+  for (const r of out.scheduled.map((s) => scheduler.runningRequest(s.requestId))) {
     assert.equal(r.isFinished, true);
     scheduler.finish(r);
   }

@@ -2,8 +2,7 @@
 // GGUF equal llama.cpp's (tests/fixtures/llamacpp/stories260K.json, made by tools/llamacpp/).
 import assert from "node:assert/strict";
 import { NativeBackend } from "../ffi/native.ts";
-import { generate } from "../src/generate.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
 
@@ -21,29 +20,32 @@ for (
   Deno.test(`stories260K ${format}: greedy 64 tokens equal llama.cpp's`, async () => {
     const backend = NativeBackend.open({ numThreads: 2 });
     const loaded = await loadModel(backend, path, { showProgress: false });
-    // A block size that does not divide the sequence exercises partial blocks.
-    const kv = new KvCache(backend, loaded.config, { blockSize: 5, numBlocks: 40 });
+    // The serving engine; a block size that does not divide the sequence exercises partial blocks.
+    const llm = LLM.over(backend, loaded, { blockSize: 5, numKvBlocks: 40 });
     try {
       const promptIds = loaded.tokenizer.encode(fixture.generate.prompt);
       assert.deepEqual(promptIds, fixture.generate.promptIds);
-      const stream = generate({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+      const request = {
         promptIds,
         maxTokens: fixture.generate.n,
         sampling: GREEDY,
         ignoreEos: true,
-      });
-      let step = stream.next();
+      };
+      // Streamed, as the server sees it, then run to the end: the same tokens and text.
       let text = "";
-      while (!step.done) {
-        text += step.value.text;
-        step = stream.next();
+      const streamed: number[] = [];
+      for (const out of llm.stream(request.promptIds, request)) {
+        text += out.textDelta;
+        streamed.push(...out.newTokenIds);
       }
-      assert.deepEqual(step.value.tokenIds, fixture.generate.generatedIds);
-      assert.equal(step.value.finishReason, "length");
-      assert.equal(step.value.text, text);
+      const result = llm.generate(request);
+      assert.deepEqual(streamed, fixture.generate.generatedIds);
+      assert.deepEqual(result.tokenIds, fixture.generate.generatedIds);
+      assert.equal(result.finishReason, "length");
+      assert.equal(result.text, text);
       assert.equal(text, fixture.generate.text);
     } finally {
-      kv.release();
+      llm.release();
       loaded.release();
       backend.close();
     }

@@ -1,8 +1,7 @@
 // `denollm generate`: loads a model, streams one completion to stdout; logs go to stderr.
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../../ffi/native.ts";
-import { generate, type GenerationRequest, type Generator } from "../generate.ts";
-import { KvCache } from "../kv/kv_cache.ts";
+import { type GenerationRequest, LLM } from "../engine/llm.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import { renderChat } from "../tokenizer/chat_template.ts";
@@ -108,18 +107,21 @@ export async function runGenerate(args: string[]): Promise<void> {
       );
       const promptIds = promptTokens(loaded, v.prompt, v.chat === true);
       const kvMemory = parseNumber("kv-cache-memory", v["kv-cache-memory"], 0, true);
+      // The serving engine with one sequence, sized for this prompt and output unless a KV budget
+      // is given; a request that does not fit fails at admission with the reason.
+      const maxModelLen = Math.min(promptIds.length + maxTokens, c.maxPositionEmbeddings);
       const blockSize = 16;
-      // One sequence needs KV for its prompt and output only, unless a budget is given.
-      const kv = new KvCache(backend, c, {
+      const llm = LLM.over(backend, loaded, {
         blockSize,
-        ...(kvMemory > 0 ? { memoryBytes: kvMemory } : {
-          numBlocks: Math.ceil(
-            Math.min(promptIds.length + maxTokens, c.maxPositionEmbeddings) / blockSize,
-          ),
-        }),
+        maxModelLen,
+        maxNumSeqs: 1,
+        maxNumBatchedTokens: Math.min(2048, maxModelLen),
+        ...(kvMemory > 0
+          ? { kvCacheMemoryBytes: kvMemory }
+          : { numKvBlocks: Math.ceil(maxModelLen / blockSize) + 1 }),
       });
       try {
-        await streamCompletion({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+        await streamCompletion(llm, {
           promptIds,
           maxTokens,
           sampling,
@@ -127,7 +129,7 @@ export async function runGenerate(args: string[]): Promise<void> {
           ignoreEos: v["ignore-eos"] ?? false,
         });
       } finally {
-        kv.release();
+        llm.release();
       }
     } finally {
       loaded.release();
@@ -155,22 +157,29 @@ function promptTokens(loaded: LoadedModel, prompt: string, chat: boolean): numbe
 }
 
 /** Writes the completion to stdout as it is generated, then a summary line to stderr. */
-async function streamCompletion(g: Generator, request: GenerationRequest): Promise<void> {
+async function streamCompletion(llm: LLM, request: GenerationRequest): Promise<void> {
   const encoder = new TextEncoder();
-  const stream = generate(g, request);
-  let step = stream.next();
-  while (!step.done) {
-    if (step.value.text) await Deno.stdout.write(encoder.encode(step.value.text));
-    step = stream.next();
+  const { promptIds, ...params } = request;
+  const started = performance.now();
+  let firstTokenAt: number | undefined;
+  let numTokens = 0;
+  let finishReason = "length";
+  for (const out of llm.stream(promptIds, params)) {
+    if (out.newTokenIds.length > 0) firstTokenAt ??= performance.now();
+    numTokens += out.newTokenIds.length;
+    if (out.textDelta) await Deno.stdout.write(encoder.encode(out.textDelta));
+    if (out.finished) finishReason = out.finishReason ?? finishReason;
   }
-  const r = step.value;
+  const ended = performance.now();
   await Deno.stdout.write(encoder.encode("\n"));
-  const decodeTokens = Math.max(r.tokenIds.length - 1, 0);
+  const prefillMs = (firstTokenAt ?? ended) - started;
+  const decodeMs = ended - (firstTokenAt ?? ended);
+  const decodeTokens = Math.max(numTokens - 1, 0);
   console.error(
-    `prompt ${r.numPromptTokens} tokens in ${r.prefillMs.toFixed(1)} ms (${
-      (r.numPromptTokens / (r.prefillMs / 1000)).toFixed(1)
-    } tok/s), generated ${r.tokenIds.length} tokens, decode ${
-      decodeTokens > 0 ? (decodeTokens / (r.decodeMs / 1000)).toFixed(1) : "-"
-    } tok/s, finish reason ${r.finishReason}`,
+    `prompt ${promptIds.length} tokens in ${prefillMs.toFixed(1)} ms (${
+      (promptIds.length / (prefillMs / 1000)).toFixed(1)
+    } tok/s), generated ${numTokens} tokens, decode ${
+      decodeTokens > 0 ? (decodeTokens / (decodeMs / 1000)).toFixed(1) : "-"
+    } tok/s, finish reason ${finishReason}`,
   );
 }

@@ -1,22 +1,9 @@
 // The engine as the HTTP layer sees it: submit a request, iterate its incremental outputs, cancel
 // it by id, read stats. The engine itself runs in a worker thread (engine_worker.ts).
-import type { EngineConfig, EngineStats } from "./engine.ts";
+import type { EngineStats } from "./engine.ts";
+import type { EngineOptions } from "./local_engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
 import type { ErrorInfo, FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
-
-export interface AsyncEngineOptions {
-  modelPath: string;
-  backend?: "cpu" | "cuda";
-  libraryPath?: string;
-  /** CPU threads for kernels; 0 = all cores. */
-  numThreads?: number;
-  blockSize?: number;
-  /** Element type of the KV cache; default f32. */
-  kvCacheDtype?: "f32" | "f16" | "bf16";
-  kvCacheMemoryBytes: number;
-  maxModelLen: number;
-  engine: Omit<EngineConfig, "maxModelLen">;
-}
 
 /** An error raised inside the worker, re-raised here with its original name. */
 export class EngineError extends Error {
@@ -69,6 +56,8 @@ export class AsyncEngine {
   readonly maxModelLen: number;
   readonly loadMs: number;
   readonly weightBytes: number;
+  readonly reservedBytes: number;
+  readonly kvCacheBytes: number;
   #worker: Worker;
   #streams = new Map<string, OutputStream>();
   #stats: EngineStats;
@@ -84,6 +73,8 @@ export class AsyncEngine {
     this.maxModelLen = ready.maxModelLen;
     this.loadMs = ready.loadMs;
     this.weightBytes = ready.weightBytes;
+    this.reservedBytes = ready.reservedBytes;
+    this.kvCacheBytes = ready.kvCacheBytes;
     this.#stats = ready.stats;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(event.data);
     worker.onerror = (event) => {
@@ -99,22 +90,11 @@ export class AsyncEngine {
   }
 
   /** Starts the worker and waits until the model is loaded. */
-  static start(options: AsyncEngineOptions): Promise<AsyncEngine> {
+  static start(options: EngineOptions): Promise<AsyncEngine> {
     const worker = new Worker(new URL("./engine_worker.ts", import.meta.url).href, {
       type: "module",
     });
-    const init: WorkerInit = {
-      type: "init",
-      modelPath: options.modelPath,
-      backend: options.backend,
-      libraryPath: options.libraryPath,
-      numThreads: options.numThreads ?? 0,
-      blockSize: options.blockSize ?? 16,
-      kvCacheDtype: options.kvCacheDtype ?? "f32",
-      kvCacheMemoryBytes: options.kvCacheMemoryBytes,
-      maxModelLen: options.maxModelLen,
-      engine: options.engine,
-    };
+    const init: WorkerInit = { type: "init", options };
     return new Promise((resolve, reject) => {
       worker.onmessage = (event: MessageEvent<FromWorker>) => {
         const message = event.data;

@@ -6,10 +6,14 @@
 // when its cache entry is evicted. Callers free a request's blocks tail first, so a request's last
 // blocks are evicted before its first ones, which are the ones other prompts are likely to share.
 import type { BlockHash } from "./block_hash.ts";
-import { OutOfKvBlocksError } from "../kv/block_allocator.ts";
 
-// One error class for "out of KV blocks" across the engine and the single-sequence allocator.
-export { OutOfKvBlocksError };
+/** Raised when an allocation needs more KV blocks than are free. */
+export class OutOfKvBlocksError extends Error {
+  constructor(needed: number, free: number) {
+    super(`Out of KV cache blocks: needed ${needed}, ${free} free`);
+    this.name = "OutOfKvBlocksError";
+  }
+}
 
 /**
  * One KV block. The pool owns every field: read them freely, never write them.

@@ -1,15 +1,13 @@
 // The serving engine: requests in, incremental outputs out, one `step()` at a time
 // (schedule, run the model, process what it sampled).
-import type { NativeBackend } from "../../ffi/native.ts";
-import type { KvCache } from "../kv/kv_cache.ts";
-import type { LlamaModel } from "../model/llama.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { BlockPool } from "./block_pool.ts";
+import type { Executor } from "./executor.ts";
+import { buildForwardBatch } from "./forward_batch.ts";
 import { KvCacheManager } from "./kv_cache_manager.ts";
 import { topLogprobs } from "./logprobs.ts";
-import { ModelRunner } from "./model_runner.ts";
-import { Request, type RequestOutput, type RequestParams } from "./request.ts";
+import { EngineRequest, type RequestOutput, type RequestParams } from "./request.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
 
 export interface EngineConfig extends SchedulerConfig {
@@ -44,26 +42,36 @@ export class LLMEngine {
   readonly tokenizer: TextTokenizer;
   readonly scheduler: Scheduler;
   readonly kv: KvCacheManager;
-  #runner: ModelRunner;
-  #requests = new Map<string, Request>();
+  #executor: Executor;
+  #requests = new Map<string, EngineRequest>();
   /** n > 1 samples waiting for their leader's prompt to be computed, by leader id. */
-  #pendingForks = new Map<string, Request[]>();
+  #pendingForks = new Map<string, EngineRequest[]>();
   #arrivals = 0;
   #numSteps = 0;
   #lastStep = { prefill: 0, decode: 0 };
 
-  constructor(
-    backend: NativeBackend,
-    parts: { model: LlamaModel; tokenizer: TextTokenizer; kvCache: KvCache },
-    config: EngineConfig,
-  ) {
+  constructor(parts: { executor: Executor; tokenizer: TextTokenizer }, config: EngineConfig) {
+    const { executor } = parts;
     this.tokenizer = parts.tokenizer;
-    const pool = new BlockPool(parts.kvCache.numBlocks, {
+    const pool = new BlockPool(executor.numKvBlocks, {
       enablePrefixCaching: config.enablePrefixCaching ?? true,
     });
-    this.kv = new KvCacheManager(pool, parts.kvCache.blockSize);
+    this.kv = new KvCacheManager(pool, executor.blockSize);
     this.scheduler = new Scheduler(config, this.kv);
-    this.#runner = new ModelRunner(backend, parts.model, parts.kvCache);
+    // Every step the scheduler can emit must fit the executor's reserved buffers.
+    const cap = executor.capacity;
+    const needed = Math.ceil(config.maxModelLen / executor.blockSize);
+    if (
+      cap.maxNumTokens < config.maxNumBatchedTokens || cap.maxBlocksPerSeq < needed ||
+      cap.maxNumSeqs < Math.min(config.maxNumSeqs, config.maxNumBatchedTokens)
+    ) {
+      throw new RangeError(
+        `The executor is reserved for steps of ${cap.maxNumTokens} tokens, ${cap.maxNumSeqs} ` +
+          `sequences and ${cap.maxBlocksPerSeq} blocks per sequence; the scheduler may emit ` +
+          `${config.maxNumBatchedTokens} tokens, ${config.maxNumSeqs} sequences, ${needed} blocks`,
+      );
+    }
+    this.#executor = executor;
   }
 
   get hasWork(): boolean {
@@ -72,7 +80,7 @@ export class LLMEngine {
 
   /** Validates and queues a submission; n > 1 makes n requests `${id}` … that share the prompt. */
   addRequest(id: string, promptIds: readonly number[], params: RequestParams): void {
-    const vocab = this.#runner.model.config.vocabSize;
+    const vocab = this.#executor.vocabSize;
     if (promptIds.length === 0) throw new RangeError("The prompt must have at least one token");
     const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
     if (bad !== undefined) {
@@ -93,7 +101,7 @@ export class LLMEngine {
       }
     }
     const requests = ids.map((rid, index) =>
-      new Request(
+      new EngineRequest(
         { id: rid, submissionId: id, index, arrival: this.#arrivals++ },
         promptIds,
         params,
@@ -124,8 +132,10 @@ export class LLMEngine {
     const plan = this.scheduler.schedule();
     if (plan.scheduled.length === 0) return [];
     const now = performance.now();
-    for (const s of plan.scheduled) s.request.firstScheduledTime ??= now;
-    const logits = this.#runner.execute(plan, this.kv);
+    for (const s of plan.scheduled) {
+      this.scheduler.runningRequest(s.requestId).firstScheduledTime ??= now;
+    }
+    const logits = this.#executor.execute(buildForwardBatch(plan, this.kv.blockSize));
     this.scheduler.commit(plan);
     this.#numSteps++;
     this.#countTokens(plan);
@@ -136,9 +146,10 @@ export class LLMEngine {
     let prefill = 0;
     let decode = 0;
     for (const s of plan.scheduled) {
+      const request = this.scheduler.runningRequest(s.requestId);
       // A step that starts at the last known token is a decode step; anything else is prompt.
       if (
-        s.numNewTokens === 1 && s.start === s.request.numTokens - 1 && s.request.numOutputTokens > 0
+        s.numNewTokens === 1 && s.start === request.numTokens - 1 && request.numOutputTokens > 0
       ) {
         decode++;
       } else {
@@ -149,14 +160,14 @@ export class LLMEngine {
   }
 
   #processSamples(plan: SchedulerOutput, logits: Float32Array): RequestOutput[] {
-    const vocab = this.#runner.model.config.vocabSize;
+    const vocab = this.#executor.vocabSize;
     const outputs: RequestOutput[] = [];
     let row = 0;
     for (const s of plan.scheduled) {
       if (!s.sample) continue;
       const rowLogits = logits.subarray(row * vocab, (row + 1) * vocab);
       row++;
-      const leader = s.request;
+      const leader = this.scheduler.runningRequest(s.requestId);
       // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
       // share its blocks (forked before sampling, in case the leader finishes at once).
       const siblings = this.#pendingForks.get(leader.id) ?? [];
@@ -174,7 +185,7 @@ export class LLMEngine {
     return outputs;
   }
 
-  #sampleInto(request: Request, rowLogits: Float32Array): RequestOutput {
+  #sampleInto(request: EngineRequest, rowLogits: Float32Array): RequestOutput {
     const token = request.sampler.sample(rowLogits, request);
     const wantLogprobs = request.params.logprobs !== undefined;
     const { text, appended } = request.appendToken(token);
@@ -189,7 +200,7 @@ export class LLMEngine {
   }
 
   #output(
-    request: Request,
+    request: EngineRequest,
     newTokenIds: number[],
     textDelta: string,
     logprobs: RequestOutput["logprobs"],

@@ -2,13 +2,9 @@
 // and exchanges requests and outputs with the main thread by message, so forward passes never
 // block the HTTP event loop.
 /// <reference lib="deno.worker" />
-import { DType, NativeBackend } from "../../ffi/native.ts";
-import { KvCache } from "../kv/kv_cache.ts";
-import { loadModel } from "../model/load.ts";
 import { LLMEngine } from "./engine.ts";
+import { startLocalEngine } from "./local_engine.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
-
-const KV_DTYPES = { f32: DType.F32, f16: DType.F16, bf16: DType.BF16 } as const;
 
 let engine: LLMEngine | undefined;
 let release: (() => void) | undefined;
@@ -23,59 +19,19 @@ function errorInfo(error: unknown): { name: string; message: string } {
   return { name: e.name, message: e.message };
 }
 
-/** KV blocks for the budget; refuses a cache that cannot hold one maximum-length sequence. */
-export function planKvBlocks(
-  init: Pick<WorkerInit, "kvCacheMemoryBytes" | "blockSize" | "maxModelLen">,
-  bytesPerBlock: number,
-): number {
-  const numBlocks = Math.floor(init.kvCacheMemoryBytes / bytesPerBlock);
-  // Block 0 is the null block, so one fewer is usable.
-  const numTokens = Math.max(0, numBlocks - 1) * init.blockSize;
-  if (numTokens < init.maxModelLen) {
-    throw new RangeError(
-      `A KV cache of ${init.kvCacheMemoryBytes} bytes holds ${numTokens} tokens ` +
-        `(${bytesPerBlock} bytes per block of ${init.blockSize}), fewer than one sequence of the ` +
-        `maximum length ${init.maxModelLen}: raise --kv-cache-memory or lower --max-model-len`,
-    );
-  }
-  return numBlocks;
-}
-
 async function init(message: WorkerInit): Promise<void> {
-  const backend = NativeBackend.open({
-    backend: message.backend,
-    libraryPath: message.libraryPath,
-    numThreads: message.numThreads,
-  });
-  const loaded = await loadModel(backend, message.modelPath, { showProgress: false });
-  const maxModelLen = Math.min(message.maxModelLen, loaded.config.maxPositionEmbeddings);
-  const dtype = KV_DTYPES[message.kvCacheDtype];
-  const numBlocks = planKvBlocks(
-    { ...message, maxModelLen },
-    KvCache.bytesPerBlock(loaded.config, message.blockSize, dtype),
-  );
-  const kvCache = new KvCache(backend, loaded.config, {
-    blockSize: message.blockSize,
-    numBlocks,
-    dtype,
-  });
-  engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    { ...message.engine, maxModelLen },
-  );
-  release = () => {
-    kvCache.release();
-    loaded.release();
-    backend.close();
-  };
+  const local = await startLocalEngine(message.options);
+  engine = local.engine;
+  release = local.release;
   send({
     type: "ready",
-    numKvBlocks: numBlocks - 1,
-    blockSize: message.blockSize,
-    maxModelLen,
-    loadMs: loaded.loadMs,
-    weightBytes: loaded.model.weights.sizeBytes,
+    numKvBlocks: local.numKvBlocks,
+    blockSize: local.blockSize,
+    maxModelLen: local.maxModelLen,
+    loadMs: local.loaded.loadMs,
+    weightBytes: local.loaded.model.weights.sizeBytes,
+    reservedBytes: local.reservedBytes,
+    kvCacheBytes: local.kvCacheBytes,
     stats: engine.stats(),
   });
 }

@@ -45,7 +45,7 @@ export interface RequestOutput {
   queueMs?: number;
 }
 
-export class Request {
+export class EngineRequest {
   readonly id: string;
   /** The id the caller submitted; differs from `id` for the n > 1 samples. */
   readonly submissionId: string;

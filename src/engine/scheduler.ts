@@ -1,8 +1,8 @@
 // Decides, each step, which requests run and how many of their tokens: a token budget handed to
 // running requests first, then waiting ones (vLLM v1's rule: no separate prefill and decode
 // phases, every request just catches its computed tokens up with its known tokens).
-import type { KvCacheManager } from "./kv_cache_manager.ts";
-import type { Request } from "./request.ts";
+import type { BlockCopy, KvCacheManager } from "./kv_cache_manager.ts";
+import type { EngineRequest } from "./request.ts";
 
 export interface SchedulerConfig {
   /** Token budget of one step (prefill chunks plus decode tokens). */
@@ -22,24 +22,28 @@ export interface SchedulerConfig {
   mode?: "continuous" | "static";
 }
 
-/** One request's share of a step. */
+/** One request's share of a step, as plain data: it can be sent to another thread or rank. */
 export interface ScheduledRequest {
-  request: Request;
+  requestId: string;
   /** Position of the first new token. */
   start: number;
   numNewTokens: number;
+  /** The tokens at positions [start, start + numNewTokens). */
+  tokenIds: number[];
+  /** The request's KV block table, covering at least its first start + numNewTokens positions. */
+  blockIds: number[];
   /** Whether this step reaches the end of its known tokens, so a token is sampled. */
   sample: boolean;
 }
 
-/** Everything the model runner needs for a step; the only thing crossing that boundary. */
+/** Everything the executor needs for a step; the only thing crossing that boundary. */
 export interface SchedulerOutput {
   scheduled: ScheduledRequest[];
   numBatchedTokens: number;
   /** KV block copies (copy-on-write) to do before the forward pass. */
-  blockCopies: { src: number; dst: number }[];
-  /** Requests preempted (by recompute) this step. */
-  preempted: Request[];
+  blockCopies: BlockCopy[];
+  /** Ids of the requests preempted (by recompute) this step. */
+  preemptedIds: string[];
 }
 
 /** A request that can never run: too long for the model or for the whole KV cache. */
@@ -53,8 +57,10 @@ export class RequestTooLongError extends Error {
 export class Scheduler {
   readonly config: Required<SchedulerConfig>;
   #kv: KvCacheManager;
-  #waiting: Request[] = [];
-  #running: Request[] = [];
+  #waiting: EngineRequest[] = [];
+  #running: EngineRequest[] = [];
+  /** Running requests by id, for `commit`, which receives plain data. */
+  #runningById = new Map<string, EngineRequest>();
   #numPreemptions = 0;
 
   constructor(config: SchedulerConfig, kv: KvCacheManager) {
@@ -111,7 +117,7 @@ export class Scheduler {
   }
 
   /** Admits a request to the waiting queue, refusing one that could never run. */
-  add(request: Request): void {
+  add(request: EngineRequest): void {
     const maxLen = request.numPromptTokens + request.params.maxTokens;
     if (maxLen > this.config.maxModelLen) {
       throw new RequestTooLongError(
@@ -131,12 +137,13 @@ export class Scheduler {
   }
 
   /** Puts an already-computed request straight into the running set (a forked n > 1 sample). */
-  addRunning(request: Request): void {
+  addRunning(request: EngineRequest): void {
     request.status = "running";
     this.#running.push(request);
+    this.#runningById.set(request.id, request);
   }
 
-  #insertWaiting(request: Request, atFront = false): void {
+  #insertWaiting(request: EngineRequest, atFront = false): void {
     request.status = "waiting";
     if (atFront) {
       this.#waiting.unshift(request);
@@ -149,15 +156,16 @@ export class Scheduler {
   }
 
   /** Removes a request wherever it is and frees its KV blocks at once. */
-  remove(request: Request): void {
+  remove(request: EngineRequest): void {
     this.#waiting = this.#waiting.filter((r) => r !== request);
     this.#running = this.#running.filter((r) => r !== request);
+    this.#runningById.delete(request.id);
     this.#kv.free(request.id);
   }
 
   /** The running request to preempt: lowest priority (highest value), then newest. */
-  #pickVictim(): Request | undefined {
-    let victim: Request | undefined;
+  #pickVictim(): EngineRequest | undefined {
+    let victim: EngineRequest | undefined;
     for (const r of this.#running) {
       if (
         victim === undefined || r.priority > victim.priority ||
@@ -170,8 +178,9 @@ export class Scheduler {
   }
 
   /** Preemption by recompute: drop the KV, keep the tokens, requeue at the front. */
-  #preempt(victim: Request, preempted: Request[]): void {
+  #preempt(victim: EngineRequest, preempted: EngineRequest[]): void {
     this.#running = this.#running.filter((r) => r !== victim);
+    this.#runningById.delete(victim.id);
     this.#kv.free(victim.id);
     victim.numComputedTokens = 0;
     victim.numPreemptions++;
@@ -181,8 +190,9 @@ export class Scheduler {
   }
 
   schedule(): SchedulerOutput {
-    const scheduled: ScheduledRequest[] = [];
-    const preempted: Request[] = [];
+    // Requests, not plain shares, until the end: block tables are read once allocation is done.
+    const scheduled: { request: EngineRequest; start: number; numNewTokens: number }[] = [];
+    const preempted: EngineRequest[] = [];
     let budget = this.config.maxNumBatchedTokens;
     const chunk = (remaining: number) =>
       this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
@@ -190,7 +200,9 @@ export class Scheduler {
     // Running requests first, in admission order, so older requests keep making progress.
     const running = [...this.#running].sort((a, b) => a.arrival - b.arrival);
     for (const request of running) {
-      if (budget === 0) break;
+      // n > 1 samples join the running set without admission, so the cap is checked here too:
+      // the executor's buffers are sized for at most maxNumSeqs sequences a step.
+      if (budget === 0 || scheduled.length >= this.config.maxNumSeqs) break;
       if (!this.#running.includes(request)) continue; // preempted earlier in this loop
       const numNew = chunk(request.numTokens - request.numComputedTokens);
       if (numNew === 0 || numNew > budget) continue;
@@ -205,7 +217,7 @@ export class Scheduler {
         allocated = this.#kv.allocateSlots(request, numNew);
       }
       if (!allocated) continue;
-      scheduled.push(this.#share(request, numNew));
+      scheduled.push({ request, start: request.numComputedTokens, numNewTokens: numNew });
       budget -= numNew;
     }
 
@@ -214,6 +226,7 @@ export class Scheduler {
     const canAdmit = preempted.length === 0 && (!isStatic || this.#running.length === 0);
     while (canAdmit && this.#waiting.length > 0 && budget > 0) {
       if (this.#running.length >= this.config.maxNumSeqs) break;
+      if (scheduled.length >= this.config.maxNumSeqs) break;
       const request = this.#waiting[0];
       const cached = this.#kv.findCachedPrefix(request);
       const numNew = chunk(request.numTokens - cached.numTokens);
@@ -224,40 +237,48 @@ export class Scheduler {
       if (!this.#kv.allocateSlots(request, reserve, cached)) break;
       this.#waiting.shift();
       request.numComputedTokens = cached.numTokens;
-      request.status = "running";
-      this.#running.push(request);
-      scheduled.push(this.#share(request, numNew));
+      this.addRunning(request);
+      scheduled.push({ request, start: request.numComputedTokens, numNewTokens: numNew });
       budget -= numNew;
     }
 
     return {
-      scheduled,
+      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens)),
       numBatchedTokens: this.config.maxNumBatchedTokens - budget,
       blockCopies: this.#kv.takePendingCopies(),
-      preempted,
+      preemptedIds: preempted.map((r) => r.id),
     };
   }
 
-  #share(request: Request, numNewTokens: number): ScheduledRequest {
-    const start = request.numComputedTokens;
+  #share(request: EngineRequest, start: number, numNewTokens: number): ScheduledRequest {
     return {
-      request,
+      requestId: request.id,
       start,
       numNewTokens,
+      tokenIds: request.tokenIds.slice(start, start + numNewTokens),
+      blockIds: this.#kv.blockTable(request.id),
       sample: start + numNewTokens === request.numTokens,
     };
+  }
+
+  /** A running request by id: the engine maps a step's plain data back to its requests. */
+  runningRequest(id: string): EngineRequest {
+    const request = this.#runningById.get(id);
+    if (request === undefined) throw new RangeError(`Request ${id} is not running`);
+    return request;
   }
 
   /** After the forward pass: the scheduled tokens now have KV. */
   commit(output: SchedulerOutput): void {
     for (const s of output.scheduled) {
-      s.request.numComputedTokens = s.start + s.numNewTokens;
-      this.#kv.commitComputed(s.request, s.request.numComputedTokens);
+      const request = this.runningRequest(s.requestId);
+      request.numComputedTokens = s.start + s.numNewTokens;
+      this.#kv.commitComputed(request, request.numComputedTokens);
     }
   }
 
   /** Drops a finished request and frees its blocks. */
-  finish(request: Request): void {
+  finish(request: EngineRequest): void {
     this.remove(request);
   }
 }

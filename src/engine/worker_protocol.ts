@@ -1,18 +1,11 @@
 // Messages between the main thread (AsyncEngine) and the engine worker.
-import type { EngineConfig, EngineStats } from "./engine.ts";
+import type { EngineStats } from "./engine.ts";
+import type { EngineOptions } from "./local_engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
 
 export interface WorkerInit {
   type: "init";
-  modelPath: string;
-  backend?: "cpu" | "cuda";
-  libraryPath?: string;
-  numThreads: number;
-  blockSize: number;
-  kvCacheDtype: "f32" | "f16" | "bf16";
-  kvCacheMemoryBytes: number;
-  maxModelLen: number;
-  engine: Omit<EngineConfig, "maxModelLen">;
+  options: EngineOptions;
 }
 
 export type ToWorker =
@@ -34,6 +27,9 @@ export type FromWorker =
     maxModelLen: number;
     loadMs: number;
     weightBytes: number;
+    /** Device bytes reserved for steps (scratch, metadata, kernel workspace) and for KV. */
+    reservedBytes: number;
+    kvCacheBytes: number;
     stats: EngineStats;
   }
   | { type: "outputs"; outputs: RequestOutput[]; stats: EngineStats; stepMs: number }

@@ -155,12 +155,10 @@ async function startEngine(
       kvCacheDtype: config.kvCacheDtype,
       kvCacheMemoryBytes: config.kvCacheMemoryBytes,
       maxModelLen,
-      engine: {
-        maxNumBatchedTokens: config.maxNumBatchedTokens,
-        maxNumSeqs: config.maxNumSeqs,
-        enablePrefixCaching: config.enablePrefixCaching,
-        mode: config.scheduler,
-      },
+      maxNumBatchedTokens: config.maxNumBatchedTokens,
+      maxNumSeqs: config.maxNumSeqs,
+      enablePrefixCaching: config.enablePrefixCaching,
+      mode: config.scheduler,
     });
   try {
     return { engine: await start(device.backend), device: device.description };
@@ -263,6 +261,8 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
       kv_dtype: config.kvCacheDtype,
       max_model_len: engine.maxModelLen,
       weight_bytes: engine.weightBytes,
+      kv_cache_bytes: engine.kvCacheBytes,
+      step_reserved_bytes: engine.reservedBytes,
       load_ms: Math.round(engine.loadMs),
     });
     tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);

@@ -6,8 +6,9 @@
 //       [--prefill-tokens 2048] [--context 512] [--decode-steps 32] [--batches 1,16,64]
 import { parseArgs } from "node:util";
 import { type DevicePtr, DType, dtypeSize, NativeBackend } from "../../ffi/native.ts";
+import { LocalExecutor } from "../../src/engine/executor.ts";
+import type { ForwardBatch } from "../../src/engine/forward_batch.ts";
 import { KvCache } from "../../src/kv/kv_cache.ts";
-import type { ForwardBatch } from "../../src/model/llama.ts";
 import { loadModel } from "../../src/model/load.ts";
 import type { DeviceMatrix } from "../../src/model/weights.ts";
 
@@ -51,6 +52,13 @@ const kv = new KvCache(backend, config, {
   numBlocks: blocksPerSeq * maxBatch + 1,
   dtype: DType.BF16,
 });
+// Below the scheduler: hand-made batches straight into the executor the engine uses.
+const executor = new LocalExecutor(backend, { model, kvCache: kv }, {
+  maxNumTokens: Math.max(prefillTokens, maxBatch),
+  maxNumSeqs: maxBatch,
+  maxBlocksPerSeq: blocksPerSeq,
+  blockSize: BLOCK_SIZE,
+});
 
 /** Sequence s owns blocks [1 + s * blocksPerSeq, ...): block 0 stays the null block. */
 function blockTable(seq: number): Int32Array {
@@ -68,7 +76,7 @@ function randomTokens(n: number, seed: number): Int32Array {
 /** One forward pass, timed to the returned logits (which wait for the device). */
 function timeForward(batch: ForwardBatch): number {
   const started = performance.now();
-  model.forward(batch, kv);
+  executor.execute(batch);
   return performance.now() - started;
 }
 
@@ -111,6 +119,7 @@ function prefill(): number {
     blockTables: table,
     maxBlocksPerSeq: blocksPerSeq,
     logitRows: Int32Array.of(n - 1),
+    blockCopies: new Int32Array(0),
   };
   timeForward(batch); // warm-up: scratch allocation, kernel loading
   const times = [0, 1, 2].map(() => timeForward(batch));
@@ -137,6 +146,7 @@ function decode(batch: number): { tokPerS: number; stepMs: number } {
       blockTables: tables,
       maxBlocksPerSeq: blocksPerSeq,
       logitRows: Int32Array.from({ length: batch }, (_, s) => s),
+      blockCopies: new Int32Array(0),
     };
   };
   for (let i = 0; i < 3; i++) timeForward(step(i));
@@ -207,6 +217,7 @@ async function runHf(): Promise<HfResult | string> {
 const bandwidth = copyBandwidth();
 const prefillTokPerS = prefill();
 const decodes = new Map(batches.map((b) => [b, decode(b)]));
+executor.release();
 kv.release();
 loaded.release();
 backend.close();

@@ -15,9 +15,8 @@
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
 import { DType, type DTypeId, NativeBackend, offset } from "../../ffi/native.ts";
-import { LLMEngine } from "../../src/engine/engine.ts";
-import { generateAll } from "../../src/generate.ts";
-import { KvCache } from "../../src/kv/kv_cache.ts";
+import { LLM } from "../../src/engine/llm.ts";
+import type { KvCacheDtype } from "../../src/engine/local_engine.ts";
 import { loadModel } from "../../src/model/load.ts";
 import { GREEDY, Rng } from "../../src/sampling.ts";
 import * as ref from "../kernel_reference.ts";
@@ -561,15 +560,15 @@ Deno.test("argument errors match the CPU build", () => {
 
 // --- Generation on stories260K
 
-async function greedyTokens(backend: NativeBackend, cacheDtype: DTypeId): Promise<number[]> {
+async function greedyTokens(backend: NativeBackend, cacheDtype: KvCacheDtype): Promise<number[]> {
   const loaded = await loadModel(backend, MODEL_DIR, { showProgress: false });
-  const kv = new KvCache(backend, loaded.config, {
+  const llm = LLM.over(backend, loaded, {
     blockSize: 5,
-    numBlocks: 40,
-    dtype: cacheDtype,
+    numKvBlocks: 40,
+    kvCacheDtype: cacheDtype,
   });
   try {
-    const result = generateAll({ model: loaded.model, tokenizer: loaded.tokenizer, kv }, {
+    const result = llm.generate({
       promptIds: loaded.tokenizer.encode("Once upon a time"),
       maxTokens: 64,
       sampling: GREEDY,
@@ -577,19 +576,19 @@ async function greedyTokens(backend: NativeBackend, cacheDtype: DTypeId): Promis
     });
     return result.tokenIds;
   } finally {
-    kv.release();
+    llm.release();
     loaded.release();
   }
 }
 
 Deno.test("stories260K: greedy 64 tokens on the device equal the CPU's", async () => {
-  const expected = await greedyTokens(cpu, DType.F32);
-  const actual = await greedyTokens(gpu, DType.F32);
+  const expected = await greedyTokens(cpu, "f32");
+  const actual = await greedyTokens(gpu, "f32");
   if (JSON.stringify(actual) !== JSON.stringify(expected)) {
     fail(`device tokens ${JSON.stringify(actual)}\n  cpu tokens ${JSON.stringify(expected)}`);
   }
   // A bf16 KV cache is the GPU's natural choice; report (not require) how far it agrees.
-  const bf16 = await greedyTokens(gpu, DType.BF16);
+  const bf16 = await greedyTokens(gpu, "bf16");
   const same = bf16.findIndex((t, i) => t !== expected[i]);
   console.log(`  bf16 KV cache: ${same === -1 ? "all 64" : `first ${same}`} tokens equal`);
 });
@@ -597,12 +596,13 @@ Deno.test("stories260K: greedy 64 tokens on the device equal the CPU's", async (
 Deno.test("stories260K: 24 concurrent requests through the engine equal the CPU's", async () => {
   async function runEngine(backend: NativeBackend): Promise<Map<string, number[]>> {
     const loaded = await loadModel(backend, MODEL_DIR, { showProgress: false });
-    const kvCache = new KvCache(backend, loaded.config, { blockSize: 16, numBlocks: 200 });
-    const engine = new LLMEngine(
-      backend,
-      { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-      { maxNumBatchedTokens: 64, maxNumSeqs: 16, maxModelLen: loaded.config.maxPositionEmbeddings },
-    );
+    const llm = LLM.over(backend, loaded, {
+      blockSize: 16,
+      numKvBlocks: 200,
+      maxNumBatchedTokens: 64,
+      maxNumSeqs: 16,
+    });
+    const engine = llm.engine;
     const rng = new Rng(5);
     const tokens = new Map<string, number[]>();
     try {
@@ -621,7 +621,7 @@ Deno.test("stories260K: 24 concurrent requests through the engine equal the CPU'
       }
       return tokens;
     } finally {
-      kvCache.release();
+      llm.release();
       loaded.release();
     }
   }

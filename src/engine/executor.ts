@@ -1,0 +1,99 @@
+// Executors run forward batches. The engine hands one a plain `ForwardBatch` per step and gets
+// logits back; the executor is the only part that knows about devices (and, later, ranks).
+import { dtypeSize, type NativeBackend } from "../../ffi/native.ts";
+import type { KvCache } from "../kv/kv_cache.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import { ForwardWorkspace, type StepCapacity } from "../model/workspace.ts";
+import type { ForwardBatch } from "./forward_batch.ts";
+
+export interface Executor {
+  readonly vocabSize: number;
+  /** KV blocks in the cache, block 0 (the null block) included. */
+  readonly numKvBlocks: number;
+  readonly blockSize: number;
+  /** The largest step `execute` accepts. */
+  readonly capacity: StepCapacity;
+  /** Device bytes reserved for steps (scratch, metadata, kernel workspace), beside weights and KV. */
+  readonly reservedBytes: number;
+  /** Runs one step; returns logits [batch.logitRows.length, vocab], valid until the next call. */
+  execute(batch: ForwardBatch): Float32Array;
+  release(): void;
+}
+
+/** The step capacity the scheduler limits imply for a KV block size. */
+export function stepCapacity(
+  limits: { maxNumBatchedTokens: number; maxNumSeqs: number; maxModelLen: number },
+  blockSize: number,
+): StepCapacity {
+  return {
+    maxNumTokens: limits.maxNumBatchedTokens,
+    // A step never has more sequences than tokens.
+    maxNumSeqs: Math.min(limits.maxNumSeqs, limits.maxNumBatchedTokens),
+    maxBlocksPerSeq: Math.ceil(limits.maxModelLen / blockSize),
+    blockSize,
+  };
+}
+
+/** One device in this process: the model, its KV cache and a workspace reserved up front. */
+export class LocalExecutor implements Executor {
+  readonly vocabSize: number;
+  readonly numKvBlocks: number;
+  readonly blockSize: number;
+  readonly capacity: StepCapacity;
+  readonly reservedBytes: number;
+  #backend: NativeBackend;
+  #model: LlamaModel;
+  #kvCache: KvCache;
+  #workspace: ForwardWorkspace;
+  #blockBytes: number;
+
+  constructor(
+    backend: NativeBackend,
+    parts: { model: LlamaModel; kvCache: KvCache },
+    capacity: StepCapacity,
+  ) {
+    if (capacity.blockSize !== parts.kvCache.blockSize) {
+      throw new RangeError(
+        `The step capacity is for blocks of ${capacity.blockSize} tokens, the KV cache has ` +
+          `${parts.kvCache.blockSize}`,
+      );
+    }
+    this.#backend = backend;
+    this.#model = parts.model;
+    this.#kvCache = parts.kvCache;
+    this.vocabSize = parts.model.config.vocabSize;
+    this.numKvBlocks = parts.kvCache.numBlocks;
+    this.blockSize = parts.kvCache.blockSize;
+    this.#workspace = new ForwardWorkspace(backend, parts.model.config, capacity);
+    this.capacity = this.#workspace.capacity;
+    this.reservedBytes = this.#workspace.reservedBytes;
+    const kv = parts.kvCache;
+    // One block of one layer's K (or V) buffer.
+    this.#blockBytes = kv.numKvHeads * kv.blockSize * kv.headDim * dtypeSize(kv.dtype);
+  }
+
+  execute(batch: ForwardBatch): Float32Array {
+    const ws = this.#workspace;
+    ws.upload(batch); // checks the batch against the capacity before anything runs
+    const numCopies = batch.blockCopies.length / 2;
+    // Copy-on-write lands before the forward pass writes into the destination blocks.
+    if (numCopies > 0) {
+      for (const layer of this.#kvCache.layers) {
+        for (const cache of [layer.k, layer.v]) {
+          this.#backend.copyBlocks({
+            cache,
+            pairs: ws.meta.blockCopies,
+            numPairs: numCopies,
+            blockBytes: this.#blockBytes,
+            numBlocks: this.numKvBlocks,
+          });
+        }
+      }
+    }
+    return this.#model.forward(batch, this.#kvCache, ws);
+  }
+
+  release(): void {
+    this.#workspace.release();
+  }
+}

@@ -1,0 +1,209 @@
+// Every buffer a forward step needs, reserved once at start-up for the largest step the scheduler
+// can emit and kept at fixed addresses: no allocation, free or device sync in the steady state, so
+// a step can later be captured as a CUDA graph.
+import { type DevicePtr, type NativeBackend, offset } from "../../ffi/native.ts";
+import type { ForwardBatch } from "../engine/forward_batch.ts";
+import type { ModelConfig } from "./config.ts";
+
+/** The largest step, from --max-num-batched-tokens, --max-num-seqs and --max-model-len. */
+export interface StepCapacity {
+  /** Tokens in one step: prefill chunks plus decode tokens. */
+  maxNumTokens: number;
+  /** Sequences in one step; also the most rows that get logits and the most block copies. */
+  maxNumSeqs: number;
+  /** Width of every block table: ceil(max model length / block size). */
+  maxBlocksPerSeq: number;
+  /** Tokens per KV block. */
+  blockSize: number;
+}
+
+const F32 = 4;
+const I32 = 4;
+
+/** Device addresses of one step's int32 metadata; fixed for the workspace's lifetime. */
+export interface StepMetadata {
+  tokenIds: DevicePtr; // [maxNumTokens]
+  positions: DevicePtr; // [maxNumTokens]
+  slotMapping: DevicePtr; // [maxNumTokens]
+  seqLens: DevicePtr; // [maxNumSeqs]
+  queryStart: DevicePtr; // [maxNumSeqs + 1]
+  blockTables: DevicePtr; // [maxNumSeqs, maxBlocksPerSeq]
+  logitRows: DevicePtr; // [maxNumSeqs]
+  blockCopies: DevicePtr; // [maxNumSeqs, 2]
+}
+
+/** Checks that a capacity is usable; the messages name the flags the values come from. */
+function checkCapacity(c: StepCapacity): void {
+  const flags: Record<keyof StepCapacity, string> = {
+    maxNumTokens: "--max-num-batched-tokens",
+    maxNumSeqs: "--max-num-seqs",
+    maxBlocksPerSeq: "--max-model-len",
+    blockSize: "--block-size",
+  };
+  for (const key of Object.keys(flags) as (keyof StepCapacity)[]) {
+    if (!Number.isInteger(c[key]) || c[key] <= 0) {
+      throw new RangeError(`${key} (${flags[key]}) must be a positive integer, got ${c[key]}`);
+    }
+  }
+}
+
+// MERGE: replaced by backend.reserveWorkspace once the native branch lands.
+function reserveKernelWorkspace(backend: NativeBackend, args: Record<string, number>): number {
+  const b = backend as unknown as { reserveWorkspace?: (a: Record<string, number>) => number };
+  return b.reserveWorkspace?.(args) ?? 0;
+}
+
+export class ForwardWorkspace {
+  readonly capacity: StepCapacity;
+  /** Device bytes this workspace holds, kernel workspace included. */
+  readonly reservedBytes: number;
+  readonly x: DevicePtr; // [T, hidden] residual stream
+  readonly h: DevicePtr; // [T, hidden] normed / projected
+  readonly qkv: DevicePtr; // [T, qkvDim]
+  readonly attn: DevicePtr; // [T, qDim]
+  readonly gateUp: DevicePtr; // [T, 2 * intermediate]
+  readonly act: DevicePtr; // [T, intermediate]
+  readonly last: DevicePtr; // [S, hidden] rows that get logits
+  readonly logits: DevicePtr; // [S, vocab]
+  readonly meta: StepMetadata;
+  #backend: NativeBackend;
+  #vocabSize: number;
+  #allocations: DevicePtr[] = [];
+  #metaDevice: DevicePtr;
+  /** Staging for the metadata, or on the CPU build a view of the device memory itself. */
+  #metaHost: Int32Array;
+  #metaIsDevice: boolean;
+  #offsets: Record<keyof StepMetadata, number>;
+  #logitsHost: Float32Array;
+
+  constructor(backend: NativeBackend, config: ModelConfig, capacity: StepCapacity) {
+    checkCapacity(capacity);
+    this.#backend = backend;
+    this.#vocabSize = config.vocabSize;
+    this.capacity = { ...capacity };
+    const { maxNumTokens: t, maxNumSeqs: s, maxBlocksPerSeq: w } = capacity;
+    const c = config;
+    const qDim = c.numHeads * c.headDim;
+    const qkvDim = (c.numHeads + 2 * c.numKvHeads) * c.headDim;
+    let bytes = 0;
+    const alloc = (sizeBytes: number) => {
+      const ptr = backend.alloc(sizeBytes);
+      this.#allocations.push(ptr);
+      bytes += sizeBytes;
+      return ptr;
+    };
+    try {
+      this.x = alloc(t * c.hiddenSize * F32);
+      this.h = alloc(t * c.hiddenSize * F32);
+      this.qkv = alloc(t * qkvDim * F32);
+      this.attn = alloc(t * qDim * F32);
+      this.gateUp = alloc(t * 2 * c.intermediateSize * F32);
+      this.act = alloc(t * c.intermediateSize * F32);
+      this.last = alloc(s * c.hiddenSize * F32);
+      this.logits = alloc(s * c.vocabSize * F32);
+      // The metadata regions, in int32 elements, one after another.
+      const lengths: Record<keyof StepMetadata, number> = {
+        tokenIds: t,
+        positions: t,
+        slotMapping: t,
+        seqLens: s,
+        queryStart: s + 1,
+        blockTables: s * w,
+        logitRows: s,
+        blockCopies: 2 * s,
+      };
+      let at = 0;
+      this.#offsets = {} as Record<keyof StepMetadata, number>;
+      for (const key of Object.keys(lengths) as (keyof StepMetadata)[]) {
+        this.#offsets[key] = at;
+        at += lengths[key];
+      }
+      this.#metaDevice = alloc(at * I32);
+      const view = backend.hostView(this.#metaDevice, at * I32);
+      this.#metaIsDevice = view !== null;
+      this.#metaHost = view === null
+        ? new Int32Array(at)
+        : new Int32Array(view.buffer, view.byteOffset, at);
+      const device = this.#metaDevice;
+      const offsets = this.#offsets;
+      this.meta = Object.fromEntries(
+        (Object.keys(offsets) as (keyof StepMetadata)[]).map((k) => [
+          k,
+          offset(device, offsets[k] * I32),
+        ]),
+      ) as unknown as StepMetadata;
+      this.#logitsHost = new Float32Array(s * c.vocabSize);
+      bytes += reserveKernelWorkspace(backend, {
+        maxNumTokens: t,
+        numHeads: c.numHeads,
+        numKvHeads: c.numKvHeads,
+        headDim: c.headDim,
+        blockSize: capacity.blockSize,
+        maxBlocksPerSeq: w,
+      });
+    } catch (error) {
+      this.release();
+      throw error;
+    }
+    this.reservedBytes = bytes;
+  }
+
+  /**
+   * Checks a batch against the capacity and writes its metadata to the fixed places (block tables
+   * widened to the fixed width), with one host-to-device copy, or none on the CPU build.
+   */
+  upload(batch: ForwardBatch): void {
+    const cap = this.capacity;
+    const numTokens = batch.tokenIds.length;
+    const numSeqs = batch.seqLens.length;
+    const numLogits = batch.logitRows.length;
+    const width = batch.maxBlocksPerSeq;
+    if (numTokens === 0) throw new RangeError("A forward batch needs at least one token");
+    if (
+      batch.positions.length !== numTokens || batch.slotMapping.length !== numTokens ||
+      batch.queryStart.length !== numSeqs + 1 || batch.blockTables.length !== numSeqs * width ||
+      batch.blockCopies.length % 2 !== 0
+    ) {
+      throw new RangeError("Forward batch arrays disagree in length");
+    }
+    const over = (what: string, n: number, max: number, flag: string) => {
+      if (n > max) {
+        throw new RangeError(`A step has ${n} ${what}, more than the ${max} reserved (${flag})`);
+      }
+    };
+    over("tokens", numTokens, cap.maxNumTokens, "--max-num-batched-tokens");
+    over("sequences", numSeqs, cap.maxNumSeqs, "--max-num-seqs");
+    over("logit rows", numLogits, cap.maxNumSeqs, "--max-num-seqs");
+    over("blocks per sequence", width, cap.maxBlocksPerSeq, "--max-model-len");
+    over("block copies", batch.blockCopies.length / 2, cap.maxNumSeqs, "--max-num-seqs");
+
+    const host = this.#metaHost;
+    const o = this.#offsets;
+    host.set(batch.tokenIds, o.tokenIds);
+    host.set(batch.positions, o.positions);
+    host.set(batch.slotMapping, o.slotMapping);
+    host.set(batch.seqLens, o.seqLens);
+    host.set(batch.queryStart, o.queryStart);
+    host.set(batch.logitRows, o.logitRows);
+    host.set(batch.blockCopies, o.blockCopies);
+    const fixed = cap.maxBlocksPerSeq;
+    for (let i = 0; i < numSeqs; i++) {
+      const row = o.blockTables + i * fixed;
+      host.set(batch.blockTables.subarray(i * width, (i + 1) * width), row);
+      host.fill(0, row + width, row + fixed);
+    }
+    if (!this.#metaIsDevice) this.#backend.upload(this.#metaDevice, host);
+  }
+
+  /** The logits of the first numRows rows; the array is reused by the next step. */
+  downloadLogits(numRows: number): Float32Array {
+    const out = this.#logitsHost.subarray(0, numRows * this.#vocabSize);
+    this.#backend.download(out, this.logits);
+    return out;
+  }
+
+  release(): void {
+    for (const ptr of this.#allocations) this.#backend.free(ptr);
+    this.#allocations = [];
+  }
+}
