@@ -9,8 +9,8 @@ import { NativeBackend } from "../ffi/native.ts";
 import { LLMEngine } from "../src/engine/engine.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
-import { getPreset } from "../src/model/presets.ts";
-import { generateRandomModel } from "../src/model/random_model.ts";
+import { getPreset } from "../tools/random_model/presets.ts";
+import { generateRandomModel } from "../tools/random_model/random_model.ts";
 import { GREEDY, Rng } from "../src/sampling.ts";
 
 const { values: v } = parseArgs({
