@@ -6,9 +6,9 @@
 // when its cache entry is evicted. Callers free a request's blocks tail first, so a request's last
 // blocks are evicted before its first ones, which are the ones other prompts are likely to share.
 import type { BlockHash } from "./block_hash.ts";
-import { OutOfKvBlocksError } from "../kv/block_allocator.ts";
+import { OutOfKvBlocksError } from "../errors.ts";
 
-// One error class for "out of KV blocks" across the engine and the single-sequence allocator.
+// Re-exported for the pool's callers; src/errors.ts holds the one class.
 export { OutOfKvBlocksError };
 
 /**
