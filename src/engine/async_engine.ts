@@ -2,7 +2,8 @@
 // it by id, read stats. The engine itself runs in a worker thread (engine_worker.ts).
 import type { EngineConfig, EngineStats } from "./engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
-import type { ErrorInfo, FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
+import { RemoteError } from "../errors.ts";
+import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
 export interface AsyncEngineOptions {
   modelPath: string;
@@ -18,13 +19,8 @@ export interface AsyncEngineOptions {
   engine: Omit<EngineConfig, "maxModelLen">;
 }
 
-/** An error raised inside the worker, re-raised here with its original name. */
-export class EngineError extends Error {
-  constructor(info: ErrorInfo) {
-    super(info.message);
-    this.name = info.name;
-  }
-}
+/** An error raised inside the engine worker, re-raised here with its original code and name. */
+export class EngineError extends RemoteError {}
 
 /** Per-request delivery: outputs queue up until the consumer pulls them. */
 class OutputStream {
@@ -89,7 +85,10 @@ export class AsyncEngine {
     worker.onerror = (event) => {
       // An uncaught error in the worker: the engine is gone, so fail like a fatal message.
       event.preventDefault();
-      this.#receive({ type: "fatal", error: { name: "EngineError", message: event.message } });
+      this.#receive({
+        type: "fatal",
+        error: { code: "worker_failed", name: "EngineError", message: event.message },
+      });
     };
   }
 

@@ -165,8 +165,7 @@ async function startEngine(
   try {
     return { engine: await start(device.backend), device: device.description };
   } catch (error) {
-    const isBackendFailure = error instanceof EngineError &&
-      (error.name === "LibraryLoadError" || error.name === "NativeError");
+    const isBackendFailure = error instanceof EngineError && error.code === "native";
     if (config.device.kind !== "auto" || device.backend !== "cuda" || !isBackendFailure) {
       throw error;
     }
