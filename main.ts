@@ -1,6 +1,7 @@
 // denollm command line: a thin dispatcher over the subcommands in src/cli/.
 import { LibraryLoadError, NativeError } from "./ffi/native.ts";
-import { GENERATE_USAGE, runGenerate, UsageError } from "./src/cli/generate.ts";
+import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
+import { UsageError } from "./src/errors.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
 import { RequestTooLongError } from "./src/engine/scheduler.ts";
 import { runServe } from "./src/server/serve.ts";

@@ -1,7 +1,7 @@
 // `denollm serve` configuration: flags, DENOLLM_* variables, precedence, defaults, every kind of bad
 // value, and --help.
 import assert from "node:assert/strict";
-import { UsageError } from "../src/cli/generate.ts";
+import { UsageError } from "../src/errors.ts";
 import {
   defaultHfCache,
   envName,

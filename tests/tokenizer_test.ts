@@ -7,7 +7,10 @@ import { readGguf } from "../src/formats/gguf.ts";
 import { ggufTokenizer } from "../src/tokenizer/gguf.ts";
 import { HfTokenizer, loadHfTokenizer } from "../src/tokenizer/hf.ts";
 import { preTokenizer } from "../src/tokenizer/pretokenize.ts";
-import { buildSyntheticTokenizer, type SyntheticPre } from "../src/tokenizer/synthetic.ts";
+import {
+  buildSyntheticTokenizer,
+  type SyntheticPre,
+} from "../tools/random_model/synthetic_tokenizer.ts";
 import {
   IncrementalDetokenizer,
   type TextTokenizer,

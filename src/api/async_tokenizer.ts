@@ -1,21 +1,13 @@
 // The main thread's handle on the tokenizer worker (tokenizer_worker.ts): prompt text and chat
 // messages go in, token ids come back as promises, and the event loop keeps serving meanwhile.
+import { type ErrorInfo, RemoteError } from "../errors.ts";
 import type { EncodeOptions } from "../tokenizer/tokenizer.ts";
 import type { ChatPromptOptions } from "./chat_prompt.ts";
 import type { ChatMessageInput } from "./schemas.ts";
-import type {
-  FromTokenizerWorker,
-  TokenizerErrorInfo,
-  ToTokenizerWorker,
-} from "./tokenizer_worker.ts";
+import type { FromTokenizerWorker, ToTokenizerWorker } from "./tokenizer_worker.ts";
 
-/** An error raised inside the tokenizer worker, re-raised here with its original name. */
-export class TokenizerWorkerError extends Error {
-  constructor(info: TokenizerErrorInfo) {
-    super(info.message);
-    this.name = info.name;
-  }
-}
+/** An error raised inside the tokenizer worker, re-raised here with its original code and name. */
+export class TokenizerWorkerError extends RemoteError {}
 
 export class AsyncTokenizer {
   #worker: Worker;
@@ -31,7 +23,7 @@ export class AsyncTokenizer {
     worker.onerror = (event) => {
       // An uncaught error in the worker: every pending and later request fails with it.
       event.preventDefault();
-      this.#fail({ name: "TokenizerWorkerError", message: event.message });
+      this.#fail({ code: "worker_failed", name: "TokenizerWorkerError", message: event.message });
     };
   }
 
@@ -107,7 +99,11 @@ export class AsyncTokenizer {
         this.#fail(message.error);
         return;
       case "closed":
-        this.#fail({ name: "TokenizerWorkerError", message: "The tokenizer worker was closed" });
+        this.#fail({
+          code: "worker_failed",
+          name: "TokenizerWorkerError",
+          message: "The tokenizer worker was closed",
+        });
         this.#closed?.();
         return;
       case "ready":
@@ -115,7 +111,7 @@ export class AsyncTokenizer {
     }
   }
 
-  #fail(info: TokenizerErrorInfo): void {
+  #fail(info: ErrorInfo): void {
     this.#fatal = new TokenizerWorkerError(info);
     for (const pending of this.#pending.values()) pending.reject(this.#fatal);
     this.#pending.clear();

@@ -1,6 +1,5 @@
-// The API's one error class and the OpenAI error JSON it becomes.
-import { EngineError } from "../engine/async_engine.ts";
-import { ChatTemplateError } from "../tokenizer/chat_template.ts";
+// The API's one error class, the OpenAI error JSON it becomes, and the status for each error code.
+import { DenollmError, type ErrorCode, ffiErrorCode } from "../errors.ts";
 
 /** The body of every error response, as OpenAI sends it. */
 export interface ErrorBody {
@@ -61,26 +60,54 @@ export function errorResponse(error: ApiError): Response {
   return Response.json(error.body, { status: error.status, headers: error.headers });
 }
 
+/** How an error with a code the client can act on is answered. */
+interface ClientError {
+  status: ErrorStatus;
+  param?: string;
+  /** OpenAI's machine-readable code. */
+  code?: string;
+}
+
 /**
- * Maps the errors that the engine and the chat template raise for a bad request to a 400 (engine
- * and tokenizer worker errors keep their `name` across the worker boundary); anything else stays
- * unmapped, a 500.
+ * The answer for each code: a 400 for a request at fault, or null for a generic 500 (the server's
+ * fault; the details go to the log only).
  */
+const BY_CODE: Readonly<Record<ErrorCode, ClientError | null>> = {
+  // The engine's admission checks (token ids, parameters) throw these; the API validates first,
+  // so reaching here means the two disagree, still the client's request at fault.
+  invalid_argument: { status: 400 },
+  request_too_long: { status: 400, code: "context_length_exceeded" },
+  chat_template: { status: 400, param: "messages" },
+  usage: null,
+  request_id_in_use: null,
+  out_of_kv_blocks: null,
+  model_format: null,
+  hub: null,
+  device: null,
+  native: null,
+  worker_failed: null,
+  internal: null,
+};
+
+/**
+ * The code of an error that declares one: a DenollmError (engine and tokenizer worker errors
+ * keep their code across the worker boundary), or an ffi/ error, by its class name. A plain
+ * RangeError or TypeError thrown on this thread is a bug here, not the client's fault, so it has
+ * none.
+ */
+function declaredCode(error: Error): ErrorCode | undefined {
+  if (error instanceof DenollmError) return error.code;
+  return ffiErrorCode(error.name);
+}
+
+/** The ApiError for an error that is the client's to fix; undefined for anything else. */
 export function fromDomainError(error: unknown): ApiError | undefined {
   if (error instanceof ApiError) return error;
   if (!(error instanceof Error)) return undefined;
-  if (error.name === "RequestTooLongError") {
-    return new ApiError(400, error.message, { code: "context_length_exceeded" });
-  }
-  if (error instanceof ChatTemplateError || error.name === "ChatTemplateError") {
-    return new ApiError(400, error.message, { param: "messages" });
-  }
-  // The engine's admission checks (token ids, parameters) throw these; the API validates first,
-  // so reaching here means the two disagree, still the client's request at fault.
-  if (error instanceof EngineError && (error.name === "RangeError" || error.name === "TypeError")) {
-    return new ApiError(400, error.message);
-  }
-  return undefined;
+  const code = declaredCode(error);
+  const answer = code === undefined ? null : BY_CODE[code];
+  if (answer === null) return undefined;
+  return new ApiError(answer.status, error.message, { param: answer.param, code: answer.code });
 }
 
 /**

@@ -1,15 +1,11 @@
 // The tokenizer's own thread: encodes prompt text and renders chat prompts for the HTTP API, so a
 // long prompt (our tokenizers run at about 1 MB/s) never stalls the main event loop.
 /// <reference lib="deno.worker" />
+import { type ErrorInfo, errorInfo } from "../errors.ts";
 import { openModelSource } from "../model/load.ts";
 import type { EncodeOptions, TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { chatPromptIds, type ChatPromptOptions } from "./chat_prompt.ts";
 import type { ChatMessageInput } from "./schemas.ts";
-
-export interface TokenizerErrorInfo {
-  name: string;
-  message: string;
-}
 
 export type ToTokenizerWorker =
   | { type: "init"; modelPath: string }
@@ -19,21 +15,16 @@ export type ToTokenizerWorker =
 
 export type FromTokenizerWorker =
   | { type: "ready" }
-  | { type: "fatal"; error: TokenizerErrorInfo }
+  | { type: "fatal"; error: ErrorInfo }
   /** Token ids as a transferred buffer: cheaper to hand over than a cloned number[]. */
   | { type: "ids"; id: number; ids: Uint32Array<ArrayBuffer> }
-  | { type: "error"; id: number; error: TokenizerErrorInfo }
+  | { type: "error"; id: number; error: ErrorInfo }
   | { type: "closed" };
 
 let source: { tokenizer: TextTokenizer; chatTemplate: string | null } | undefined;
 
 function send(message: FromTokenizerWorker, transfer: Transferable[] = []): void {
   self.postMessage(message, transfer);
-}
-
-function errorInfo(error: unknown): TokenizerErrorInfo {
-  const e = error instanceof Error ? error : new Error(String(error));
-  return { name: e.name, message: e.message };
 }
 
 function answer(id: number, tokenize: () => number[]): void {

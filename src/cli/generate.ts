@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../../ffi/native.ts";
 import { type GenerationRequest, LLM } from "../engine/llm.ts";
+import { UsageError } from "../errors.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import { renderChat } from "../tokenizer/chat_template.ts";
@@ -23,14 +24,6 @@ export const GENERATE_USAGE = `Usage: denollm generate --model PATH --prompt TEX
   --kv-cache-memory B  KV cache bytes (default: just enough for the prompt and --max-tokens)
   --library PATH       native library to load (default build/libdenollm_cpu.so)
 `;
-
-/** A bad command line: printed with the usage, exit code 2. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
 
 function parseNumber(flag: string, value: string | undefined, fallback: number, integer = false) {
   if (value === undefined) return fallback;

@@ -3,15 +3,11 @@
 import type { EngineStats } from "./engine.ts";
 import type { EngineOptions } from "./local_engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
-import type { ErrorInfo, FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
+import { RemoteError } from "../errors.ts";
+import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
-/** An error raised inside the worker, re-raised here with its original name. */
-export class EngineError extends Error {
-  constructor(info: ErrorInfo) {
-    super(info.message);
-    this.name = info.name;
-  }
-}
+/** An error raised inside the engine worker, re-raised here with its original code and name. */
+export class EngineError extends RemoteError {}
 
 /** Per-request delivery: outputs queue up until the consumer pulls them. */
 class OutputStream {
@@ -80,7 +76,10 @@ export class AsyncEngine {
     worker.onerror = (event) => {
       // An uncaught error in the worker: the engine is gone, so fail like a fatal message.
       event.preventDefault();
-      this.#receive({ type: "fatal", error: { name: "EngineError", message: event.message } });
+      this.#receive({
+        type: "fatal",
+        error: { code: "worker_failed", name: "EngineError", message: event.message },
+      });
     };
   }
 

@@ -6,14 +6,10 @@
 // when its cache entry is evicted. Callers free a request's blocks tail first, so a request's last
 // blocks are evicted before its first ones, which are the ones other prompts are likely to share.
 import type { BlockHash } from "./block_hash.ts";
+import { OutOfKvBlocksError } from "../errors.ts";
 
-/** Raised when an allocation needs more KV blocks than are free. */
-export class OutOfKvBlocksError extends Error {
-  constructor(needed: number, free: number) {
-    super(`Out of KV cache blocks: needed ${needed}, ${free} free`);
-    this.name = "OutOfKvBlocksError";
-  }
-}
+// Re-exported for the pool's callers; src/errors.ts holds the one class.
+export { OutOfKvBlocksError };
 
 /**
  * One KV block. The pool owns every field: read them freely, never write them.

@@ -1,5 +1,6 @@
 // The serving engine: requests in, incremental outputs out, one `step()` at a time
 // (schedule, run the model, process what it sampled).
+import { RequestIdError } from "../errors.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { BlockPool } from "./block_pool.ts";
@@ -30,13 +31,7 @@ export interface EngineStats {
   lastStepDecodeTokens: number;
 }
 
-/** A request id that is already in use or unknown. */
-export class RequestIdError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "RequestIdError";
-  }
-}
+export { RequestIdError };
 
 export class LLMEngine {
   readonly tokenizer: TextTokenizer;

@@ -2,7 +2,8 @@
 // and exchanges requests and outputs with the main thread by message, so forward passes never
 // block the HTTP event loop.
 /// <reference lib="deno.worker" />
-import { LLMEngine } from "./engine.ts";
+import { errorInfo } from "../errors.ts";
+import type { LLMEngine } from "./engine.ts";
 import { startLocalEngine } from "./local_engine.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
@@ -12,11 +13,6 @@ let isLooping = false;
 
 function send(message: FromWorker): void {
   self.postMessage(message);
-}
-
-function errorInfo(error: unknown): { name: string; message: string } {
-  const e = error instanceof Error ? error : new Error(String(error));
-  return { name: e.name, message: e.message };
 }
 
 async function init(message: WorkerInit): Promise<void> {

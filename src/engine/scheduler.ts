@@ -1,6 +1,7 @@
 // Decides, each step, which requests run and how many of their tokens: a token budget handed to
 // running requests first, then waiting ones (vLLM v1's rule: no separate prefill and decode
 // phases, every request just catches its computed tokens up with its known tokens).
+import { RequestTooLongError } from "../errors.ts";
 import type { BlockCopy, KvCacheManager } from "./kv_cache_manager.ts";
 import type { EngineRequest } from "./request.ts";
 
@@ -46,13 +47,8 @@ export interface SchedulerOutput {
   preemptedIds: string[];
 }
 
-/** A request that can never run: too long for the model or for the whole KV cache. */
-export class RequestTooLongError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "RequestTooLongError";
-  }
-}
+// Re-exported for the scheduler's callers; src/errors.ts holds the one class.
+export { RequestTooLongError };
 
 export class Scheduler {
   readonly config: Required<SchedulerConfig>;

@@ -1,4 +1,5 @@
 // Messages between the main thread (AsyncEngine) and the engine worker.
+import type { ErrorInfo } from "../errors.ts";
 import type { EngineStats } from "./engine.ts";
 import type { EngineOptions } from "./local_engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
@@ -14,10 +15,12 @@ export type ToWorker =
   | { type: "abort"; id: string }
   | { type: "shutdown" };
 
-export interface ErrorInfo {
-  name: string;
-  message: string;
-}
+/**
+ * An error from the worker: its code, name and message (src/errors.ts). The code is optional only
+ * while engine_worker.ts still sends `{ name, message }`; the receiver then derives it from the
+ * name. Make this `ErrorInfo` once the worker sends `errorInfo(error)`.
+ */
+export type WorkerErrorInfo = ErrorInfo;
 
 export type FromWorker =
   | {
@@ -33,6 +36,6 @@ export type FromWorker =
     stats: EngineStats;
   }
   | { type: "outputs"; outputs: RequestOutput[]; stats: EngineStats; stepMs: number }
-  | { type: "rejected"; id: string; error: ErrorInfo }
-  | { type: "fatal"; error: ErrorInfo }
+  | { type: "rejected"; id: string; error: WorkerErrorInfo }
+  | { type: "fatal"; error: WorkerErrorInfo }
   | { type: "closed" };

@@ -2,11 +2,12 @@
 // uses: models--org--name/{blobs,snapshots/<commit>,refs/<revision>}), resumable and verified.
 import { createHash, type Hash } from "node:crypto";
 import { z } from "zod";
+import { DenollmError } from "../errors.ts";
 
 /** A download that cannot succeed as asked: bad repo, refused access, corrupt file, no network. */
-export class HubError extends Error {
+export class HubError extends DenollmError {
   constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
+    super("hub", message, options);
     this.name = "HubError";
   }
 }

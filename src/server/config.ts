@@ -2,7 +2,7 @@
 // win), parsed and validated with zod into one typed ServeConfig.
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { UsageError } from "../cli/generate.ts";
+import { UsageError } from "../errors.ts";
 
 export type Device = { kind: "auto" } | { kind: "cpu" } | { kind: "cuda"; ordinal?: number };
 

@@ -1,6 +1,7 @@
 // Picks the backend for --device: asks the CUDA driver (libcuda, by FFI) whether a GPU is there,
 // and checks that the CUDA build of the native library exists.
 import { defaultLibraryPath } from "../../ffi/native.ts";
+import { DenollmError } from "../errors.ts";
 import type { Device } from "./config.ts";
 
 export interface ResolvedDevice {
@@ -10,9 +11,9 @@ export interface ResolvedDevice {
 }
 
 /** A --device value that cannot be served: no GPU, no CUDA build, ordinal out of range. */
-export class DeviceError extends Error {
+export class DeviceError extends DenollmError {
   constructor(message: string) {
-    super(message);
+    super("device", message);
     this.name = "DeviceError";
   }
 }

@@ -4,7 +4,7 @@
 import { LibraryLoadError, NativeError } from "../../ffi/native.ts";
 import { AsyncTokenizer } from "../api/async_tokenizer.ts";
 import { createApp, Metrics } from "../api/mod.ts";
-import { UsageError } from "../cli/generate.ts";
+import { UsageError } from "../errors.ts";
 import { AsyncEngine, EngineError } from "../engine/async_engine.ts";
 import { ModelFormatError } from "../formats/errors.ts";
 import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
@@ -163,8 +163,7 @@ async function startEngine(
   try {
     return { engine: await start(device.backend), device: device.description };
   } catch (error) {
-    const isBackendFailure = error instanceof EngineError &&
-      (error.name === "LibraryLoadError" || error.name === "NativeError");
+    const isBackendFailure = error instanceof EngineError && error.code === "native";
     if (config.device.kind !== "auto" || device.backend !== "cuda" || !isBackendFailure) {
       throw error;
     }

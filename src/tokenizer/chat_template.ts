@@ -1,6 +1,7 @@
 // Renders a model's Jinja chat template (tokenizer_config.json or GGUF tokenizer.chat_template).
 
 import { Template } from "@huggingface/jinja";
+import { DenollmError } from "../errors.ts";
 
 /** One chat turn. */
 export interface ChatMessage {
@@ -24,9 +25,9 @@ export interface RenderChatOptions {
 }
 
 /** The chat template is missing, malformed, or rejected the messages. */
-export class ChatTemplateError extends Error {
+export class ChatTemplateError extends DenollmError {
   constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
+    super("chat_template", message, options);
     this.name = "ChatTemplateError";
   }
 }

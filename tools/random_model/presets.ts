@@ -1,6 +1,6 @@
 // Model shapes for random-weight test models: real checkpoints' config.json plus tiny test shapes.
 
-import type { SyntheticPre } from "../tokenizer/synthetic.ts";
+import type { SyntheticPre } from "./synthetic_tokenizer.ts";
 
 /** A config.json object, with the fields the random model generator relies on typed. */
 export interface HfConfigJson {
