@@ -59,6 +59,23 @@ Deno.test("the engine worker serves concurrent requests, cancels, and rejects", 
     assert.equal(engine.stats.numFreeKvBlocks, engine.stats.numKvBlocks);
     assert.equal(engine.stats.numRunning, 0);
 
+    // The worker loop yields between steps, so messages get in while a request runs: a request
+    // submitted during a long one finishes first, and the long one's abort lands within a few
+    // steps (of the ~470 it would otherwise run), not at its end.
+    const long = engine.generate("long", promptIds, { ...params, maxTokens: 440 });
+    const first = await long.next();
+    assert.equal(first.done, false);
+    const short = await collect(engine.generate("short", promptIds, { ...params, maxTokens: 4 }));
+    assert.equal(short.last.finishReason, "length");
+    engine.abort("long");
+    let lastOfLong = first.value as RequestOutput;
+    for await (const out of { [Symbol.asyncIterator]: () => long }) lastOfLong = out;
+    assert.equal(lastOfLong.finishReason, "abort");
+    assert.ok(
+      lastOfLong.numOutputTokens < 220,
+      `the abort came after ${lastOfLong.numOutputTokens} of 440 tokens`,
+    );
+
     // Admission errors surface through the iterator with their name and message.
     await assert.rejects(
       () => collect(engine.generate("too-long", promptIds, { ...params, maxTokens: 1000 })),
