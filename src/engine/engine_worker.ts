@@ -2,13 +2,12 @@
 // and exchanges requests and outputs with the main thread by message, so forward passes never
 // block the HTTP event loop.
 /// <reference lib="deno.worker" />
-import { DType, NativeBackend } from "../../ffi/native.ts";
+import { formatByName } from "../../ffi/formats.ts";
+import { NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { loadModel } from "../model/load.ts";
 import { LLMEngine } from "./engine.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
-
-const KV_DTYPES = { f32: DType.F32, f16: DType.F16, bf16: DType.BF16 } as const;
 
 let engine: LLMEngine | undefined;
 let release: (() => void) | undefined;
@@ -49,7 +48,11 @@ async function init(message: WorkerInit): Promise<void> {
   });
   const loaded = await loadModel(backend, message.modelPath, { showProgress: false });
   const maxModelLen = Math.min(message.maxModelLen, loaded.config.maxPositionEmbeddings);
-  const dtype = KV_DTYPES[message.kvCacheDtype];
+  const format = formatByName(message.kvCacheDtype);
+  if (format === undefined) {
+    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(message.kvCacheDtype)}`);
+  }
+  const dtype = format.id;
   const numBlocks = planKvBlocks(
     { ...message, maxModelLen },
     KvCache.bytesPerBlock(loaded.config, message.blockSize, dtype),
