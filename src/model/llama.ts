@@ -3,7 +3,7 @@
 import { type DevicePtr, type NativeBackend, offset, RopeStyle } from "../../ffi/native.ts";
 import type { KvCache } from "../kv/kv_cache.ts";
 import type { ModelConfig } from "./config.ts";
-import type { ModelWeights } from "./weights.ts";
+import type { ModelWeights, Projection } from "./weights.ts";
 
 /**
  * One forward step's input, the only thing the scheduler hands the model: new tokens of several
@@ -170,16 +170,7 @@ export class LlamaModel {
         dim: hidden,
         eps: c.rmsNormEps,
       });
-      b.matmul({
-        out: s.qkv,
-        x: s.h,
-        w: layer.qkv.ptr,
-        wDtype: layer.qkv.dtype,
-        bias: layer.qkvBias,
-        m: numTokens,
-        n: qkvDim,
-        k: hidden,
-      });
+      matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
       b.rope({
         x: s.qkv,
         positions,
@@ -246,15 +237,7 @@ export class LlamaModel {
         dim: hidden,
         eps: c.rmsNormEps,
       });
-      b.matmul({
-        out: s.gateUp,
-        x: s.h,
-        w: layer.gateUp.ptr,
-        wDtype: layer.gateUp.dtype,
-        m: numTokens,
-        n: 2 * c.intermediateSize,
-        k: hidden,
-      });
+      matmulProjection(b, layer.gateUp, { out: s.gateUp, x: s.h, m: numTokens });
       b.siluMul({ out: s.act, gateUp: s.gateUp, numTokens, dim: c.intermediateSize });
       b.matmul({
         out: s.h,
@@ -303,5 +286,28 @@ export class LlamaModel {
   release(): void {
     this.#freeScratch();
     this.#backend.free(this.#invFreq);
+  }
+}
+
+/** out = x · projᵀ (+ bias): one matmul per part, each writing its own columns of out's rows. */
+function matmulProjection(
+  b: NativeBackend,
+  proj: Projection,
+  args: { out: DevicePtr; x: DevicePtr; bias?: DevicePtr | null; m: number },
+): void {
+  let row = 0;
+  for (const part of proj.parts) {
+    b.matmul({
+      out: offset(args.out, row * F32),
+      x: args.x,
+      w: part.ptr,
+      wDtype: part.dtype,
+      bias: args.bias ? offset(args.bias, row * F32) : null,
+      m: args.m,
+      n: part.rows,
+      k: proj.cols,
+      outRowStride: proj.rows,
+    });
+    row += part.rows;
   }
 }
