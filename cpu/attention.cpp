@@ -1,7 +1,6 @@
 // Causal paged attention over the KV cache: exact, tiled per cache block with an online softmax.
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "common.h"
 #include "dl_half.h"
@@ -107,13 +106,21 @@ void attend_tile(DlIsa isa, Args... args) {
   }
 }
 
+// Per thread: scores [block_size rounded up to MAX_LANES], m and l [run_heads], acc [run_heads,
+// head_dim], and for 16-bit caches the widened K and V tiles [block_size, head_dim] each.
+int64_t scores_len(int64_t block_size) { return (block_size + MAX_LANES - 1) / MAX_LANES * MAX_LANES; }
+
+int64_t per_thread_floats(int64_t run_heads, int64_t head_dim, int64_t block_size, bool is_f32) {
+  return scores_len(block_size) + 2 * run_heads + run_heads * head_dim + (is_f32 ? 0 : 2 * block_size * head_dim);
+}
+
 struct Shape {
   int32_t num_heads, num_kv_heads, head_dim, q_row_stride, block_size, max_blocks_per_seq;
 };
 
 int32_t validate(const char* fn, const int32_t* block_tables, const int32_t* seq_lens, const int32_t* query_start,
                  int32_t num_seqs, int32_t num_tokens, int32_t block_size, int32_t max_blocks_per_seq,
-                 int32_t num_blocks, std::vector<int32_t>& token_seq) {
+                 int32_t num_blocks, int32_t* token_seq) {
   if (query_start[0] != 0) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected query_start[0] == 0, found %d", fn, query_start[0]);
   }
@@ -154,6 +161,12 @@ int32_t validate(const char* fn, const int32_t* block_tables, const int32_t* seq
 
 }  // namespace
 
+size_t dl_attention_workspace_bytes(int threads, int64_t num_tokens, int64_t run_heads, int64_t head_dim,
+                                    int64_t block_size, bool is_f32) {
+  return dl_align64((size_t)num_tokens * sizeof(int32_t)) +
+         (size_t)threads * (size_t)per_thread_floats(run_heads, head_dim, block_size, is_f32) * sizeof(float);
+}
+
 extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const float* q, const void* k_cache,
                                              const void* v_cache, int32_t cache_dtype, const int32_t* block_tables,
                                              const int32_t* seq_lens, const int32_t* query_start, int32_t num_seqs,
@@ -162,10 +175,44 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
                                              int32_t max_blocks_per_seq, int32_t num_blocks, float scale) {
   return dl_guard("dl_paged_attention", [&]() -> int32_t {
     const char* fn = "dl_paged_attention";
-    // The metadata lives in host memory here, so it is checked too (and token_seq filled in).
-    std::vector<int32_t> token_seq;
+    // The work split, planned in check_metadata once the shape has been validated.
+    int32_t group = 0, heads_per_run = 0, runs = 0;
+    int64_t run_heads = 0, per_thread = 0;
+    const int64_t tile_elems = (int64_t)block_size * head_dim;
+    const bool is_f32 = cache_dtype == DL_DTYPE_F32;
+    const int64_t work = (int64_t)num_tokens * num_heads * head_dim * 64;
+    const int threads = dl_threads_for(ctx, work);
+    auto plan = [&]() {
+      group = num_heads / num_kv_heads;
+      // A work item is one token and a run of its KV heads, walked block by block with the heads
+      // inner: a block's K (then V) tiles of neighbouring KV heads are adjacent in the cache, so
+      // this reads them as one stream instead of 4 KB pieces far apart (24 vs 9 GB/s measured on
+      // Zen 4, and decode attention is bound by reading the cache). Tokens are split into several
+      // runs only when there are fewer tokens than threads. Each head's result does not depend on
+      // the split.
+      const int32_t runs_per_token =
+          (int32_t)std::min<int64_t>(num_kv_heads, (threads + num_tokens - 1) / num_tokens);
+      heads_per_run = (num_kv_heads + runs_per_token - 1) / runs_per_token;
+      runs = (num_kv_heads + heads_per_run - 1) / heads_per_run;
+      run_heads = (int64_t)heads_per_run * group;  // query heads of a run
+      per_thread = per_thread_floats(run_heads, head_dim, block_size, is_f32);
+    };
+
+    // The metadata lives in host memory here, so it is checked too (and token_seq filled in), in
+    // the context workspace: token_seq [num_tokens] first, then the threads' scratch.
+    int32_t* token_seq = nullptr;
+    float* scratch = nullptr;
     auto check_metadata = [&]() -> int32_t {
-      token_seq = std::vector<int32_t>((size_t)num_tokens);  // resize() would export a weak symbol
+      if (num_tokens > 0) {
+        plan();
+        void* workspace = nullptr;
+        DL_TRY(dl_workspace(fn, ctx,
+                            dl_attention_workspace_bytes(threads, num_tokens, run_heads, head_dim, block_size, is_f32),
+                            &workspace));
+        token_seq = static_cast<int32_t*>(workspace);
+        scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) +
+                                           dl_align64((size_t)num_tokens * sizeof(int32_t)));
+      }
       return validate(fn, block_tables, seq_lens, query_start, num_seqs, num_tokens, block_size,
                       max_blocks_per_seq, num_blocks, token_seq);
     };
@@ -175,27 +222,8 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
                                        check_metadata));
     if (num_tokens == 0) return DL_OK;
 
-    const int32_t group = num_heads / num_kv_heads;
-    const int64_t tile_elems = (int64_t)block_size * head_dim;
-    const bool is_f32 = cache_dtype == DL_DTYPE_F32;
-    const int64_t work = (int64_t)num_tokens * num_heads * head_dim * 64;
-    const int threads = dl_threads_for(ctx, work);
-    // A work item is one token and a run of its KV heads, walked block by block with the heads
-    // inner: a block's K (then V) tiles of neighbouring KV heads are adjacent in the cache, so this
-    // reads them as one stream instead of 4 KB pieces far apart (24 vs 9 GB/s measured on Zen 4, and
-    // decode attention is bound by reading the cache). Tokens are split into several runs only when
-    // there are fewer tokens than threads. Each head's result does not depend on the split.
-    const int32_t runs_per_token = (int32_t)std::min<int64_t>(num_kv_heads, (threads + num_tokens - 1) / num_tokens);
-    const int32_t heads_per_run = (num_kv_heads + runs_per_token - 1) / runs_per_token;
-    const int32_t runs = (num_kv_heads + heads_per_run - 1) / heads_per_run;
-    const int64_t run_heads = (int64_t)heads_per_run * group;  // query heads of a run
-    // Per thread: scores [block_size rounded up to MAX_LANES], m and l [run_heads], acc [run_heads,
-    // head_dim], and for 16-bit caches the widened K and V tiles [block_size, head_dim] each.
-    const int64_t scores_len = ((int64_t)block_size + MAX_LANES - 1) / MAX_LANES * MAX_LANES;
-    const int64_t per_thread = scores_len + 2 * run_heads + run_heads * head_dim + (is_f32 ? 0 : 2 * tile_elems);
-    std::vector<float> scratch((size_t)(threads * per_thread));
     const int64_t num_items = (int64_t)num_tokens * runs;
-    const int64_t elem = (int64_t)dl_dtype_size(cache_dtype);
+    const int64_t elem = (int64_t)dl_dtype_bytes(cache_dtype, 1);
     const char* k_bytes = static_cast<const char*>(k_cache);
     const char* v_bytes = static_cast<const char*>(v_cache);
     const DlIsa isa = dl_cpu_isa();
@@ -211,8 +239,8 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
       const int32_t visible = position + 1;  // causal: cache positions [0, position]
       const int32_t* table = block_tables + (int64_t)s * max_blocks_per_seq;
 
-      float* scores = scratch.data() + dl_thread_id() * per_thread;  // [scores_len]
-      float* m = scores + scores_len;                                // [run_heads]
+      float* scores = scratch + dl_thread_id() * per_thread;         // [scores_len]
+      float* m = scores + scores_len(block_size);                              // [run_heads]
       float* l = m + run_heads;                                      // [run_heads]
       float* acc = l + run_heads;                                    // [run_heads, head_dim]
       float* k_tile = acc + run_heads * head_dim;                    // [block_size, head_dim]

@@ -20,7 +20,28 @@
 
 struct dl_context {
   int32_t num_threads;  // OpenMP team size used by every kernel launched on this context
+  // Kernel scratch, shared by every kernel of the context: one context is used by one thread at a
+  // time and kernels run one after another, so each call owns all of it (OpenMP threads take
+  // per-thread slices). Grows on demand until dl_reserve_workspace fixes it.
+  void* workspace;
+  size_t workspace_bytes;
+  bool workspace_fixed;
+  // dl_memory_stats counters.
+  uint64_t num_allocs, num_frees, num_workspace_growths;
 };
+
+// At least `bytes` of 64-byte aligned workspace for kernel `fn`, valid until the next kernel call.
+// Grows it when allowed; after dl_reserve_workspace fails with DL_ERR_OUT_OF_MEMORY instead.
+int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out);
+
+// Workspace bytes one call needs (shared by the kernels and dl_reserve_workspace, which passes the
+// largest shapes): paged attention with `run_heads` query heads per work item, RoPE.
+size_t dl_attention_workspace_bytes(int threads, int64_t num_tokens, int64_t run_heads, int64_t head_dim,
+                                    int64_t block_size, bool is_f32);
+size_t dl_rope_workspace_bytes(int threads, int64_t rotary_dim);
+
+// Rounds a byte count up to the workspace's 64-byte alignment.
+constexpr size_t dl_align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 // --- Errors
 

@@ -140,17 +140,18 @@ struct WLoad<DL_DTYPE_BF16> {
 // --- Launcher
 
 extern "C" DL_API int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
-                                    const float* bias, int32_t m, int32_t n, int32_t k) {
+                                    const float* bias, int32_t m, int32_t n, int32_t k, int32_t out_row_stride) {
   const char* fn = "dl_matmul";
-  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k));
+  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
   if (m == 0) return DL_OK;
   const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
+  const int64_t ldo = out_row_stride;
   switch (dl_cpu_isa()) {
 #ifdef DL_X86
-    case DlIsa::avx512: avx512::matmul_dispatch(threads, out, x, w, w_dtype, bias, m, n, k); break;
-    case DlIsa::avx2: avx2::matmul_dispatch(threads, out, x, w, w_dtype, bias, m, n, k); break;
+    case DlIsa::avx512: avx512::matmul_dispatch(threads, out, ldo, x, w, w_dtype, bias, m, n, k); break;
+    case DlIsa::avx2: avx2::matmul_dispatch(threads, out, ldo, x, w, w_dtype, bias, m, n, k); break;
 #endif
-    default: generic::matmul_dispatch(threads, out, x, w, w_dtype, bias, m, n, k); break;
+    default: generic::matmul_dispatch(threads, out, ldo, x, w, w_dtype, bias, m, n, k); break;
   }
   return DL_OK;
 }

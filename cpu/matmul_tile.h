@@ -86,23 +86,24 @@ static void tile_rows(int rm, const float* x, int64_t ldx, const typename WType<
 // parts far apart, and a tile takes one row from each: a few long sequential streams, and as many
 // independent accumulator chains per x row.
 template <int DT>
-static void decode_range(const float* x, const typename WType<DT>::T* w, float* out, const float* bias,
-                         int rm, int64_t n, int64_t k, int64_t col_begin, int64_t col_end) {
+static void decode_range(const float* x, const typename WType<DT>::T* w, float* out, int64_t ldo,
+                         const float* bias, int rm, int64_t k, int64_t col_begin, int64_t col_end) {
   const int64_t part = (col_end - col_begin) / DECODE_STREAMS;
   for (int64_t c = col_begin; c < col_begin + part; c++) {
-    tile_rows<DT, DECODE_STREAMS>(rm, x, k, w + c * k, part, out + c, n, bias ? bias + c : nullptr, k);
+    tile_rows<DT, DECODE_STREAMS>(rm, x, k, w + c * k, part, out + c, ldo, bias ? bias + c : nullptr, k);
   }
   for (int64_t c = col_begin + DECODE_STREAMS * part; c < col_end; c++) {
-    tile_rows<DT, 1>(rm, x, k, w + c * k, 1, out + c, n, bias ? bias + c : nullptr, k);
+    tile_rows<DT, 1>(rm, x, k, w + c * k, 1, out + c, ldo, bias ? bias + c : nullptr, k);
   }
 }
 
 // Prefill: each thread owns a contiguous range of output columns (weight rows), so every weight
 // byte is read by one thread. Within it, a block of weight rows sized to stay in L2 is swept across
-// all x row tiles before moving on, so each block is reused m times from cache.
+// all x row tiles before moving on, so each block is reused m times from cache. Row i of the
+// result goes to out + i * ldo.
 template <int DT>
-static void matmul(int threads, float* out, const float* x, const void* w_raw, const float* bias, int64_t m,
-                   int64_t n, int64_t k) {
+static void matmul(int threads, float* out, int64_t ldo, const float* x, const void* w_raw, const float* bias,
+                   int64_t m, int64_t n, int64_t k) {
   using T = typename WType<DT>::T;
   const T* w = static_cast<const T*>(w_raw);
   const int64_t num_col_tiles = (n + TILE_N - 1) / TILE_N;
@@ -118,7 +119,7 @@ static void matmul(int threads, float* out, const float* x, const void* w_raw, c
     const int64_t tile_begin = num_col_tiles * tid / num_threads;
     const int64_t tile_end = num_col_tiles * (tid + 1) / num_threads;
     if (m <= TILE_M) {
-      decode_range<DT>(x, w, out, bias, (int)m, n, k, tile_begin * TILE_N, std::min(n, tile_end * TILE_N));
+      decode_range<DT>(x, w, out, ldo, bias, (int)m, k, tile_begin * TILE_N, std::min(n, tile_end * TILE_N));
     } else {
       for (int64_t b0 = tile_begin; b0 < tile_end; b0 += block_tiles) {
         const int64_t col_begin = b0 * TILE_N;
@@ -128,10 +129,10 @@ static void matmul(int threads, float* out, const float* x, const void* w_raw, c
           const float* xr = x + r * k;  // [rm, k]
           int64_t c = col_begin;
           for (; c + TILE_N <= col_end; c += TILE_N) {
-            tile_rows<DT, TILE_N>(rm, xr, k, w + c * k, 1, out + r * n + c, n, bias ? bias + c : nullptr, k);
+            tile_rows<DT, TILE_N>(rm, xr, k, w + c * k, 1, out + r * ldo + c, ldo, bias ? bias + c : nullptr, k);
           }
           for (; c < col_end; c++) {
-            tile_rows<DT, 1>(rm, xr, k, w + c * k, 1, out + r * n + c, n, bias ? bias + c : nullptr, k);
+            tile_rows<DT, 1>(rm, xr, k, w + c * k, 1, out + r * ldo + c, ldo, bias ? bias + c : nullptr, k);
           }
         }
       }
@@ -139,9 +140,10 @@ static void matmul(int threads, float* out, const float* x, const void* w_raw, c
   }
 }
 
-static void matmul_dispatch(int threads, float* out, const float* x, const void* w, int32_t w_dtype,
+// w_dtype is one of DL_MATMUL_DTYPES (checked by the launcher).
+static void matmul_dispatch(int threads, float* out, int64_t ldo, const float* x, const void* w, int32_t w_dtype,
                             const float* bias, int64_t m, int64_t n, int64_t k) {
-  if (w_dtype == DL_DTYPE_F32) matmul<DL_DTYPE_F32>(threads, out, x, w, bias, m, n, k);
-  else if (w_dtype == DL_DTYPE_F16) matmul<DL_DTYPE_F16>(threads, out, x, w, bias, m, n, k);
-  else matmul<DL_DTYPE_BF16>(threads, out, x, w, bias, m, n, k);
+  if (w_dtype == DL_DTYPE_F32) matmul<DL_DTYPE_F32>(threads, out, ldo, x, w, bias, m, n, k);
+  else if (w_dtype == DL_DTYPE_F16) matmul<DL_DTYPE_F16>(threads, out, ldo, x, w, bias, m, n, k);
+  else matmul<DL_DTYPE_BF16>(threads, out, ldo, x, w, bias, m, n, k);
 }

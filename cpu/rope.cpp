@@ -1,6 +1,5 @@
 // Rotary position embedding, in place, NEOX (rotate_half) or interleaved pairs.
 #include <cmath>
-#include <vector>
 
 #include "common.h"
 
@@ -39,6 +38,10 @@ static void rope_token(float* row, int32_t position, const float* inv_freq, int3
 
 // --- Launcher
 
+size_t dl_rope_workspace_bytes(int threads, int64_t rotary_dim) {
+  return (size_t)threads * (size_t)rotary_dim * sizeof(float);  // cos and sin, rotary_dim / 2 each
+}
+
 extern "C" DL_API int32_t dl_rope(dl_context* ctx, float* x, const int32_t* positions, const float* inv_freq,
                                   int32_t num_tokens, int32_t num_heads, int32_t head_dim, int32_t rotary_dim,
                                   int32_t row_stride, int32_t style) {
@@ -48,11 +51,13 @@ extern "C" DL_API int32_t dl_rope(dl_context* ctx, float* x, const int32_t* posi
                             row_stride, style));
     if (num_tokens == 0) return DL_OK;
     const int threads = dl_threads_for(ctx, (int64_t)num_tokens * num_heads * rotary_dim * 8);
-    std::vector<float> scratch((size_t)threads * rotary_dim);
+    void* workspace = nullptr;
+    DL_TRY(dl_workspace(fn, ctx, dl_rope_workspace_bytes(threads, rotary_dim), &workspace));
+    float* scratch = static_cast<float*>(workspace);  // [threads, rotary_dim]
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int32_t t = 0; t < num_tokens; t++) {
       rope_token(x + (int64_t)t * row_stride, positions[t], inv_freq, num_heads, head_dim, rotary_dim, style,
-                 scratch.data() + (size_t)dl_thread_id() * rotary_dim);
+                 scratch + (size_t)dl_thread_id() * rotary_dim);
     }
     return DL_OK;
   });

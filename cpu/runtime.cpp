@@ -72,13 +72,14 @@ extern "C" DL_API int32_t dl_context_create(int32_t device, int32_t num_threads,
       threads = 1;
 #endif
     }
-    *out = new dl_context{threads < 1 ? 1 : threads};
+    *out = new dl_context{threads < 1 ? 1 : threads, nullptr, 0, false, 0, 0, 0};
     return DL_OK;
   });
 }
 
 extern "C" DL_API int32_t dl_context_destroy(dl_context* ctx) {
   DL_TRY(dl_check_ctx("dl_context_destroy", ctx));
+  std::free(ctx->workspace);
   delete ctx;
   return DL_OK;
 }
@@ -105,12 +106,72 @@ extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** 
   }
   std::memset(p, 0, (size_t)rounded);
   *out = p;
+  ctx->num_allocs++;
   return DL_OK;
 }
 
 extern "C" DL_API int32_t dl_free(dl_context* ctx, void* ptr) {
   DL_TRY(dl_check_ctx("dl_free", ctx));
+  if (ptr != nullptr) ctx->num_frees++;
   std::free(ptr);  // free(NULL) is a no-op, like cudaFree(NULL)
+  return DL_OK;
+}
+
+// --- Kernel workspace
+
+static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
+  const size_t rounded = dl_align64(bytes);
+  void* p = std::aligned_alloc(64, rounded);
+  if (p == nullptr) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of kernel workspace", fn, rounded);
+  }
+  if (ctx->workspace != nullptr) ctx->num_frees++;
+  std::free(ctx->workspace);
+  ctx->workspace = p;
+  ctx->workspace_bytes = rounded;
+  ctx->num_allocs++;
+  ctx->num_workspace_growths++;
+  return DL_OK;
+}
+
+int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out) {
+  if (bytes > ctx->workspace_bytes) {
+    if (ctx->workspace_fixed) {
+      return dl_fail(DL_ERR_OUT_OF_MEMORY,
+                     "%s: this call needs %zu bytes of kernel workspace; dl_reserve_workspace reserved %zu",
+                     fn, bytes, ctx->workspace_bytes);
+    }
+    DL_TRY(grow_workspace(fn, ctx, bytes));
+  }
+  *out = ctx->workspace;
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens, int32_t num_heads,
+                                               int32_t num_kv_heads, int32_t head_dim, int32_t block_size,
+                                               int32_t max_blocks_per_seq, uint64_t* out_bytes) {
+  const char* fn = "dl_reserve_workspace";
+  DL_TRY(dl_validate_reserve_workspace(fn, ctx, max_num_tokens, num_heads, num_kv_heads, head_dim, block_size,
+                                       max_blocks_per_seq, out_bytes));
+  // Attention's worst case: a work item holding every query head, a 16-bit cache to widen.
+  const size_t attention =
+      dl_attention_workspace_bytes(ctx->num_threads, max_num_tokens, num_heads, head_dim, block_size, false);
+  const size_t rope = dl_rope_workspace_bytes(ctx->num_threads, head_dim);
+  const size_t need = attention > rope ? attention : rope;
+  if (need > ctx->workspace_bytes) DL_TRY(grow_workspace(fn, ctx, need));
+  ctx->workspace_fixed = true;
+  *out_bytes = ctx->workspace_bytes;
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_memory_stats(dl_context* ctx, uint64_t* out) {
+  const char* fn = "dl_memory_stats";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  out[0] = ctx->num_allocs;
+  out[1] = ctx->num_frees;
+  out[2] = ctx->workspace_bytes;
+  out[3] = ctx->num_workspace_growths;
   return DL_OK;
 }
 
@@ -148,7 +209,7 @@ extern "C" DL_API int32_t dl_convert(dl_context* ctx, void* dst, int32_t dst_dty
   if (num_elements == 0) return DL_OK;
   const int64_t n = (int64_t)num_elements;
   if (dst_dtype == src_dtype) {
-    std::memmove(dst, src, (size_t)n * dl_dtype_size(src_dtype));
+    std::memmove(dst, src, (size_t)dl_dtype_bytes(src_dtype, num_elements));
     return DL_OK;
   }
   auto from_f32 = [](float v) { return v; };

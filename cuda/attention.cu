@@ -453,12 +453,17 @@ int32_t allow_smem(const char* fn, dl_context* ctx, Kernel kernel, size_t bytes)
   return DL_OK;
 }
 
+// Cache positions per decode partition: a partition's scores fill at most 32 KiB of shared memory.
+int32_t decode_part_len(int64_t group) {
+  int32_t part_len = 256;
+  if (group * part_len > 8192) part_len = max(32, (int32_t)(8192 / group) / 32 * 32);
+  return part_len;
+}
+
 template <int DT>
 int32_t launch_decode(const char* fn, dl_context* ctx, const AttentionParams& p) {
   const int group = p.group, hd = p.head_dim;
-  // A partition's scores fill at most 32 KiB of shared memory.
-  int32_t part_len = 256;
-  if ((int64_t)group * part_len > 8192) part_len = max(32, (8192 / group) / 32 * 32);
+  const int32_t part_len = decode_part_len(group);
   const int32_t num_parts = (int32_t)(((int64_t)p.max_len + part_len - 1) / part_len);
   if (num_parts > 65535) {
     return dl_fail(DL_ERR_UNSUPPORTED, "%s: a context of %d positions is too long", fn,
@@ -472,9 +477,12 @@ int32_t launch_decode(const char* fn, dl_context* ctx, const AttentionParams& p)
   float* part_acc = nullptr;
   if (num_parts > 1) {
     const size_t slots = (size_t)p.num_tokens * p.num_heads * num_parts;
-    void* scratch = nullptr;
-    DL_TRY(dl_scratch(ctx, slots * (2 + (size_t)hd) * sizeof(float), &scratch));
-    part_ml = static_cast<float*>(scratch);
+    void* workspace = nullptr;
+    DL_TRY(dl_workspace(fn, ctx,
+                        dl_attention_workspace_bytes(p.num_tokens, p.num_heads, p.num_kv_heads, hd,
+                                                     p.max_len),
+                        &workspace));
+    part_ml = static_cast<float*>(workspace);
     part_acc = part_ml + slots * 2;
   }
   const dim3 grid((unsigned)p.num_tokens, (unsigned)p.num_kv_heads, (unsigned)num_parts);
@@ -524,6 +532,16 @@ int32_t launch_attention(const char* fn, dl_context* ctx, const AttentionParams&
 
 }  // namespace
 
+// Only split decode needs a workspace: per (token, head, partition) its max and sum of exp
+// [2] and its unnormalized output [head_dim]. Prefill (flash) needs none.
+size_t dl_attention_workspace_bytes(int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
+                                    int64_t head_dim, int64_t max_len) {
+  const int64_t part_len = decode_part_len(num_heads / num_kv_heads);
+  const int64_t num_parts = (max_len + part_len - 1) / part_len;
+  if (num_parts <= 1) return 0;
+  return (size_t)num_tokens * num_heads * num_parts * (2 + head_dim) * sizeof(float);
+}
+
 extern "C" int32_t dl_paged_attention(dl_context* ctx, float* out, const float* q,
                                       const void* k_cache, const void* v_cache,
                                       int32_t cache_dtype, const int32_t* block_tables,
@@ -568,7 +586,7 @@ extern "C" int32_t dl_paged_attention(dl_context* ctx, float* out, const float* 
   p.max_len = (int32_t)(max_len > INT32_MAX ? INT32_MAX : max_len);
   p.group = num_heads / num_kv_heads;
   p.scale = scale;
-  p.vec = ((int64_t)head_dim * dl_dtype_size(cache_dtype)) % 16 == 0 &&
+  p.vec = dl_dtype_bytes(cache_dtype, head_dim) % 16 == 0 &&
           dl_is_aligned(k_cache, 16) && dl_is_aligned(v_cache, 16);
   if (cache_dtype == DL_DTYPE_F32) return launch_attention<DL_DTYPE_F32>(fn, ctx, p);
   if (cache_dtype == DL_DTYPE_F16) return launch_attention<DL_DTYPE_F16>(fn, ctx, p);

@@ -25,16 +25,26 @@
 struct dl_context {
   int device;
   cudaStream_t stream;
-  // Grow-only device scratch for kernels that need a workspace (split attention partials).
-  void* scratch;
-  size_t scratch_bytes;
   // Opt-in shared memory per block of this device (bytes).
   int max_smem_optin;
+  // Device workspace for kernels that need one (split attention partials). Grows on demand until
+  // dl_reserve_workspace fixes it; kernels on the stream use it one after another.
+  void* workspace;
+  size_t workspace_bytes;
+  bool workspace_fixed;
+  // dl_memory_stats counters.
+  uint64_t num_allocs, num_frees, num_workspace_growths;
 };
 
-// A device workspace of at least `bytes` on ctx, valid until the next call. Growing it waits for
-// the stream, so kernels still reading the old buffer finish first.
-int32_t dl_scratch(dl_context* ctx, size_t bytes, void** out);
+// A device workspace of at least `bytes` for kernel `fn`, valid for the work it enqueues next.
+// Growing it (only before dl_reserve_workspace; afterwards a larger need fails with
+// DL_ERR_OUT_OF_MEMORY) waits for the stream, so kernels still reading the old buffer finish first.
+int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out);
+
+// Workspace bytes of dl_paged_attention for these shapes (shared by the kernel and
+// dl_reserve_workspace, which passes the largest ones).
+size_t dl_attention_workspace_bytes(int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
+                                    int64_t head_dim, int64_t max_len);
 
 inline bool dl_is_aligned(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;

@@ -38,7 +38,7 @@ extern "C" int32_t dl_convert(dl_context* ctx, void* dst, int32_t dst_dtype, con
   const int64_t n = (int64_t)num_elements;
   cudaStream_t s = ctx->stream;
   if (dst_dtype == src_dtype) {
-    DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * dl_dtype_size(src_dtype),
+    DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)dl_dtype_bytes(src_dtype, num_elements),
                                   cudaMemcpyDeviceToDevice, s));
     return DL_OK;
   }

@@ -1,4 +1,5 @@
-// Linear layer out = x · wᵀ (+ bias): f32 activations, f32 / f16 / bf16 weights, f32 accumulation.
+// Linear layer out = x · wᵀ (+ bias): f32 activations, f32 / f16 / bf16 weights, f32 accumulation,
+// each output row at out + i * out_row_stride.
 //
 // Three kernels, picked by the launcher:
 // - gemv (m <= 8, decode): bandwidth-bound; each warp streams two weight rows with 128-bit loads
@@ -32,11 +33,11 @@ constexpr int WMMA_LD = WMMA_TILE_K + 8;  // padded shared row: 80 bytes, a mult
 // weight rows, loaded with the streaming hint since each is used once; else over single elements.
 template <int DT, int M, bool VEC>
 __global__ __launch_bounds__(GEMV_WARPS * 32) void matmul_gemv_kernel(
-    float* __restrict__ out,                      // [M, n]
+    float* __restrict__ out,                      // [M, ldo], columns [0, n)
     const float* __restrict__ x,                  // [M, k]
     const typename Dtype<DT>::T* __restrict__ w,  // [n, k]
     const float* __restrict__ bias,               // [n] or NULL
-    int32_t n, int32_t k) {
+    int32_t n, int32_t k, int32_t ldo) {
   using T = typename Dtype<DT>::T;
   const int lane = threadIdx.x % 32;
   const int64_t j0 = ((int64_t)blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * GEMV_ROWS;
@@ -100,7 +101,7 @@ __global__ __launch_bounds__(GEMV_WARPS * 32) void matmul_gemv_kernel(
 #pragma unroll
       for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
       if (lane == 0 && j0 + r < n) {
-        out[(int64_t)i * n + j0 + r] = v + (bias != nullptr ? bias[j0 + r] : 0.0f);
+        out[(int64_t)i * ldo + j0 + r] = v + (bias != nullptr ? bias[j0 + r] : 0.0f);
       }
     }
   }
@@ -114,7 +115,8 @@ __global__ __launch_bounds__(256) void matmul_f32_tiled_kernel(float* __restrict
                                                                const float* __restrict__ x,
                                                                const float* __restrict__ w,
                                                                const float* __restrict__ bias,
-                                                               int32_t m, int32_t n, int32_t k) {
+                                                               int32_t m, int32_t n, int32_t k,
+                                                               int32_t ldo) {
   __shared__ float xs[F32_TILE_K][TILE_M + 4];
   __shared__ float ws[F32_TILE_K][TILE_N + 4];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -150,7 +152,7 @@ __global__ __launch_bounds__(256) void matmul_f32_tiled_kernel(float* __restrict
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int64_t c = col0 + tx + 16 * j;
-      if (c < n) out[r * n + c] = acc[i][j] + (bias != nullptr ? bias[c] : 0.0f);
+      if (c < n) out[r * ldo + c] = acc[i][j] + (bias != nullptr ? bias[c] : 0.0f);
     }
   }
 }
@@ -183,7 +185,8 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
                                                           const float* __restrict__ x,
                                                           const uint16_t* __restrict__ w,
                                                           const float* __restrict__ bias,
-                                                          int32_t m, int32_t n, int32_t k) {
+                                                          int32_t m, int32_t n, int32_t k,
+                                                          int32_t ldo) {
   namespace wmma = nvcuda::wmma;
   using H = WmmaType<DT>;
   using T = typename H::T;
@@ -272,7 +275,7 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
       for (int e = lane; e < 256; e += 32) {
         const int64_t r = row0 + wm * 32 + i * 16 + e / 16;
         const int64_t c = col0 + wn * 32 + j * 16 + e % 16;
-        if (r < m && c < n) out[r * n + c] = stage[e] + (bias != nullptr ? bias[c] : 0.0f);
+        if (r < m && c < n) out[r * ldo + c] = stage[e] + (bias != nullptr ? bias[c] : 0.0f);
       }
       __syncwarp();
     }
@@ -282,70 +285,73 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
 
 template <int DT, int M>
 static void launch_gemv_m(cudaStream_t s, float* out, const float* x, const void* w,
-                          const float* bias, int32_t n, int32_t k, bool vec) {
+                          const float* bias, int32_t n, int32_t k, int32_t ldo, bool vec) {
   using T = typename Dtype<DT>::T;
   const int64_t rows_per_block = GEMV_WARPS * GEMV_ROWS;
   const unsigned blocks = (unsigned)((n + rows_per_block - 1) / rows_per_block);
   const T* wt = static_cast<const T*>(w);
   if (vec) {
-    matmul_gemv_kernel<DT, M, true><<<blocks, GEMV_WARPS * 32, 0, s>>>(out, x, wt, bias, n, k);
+    matmul_gemv_kernel<DT, M, true><<<blocks, GEMV_WARPS * 32, 0, s>>>(out, x, wt, bias, n, k, ldo);
   } else {
-    matmul_gemv_kernel<DT, M, false><<<blocks, GEMV_WARPS * 32, 0, s>>>(out, x, wt, bias, n, k);
+    matmul_gemv_kernel<DT, M, false><<<blocks, GEMV_WARPS * 32, 0, s>>>(out, x, wt, bias, n, k, ldo);
   }
 }
 
 template <int DT>
 static void launch_gemv(cudaStream_t s, float* out, const float* x, const void* w,
-                        const float* bias, int32_t m, int32_t n, int32_t k) {
+                        const float* bias, int32_t m, int32_t n, int32_t k, int32_t ldo) {
   using T = typename Dtype<DT>::T;
   const bool vec = ((int64_t)k * sizeof(T)) % 16 == 0 && dl_is_aligned(w, 16) &&
                    dl_is_aligned(x, 16);
   switch (m) {
-    case 1: launch_gemv_m<DT, 1>(s, out, x, w, bias, n, k, vec); break;
-    case 2: launch_gemv_m<DT, 2>(s, out, x, w, bias, n, k, vec); break;
-    case 3: launch_gemv_m<DT, 3>(s, out, x, w, bias, n, k, vec); break;
-    case 4: launch_gemv_m<DT, 4>(s, out, x, w, bias, n, k, vec); break;
-    case 5: launch_gemv_m<DT, 5>(s, out, x, w, bias, n, k, vec); break;
-    case 6: launch_gemv_m<DT, 6>(s, out, x, w, bias, n, k, vec); break;
-    case 7: launch_gemv_m<DT, 7>(s, out, x, w, bias, n, k, vec); break;
-    default: launch_gemv_m<DT, 8>(s, out, x, w, bias, n, k, vec); break;
+    case 1: launch_gemv_m<DT, 1>(s, out, x, w, bias, n, k, ldo, vec); break;
+    case 2: launch_gemv_m<DT, 2>(s, out, x, w, bias, n, k, ldo, vec); break;
+    case 3: launch_gemv_m<DT, 3>(s, out, x, w, bias, n, k, ldo, vec); break;
+    case 4: launch_gemv_m<DT, 4>(s, out, x, w, bias, n, k, ldo, vec); break;
+    case 5: launch_gemv_m<DT, 5>(s, out, x, w, bias, n, k, ldo, vec); break;
+    case 6: launch_gemv_m<DT, 6>(s, out, x, w, bias, n, k, ldo, vec); break;
+    case 7: launch_gemv_m<DT, 7>(s, out, x, w, bias, n, k, ldo, vec); break;
+    default: launch_gemv_m<DT, 8>(s, out, x, w, bias, n, k, ldo, vec); break;
   }
 }
 
 template <int DT>
 static void launch_wmma(cudaStream_t s, float* out, const float* x, const void* w,
-                        const float* bias, int32_t m, int32_t n, int32_t k) {
+                        const float* bias, int32_t m, int32_t n, int32_t k, int32_t ldo) {
   const dim3 grid((unsigned)((n + TILE_N - 1) / TILE_N), (unsigned)((m + TILE_M - 1) / TILE_M));
   const bool vec = k % 8 == 0 && dl_is_aligned(w, 16) && dl_is_aligned(x, 16);
   const uint16_t* wt = static_cast<const uint16_t*>(w);
   if (vec) {
-    matmul_wmma_kernel<DT, true><<<grid, 128, 0, s>>>(out, x, wt, bias, m, n, k);
+    matmul_wmma_kernel<DT, true><<<grid, 128, 0, s>>>(out, x, wt, bias, m, n, k, ldo);
   } else {
-    matmul_wmma_kernel<DT, false><<<grid, 128, 0, s>>>(out, x, wt, bias, m, n, k);
+    matmul_wmma_kernel<DT, false><<<grid, 128, 0, s>>>(out, x, wt, bias, m, n, k, ldo);
   }
 }
 
+// w_dtype is one of DL_MATMUL_DTYPES (checked by dl_validate_matmul).
 extern "C" int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w,
-                             int32_t w_dtype, const float* bias, int32_t m, int32_t n, int32_t k) {
+                             int32_t w_dtype, const float* bias, int32_t m, int32_t n, int32_t k,
+                             int32_t out_row_stride) {
   const char* fn = "dl_matmul";
-  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k));
+  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
   if (m == 0) return DL_OK;
   if ((int64_t)(m + TILE_M - 1) / TILE_M > 65535) {
     return dl_fail(DL_ERR_UNSUPPORTED, "%s: m = %d is larger than this build supports", fn, m);
   }
   cudaStream_t s = ctx->stream;
+  const int32_t ldo = out_row_stride;
   if (m <= GEMV_MAX_M) {
-    if (w_dtype == DL_DTYPE_F32) launch_gemv<DL_DTYPE_F32>(s, out, x, w, bias, m, n, k);
-    else if (w_dtype == DL_DTYPE_F16) launch_gemv<DL_DTYPE_F16>(s, out, x, w, bias, m, n, k);
-    else launch_gemv<DL_DTYPE_BF16>(s, out, x, w, bias, m, n, k);
+    if (w_dtype == DL_DTYPE_F32) launch_gemv<DL_DTYPE_F32>(s, out, x, w, bias, m, n, k, ldo);
+    else if (w_dtype == DL_DTYPE_F16) launch_gemv<DL_DTYPE_F16>(s, out, x, w, bias, m, n, k, ldo);
+    else launch_gemv<DL_DTYPE_BF16>(s, out, x, w, bias, m, n, k, ldo);
   } else if (w_dtype == DL_DTYPE_F32) {
     const dim3 grid((unsigned)((n + TILE_N - 1) / TILE_N), (unsigned)((m + TILE_M - 1) / TILE_M));
     matmul_f32_tiled_kernel<<<grid, 256, 0, s>>>(out, x, static_cast<const float*>(w), bias, m,
-                                                 n, k);
+                                                 n, k, ldo);
   } else if (w_dtype == DL_DTYPE_F16) {
-    launch_wmma<DL_DTYPE_F16>(s, out, x, w, bias, m, n, k);
+    launch_wmma<DL_DTYPE_F16>(s, out, x, w, bias, m, n, k, ldo);
   } else {
-    launch_wmma<DL_DTYPE_BF16>(s, out, x, w, bias, m, n, k);
+    launch_wmma<DL_DTYPE_BF16>(s, out, x, w, bias, m, n, k, ldo);
   }
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;

@@ -43,7 +43,8 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
   int max_smem_optin = 0;
   DL_CUDA_CHECK(
       cudaDeviceGetAttribute(&max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  dl_context* ctx = new (std::nothrow) dl_context{device, nullptr, nullptr, 0, max_smem_optin};
+  dl_context* ctx =
+      new (std::nothrow) dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0};
   if (ctx == nullptr) return dl_fail(DL_ERR_OUT_OF_MEMORY, "cannot allocate a context");
   err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {
@@ -57,7 +58,7 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
 extern "C" int32_t dl_context_destroy(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-  DL_CUDA_CHECK(cudaFree(ctx->scratch));
+  DL_CUDA_CHECK(cudaFree(ctx->workspace));
   DL_CUDA_CHECK(cudaStreamDestroy(ctx->stream));
   delete ctx;
   return DL_OK;
@@ -69,24 +70,66 @@ extern "C" int32_t dl_synchronize(dl_context* ctx) {
   return DL_OK;
 }
 
-// --- Scratch
+// --- Kernel workspace
 
-int32_t dl_scratch(dl_context* ctx, size_t bytes, void** out) {
-  if (bytes > ctx->scratch_bytes) {
-    // Kernels already enqueued may still read the old buffer.
-    DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-    DL_CUDA_CHECK(cudaFree(ctx->scratch));
-    ctx->scratch = nullptr;
-    ctx->scratch_bytes = 0;
-    const size_t grown = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
-    cudaError_t err = cudaMalloc(&ctx->scratch, grown);
-    if (err == cudaErrorMemoryAllocation) {
-      return dl_fail(DL_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of scratch failed", grown);
-    }
-    DL_CUDA_CHECK(err);
-    ctx->scratch_bytes = grown;
+static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
+  // Kernels already enqueued may still read the old buffer.
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  if (ctx->workspace != nullptr) {
+    DL_CUDA_CHECK(cudaFree(ctx->workspace));
+    ctx->num_frees++;
   }
-  *out = ctx->scratch;
+  ctx->workspace = nullptr;
+  ctx->workspace_bytes = 0;
+  cudaError_t err = cudaMalloc(&ctx->workspace, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cudaMalloc of %zu bytes of kernel workspace failed", fn,
+                   bytes);
+  }
+  DL_CUDA_CHECK(err);
+  ctx->workspace_bytes = bytes;
+  ctx->num_allocs++;
+  ctx->num_workspace_growths++;
+  return DL_OK;
+}
+
+int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out) {
+  if (bytes > ctx->workspace_bytes) {
+    if (ctx->workspace_fixed) {
+      return dl_fail(DL_ERR_OUT_OF_MEMORY,
+                     "%s: this call needs %zu bytes of kernel workspace; dl_reserve_workspace "
+                     "reserved %zu",
+                     fn, bytes, ctx->workspace_bytes);
+    }
+    // Unreserved: grow in steps of at least 1 MiB so small shapes do not regrow every call.
+    DL_TRY(grow_workspace(fn, ctx, bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes));
+  }
+  *out = ctx->workspace;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens, int32_t num_heads,
+                                        int32_t num_kv_heads, int32_t head_dim, int32_t block_size,
+                                        int32_t max_blocks_per_seq, uint64_t* out_bytes) {
+  const char* fn = "dl_reserve_workspace";
+  DL_TRY(dl_validate_reserve_workspace(fn, ctx, max_num_tokens, num_heads, num_kv_heads, head_dim,
+                                       block_size, max_blocks_per_seq, out_bytes));
+  const size_t need = dl_attention_workspace_bytes(
+      max_num_tokens, num_heads, num_kv_heads, head_dim, (int64_t)max_blocks_per_seq * block_size);
+  if (need > ctx->workspace_bytes) DL_TRY(grow_workspace(fn, ctx, need));
+  ctx->workspace_fixed = true;
+  *out_bytes = ctx->workspace_bytes;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_memory_stats(dl_context* ctx, uint64_t* out) {
+  const char* fn = "dl_memory_stats";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  out[0] = ctx->num_allocs;
+  out[1] = ctx->num_frees;
+  out[2] = ctx->workspace_bytes;
+  out[3] = ctx->num_workspace_growths;
   return DL_OK;
 }
 
@@ -103,14 +146,16 @@ extern "C" int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
                    (unsigned long long)size_bytes);
   }
   DL_CUDA_CHECK(err);
-  DL_CUDA_CHECK(cudaMemsetAsync(ptr, 0, size_bytes, ctx->stream));
+  ctx->num_allocs++;
   *out = ptr;
+  DL_CUDA_CHECK(cudaMemsetAsync(ptr, 0, size_bytes, ctx->stream));
   return DL_OK;
 }
 
 extern "C" int32_t dl_free(dl_context* ctx, void* ptr) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
   DL_CUDA_CHECK(cudaFree(ptr));
+  if (ptr != nullptr) ctx->num_frees++;
   return DL_OK;
 }
 

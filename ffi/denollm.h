@@ -6,7 +6,8 @@
 // - "Device memory" is memory from dl_alloc(): plain host memory in the CPU build, cudaMalloc memory
 //   in the CUDA build. Every array argument of a kernel is device memory, including small metadata
 //   (token ids, positions, slot mappings, block tables), so the engine is backend-agnostic.
-// - Activations are f32. Weights may be f32, f16 or bf16 (dl_dtype); compute accumulates in f32.
+// - Activations are f32. Weights are in one of the formats of DL_DTYPE_TABLE (dl_dtype); compute
+//   accumulates in f32.
 // - Shapes are written outermost first, row-major: [rows, cols].
 // - The KV cache of one layer is two buffers (K and V), each [num_blocks, num_kv_heads, block_size,
 //   head_dim] in the cache dtype. A token's slot is block_id * block_size + offset_in_block.
@@ -30,7 +31,7 @@ extern "C" {
 #endif
 
 // Bumped on every incompatible change; the TypeScript side refuses a library with another value.
-#define DL_ABI_VERSION 1
+#define DL_ABI_VERSION 2
 
 typedef enum dl_status {
   DL_OK = 0,
@@ -42,11 +43,28 @@ typedef enum dl_status {
   DL_ERR_INTERNAL = 6,
 } dl_status;
 
+// The one table of storage formats (ffi/formats.ts mirrors it; tests/formats_test.ts compares them
+// row by row). A format stores its elements in blocks of block_len elements taking block_bytes
+// bytes each (1 and the element size for plain types), so n elements take n / block_len *
+// block_bytes bytes, n a multiple of block_len. Columns: enum suffix, dl_dtype id (dense from 0),
+// lower-case name, GGUF/ggml type id, the name as GGUF and safetensors spell it, block_len,
+// block_bytes. Adding a format is one row here plus its kernels; a kernel that has none for a
+// format fails with DL_ERR_UNSUPPORTED naming it.
+#define DL_DTYPE_TABLE(X)              \
+  X(F32, 0, "f32", 0, "F32", 1, 4)     \
+  X(F16, 1, "f16", 1, "F16", 1, 2)     \
+  X(BF16, 2, "bf16", 30, "BF16", 1, 2)
+
 typedef enum dl_dtype {
-  DL_DTYPE_F32 = 0,
-  DL_DTYPE_F16 = 1,
-  DL_DTYPE_BF16 = 2,
+#define DL_DTYPE_ENUM_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes) \
+  DL_DTYPE_##suffix = id,
+  DL_DTYPE_TABLE(DL_DTYPE_ENUM_ROW_)
+#undef DL_DTYPE_ENUM_ROW_
 } dl_dtype;
+
+// Number of rows of DL_DTYPE_TABLE: valid dl_dtype ids are [0, DL_DTYPE_COUNT).
+#define DL_DTYPE_COUNT_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes) +1
+#define DL_DTYPE_COUNT (0 DL_DTYPE_TABLE(DL_DTYPE_COUNT_ROW_))
 
 typedef enum dl_rope_style {
   // Hugging Face rotate_half: pairs (i, i + rotary_dim / 2).
@@ -55,7 +73,7 @@ typedef enum dl_rope_style {
   DL_ROPE_INTERLEAVED = 1,
 } dl_rope_style;
 
-// Opaque per-device state: stream, thread count, scratch.
+// Opaque per-device state: stream, thread count, kernel workspace, memory counters.
 typedef struct dl_context dl_context;
 
 // --- Library identity and errors
@@ -97,6 +115,33 @@ DL_API int32_t dl_alloc(
 DL_API int32_t dl_free(
     dl_context* ctx,
     void* ptr);
+
+// Reserves, once at start-up, the context's kernel workspace for the largest step the engine will
+// run: up to max_num_tokens tokens (and sequences) with these attention shapes and contexts of up
+// to max_blocks_per_seq * block_size positions. It covers every kernel's scratch (the CPU build:
+// per-thread attention and RoPE scratch for the context's thread count; the CUDA build: split
+// decode attention partials). Writes the workspace bytes now held to *out_bytes. Afterwards no
+// kernel allocates: a call that would need more than the reservation fails with
+// DL_ERR_OUT_OF_MEMORY naming both sizes. Before any reservation kernels grow the workspace on
+// demand. Calling it again may grow the reservation (it never shrinks).
+DL_API int32_t dl_reserve_workspace(
+    dl_context* ctx,
+    int32_t max_num_tokens,
+    int32_t num_heads,
+    int32_t num_kv_heads,
+    int32_t head_dim,
+    int32_t block_size,
+    int32_t max_blocks_per_seq,
+    uint64_t* out_bytes);
+
+// Writes the context's memory counters to out[0..3]:
+//   out[0] device allocations made by this context: every dl_alloc plus every workspace growth;
+//   out[1] frees: every dl_free of a non-NULL pointer plus every old workspace given back on growth;
+//   out[2] bytes of kernel workspace held now;
+//   out[3] workspace growths (each also counted in out[0]).
+DL_API int32_t dl_memory_stats(
+    dl_context* ctx,
+    uint64_t* out);  // [4]
 
 // Host → device copy of size_bytes.
 DL_API int32_t dl_copy_to_device(
@@ -144,17 +189,21 @@ DL_API int32_t dl_rmsnorm(
     int32_t dim,
     float eps);
 
-// out = x · wᵀ (+ bias): the linear layer of every projection. out must not alias x.
+// out = x · wᵀ (+ bias): the linear layer of every projection. out must not alias x. Row i of the
+// result goes to out + i * out_row_stride, so the parts of a fused projection whose weights differ
+// in format each write their own columns of one output row; the floats between rows are left as
+// they are.
 DL_API int32_t dl_matmul(
     dl_context* ctx,
-    float* out,         // [m, n]
+    float* out,         // [m, out_row_stride], columns [0, n) written
     const float* x,     // [m, k]
     const void* w,      // [n, k] of w_dtype
     int32_t w_dtype,
     const float* bias,  // [n], or NULL
     int32_t m,
     int32_t n,
-    int32_t k);
+    int32_t k,
+    int32_t out_row_stride);  // floats between consecutive rows of out, >= n
 
 // Rotates, in place, the first num_heads heads of each row of x by its token's position.
 // Rows may hold more than the rotated heads (a fused QKV row rotates Q and K heads, not V).

@@ -1,4 +1,5 @@
 // Loads a denollm native library (CPU or CUDA build), checks its ABI version, and wraps its calls.
+import { type FormatId, FORMATS, tensorBytes } from "./formats.ts";
 import { ABI_VERSION, symbols } from "./symbols.gen.ts";
 
 type Library = Deno.DynamicLibrary<typeof symbols>["symbols"];
@@ -6,17 +7,25 @@ type Library = Deno.DynamicLibrary<typeof symbols>["symbols"];
 /** A non-null pointer to device memory (host memory in the CPU build). */
 export type DevicePtr = Deno.PointerObject;
 
-/** Element types the ABI understands; values equal the C enum dl_dtype. */
-export const DType = { F32: 0, F16: 1, BF16: 2 } as const;
-export type DTypeId = (typeof DType)[keyof typeof DType];
+/**
+ * Storage formats the ABI understands, keyed by their GGUF spelling; values equal the C enum
+ * dl_dtype. Built from the one table in ffi/formats.ts.
+ */
+export const DType = Object.fromEntries(FORMATS.map((f) => [f.ggufName, f.id])) as {
+  readonly [F in (typeof FORMATS)[number] as F["ggufName"]]: F["id"];
+};
+export type DTypeId = FormatId;
 
 /** RoPE pairings; values equal the C enum dl_rope_style. */
 export const RopeStyle = { NEOX: 0, INTERLEAVED: 1 } as const;
 export type RopeStyleId = (typeof RopeStyle)[keyof typeof RopeStyle];
 
-/** Bytes per element of each dtype. */
+/**
+ * Bytes per element of a plain (unblocked) format; blocked formats throw RangeError. Prefer
+ * tensorBytes(id, numElements) from ffi/formats.ts, which handles both.
+ */
 export function dtypeSize(dtype: DTypeId): number {
-  return dtype === DType.F32 ? 4 : 2;
+  return tensorBytes(dtype, 1);
 }
 
 /** A failed native call: the status name plus the library's own message. */
@@ -97,6 +106,30 @@ export interface MatmulArgs {
   m: number;
   n: number;
   k: number;
+  /** Floats between consecutive rows of out (>= n; default n). */
+  outRowStride?: number;
+}
+
+/** The largest step the engine will run, for {@link NativeBackend.reserveWorkspace}. */
+export interface WorkspaceShape {
+  maxNumTokens: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  blockSize: number;
+  maxBlocksPerSeq: number;
+}
+
+/** A context's memory counters (dl_memory_stats). */
+export interface MemoryStats {
+  /** Device allocations: every alloc plus every workspace growth. */
+  numAllocs: number;
+  /** Frees: every free of a non-null pointer plus every old workspace given back on growth. */
+  numFrees: number;
+  /** Bytes of kernel workspace held now. */
+  workspaceBytes: number;
+  /** Workspace growths (each also counted in numAllocs). */
+  numWorkspaceGrowths: number;
 }
 
 export interface RopeArgs {
@@ -336,8 +369,57 @@ export class NativeBackend {
   matmul(a: MatmulArgs): void {
     this.#check(
       "dl_matmul",
-      this.#lib.dl_matmul(this.#ctx, a.out, a.x, a.w, a.wDtype, a.bias ?? null, a.m, a.n, a.k),
+      this.#lib.dl_matmul(
+        this.#ctx,
+        a.out,
+        a.x,
+        a.w,
+        a.wDtype,
+        a.bias ?? null,
+        a.m,
+        a.n,
+        a.k,
+        a.outRowStride ?? a.n,
+      ),
     );
+  }
+
+  /**
+   * Reserves the context's kernel workspace for the largest step (call once at start-up); after
+   * it no kernel allocates, and a call needing more fails with DL_ERR_OUT_OF_MEMORY. Returns the
+   * workspace bytes held.
+   */
+  reserveWorkspace(shape: WorkspaceShape): number {
+    const s = shape;
+    this.#check(
+      "dl_reserve_workspace",
+      this.#lib.dl_reserve_workspace(
+        this.#ctx,
+        s.maxNumTokens,
+        s.numHeads,
+        s.numKvHeads,
+        s.headDim,
+        s.blockSize,
+        s.maxBlocksPerSeq,
+        Deno.UnsafePointer.of(this.#outPtr),
+      ),
+    );
+    return Number(this.#outPtr[0]);
+  }
+
+  /** The context's allocation counters and workspace size. */
+  memoryStats(): MemoryStats {
+    const out = new BigUint64Array(4);
+    this.#check(
+      "dl_memory_stats",
+      this.#lib.dl_memory_stats(this.#ctx, Deno.UnsafePointer.of(out)),
+    );
+    return {
+      numAllocs: Number(out[0]),
+      numFrees: Number(out[1]),
+      workspaceBytes: Number(out[2]),
+      numWorkspaceGrowths: Number(out[3]),
+    };
   }
 
   rope(a: RopeArgs): void {

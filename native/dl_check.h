@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "denollm.h"
+#include "dl_dtype.h"
 
 // Records a printf-style message as this thread's last error and returns `status`.
 int32_t dl_fail(int32_t status, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -38,10 +39,16 @@ inline int32_t dl_check_non_negative(const char* fn, const char* name, int64_t v
   return DL_OK;
 }
 
-inline int32_t dl_check_dtype(const char* fn, const char* name, int32_t dtype) {
-  if (dtype != DL_DTYPE_F32 && dtype != DL_DTYPE_F16 && dtype != DL_DTYPE_BF16) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s to be a dl_dtype (0 f32, 1 f16, 2 bf16), found %d",
-                   fn, name, dtype);
+// A dtype id of DL_DTYPE_TABLE (DL_ERR_INVALID_ARGUMENT otherwise) that this kernel family has
+// kernels for (`supported`, a bit set of dtype ids; DL_ERR_UNSUPPORTED naming the format otherwise).
+inline int32_t dl_check_dtype(const char* fn, const char* name, int32_t dtype, uint32_t supported) {
+  const dl_dtype_info* info = dl_dtype_find(dtype);
+  if (info == nullptr) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s to be a dl_dtype in [0, %d), found %d", fn, name,
+                   DL_DTYPE_COUNT, dtype);
+  }
+  if ((supported & dl_dtype_bit(dtype)) == 0) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: %s %s (%d) has no kernel in this build", fn, name, info->name, dtype);
   }
   return DL_OK;
 }
@@ -54,5 +61,3 @@ inline int32_t dl_check_num_elements(const char* fn, uint64_t num_elements) {
   }
   return DL_OK;
 }
-
-inline size_t dl_dtype_size(int32_t dtype) { return dtype == DL_DTYPE_F32 ? 4 : 2; }

@@ -12,14 +12,25 @@
 
 #include "dl_check.h"
 
+// A row of elements of a blocked format must hold whole blocks.
+inline int32_t dl_check_whole_blocks(const char* fn, const char* name, int64_t v, int32_t dtype) {
+  const int64_t block_len = DL_DTYPES[dtype].block_len;
+  if (v % block_len != 0) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s to be a multiple of the %s block length %lld, found %lld",
+                   fn, name, DL_DTYPES[dtype].name, (long long)block_len, (long long)v);
+  }
+  return DL_OK;
+}
+
 inline int32_t dl_validate_embedding(const char* fn, const dl_context* ctx, const float* out, const void* table,
                                      int32_t table_dtype, const int32_t* token_ids, int32_t num_tokens,
                                      int32_t vocab_size, int32_t dim) {
   DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype));
+  DL_TRY(dl_check_dtype(fn, "table_dtype", table_dtype, DL_EMBEDDING_DTYPES));
   DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
   DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
   DL_TRY(dl_check_positive(fn, "dim", dim));
+  DL_TRY(dl_check_whole_blocks(fn, "dim", dim, table_dtype));
   if (num_tokens == 0) return DL_OK;
   DL_TRY(dl_check_ptr(fn, "out", out));
   DL_TRY(dl_check_ptr(fn, "table", table));
@@ -43,17 +54,23 @@ inline int32_t dl_validate_rmsnorm(const char* fn, const dl_context* ctx, const 
 }
 
 inline int32_t dl_validate_matmul(const char* fn, const dl_context* ctx, const float* out, const float* x,
-                                  const void* w, int32_t w_dtype, int32_t m, int32_t n, int32_t k) {
+                                  const void* w, int32_t w_dtype, int32_t m, int32_t n, int32_t k,
+                                  int32_t out_row_stride) {
   DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "w_dtype", w_dtype));
+  DL_TRY(dl_check_dtype(fn, "w_dtype", w_dtype, DL_MATMUL_DTYPES));
   DL_TRY(dl_check_non_negative(fn, "m", m));
   DL_TRY(dl_check_positive(fn, "n", n));
   DL_TRY(dl_check_positive(fn, "k", k));
+  DL_TRY(dl_check_whole_blocks(fn, "k", k, w_dtype));
+  if (out_row_stride < n) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected out_row_stride >= n (%d), found %d", fn, n, out_row_stride);
+  }
   if (m == 0) return DL_OK;
   DL_TRY(dl_check_ptr(fn, "out", out));
   DL_TRY(dl_check_ptr(fn, "x", x));
   DL_TRY(dl_check_ptr(fn, "w", w));
-  const auto out_begin = (uintptr_t)out, out_end = out_begin + (uintptr_t)m * n * sizeof(float);
+  const auto out_begin = (uintptr_t)out;
+  const auto out_end = out_begin + ((uintptr_t)(m - 1) * out_row_stride + n) * sizeof(float);
   const auto x_begin = (uintptr_t)x, x_end = x_begin + (uintptr_t)m * k * sizeof(float);
   if (out_begin < x_end && x_begin < out_end) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected out not to overlap x, found overlapping buffers", fn);
@@ -133,7 +150,7 @@ inline int32_t dl_validate_kv_write(const char* fn, const dl_context* ctx, const
                                     const int32_t* slot_mapping, int32_t num_tokens, int32_t num_kv_heads,
                                     int32_t head_dim, int32_t row_stride, int32_t block_size, int32_t num_blocks) {
   DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
+  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype, DL_KV_CACHE_DTYPES));
   DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
   DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
   DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
@@ -173,8 +190,11 @@ inline int32_t dl_validate_copy_blocks(const char* fn, const dl_context* ctx, co
 inline int32_t dl_validate_convert(const char* fn, const dl_context* ctx, const void* dst, int32_t dst_dtype,
                                    const void* src, int32_t src_dtype, uint64_t num_elements) {
   DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype));
-  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype));
+  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype, DL_CONVERT_DTYPES));
+  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype, DL_CONVERT_DTYPES));
+  DL_TRY(dl_check_num_elements(fn, num_elements));
+  DL_TRY(dl_check_whole_blocks(fn, "num_elements", (int64_t)num_elements, dst_dtype));
+  DL_TRY(dl_check_whole_blocks(fn, "num_elements", (int64_t)num_elements, src_dtype));
   if (num_elements == 0) return DL_OK;
   DL_TRY(dl_check_ptr(fn, "dst", dst));
   DL_TRY(dl_check_ptr(fn, "src", src));
@@ -196,7 +216,7 @@ inline int32_t dl_validate_paged_attention(const char* fn, const dl_context* ctx
                                            int32_t q_row_stride, int32_t block_size, int32_t max_blocks_per_seq,
                                            int32_t num_blocks, float scale, MetadataCheck&& check_metadata) {
   DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype));
+  DL_TRY(dl_check_dtype(fn, "cache_dtype", cache_dtype, DL_KV_CACHE_DTYPES));
   DL_TRY(dl_check_non_negative(fn, "num_seqs", num_seqs));
   DL_TRY(dl_check_non_negative(fn, "num_tokens", num_tokens));
   DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
@@ -230,5 +250,24 @@ inline int32_t dl_validate_paged_attention(const char* fn, const dl_context* ctx
   DL_TRY(dl_check_ptr(fn, "q", q));
   DL_TRY(dl_check_ptr(fn, "k_cache", k_cache));
   DL_TRY(dl_check_ptr(fn, "v_cache", v_cache));
+  return DL_OK;
+}
+
+inline int32_t dl_validate_reserve_workspace(const char* fn, const dl_context* ctx, int32_t max_num_tokens,
+                                             int32_t num_heads, int32_t num_kv_heads, int32_t head_dim,
+                                             int32_t block_size, int32_t max_blocks_per_seq,
+                                             const uint64_t* out_bytes) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_positive(fn, "max_num_tokens", max_num_tokens));
+  DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
+  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  DL_TRY(dl_check_positive(fn, "block_size", block_size));
+  DL_TRY(dl_check_positive(fn, "max_blocks_per_seq", max_blocks_per_seq));
+  if (num_heads % num_kv_heads != 0) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected num_heads (%d) to be a multiple of num_kv_heads, found %d",
+                   fn, num_heads, num_kv_heads);
+  }
+  DL_TRY(dl_check_ptr(fn, "out_bytes", out_bytes));
   return DL_OK;
 }

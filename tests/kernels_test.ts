@@ -350,6 +350,70 @@ Deno.test("matmul rows are bit-identical whatever the batch size and the row's p
   });
 });
 
+Deno.test("matmul with out_row_stride > n writes its columns and leaves the rest untouched", () => {
+  const rand = ref.mulberry32(14);
+  // Decode and prefill tiles, odd sizes; each case writes columns [col, col + n) of rows of stride.
+  const shapes: { m: number; n: number; k: number; stride: number; col: number }[] = [
+    { m: 1, n: 67, k: 333, stride: 131, col: 5 },
+    { m: 3, n: 13, k: 67, stride: 29, col: 16 },
+    { m: 5, n: 129, k: 100, stride: 200, col: 71 },
+    { m: 33, n: 31, k: 17, stride: 97, col: 1 },
+    { m: 64, n: 37, k: 1024, stride: 37 + 64, col: 64 },
+  ];
+  const SENTINEL = -12345.5;
+  withBuffers((b) => {
+    for (const { m, n, k, stride, col } of shapes) {
+      for (const dtype of DTYPES) {
+        const x = ref.randomF32(rand, m * k);
+        const w = randomStored(rand, n * k, dtype);
+        const bias = ref.randomF32(rand, n);
+        const out = b.from(new Float32Array(m * stride).fill(SENTINEL));
+        backend.matmul({
+          out: Deno.UnsafePointer.offset(out, col * 4) as DevicePtr,
+          x: b.from(x),
+          w: b.from(w.stored),
+          wDtype: dtype,
+          bias: b.from(bias),
+          m,
+          n,
+          k,
+          outRowStride: stride,
+        });
+        const expected = ref.matmul(x, w.values, bias, m, n, k);
+        const scale = ref.matmul(absAll(x), absAll(w.values), absAll(bias), m, n, k);
+        const all = b.f32(out, m * stride);
+        const label = `matmul m=${m} n=${n} k=${k} stride=${stride} ${DTYPE_NAMES[dtype]}`;
+        const written = new Float32Array(m * n);
+        for (let i = 0; i < m; i++) {
+          written.set(all.subarray(i * stride + col, i * stride + col + n), i * n);
+          for (let j = 0; j < stride; j++) {
+            if ((j < col || j >= col + n) && all[i * stride + j] !== SENTINEL) {
+              fail(`${label}: row ${i} column ${j} outside the written columns changed`);
+            }
+          }
+        }
+        assertClose(written, expected, (i) => 1e-5 * scale[i], label);
+      }
+    }
+    const buf = b.zeros(4096);
+    assertNativeError(
+      () =>
+        backend.matmul({
+          out: buf,
+          x: b.zeros(64),
+          w: b.zeros(64),
+          wDtype: DType.F32,
+          m: 1,
+          n: 4,
+          k: 4,
+          outRowStride: 3,
+        }),
+      INVALID,
+      /expected out_row_stride >= n \(4\), found 3/,
+    );
+  });
+});
+
 Deno.test("rope rotates the leading heads, NEOX and interleaved, partial rotary_dim", () => {
   const rand = ref.mulberry32(5);
   const cases = [

@@ -42,14 +42,23 @@ async function promptLogits(backend: NativeBackend, path: string): Promise<Float
   }
 }
 
-/** Writes stories260K as sharded safetensors in `dtype`, converting with the native kernel. */
-async function writeVariant(backend: NativeBackend, dtype: "F32" | "F16" | "BF16") {
+type StoredDType = "F32" | "F16" | "BF16";
+
+/**
+ * Writes stories260K as sharded safetensors, each tensor in `dtypeOf(name)` (one dtype for all, or
+ * per tensor), converting with the native kernel.
+ */
+async function writeVariant(
+  backend: NativeBackend,
+  dtypeOf: StoredDType | ((name: string) => StoredDType),
+) {
   const dir = await Deno.makeTempDir({ prefix: "denollm-variant-" });
   for (const name of ["config.json", "tokenizer.json", "tokenizer_config.json"]) {
     await Deno.copyFile(`${HF_DIR}/${name}`, `${dir}/${name}`);
   }
   const tensors = [];
   for (const info of (await readSafetensorsDir(HF_DIR)).values()) {
+    const dtype = typeof dtypeOf === "string" ? dtypeOf : dtypeOf(info.name);
     const f32 = new Uint8Array(info.byteLength);
     await readTensorBytes(info, f32);
     let data = f32;
@@ -98,6 +107,62 @@ Deno.test("sharded and half-precision checkpoints give the same logits", async (
     }
   } finally {
     for (const dir of dirs) await Deno.remove(dir, { recursive: true });
+    backend.close();
+  }
+});
+
+// Q, K, V (and gate, up) in different formats: each run of one format becomes its own part of
+// the fused projection, kept in its format, never widened to f32.
+const MIXED: Record<string, StoredDType> = {
+  "self_attn.q_proj.weight": "F16",
+  "self_attn.k_proj.weight": "BF16",
+  "self_attn.v_proj.weight": "F32",
+  "mlp.gate_proj.weight": "F32",
+  "mlp.up_proj.weight": "F16",
+};
+
+Deno.test("a fused projection of mixed formats loads as one part per format run", async () => {
+  const backend = NativeBackend.open({ numThreads: 2 });
+  let dir: string | undefined;
+  try {
+    const reference = await promptLogits(backend, HF_DIR);
+    dir = await writeVariant(
+      backend,
+      (name) => MIXED[name.replace(/^model\.layers\.\d+\./, "")] ?? "F32",
+    );
+    const loaded = await loadModel(backend, dir, { showProgress: false });
+    try {
+      const c = loaded.config;
+      const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim;
+      for (const layer of loaded.model.weights.layers) {
+        const shape = (p: { parts: { dtype: number; rows: number; cols: number }[] }) =>
+          p.parts.map(({ dtype, rows, cols }) => ({ dtype, rows, cols }));
+        assert.deepEqual(shape(layer.qkv), [
+          { dtype: DType.F16, rows: qDim, cols: c.hiddenSize },
+          { dtype: DType.BF16, rows: kvDim, cols: c.hiddenSize },
+          { dtype: DType.F32, rows: kvDim, cols: c.hiddenSize },
+        ]);
+        assert.equal(layer.qkv.rows, qDim + 2 * kvDim);
+        assert.equal(layer.qkv.cols, c.hiddenSize);
+        assert.deepEqual(shape(layer.gateUp), [
+          { dtype: DType.F32, rows: c.intermediateSize, cols: c.hiddenSize },
+          { dtype: DType.F16, rows: c.intermediateSize, cols: c.hiddenSize },
+        ]);
+        assert.equal(layer.o.dtype, DType.F32);
+      }
+    } finally {
+      loaded.release();
+    }
+    // The forward pass runs the parts into their columns of one output row.
+    const logits = await promptLogits(backend, dir);
+    let maxDiff = 0;
+    for (let i = 0; i < logits.length; i++) {
+      maxDiff = Math.max(maxDiff, Math.abs(logits[i] - reference[i]));
+    }
+    assert.ok(maxDiff < 0.4, `max |diff| ${maxDiff}`);
+    assert.ok(maxDiff > 0, "half-precision parts should not be bit-identical to F32");
+  } finally {
+    if (dir !== undefined) await Deno.remove(dir, { recursive: true });
     backend.close();
   }
 });

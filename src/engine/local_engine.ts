@@ -1,19 +1,14 @@
 // Builds the one serving engine on a local device: KV cache sized from its budget, an executor
 // with every step buffer reserved up front, the scheduler on top. The engine worker (what the
 // daemon serves with), the in-process `LLM` (CLI, tests, benchmarks) and nothing else call this.
-import { DType, type DTypeId, NativeBackend } from "../../ffi/native.ts";
+import { formatByName } from "../../ffi/formats.ts";
+import { NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
-
-const KV_DTYPES: Record<KvCacheDtype, DTypeId> = {
-  f32: DType.F32,
-  f16: DType.F16,
-  bf16: DType.BF16,
-};
 
 /** Defaults shared by every way of starting an engine (the server's flags show the same). */
 export const ENGINE_DEFAULTS = {
@@ -82,7 +77,12 @@ export function createLocalEngine(
   const modelMax = loaded.config.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
   const blockSize = options.blockSize ?? ENGINE_DEFAULTS.blockSize;
-  const dtype = KV_DTYPES[options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype];
+  const dtypeName = options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype;
+  const format = formatByName(dtypeName);
+  if (format === undefined) {
+    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(dtypeName)}`);
+  }
+  const dtype = format.id;
   const bytesPerBlock = KvCache.bytesPerBlock(loaded.config, blockSize, dtype);
   let numBlocks = options.numKvBlocks;
   if (numBlocks === undefined) {

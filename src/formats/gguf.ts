@@ -1,12 +1,14 @@
 // Reads and writes GGUF v2/v3 model files (little endian; F32, F16 and BF16 tensors only).
 
+import { formatByGgmlType, formatByGgufName } from "../../ffi/formats.ts";
 import { ModelFormatError } from "./errors.ts";
 import {
   type DType,
-  dtypeByteSize,
+  dtypeBytes,
   numElements,
   openModelFile,
   readFileAt,
+  supportedDTypes,
   type TensorInfo,
   writeAll,
 } from "./tensor.ts";
@@ -128,8 +130,14 @@ const GGML_TYPE_NAMES: Record<number, string> = {
   35: "TQ2_0",
   39: "MXFP4",
 };
-const GGML_IDS: Record<DType, number> = { F32: 0, F16: 1, BF16: 30 };
-const DTYPE_BY_GGML_ID: Record<number, DType> = { 0: "F32", 1: "F16", 30: "BF16" };
+/** The ggml type id of a supported dtype (the formats table's ggmlType column). */
+function ggmlTypeOf(dtype: DType): number {
+  const info = formatByGgufName(dtype);
+  if (info === undefined) {
+    throw new TypeError(`Expected a dtype of ${supportedDTypes()}, found ${dtype}`);
+  }
+  return info.ggmlType;
+}
 
 const MAGIC = "GGUF";
 const DEFAULT_ALIGNMENT = 32;
@@ -449,19 +457,20 @@ async function readTensorInfo(r: HeaderReader, path: string) {
     ne.push(Number(dim));
   }
   const typeId = await r.u32(`type of tensor ${name}`);
-  const dtype = DTYPE_BY_GGML_ID[typeId];
-  if (dtype === undefined) {
+  const format = formatByGgmlType(typeId);
+  if (format === undefined) {
     throw r.error(
       `unsupported tensor type ${ggmlTypeName(typeId)} (id ${typeId}) for tensor ${name}; ` +
-        `expected F32, F16 or BF16`,
+        `expected ${supportedDTypes()}`,
     );
   }
+  const dtype: DType = format.ggufName;
   const offset = await r.u64(`data offset of tensor ${name}`);
   // GGUF lists ne[] innermost first; PyTorch order puts rows first.
   const shape = ne.reverse();
   let byteLength: number;
   try {
-    byteLength = numElements(shape) * dtypeByteSize(dtype);
+    byteLength = dtypeBytes(dtype, numElements(shape));
   } catch (err) {
     throw new ModelFormatError(path, `tensor ${name} has an absurd shape [${shape}]`, {
       cause: err,
@@ -760,7 +769,7 @@ export async function writeGguf(path: string, options: GgufWriteOptions): Promis
     if (t.shape.length > MAX_DIMS) {
       throw new RangeError(`Expected at most ${MAX_DIMS} dims for ${t.name}, found [${t.shape}]`);
     }
-    const expected = numElements(t.shape) * dtypeByteSize(t.dtype);
+    const expected = dtypeBytes(t.dtype, numElements(t.shape));
     if (!(t.data instanceof Uint8Array) || t.data.byteLength !== expected) {
       throw new RangeError(
         `Expected ${expected} bytes for ${t.dtype} tensor ${t.name} [${t.shape}], ` +
@@ -785,7 +794,7 @@ export async function writeGguf(path: string, options: GgufWriteOptions): Promis
     w.string(t.name);
     w.u32(t.shape.length);
     for (const dim of [...t.shape].reverse()) w.u64(dim);
-    w.u32(GGML_IDS[t.dtype]);
+    w.u32(ggmlTypeOf(t.dtype));
     w.u64(offsets[i]);
   });
   w.padTo(alignment);

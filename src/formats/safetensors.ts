@@ -3,11 +3,12 @@
 import { ModelFormatError } from "./errors.ts";
 import {
   type DType,
-  dtypeByteSize,
+  dtypeBytes,
   isDType,
   numElements,
   openModelFile,
   readFileAt,
+  supportedDTypes,
   type TensorInfo,
   writeAll,
 } from "./tensor.ts";
@@ -85,7 +86,9 @@ function parseEntry(
   if (!isDType(dtype)) {
     throw new ModelFormatError(
       path,
-      `unsupported dtype ${JSON.stringify(dtype)} for tensor ${name}; expected F32, F16 or BF16`,
+      `unsupported dtype ${
+        JSON.stringify(dtype)
+      } for tensor ${name}; expected ${supportedDTypes()}`,
     );
   }
   if (!Array.isArray(shape) || !shape.every(isNonNegativeInt)) {
@@ -117,7 +120,7 @@ function parseEntry(
   }
   let expected: number;
   try {
-    expected = numElements(shape) * dtypeByteSize(dtype);
+    expected = dtypeBytes(dtype, numElements(shape));
   } catch (err) {
     throw new ModelFormatError(path, `tensor ${name} has an invalid shape`, { cause: err });
   }
@@ -279,7 +282,7 @@ function checkTensorData(tensors: readonly TensorData[]): void {
       throw new RangeError(`Expected unique tensor names, found ${t.name} twice`);
     }
     names.add(t.name);
-    const expected = numElements(t.shape) * dtypeByteSize(t.dtype);
+    const expected = dtypeBytes(t.dtype, numElements(t.shape));
     if (!(t.data instanceof Uint8Array) || t.data.byteLength !== expected) {
       throw new RangeError(
         `Expected ${expected} bytes for ${t.dtype} tensor ${t.name} [${t.shape}], ` +

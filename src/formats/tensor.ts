@@ -1,9 +1,19 @@
 // Tensor descriptors shared by the safetensors and GGUF readers, and reading tensor bytes from disk.
 
+import {
+  formatByGgufName,
+  formatNames,
+  type GgufName,
+  isGgufName,
+  tensorBytes,
+} from "../../ffi/formats.ts";
 import { ModelFormatError } from "./errors.ts";
 
-/** Element types the inference kernels accept; everything else is rejected at load time. */
-export type DType = "F32" | "F16" | "BF16";
+/**
+ * Storage formats the inference kernels accept, spelled as in GGUF and safetensors (the rows of
+ * ffi/formats.ts); everything else is rejected at load time.
+ */
+export type DType = GgufName;
 
 /** Where one tensor's raw little-endian bytes live on disk. */
 export interface TensorInfo {
@@ -17,23 +27,30 @@ export interface TensorInfo {
   byteLength: number;
 }
 
-const DTYPE_BYTE_SIZES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };
-
 // One read() call is capped because Linux read(2) returns at most ~2 GiB anyway and a bounded
 // chunk keeps each call's latency predictable.
 const MAX_READ_BYTES = 256 * 1024 * 1024;
 
 /** True when `name` is one of the supported dtypes. */
 export function isDType(name: unknown): name is DType {
-  return typeof name === "string" && Object.hasOwn(DTYPE_BYTE_SIZES, name);
+  return isGgufName(name);
 }
 
-/** Bytes per element of `dtype`. */
-export function dtypeByteSize(dtype: DType): number {
-  if (!isDType(dtype)) {
-    throw new TypeError(`Expected a dtype of F32, F16 or BF16, found ${JSON.stringify(dtype)}`);
+/** "F32, F16 or BF16": the supported dtypes, for error messages. */
+export function supportedDTypes(): string {
+  return formatNames("ggufName").replace(/, ([^,]*)$/, " or $1");
+}
+
+/**
+ * Bytes that `count` elements of `dtype` take; throws RangeError when count is not a multiple of
+ * the format's block length.
+ */
+export function dtypeBytes(dtype: DType, count: number): number {
+  const info = formatByGgufName(dtype);
+  if (info === undefined) {
+    throw new TypeError(`Expected a dtype of ${supportedDTypes()}, found ${JSON.stringify(dtype)}`);
   }
-  return DTYPE_BYTE_SIZES[dtype];
+  return tensorBytes(info.id, count);
 }
 
 /** Number of elements of a tensor with `shape` (1 for a scalar with shape []). */

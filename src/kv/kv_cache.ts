@@ -3,13 +3,8 @@
 // Layout (see ffi/denollm.h): each buffer is [numBlocks, numKvHeads, blockSize, headDim], so one
 // head's keys of one block are contiguous and attention streams them block by block. A token at
 // position p of a sequence lives in slot blockTable[p / blockSize] * blockSize + p % blockSize.
-import {
-  type DevicePtr,
-  DType,
-  type DTypeId,
-  dtypeSize,
-  type NativeBackend,
-} from "../../ffi/native.ts";
+import { tensorBytes } from "../../ffi/formats.ts";
+import { type DevicePtr, DType, type DTypeId, type NativeBackend } from "../../ffi/native.ts";
 import type { ModelConfig } from "../model/config.ts";
 
 export interface KvCacheOptions {
@@ -50,8 +45,10 @@ export class KvCache {
       );
     }
     this.numBlocks = numBlocks;
-    const layerBytes = numBlocks * this.numKvHeads * this.blockSize * this.headDim *
-      dtypeSize(this.dtype);
+    const layerBytes = tensorBytes(
+      this.dtype,
+      numBlocks * this.numKvHeads * this.blockSize * this.headDim,
+    );
     this.layers = [];
     try {
       for (let l = 0; l < config.numLayers; l++) {
@@ -65,8 +62,8 @@ export class KvCache {
 
   /** Bytes one block takes across all layers, K and V. */
   static bytesPerBlock(config: ModelConfig, blockSize: number, dtype: DTypeId): number {
-    return 2 * config.numLayers * config.numKvHeads * blockSize * config.headDim *
-      dtypeSize(dtype);
+    return 2 * config.numLayers *
+      tensorBytes(dtype, config.numKvHeads * blockSize * config.headDim);
   }
 
   get numSlots(): number {

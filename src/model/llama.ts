@@ -4,7 +4,7 @@ import { type DevicePtr, type NativeBackend, offset, RopeStyle } from "../../ffi
 import type { ForwardBatch } from "../engine/forward_batch.ts";
 import type { KvCache } from "../kv/kv_cache.ts";
 import type { ModelConfig } from "./config.ts";
-import type { ModelWeights } from "./weights.ts";
+import type { ModelWeights, Projection } from "./weights.ts";
 import type { ForwardWorkspace } from "./workspace.ts";
 
 const F32 = 4;
@@ -73,16 +73,7 @@ export class LlamaModel {
         dim: hidden,
         eps: c.rmsNormEps,
       });
-      b.matmul({
-        out: s.qkv,
-        x: s.h,
-        w: layer.qkv.ptr,
-        wDtype: layer.qkv.dtype,
-        bias: layer.qkvBias,
-        m: numTokens,
-        n: qkvDim,
-        k: hidden,
-      });
+      matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
       b.rope({
         x: s.qkv,
         positions,
@@ -149,15 +140,7 @@ export class LlamaModel {
         dim: hidden,
         eps: c.rmsNormEps,
       });
-      b.matmul({
-        out: s.gateUp,
-        x: s.h,
-        w: layer.gateUp.ptr,
-        wDtype: layer.gateUp.dtype,
-        m: numTokens,
-        n: 2 * c.intermediateSize,
-        k: hidden,
-      });
+      matmulProjection(b, layer.gateUp, { out: s.gateUp, x: s.h, m: numTokens });
       b.siluMul({ out: s.act, gateUp: s.gateUp, numTokens, dim: c.intermediateSize });
       b.matmul({
         out: s.h,
@@ -203,5 +186,28 @@ export class LlamaModel {
   /** Frees the RoPE table (weights are released by their owner). */
   release(): void {
     this.#backend.free(this.#invFreq);
+  }
+}
+
+/** out = x · projᵀ (+ bias): one matmul per part, each writing its own columns of out's rows. */
+function matmulProjection(
+  b: NativeBackend,
+  proj: Projection,
+  args: { out: DevicePtr; x: DevicePtr; bias?: DevicePtr | null; m: number },
+): void {
+  let row = 0;
+  for (const part of proj.parts) {
+    b.matmul({
+      out: offset(args.out, row * F32),
+      x: args.x,
+      w: part.ptr,
+      wDtype: part.dtype,
+      bias: args.bias ? offset(args.bias, row * F32) : null,
+      m: args.m,
+      n: part.rows,
+      k: proj.cols,
+      outRowStride: proj.rows,
+    });
+    row += part.rows;
   }
 }

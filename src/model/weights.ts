@@ -1,5 +1,7 @@
 // Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
-// gate/up fused into one matrix each, norms and biases in f32, weights otherwise in their own dtype.
+// gate/up fused into one projection each (one matrix when their formats agree, else one part per
+// format run), norms and biases in f32, weights otherwise in their own format.
+import { formatByGgufName, tensorBytes } from "../../ffi/formats.ts";
 import {
   type DevicePtr,
   DType,
@@ -19,13 +21,25 @@ export interface DeviceMatrix {
   cols: number;
 }
 
+/**
+ * A fused projection [rows, cols]: its parts cover consecutive output rows in order (Q, K, V or
+ * gate, up). Parts in the same format are stacked into one matrix, so there is exactly one part
+ * when every source tensor shares a format; otherwise each part is a matmul of its own writing
+ * its columns of the output row (`outRowStride = rows`).
+ */
+export interface Projection {
+  parts: DeviceMatrix[];
+  rows: number;
+  cols: number;
+}
+
 export interface LayerWeights {
   attnNorm: DevicePtr; // [hidden] f32
-  qkv: DeviceMatrix; // [(num_heads + 2 * num_kv_heads) * head_dim, hidden]
+  qkv: Projection; // [(num_heads + 2 * num_kv_heads) * head_dim, hidden]: Q, K, V rows
   qkvBias: DevicePtr | null; // [(num_heads + 2 * num_kv_heads) * head_dim] f32
   o: DeviceMatrix; // [hidden, num_heads * head_dim]
   ffnNorm: DevicePtr; // [hidden] f32
-  gateUp: DeviceMatrix; // [2 * intermediate, hidden]: gate rows, then up rows
+  gateUp: Projection; // [2 * intermediate, hidden]: gate rows, then up rows
   down: DeviceMatrix; // [hidden, intermediate]
 }
 
@@ -44,14 +58,16 @@ export function layerTensorName(layer: number, suffix: string): string {
   return `model.layers.${layer}.${suffix}`;
 }
 
-const DTYPE_IDS: Record<TensorInfo["dtype"], DTypeId> = {
-  F32: DType.F32,
-  F16: DType.F16,
-  BF16: DType.BF16,
-};
-
-function elementSize(dtype: DTypeId): number {
-  return dtype === DType.F32 ? 4 : 2;
+/** The dl_dtype of a tensor as its file spells it. */
+function formatIdOf(info: TensorInfo): DTypeId {
+  const format = formatByGgufName(info.dtype);
+  if (format === undefined) {
+    throw new ModelFormatError(
+      info.file,
+      `tensor ${info.name} has unsupported dtype ${info.dtype}`,
+    );
+  }
+  return format.id;
 }
 
 export interface LoadWeightsOptions {
@@ -98,7 +114,7 @@ class WeightLoader {
   async loadAll(c: ModelConfig): Promise<ModelWeights> {
     const qDim = c.numHeads * c.headDim;
     const kvDim = c.numKvHeads * c.headDim;
-    const embed = await this.#matrix(["model.embed_tokens.weight"], c.vocabSize, c.hiddenSize);
+    const embed = await this.#matrix("model.embed_tokens.weight", c.vocabSize, c.hiddenSize);
     const layers: LayerWeights[] = [];
     for (let l = 0; l < c.numLayers; l++) {
       const name = (suffix: string) => layerTensorName(l, suffix);
@@ -127,20 +143,20 @@ class WeightLoader {
             [qDim, kvDim, kvDim],
           )
           : null,
-        o: await this.#matrix([name("self_attn.o_proj.weight")], c.hiddenSize, qDim),
+        o: await this.#matrix(name("self_attn.o_proj.weight"), c.hiddenSize, qDim),
         ffnNorm: await this.#vector(name("post_attention_layernorm.weight"), c.hiddenSize),
         gateUp: await this.#fused(
           [name("mlp.gate_proj.weight"), name("mlp.up_proj.weight")],
           [c.intermediateSize, c.intermediateSize],
           c.hiddenSize,
         ),
-        down: await this.#matrix([name("mlp.down_proj.weight")], c.hiddenSize, c.intermediateSize),
+        down: await this.#matrix(name("mlp.down_proj.weight"), c.hiddenSize, c.intermediateSize),
       });
     }
     const finalNorm = await this.#vector("model.norm.weight", c.hiddenSize);
     // Some checkpoints say tie_word_embeddings yet still ship lm_head; use it when present.
     const lmHead = this.#tensors.has("lm_head.weight")
-      ? await this.#matrix(["lm_head.weight"], c.vocabSize, c.hiddenSize)
+      ? await this.#matrix("lm_head.weight", c.vocabSize, c.hiddenSize)
       : c.tieWordEmbeddings
       ? embed
       : this.#missing("lm_head.weight");
@@ -188,7 +204,7 @@ class WeightLoader {
 
   /** Copies one tensor into device memory at dst, converting to dstDtype if it differs. */
   async #copy(info: TensorInfo, dst: DevicePtr, dstDtype: DTypeId): Promise<void> {
-    const srcDtype = DTYPE_IDS[info.dtype];
+    const srcDtype = formatIdOf(info);
     const numElements = info.shape.reduce((a, b) => a * b, 1);
     if (srcDtype === dstDtype) {
       // The CPU build's device memory is host memory: read the file straight into it.
@@ -214,24 +230,45 @@ class WeightLoader {
     this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
   }
 
-  /** Stacks the row blocks of several [rows_i, cols] tensors into one matrix. */
-  async #fused(names: string[], rows: number[], cols: number): Promise<DeviceMatrix> {
+  /**
+   * Stacks the row blocks of several [rows_i, cols] tensors into a projection, each in its own
+   * format (never converted): neighbouring tensors of one format share a matrix.
+   */
+  async #fused(names: string[], rows: number[], cols: number): Promise<Projection> {
     const infos = names.map((name, i) => this.#info(name, [rows[i], cols]));
-    // One common dtype keeps the fused GEMM simple; mixed checkpoints fall back to f32.
-    const first = DTYPE_IDS[infos[0].dtype];
-    const dtype = infos.every((info) => DTYPE_IDS[info.dtype] === first) ? first : DType.F32;
+    const dtypes = infos.map(formatIdOf);
+    const parts: DeviceMatrix[] = [];
+    for (let first = 0; first < infos.length;) {
+      let end = first + 1;
+      while (end < infos.length && dtypes[end] === dtypes[first]) end++;
+      parts.push(
+        await this.#stack(infos.slice(first, end), rows.slice(first, end), cols, dtypes[first]),
+      );
+      first = end;
+    }
+    return { parts, rows: rows.reduce((a, b) => a + b, 0), cols };
+  }
+
+  /** One matrix of the row blocks of tensors that share `dtype`. */
+  async #stack(
+    infos: TensorInfo[],
+    rows: number[],
+    cols: number,
+    dtype: DTypeId,
+  ): Promise<DeviceMatrix> {
     const totalRows = rows.reduce((a, b) => a + b, 0);
-    const ptr = this.#alloc(totalRows * cols * elementSize(dtype));
+    const ptr = this.#alloc(tensorBytes(dtype, totalRows * cols));
     let rowOffset = 0;
     for (let i = 0; i < infos.length; i++) {
-      await this.#copy(infos[i], offset(ptr, rowOffset * cols * elementSize(dtype)), dtype);
+      await this.#copy(infos[i], offset(ptr, tensorBytes(dtype, rowOffset * cols)), dtype);
       rowOffset += rows[i];
     }
     return { ptr, dtype, rows: totalRows, cols };
   }
 
-  #matrix(names: string[], rows: number, cols: number): Promise<DeviceMatrix> {
-    return this.#fused(names, [rows], cols);
+  async #matrix(name: string, rows: number, cols: number): Promise<DeviceMatrix> {
+    const info = this.#info(name, [rows, cols]);
+    return await this.#stack([info], [rows], cols, formatIdOf(info));
   }
 
   /** Concatenates 1-D tensors into one f32 vector. */

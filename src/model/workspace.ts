@@ -47,12 +47,6 @@ function checkCapacity(c: StepCapacity): void {
   }
 }
 
-// MERGE: replaced by backend.reserveWorkspace once the native branch lands.
-function reserveKernelWorkspace(backend: NativeBackend, args: Record<string, number>): number {
-  const b = backend as unknown as { reserveWorkspace?: (a: Record<string, number>) => number };
-  return b.reserveWorkspace?.(args) ?? 0;
-}
-
 export class ForwardWorkspace {
   readonly capacity: StepCapacity;
   /** Device bytes this workspace holds, kernel workspace included. */
@@ -133,7 +127,7 @@ export class ForwardWorkspace {
         ]),
       ) as unknown as StepMetadata;
       this.#logitsHost = new Float32Array(s * c.vocabSize);
-      bytes += reserveKernelWorkspace(backend, {
+      bytes += backend.reserveWorkspace({
         maxNumTokens: t,
         numHeads: c.numHeads,
         numKvHeads: c.numKvHeads,

@@ -5,12 +5,13 @@
 //   deno run -A tests/gpu/bench.ts --model /tmp/l1b [--backend cuda] [--hf]
 //       [--prefill-tokens 2048] [--context 512] [--decode-steps 32] [--batches 1,16,64]
 import { parseArgs } from "node:util";
-import { type DevicePtr, DType, dtypeSize, NativeBackend } from "../../ffi/native.ts";
+import { tensorBytes } from "../../ffi/formats.ts";
+import { type DevicePtr, DType, NativeBackend } from "../../ffi/native.ts";
 import { LocalExecutor } from "../../src/engine/executor.ts";
 import type { ForwardBatch } from "../../src/engine/forward_batch.ts";
 import { KvCache } from "../../src/kv/kv_cache.ts";
 import { loadModel } from "../../src/model/load.ts";
-import type { DeviceMatrix } from "../../src/model/weights.ts";
+import type { DeviceMatrix, Projection } from "../../src/model/weights.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -158,19 +159,20 @@ function decode(batch: number): { tokPerS: number; stepMs: number } {
 
 // --- Bytes a batch-1 decode step must read: every weight matrix once, norms, and the KV cache.
 
-function matrixBytes(m: DeviceMatrix): number {
-  return m.rows * m.cols * dtypeSize(m.dtype);
+function matrixBytes(m: DeviceMatrix | Projection): number {
+  if ("parts" in m) return m.parts.reduce((sum, part) => sum + matrixBytes(part), 0);
+  return tensorBytes(m.dtype, m.rows * m.cols);
 }
 
 function decodeBytes(contextLen: number): number {
   const w = model.weights;
-  let bytes = matrixBytes(w.lmHead) + config.hiddenSize * dtypeSize(w.embed.dtype);
+  let bytes = matrixBytes(w.lmHead) + tensorBytes(w.embed.dtype, config.hiddenSize);
   for (const layer of w.layers) {
     bytes += matrixBytes(layer.qkv) + matrixBytes(layer.o) + matrixBytes(layer.gateUp) +
       matrixBytes(layer.down) + 2 * config.hiddenSize * 4;
   }
-  const kvBytes = 2 * config.numLayers * contextLen * config.numKvHeads * config.headDim *
-    dtypeSize(kv.dtype);
+  const kvBytes = 2 * config.numLayers *
+    tensorBytes(kv.dtype, contextLen * config.numKvHeads * config.headDim);
   return bytes + kvBytes;
 }
 

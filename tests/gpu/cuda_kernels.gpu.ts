@@ -4,7 +4,8 @@
 // Not picked up by `deno task test` (no _test suffix); tests/gpu/run.sh runs it on a GPU host:
 //   deno test -A tests/gpu/cuda_kernels.gpu.ts
 // DENOLLM_GPU_TEST_BACKEND=cpu runs the "device" side on the CPU build too, to check this file
-// itself on a machine without a GPU.
+// itself on a machine without a GPU. DENOLLM_GPU_TEST_LIBRARY=path picks the device library (for
+// example the CUDA build compiled against ../shared/cuda-emu).
 //
 // Tolerances, |cuda - cpu| must not exceed:
 // - bit for bit: convert, embedding, add, gather_rows, kv_write (cache bytes), copy_blocks
@@ -14,7 +15,8 @@
 // - rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
-import { DType, type DTypeId, NativeBackend, offset } from "../../ffi/native.ts";
+import { tensorBytes } from "../../ffi/formats.ts";
+import { DType, type DTypeId, NativeBackend, NativeError, offset } from "../../ffi/native.ts";
 import { LLM } from "../../src/engine/llm.ts";
 import type { KvCacheDtype } from "../../src/engine/local_engine.ts";
 import { loadModel } from "../../src/model/load.ts";
@@ -29,7 +31,8 @@ const DTYPES: DTypeId[] = [DType.F32, DType.F16, DType.BF16];
 const DTYPE_NAMES = ["f32", "f16", "bf16"];
 
 const cpu = NativeBackend.open({ backend: "cpu", numThreads: 0 });
-const gpu = NativeBackend.open({ backend: DEVICE_BACKEND });
+const DEVICE_LIBRARY = Deno.env.get("DENOLLM_GPU_TEST_LIBRARY");
+const gpu = NativeBackend.open({ backend: DEVICE_BACKEND, libraryPath: DEVICE_LIBRARY });
 globalThis.addEventListener("unload", () => {
   gpu.close();
   cpu.close();
@@ -85,7 +88,7 @@ function randomStored(rand: () => number, n: number, dtype: DTypeId): Float32Arr
 }
 
 function dtypeBytes(dtype: DTypeId): number {
-  return dtype === DType.F32 ? 4 : 2;
+  return tensorBytes(dtype, 1);
 }
 
 /** Prints the worst error as a fraction of its tolerance, for the issue note. */
@@ -284,6 +287,164 @@ Deno.test("matmul: gemv, tiled f32 and tensor-core paths, every weight dtype", (
     }
   }
   for (const dtype of DTYPES) report(`matmul ${DTYPE_NAMES[dtype]} weights`, worst[dtype]);
+});
+
+Deno.test("matmul: out_row_stride > n writes its columns only, gemv, tiled f32 and WMMA", () => {
+  const rand = ref.mulberry32(61);
+  const SENTINEL = -7.25;
+  let worst = 0;
+  for (const [m, n, k] of [[1, 67, 333], [5, 130, 64], [37, 67, 96], [130, 96, 256]]) {
+    for (const dtype of DTYPES) {
+      const stride = n + 37, col = 19;
+      const x = ref.randomF32(rand, m * k);
+      const w = randomStored(rand, n * k, dtype);
+      const bias = ref.randomF32(rand, n);
+      const [a, b] = onBoth((s) => {
+        const out = s.from(new Float32Array(m * stride).fill(SENTINEL));
+        s.backend.matmul({
+          out: offset(out, col * 4),
+          x: s.from(x),
+          w: s.from(w),
+          wDtype: dtype,
+          bias: s.from(bias),
+          m,
+          n,
+          k,
+          outRowStride: stride,
+        });
+        return s.f32(out, m * stride);
+      });
+      const scale = onCpu((s) => {
+        const out = s.zeros(m * n * 4);
+        s.backend.matmul({
+          out,
+          x: s.from(Float32Array.from(x, Math.abs)),
+          w: s.from(Float32Array.from(ref.decode(w, dtype), Math.abs)),
+          wDtype: DType.F32,
+          bias: s.from(Float32Array.from(bias, Math.abs)),
+          m,
+          n,
+          k,
+        });
+        return s.f32(out, m * n);
+      });
+      const label = `matmul ${DTYPE_NAMES[dtype]} m ${m} n ${n} k ${k} stride ${stride}`;
+      const written = (all: Float32Array) => {
+        const cols = new Float32Array(m * n);
+        for (let i = 0; i < m; i++) {
+          cols.set(all.subarray(i * stride + col, i * stride + col + n), i * n);
+          for (let j = 0; j < stride; j++) {
+            if ((j < col || j >= col + n) && all[i * stride + j] !== SENTINEL) {
+              fail(`${label}: row ${i} column ${j} outside the written columns changed`);
+            }
+          }
+        }
+        return cols;
+      };
+      worst = Math.max(
+        worst,
+        assertClose(written(b), written(a), (i) => 4e-5 * scale[i] + 1e-6, label),
+      );
+    }
+  }
+  report("matmul with out_row_stride", worst);
+});
+
+// --- Fixed workspace
+
+Deno.test("reserved workspace: decode and prefill attention allocate nothing, beyond it fails", () => {
+  const device = NativeBackend.open({ backend: DEVICE_BACKEND, libraryPath: DEVICE_LIBRARY });
+  try {
+    const shape = {
+      maxNumTokens: 8,
+      numHeads: 4,
+      numKvHeads: 1,
+      headDim: 32,
+      blockSize: 16,
+      maxBlocksPerSeq: 32,
+    };
+    const { numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq } = shape;
+    const rand = ref.mulberry32(62);
+    withDeviceBuffers(device, (s) => {
+      const numBlocks = 2 * shape.maxNumTokens * maxBlocksPerSeq;
+      const cacheElems = numBlocks * numKvHeads * blockSize * headDim;
+      const caches = DTYPES.map((dtype) => ({
+        dtype,
+        k: s.from(randomStored(rand, cacheElems, dtype)),
+        v: s.from(randomStored(rand, cacheElems, dtype)),
+      }));
+      const q = s.from(ref.randomF32(rand, 64 * numHeads * headDim));
+      const out = s.zeros(64 * numHeads * headDim * 4);
+      // Block tables for up to 64 sequences, ids wrapping around.
+      const tables = s.from(
+        Int32Array.from({ length: 64 * maxBlocksPerSeq }, (_, i) => i % numBlocks),
+      );
+      const seqLens = s.zeros(64 * 4), queryStart = s.zeros(65 * 4);
+      const attend = (numSeqs: number, newTokens: number, seqLen: number, dtype: DTypeId) => {
+        const cache = caches[dtype];
+        s.backend.upload(seqLens, new Int32Array(numSeqs).fill(seqLen));
+        s.backend.upload(
+          queryStart,
+          Int32Array.from({ length: numSeqs + 1 }, (_, i) => i * newTokens),
+        );
+        s.backend.pagedAttention({
+          out,
+          q,
+          kCache: cache.k,
+          vCache: cache.v,
+          cacheDtype: dtype,
+          blockTables: tables,
+          seqLens,
+          queryStart,
+          numSeqs,
+          numTokens: numSeqs * newTokens,
+          numHeads,
+          numKvHeads,
+          headDim,
+          qRowStride: numHeads * headDim,
+          blockSize,
+          maxBlocksPerSeq,
+          numBlocks,
+          scale: 0.2,
+        });
+        s.backend.synchronize();
+      };
+      const reserved = device.reserveWorkspace(shape);
+      const before = device.memoryStats();
+      const maxLen = maxBlocksPerSeq * blockSize;
+      for (const dtype of DTYPES) {
+        for (const numSeqs of [1, 3, 8]) {
+          for (const seqLen of [1, 100, maxLen]) attend(numSeqs, 1, seqLen, dtype); // decode
+        }
+        attend(2, 4, 40, dtype); // prefill
+      }
+      const after = device.memoryStats();
+      if (JSON.stringify(after) !== JSON.stringify(before)) {
+        fail(
+          `calls within the reservation allocated: ${JSON.stringify(before)} -> ${
+            JSON.stringify(after)
+          }`,
+        );
+      }
+      // Eight times the reserved tokens in a decode batch: more split-decode partials (CUDA) and
+      // a longer token map (CPU) than reserved.
+      try {
+        attend(64, 1, maxLen, DType.F16);
+        fail("a decode beyond the reserved context succeeded");
+      } catch (error) {
+        if (!(error instanceof NativeError)) throw error;
+        const expected = new RegExp(
+          `needs \\d+ bytes of kernel workspace; dl_reserve_workspace reserved ${reserved}`,
+        );
+        if (error.status !== 2 || !expected.test(error.message)) {
+          fail(`expected DL_ERR_OUT_OF_MEMORY naming the reservation, found ${error.message}`);
+        }
+      }
+      console.log(`  reserved workspace: ${reserved} bytes, ${JSON.stringify(after)}`);
+    });
+  } finally {
+    device.close();
+  }
 });
 
 // --- RoPE

@@ -13,12 +13,7 @@ import {
   writeSafetensors,
   writeSafetensorsSharded,
 } from "../../src/formats/safetensors.ts";
-import {
-  type DType,
-  dtypeByteSize,
-  numElements,
-  type TensorInfo,
-} from "../../src/formats/tensor.ts";
+import { type DType, dtypeBytes, numElements, type TensorInfo } from "../../src/formats/tensor.ts";
 import { buildSyntheticTokenizer } from "./synthetic_tokenizer.ts";
 import { getPreset, type HfConfigJson, type ModelPreset } from "./presets.ts";
 
@@ -529,17 +524,16 @@ export async function generateRandomModel(
 
   const specs = tensorSpecs(config);
   const ropeFactors = llama3RopeFactors(config);
-  const elementBytes = dtypeByteSize(dtype);
   const numParams = specs.reduce((n, s) => n + numElements(s.shape), 0);
   // 1-D tensors stay F32 in GGUF, as the converter keeps norms and biases.
   const ggufDType = (s: TensorSpec) => (s.shape.length === 1 ? "F32" : dtype);
   const maxBytes = Math.max(
-    ...specs.map((s) => numElements(s.shape) * dtypeByteSize(ggufDType(s))),
-    ...specs.map((s) => numElements(s.shape) * elementBytes),
+    ...specs.map((s) => dtypeBytes(ggufDType(s), numElements(s.shape))),
+    ...specs.map((s) => dtypeBytes(dtype, numElements(s.shape))),
   );
   const zeros = new ArrayBuffer(maxBytes);
   const placeholder = (s: TensorSpec, d: DType) =>
-    new Uint8Array(zeros, 0, numElements(s.shape) * dtypeByteSize(d));
+    new Uint8Array(zeros, 0, dtypeBytes(d, numElements(s.shape)));
 
   await Deno.mkdir(outDir, { recursive: true });
   const files = new Map<string, Deno.FsFile>();
@@ -596,7 +590,7 @@ export async function generateRandomModel(
       ggufSlots = await openSlots((await readGguf(ggufPath)).tensors, files);
     }
 
-    const totalBytes = numParams * elementBytes;
+    const totalBytes = dtypeBytes(dtype, numParams);
     let doneBytes = 0;
     for (const s of specs) {
       const values = new Float32Array(numElements(s.shape));
@@ -607,7 +601,7 @@ export async function generateRandomModel(
         // `values` now holds exactly what the HF file stores, so GGUF's F32 copy matches it.
         let ggufBytes = s.shape.length === 1 ? new Uint8Array(values.buffer) : bytes;
         if (s.permuteHeads !== undefined) {
-          const size = dtypeByteSize(ggufDType(s));
+          const size = dtypeBytes(ggufDType(s), 1);
           ggufBytes = permuteForGguf(ggufBytes, s.shape, s.permuteHeads, size);
         }
         await writeAt(ggufSlots.get(s.ggufName)!, ggufBytes);

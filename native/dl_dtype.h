@@ -1,0 +1,66 @@
+// The storage formats of DL_DTYPE_TABLE (ffi/denollm.h) as a traits array, for host code of both
+// builds: validation, byte counts, and the kernel families' lists of supported formats.
+#pragma once
+
+#include <cstdint>
+
+#include "denollm.h"
+
+struct dl_dtype_info {
+  int32_t id;
+  const char* name;       // lower-case: "f32"
+  int32_t ggml_type;      // GGUF / ggml type id
+  const char* gguf_name;  // as GGUF and safetensors spell it: "F32"
+  int64_t block_len;      // elements per block (1 for plain types)
+  int64_t block_bytes;    // bytes per block
+};
+
+inline constexpr dl_dtype_info DL_DTYPES[] = {
+#define DL_DTYPE_INFO_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes) \
+  {id, name, ggml_type, gguf_name, block_len, block_bytes},
+    DL_DTYPE_TABLE(DL_DTYPE_INFO_ROW_)
+#undef DL_DTYPE_INFO_ROW_
+};
+
+constexpr bool dl_dtype_table_is_dense() {
+  for (int32_t i = 0; i < DL_DTYPE_COUNT; i++) {
+    if (DL_DTYPES[i].id != i || DL_DTYPES[i].block_len < 1 || DL_DTYPES[i].block_bytes < 1) return false;
+  }
+  return true;
+}
+static_assert(sizeof(DL_DTYPES) / sizeof(DL_DTYPES[0]) == DL_DTYPE_COUNT, "DL_DTYPE_COUNT counts the table");
+static_assert(dl_dtype_table_is_dense(), "dl_dtype ids are 0, 1, 2, ... in table order, blocks non-empty");
+
+// The row of a valid dtype id, or NULL.
+inline const dl_dtype_info* dl_dtype_find(int32_t dtype) {
+  return dtype >= 0 && dtype < DL_DTYPE_COUNT ? &DL_DTYPES[dtype] : nullptr;
+}
+
+// Name of a dtype id for messages: "f16", or "an unknown dtype" outside the table.
+inline const char* dl_dtype_name(int32_t dtype) {
+  const dl_dtype_info* info = dl_dtype_find(dtype);
+  return info != nullptr ? info->name : "an unknown dtype";
+}
+
+// Bytes of num_elements elements of a valid dtype (num_elements a multiple of its block_len).
+inline uint64_t dl_dtype_bytes(int32_t dtype, uint64_t num_elements) {
+  const dl_dtype_info& info = DL_DTYPES[dtype];
+  return num_elements / (uint64_t)info.block_len * (uint64_t)info.block_bytes;
+}
+
+// --- The formats each kernel family has kernels for, as bit sets of dtype ids. Extending one is
+// adding the format's kernels to both builds' dispatch, then its bit here.
+
+constexpr uint32_t dl_dtype_bit(int32_t dtype) { return 1u << dtype; }
+
+// Plain floating-point element types: every kernel that stores or reads per-element values.
+constexpr uint32_t DL_FLOAT_DTYPES = dl_dtype_bit(DL_DTYPE_F32) | dl_dtype_bit(DL_DTYPE_F16) |
+                                     dl_dtype_bit(DL_DTYPE_BF16);
+// Weight matrices read by dl_matmul and embedding tables read by dl_embedding.
+constexpr uint32_t DL_MATMUL_DTYPES = DL_FLOAT_DTYPES;
+constexpr uint32_t DL_EMBEDDING_DTYPES = DL_FLOAT_DTYPES;
+// dl_convert, on either side.
+constexpr uint32_t DL_CONVERT_DTYPES = DL_FLOAT_DTYPES;
+// KV cache formats of dl_kv_write and dl_paged_attention.
+constexpr uint32_t DL_KV_CACHE_DTYPES = DL_FLOAT_DTYPES;
+static_assert(DL_DTYPE_COUNT <= 32, "the supported-format bit sets are 32 bits wide");
