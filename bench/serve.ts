@@ -7,12 +7,16 @@
 //     [--rates 1,2,4 | --concurrencies 1,4,16] [--input-len 128] [--output-len 64]
 //     [--dataset FILE.jsonl] [--prefix-len N --num-prefixes K] [--prompt-format text|ids]
 //     [--id-range 1000:10000] [--ignore-eos] [--seed 0] [--goodput ttft:500,tpot:50]
-//     [--percentiles 50,90,99] [--warmup 1] [--label NAME] [--out DIR] [--title TEXT]
+//     [--percentiles 50,90,99] [--warmup 1] [--repeats 1] [--label NAME] [--out DIR] [--title TEXT]
 //   deno task bench:serve --merge a.json,b.json --out DIR [--title TEXT] [--label NAME]
 //     [--note TEXT]...   # one chart and table of several saved sweeps; notes go in the caption
 //
 // Lengths: "128", "uniform:64:256" or "lognormal:MEDIAN:SIGMA[:MIN:MAX]". With --prefix-len, every
 // prompt starts with one of --num-prefixes shared prefixes and --input-len sets the rest.
+// Every load level of every repeat (and the warm-up) draws its own prompts and lengths from
+// --seed and its index, so a prefix-caching server never answers a level from KV an earlier level
+// left; the shared prefixes are the same throughout (shared on purpose). A --dataset is sent as is
+// at every level.
 // --ignore-eos sends vLLM's ignore_eos so every request produces exactly max_tokens.
 import { parseArgs } from "node:util";
 import { type Api, type ClientOptions, firstModel, sendRequest } from "./serve/client.ts";
@@ -20,6 +24,7 @@ import { parseSlo } from "./serve/metrics.ts";
 import { markdownTable, sweepChart, type SweepRun, textSummary } from "./serve/report.ts";
 import { runLoad } from "./serve/runner.ts";
 import {
+  levelDrawIndex,
   parseJsonlWorkload,
   parseLengthDist,
   type PromptFormat,
@@ -52,6 +57,7 @@ const { values: v } = parseArgs({
     goodput: { type: "string" },
     percentiles: { type: "string", default: "50,90,99" },
     warmup: { type: "string", default: "1" },
+    repeats: { type: "string", default: "1" },
     label: { type: "string" },
     out: { type: "string" },
     title: { type: "string" },
@@ -131,9 +137,12 @@ async function main(): Promise<void> {
     apiKey,
   };
   const seed = positiveInt("seed");
-  const items: WorkItem[] = v.dataset
+  const dataset = v.dataset
     ? parseJsonlWorkload(await Deno.readTextFile(v.dataset), v.dataset)
-    : syntheticWorkload({
+    : undefined;
+  /** The requests of draw `drawIndex`: 0 is the warm-up, then one per level and repeat. */
+  const workload = (drawIndex: number): WorkItem[] =>
+    dataset ?? syntheticWorkload({
       numRequests: positiveInt("num-prompts"),
       inputLen: parseLengthDist(v["input-len"]!),
       outputLen: parseLengthDist(v["output-len"]!),
@@ -141,13 +150,17 @@ async function main(): Promise<void> {
       prefixTokens: positiveInt("prefix-len"),
       numPrefixes: positiveInt("num-prefixes"),
       seed,
+      drawIndex,
     });
   const percentiles = numberList(v.percentiles!, "percentiles");
   const slo = v.goodput ? parseSlo(v.goodput) : undefined;
+  const numRepeats = positiveInt("repeats");
+  if (numRepeats < 1) throw new RangeError("Expected --repeats to be at least 1");
 
   // Warm-up requests (not measured) so first-request costs do not land in the first point.
+  const warmupItems = workload(0);
   for (let i = 0; i < positiveInt("warmup"); i++) {
-    const r = await sendRequest({ ...items[i % items.length], maxTokens: 4 }, client);
+    const r = await sendRequest({ ...warmupItems[i % warmupItems.length], maxTokens: 4 }, client);
     if (!r.success) throw new Error(`The warm-up request failed: ${r.error}`);
   }
 
@@ -156,9 +169,16 @@ async function main(): Promise<void> {
     ? numberList(v.concurrencies, "concurrencies")
     : numberList(v.rates ?? v["request-rate"]!, "rates");
   const command = `deno task bench:serve ${Deno.args.join(" ")}`;
-  const run: SweepRun = { label: v.label ?? model, loadKind, points: [], command };
-  console.error(`load average before: ${loadAverage()}`);
-  for (const load of loads) {
+  const label = v.label ?? model;
+  const runs: SweepRun[] = Array.from({ length: numRepeats }, (_, r) => ({
+    label: numRepeats === 1 ? label : `${label} (run ${r + 1})`,
+    loadKind,
+    points: [],
+    command,
+  }));
+
+  /** One point: `items` at one load level, appended to `run`. */
+  async function runLevel(run: SweepRun, load: number, items: WorkItem[]): Promise<void> {
     const cap = loadKind === "concurrency"
       ? load
       : v["max-concurrency"]
@@ -182,21 +202,31 @@ async function main(): Promise<void> {
     console.log(textSummary(point.metrics, percentiles));
     run.points.push({ load, metrics: point.metrics, machineLoad: Deno.loadavg()[0] });
   }
+  console.error(`load average before: ${loadAverage()}`);
+  for (let repeat = 0; repeat < numRepeats; repeat++) {
+    for (const [levelIndex, load] of loads.entries()) {
+      const drawIndex = levelDrawIndex(levelIndex, repeat, loads.length);
+      await runLevel(runs[repeat], load, workload(drawIndex));
+    }
+  }
   const load = loadAverage();
   console.log("");
-  console.log(markdownTable([run]));
+  console.log(markdownTable(runs));
   if (v.out !== undefined) {
     const name = (v.label ?? "serve").replace(/[^\w.-]+/g, "_");
     await Deno.mkdir(v.out, { recursive: true });
-    await Deno.writeTextFile(
-      `${v.out}/${name}.json`,
-      JSON.stringify({ ...run, machineLoadAfter: load }, null, 2),
-    );
+    // One file per repeat, each a SweepRun that --merge reads.
+    for (const [r, run] of runs.entries()) {
+      await Deno.writeTextFile(
+        `${v.out}/${name}${r === 0 ? "" : `-run${r + 1}`}.json`,
+        JSON.stringify({ ...run, machineLoadAfter: load }, null, 2),
+      );
+    }
     const caption = [
       command,
-      `${items.length} requests per point, model ${model}, load average after ${load}, ${navigator.hardwareConcurrency} CPUs`,
+      `${warmupItems.length} requests per point, model ${model}, load average after ${load}, ${navigator.hardwareConcurrency} CPUs`,
     ];
-    await writeOutputs(v.out, name, [run], caption);
+    await writeOutputs(v.out, name, runs, caption);
   }
 }
 

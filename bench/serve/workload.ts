@@ -102,6 +102,33 @@ export interface SyntheticOptions {
   prefixTokens?: number;
   numPrefixes?: number;
   seed?: number;
+  /**
+   * Which draw of the per-request parts (lengths, prompts, the suffixes after a shared prefix).
+   * Give each load level and each repeat its own index: a server with prefix caching would
+   * otherwise serve a later level's prompts from the KV an earlier level left. The shared
+   * prefixes depend on `seed` alone, so they stay shared across draws. Default 0.
+   */
+  drawIndex?: number;
+}
+
+/**
+ * A 32-bit seed for draw `drawIndex` of `seed`: distinct for distinct indices (an odd multiply
+ * and murmur3's finalizer are both bijections), and far apart, unlike `seed + drawIndex`, whose
+ * streams from the counter-based Rng would overlap.
+ */
+export function drawSeed(seed: number, drawIndex: number): number {
+  if (!Number.isSafeInteger(drawIndex) || drawIndex < 0) {
+    throw new RangeError(`Expected a non-negative integer draw index, got ${drawIndex}`);
+  }
+  let h = (seed ^ Math.imul(drawIndex + 1, 0x9e3779b1)) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** The draw index of a sweep's level `levelIndex` in repeat `repeat`; 0 is the warm-up's. */
+export function levelDrawIndex(levelIndex: number, repeat: number, numLevels: number): number {
+  return 1 + repeat * numLevels + levelIndex;
 }
 
 /**
@@ -109,14 +136,19 @@ export interface SyntheticOptions {
  * inputLen sets the length of its own suffix.
  */
 export function syntheticWorkload(options: SyntheticOptions): WorkItem[] {
-  const rng = new Rng(options.seed ?? 0);
+  const seed = options.seed ?? 0;
+  const prefixRng = new Rng(seed);
+  const rng = new Rng(drawSeed(seed, options.drawIndex ?? 0));
   const prefixTokens = options.prefixTokens ?? 0;
   const numPrefixes = options.numPrefixes ?? 1;
   if (!Number.isSafeInteger(numPrefixes) || numPrefixes < 1) {
     throw new RangeError(`Expected a positive number of prefixes, got ${numPrefixes}`);
   }
   const prefixes = prefixTokens > 0
-    ? Array.from({ length: numPrefixes }, () => randomPrompt(prefixTokens, rng, options.prompt))
+    ? Array.from(
+      { length: numPrefixes },
+      () => randomPrompt(prefixTokens, prefixRng, options.prompt),
+    )
     : [];
   return Array.from({ length: options.numRequests }, (_, i) => {
     const inputLen = sampleLength(options.inputLen, rng);
