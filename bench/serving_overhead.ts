@@ -11,8 +11,8 @@
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
 import { AsyncEngine } from "../src/engine/async_engine.ts";
-import { LLMEngine } from "../src/engine/engine.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import type { LLMEngine } from "../src/engine/engine.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { median } from "./common.ts";
@@ -49,25 +49,21 @@ function decodeMsPerToken(firstMs: number, lastMs: number, numTokens: number): n
   return (lastMs - firstMs) / (numTokens - 1);
 }
 
-/**
- * The in-process engine: the one place that knows how one is built from parts (it will move to the
- * new engine API). Returns the engine and a release function.
- */
+/** The in-process engine: the serving engine stepped in this thread (`LLM`). */
 async function createInProcessEngine(backend: NativeBackend) {
   const loaded = await loadModel(backend, modelPath, { showProgress: false });
   const blockSize = 16;
-  const numBlocks = Math.ceil(maxModelLen / blockSize) + 1;
-  const kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks });
-  const engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    { ...engineConfig, maxModelLen },
-  );
+  const llm = LLM.over(backend, loaded, {
+    ...engineConfig,
+    maxModelLen,
+    blockSize,
+    numKvBlocks: Math.ceil(maxModelLen / blockSize) + 1,
+  });
   const release = () => {
-    kvCache.release();
+    llm.release();
     loaded.release();
   };
-  return { engine, release };
+  return { engine: llm.engine, release };
 }
 
 interface RunResult {
@@ -287,7 +283,7 @@ const worker = await AsyncEngine.start({
   numThreads,
   kvCacheMemoryBytes,
   maxModelLen,
-  engine: engineConfig,
+  ...engineConfig,
 });
 const server = await startServer();
 const results: Record<Mode, RunResult[]> = { "in-process": [], worker: [], http: [] };

@@ -7,8 +7,7 @@
 //     [--policies default,active,passive,spin10000,spin100000] [--time-limit-s 8]
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
-import { LLMEngine } from "../src/engine/engine.ts";
-import { KvCache } from "../src/kv/kv_cache.ts";
+import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { median } from "./common.ts";
@@ -45,12 +44,15 @@ const OMP_KEYS = ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"];
 async function probe(numThreads: number): Promise<void> {
   const backend = NativeBackend.open({ numThreads });
   const loaded = await loadModel(backend, modelPath, { showProgress: false });
-  const kvCache = new KvCache(backend, loaded.config, { blockSize: 16, numBlocks: 64 });
-  const engine = new LLMEngine(
-    backend,
-    { model: loaded.model, tokenizer: loaded.tokenizer, kvCache },
-    { maxNumBatchedTokens: 512, maxNumSeqs: 4, maxModelLen: 512, enablePrefixCaching: false },
-  );
+  const llm = LLM.over(backend, loaded, {
+    blockSize: 16,
+    numKvBlocks: 64,
+    maxNumBatchedTokens: 512,
+    maxNumSeqs: 4,
+    maxModelLen: 512,
+    enablePrefixCaching: false,
+  });
+  const engine = llm.engine;
   const promptIds = Array.from({ length: 16 }, (_, i) => 10 + i);
   const stream = (id: string, numTokens: number) => {
     engine.addRequest(id, promptIds, { maxTokens: numTokens, sampling: GREEDY, ignoreEos: true });
@@ -68,7 +70,7 @@ async function probe(numThreads: number): Promise<void> {
   const times = stream("timed", maxTokens);
   const tokPerS = (1000 * (times.length - 1)) / (times.at(-1)! - times[0]);
   console.log(JSON.stringify({ tokPerS, numTokens: times.length }));
-  kvCache.release();
+  llm.release();
   loaded.release();
   backend.close();
 }

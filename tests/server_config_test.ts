@@ -1,6 +1,7 @@
 // `denollm serve` configuration: flags, DENOLLM_* variables, precedence, defaults, every kind of bad
 // value, and --help.
 import assert from "node:assert/strict";
+import { defaultNumThreads } from "../src/engine/threads.ts";
 import { UsageError } from "../src/errors.ts";
 import {
   defaultHfCache,
@@ -47,7 +48,7 @@ Deno.test("serve config", async (t) => {
       kvCacheMemoryBytes: 2 ** 30,
       blockSize: 16,
       kvCacheDtype: "f32",
-      numThreads: 0,
+      numThreads: defaultNumThreads(),
       device: { kind: "auto" },
       scheduler: "continuous",
       enablePrefixCaching: true,

@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../../ffi/native.ts";
 import { type GenerationRequest, LLM } from "../engine/llm.ts";
+import { applyOmpEnvDefaults, defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { validateSamplingParams } from "../sampling.ts";
@@ -20,7 +21,7 @@ export const GENERATE_USAGE = `Usage: denollm generate --model PATH --prompt TEX
   --stop STR           stop string, repeatable; not included in the output
   --chat               apply the model's chat template to the prompt (as one user message)
   --ignore-eos         keep generating past end-of-sequence tokens
-  --threads N          CPU threads (default: all cores)
+  --threads N          CPU threads (default: CPUs - 1; 0 = all cores)
   --kv-cache-memory B  KV cache bytes (default: just enough for the prompt and --max-tokens)
   --library PATH       native library to load (default build/libdenollm_cpu.so)
 `;
@@ -85,7 +86,9 @@ export async function runGenerate(args: string[]): Promise<void> {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  const threads = parseNumber("threads", v.threads, 0, true);
+  const threads = parseNumber("threads", v.threads, defaultNumThreads(), true);
+  // libgomp reads its wait policy once, when the native library first loads.
+  applyOmpEnvDefaults(Deno.env);
 
   const backend = NativeBackend.open({ numThreads: threads, libraryPath: v.library });
   try {

@@ -5,6 +5,7 @@
 import { errorInfo } from "../errors.ts";
 import type { LLMEngine } from "./engine.ts";
 import { startLocalEngine } from "./local_engine.ts";
+import { applyOmpEnvDefaults } from "./threads.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
 let engine: LLMEngine | undefined;
@@ -16,6 +17,8 @@ function send(message: FromWorker): void {
 }
 
 async function init(message: WorkerInit): Promise<void> {
+  // libgomp reads its wait policy once, when the native library first loads.
+  applyOmpEnvDefaults(Deno.env);
   const local = await startLocalEngine(message.options);
   engine = local.engine;
   release = local.release;
@@ -46,6 +49,10 @@ async function loop(): Promise<void> {
   isLooping = true;
   try {
     while (engine?.hasWork) {
+      // Yield first: requests posted together (one per prompt of a batch, n samples) all land
+      // before the step that starts them.
+      await yieldToMessages();
+      if (!engine?.hasWork) break;
       const started = performance.now();
       const outputs = engine.step();
       send({
@@ -54,7 +61,6 @@ async function loop(): Promise<void> {
         stats: engine.stats(),
         stepMs: performance.now() - started,
       });
-      await yieldToMessages();
     }
   } catch (error) {
     send({ type: "fatal", error: errorInfo(error) });

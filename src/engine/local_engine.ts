@@ -6,6 +6,7 @@ import { NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
+import { defaultNumThreads } from "./threads.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
@@ -34,7 +35,7 @@ export interface EngineOptions extends LocalEngineOptions {
   modelPath: string;
   backend?: "cpu" | "cuda";
   libraryPath?: string;
-  /** CPU threads for kernels; 0 = all cores. */
+  /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
   numThreads?: number;
 }
 
@@ -148,7 +149,7 @@ export async function startLocalEngine(
   const backend = NativeBackend.open({
     backend: options.backend,
     libraryPath: options.libraryPath,
-    numThreads: options.numThreads ?? 0,
+    numThreads: options.numThreads ?? defaultNumThreads(),
   });
   let loaded: LoadedModel | undefined;
   try {

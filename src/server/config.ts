@@ -2,6 +2,7 @@
 // win), parsed and validated with zod into one typed ServeConfig.
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 
 export type Device = { kind: "auto" } | { kind: "cpu" } | { kind: "cuda"; ordinal?: number };
@@ -151,7 +152,12 @@ const OPTIONS = [
     help: "f32, f16 or bf16 for cached keys and values (f16/bf16 halve KV memory)",
     defaultText: "f32",
   },
-  { flag: "threads", arg: "N", help: "CPU threads for kernels (0 = all cores)", defaultText: "0" },
+  {
+    flag: "threads",
+    arg: "N",
+    help: "CPU threads for kernels (0 = all cores)",
+    defaultText: "CPUs - 1",
+  },
   {
     flag: "device",
     arg: "DEV",
@@ -332,7 +338,7 @@ export function parseServeConfig(
       kvCacheMemoryBytes: values["kv-cache-memory"] ?? 2 ** 30,
       blockSize: values["block-size"] ?? 16,
       kvCacheDtype: values["kv-cache-dtype"] ?? "f32",
-      numThreads: values.threads ?? 0,
+      numThreads: values.threads ?? defaultNumThreads(),
       device: values.device ?? { kind: "auto" },
       scheduler: values.scheduler ?? "continuous",
       enablePrefixCaching: !(values["no-prefix-caching"] ?? false),
