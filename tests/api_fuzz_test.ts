@@ -1,6 +1,7 @@
 // About 2000 malformed and hostile request bodies, each invalid by construction: every one must get
 // a 4xx with OpenAI's error JSON, and the app must be healthy afterwards.
 import assert from "node:assert/strict";
+import { chatRequest, completionRequest } from "../src/api/schemas.ts";
 import { assertErrorBody, makeApi, post, postJson, startEngine, waitFor } from "./api_helpers.ts";
 
 const NUM_CASES = 2000;
@@ -109,8 +110,8 @@ const INVALID: Record<string, () => unknown> = {
   user: () => pick([5, "u".repeat(300), {}, hostileNonString()]),
   priority: () => pick([1.5, 2 ** 40, "1", hostile()]),
   cache_salt: () => pick(["", 5, "s".repeat(300), hostileNonString()]),
-  // Unknown fields, with any value at all.
-  foo: () => pick([1, "x", null, {}]),
+  // Keys a prototype-pollution probe sends, with any value at all (other unknown fields are
+  // ignored, so they are not invalid).
   ["__proto__"]: () => pick([{ admin: true }, 5, null]),
   constructor: () => pick([{ prototype: {} }, "x"]),
   tools: () => [{ type: "function", function: { name: "f" } }],
@@ -134,6 +135,12 @@ const ENDPOINTS: { path: string; base: () => Record<string, unknown>; weight: nu
   { path: "/tokenize", base: () => ({ messages: [{ role: "user", content: "Hi" }] }), weight: 1 },
   { path: "/detokenize", base: () => ({ tokens: [1, 2] }), weight: 1 },
 ];
+
+const RESERVED = new Set(["__proto__", "constructor"]);
+const KNOWN_FIELDS: Record<string, Set<string> | undefined> = {
+  "/v1/completions": new Set(Object.keys(completionRequest.shape)),
+  "/v1/chat/completions": new Set(Object.keys(chatRequest.shape)),
+};
 
 /** A body that is invalid as a whole, bytes and all. */
 function invalidWholeBody(): string | Uint8Array {
@@ -174,7 +181,12 @@ function makeCase(): { path: string; body: string | Uint8Array } {
   const body = endpoint.base();
   const numMutations = 1 + Math.floor(random() * 3);
   for (let i = 0; i < numMutations; i++) {
-    const field = pick(Object.keys(INVALID));
+    // The generation routes ignore fields they do not know, so only their own fields can be
+    // invalid there (and the prototype-pollution keys, which are always refused).
+    const known = KNOWN_FIELDS[endpoint.path];
+    const field = pick(
+      Object.keys(INVALID).filter((f) => !known || known.has(f) || RESERVED.has(f)),
+    );
     // defineProperty, so that "__proto__" becomes an own key as JSON.parse would make it.
     Object.defineProperty(body, field, {
       value: INVALID[field](),

@@ -230,7 +230,14 @@ async function routes(t: Deno.TestContext, engine: AsyncEngine): Promise<void> {
         { messages: [{ role: "user", content: "x" }], top_logprobs: 2 },
         "top_logprobs",
       ],
-      ["/v1/chat/completions", { messages: [{ role: "user", content: "x" }], tools: [] }, "tools"],
+      [
+        "/v1/chat/completions",
+        {
+          messages: [{ role: "user", content: "x" }],
+          tools: [{ type: "function", function: { name: "f" } }],
+        },
+        "tools",
+      ],
     ];
     for (const [path, body, param] of cases) {
       const error = await expectError(post(app, path, body), 400);

@@ -6,7 +6,7 @@ import { NativeBackend } from "../ffi/native.ts";
 import type { EngineConfig } from "../src/engine/engine.ts";
 import { LLM } from "../src/engine/llm.ts";
 import type { KvCacheDtype } from "../src/engine/local_engine.ts";
-import type { RequestOutput, RequestParams } from "../src/engine/request.ts";
+import { type RequestOutput, type RequestParams, sampleSeed } from "../src/engine/request.ts";
 import { RequestTooLongError } from "../src/engine/scheduler.ts";
 import { type LoadedModel, loadModel } from "../src/model/load.ts";
 import { GREEDY, Rng } from "../src/sampling.ts";
@@ -197,7 +197,7 @@ Deno.test("n > 1 samples share the prompt's blocks and equal separate runs", () 
     const want = alone({
       id: "x",
       promptIds,
-      params: { maxTokens: 20, sampling: { ...sampling, seed: sampling.seed + i } },
+      params: { maxTokens: 20, sampling: { ...sampling, seed: sampleSeed(sampling.seed, i) } },
     });
     assert.deepEqual(tokens.get(i === 0 ? "s" : `s#${i}`), want, `sample ${i}`);
   }

@@ -122,3 +122,50 @@ Deno.test("a step larger than the reservation is refused, naming the flag", asyn
     backend.close();
   }
 });
+
+Deno.test("prompt logprobs: chunked to the reserved logit rows, no allocation", async () => {
+  const backend = NativeBackend.open({ numThreads: 2 });
+  const loaded = await loadModel(backend, MODEL, { showProgress: false });
+  const counts = instrument(backend);
+  // 4 sequences, 6 logit rows: a 70-token prompt's logprobs take many steps beside decodes.
+  const llm = LLM.over(backend, loaded, {
+    blockSize: 4,
+    numKvBlocks: 64,
+    maxNumBatchedTokens: 32,
+    maxNumSeqs: 4,
+    maxNumLogitRows: 6,
+    maxModelLen: 160,
+  });
+  try {
+    const atStart = { ...counts };
+    const engine = llm.engine;
+    const prompt = (
+      seed: number,
+      length: number,
+    ) => [1, ...Array.from({ length }, (_, i) => 3 + ((i * 31 + seed * 7) % 400))];
+    engine.addRequest("decode", prompt(0, 5), { maxTokens: 60, sampling: GREEDY, ignoreEos: true });
+    for (let i = 0; i < 3; i++) {
+      engine.addRequest(`lp${i}`, prompt(i + 1, 70), {
+        maxTokens: i,
+        sampling: GREEDY,
+        ignoreEos: true,
+        promptLogprobs: 1,
+      });
+    }
+    const numPromptLogprobs = new Map<string, number>();
+    let numSteps = 0;
+    while (engine.hasWork) {
+      for (const out of engine.step()) {
+        if (out.promptLogprobs) numPromptLogprobs.set(out.requestId, out.promptLogprobs.length);
+      }
+      assert.ok(++numSteps < 1000);
+    }
+    assert.deepEqual([...numPromptLogprobs].sort(), [["lp0", 70], ["lp1", 70], ["lp2", 70]]);
+    assert.equal(counts.allocs, atStart.allocs, "no device allocation in the steady state");
+    assert.equal(counts.frees, atStart.frees);
+  } finally {
+    llm.release();
+    loaded.release();
+    backend.close();
+  }
+});

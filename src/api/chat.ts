@@ -15,7 +15,12 @@ import {
 import { ApiError, toApiError } from "./errors.ts";
 import { GenerationRun, respondWithRun, type RunEvent } from "./generation.ts";
 import type { InflightTracker } from "./inflight.ts";
-import { type ChatLogprob, chatLogprobs } from "./logprobs.ts";
+import {
+  type ChatLogprob,
+  chatLogprobs,
+  type PromptLogprob,
+  promptLogprobsList,
+} from "./logprobs.ts";
 import { checkPromptChars, requestParams } from "./params.ts";
 import { chatPrompt, numMessageChars } from "./prompt_ids.ts";
 import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
@@ -27,7 +32,13 @@ export async function handleChat(
 ): Promise<Response> {
   const engine = requireEngine(deps);
   const body = await readJsonObject(request, deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
-  const req = parseBody(chatRequest, body);
+  const req = parseBody(chatRequest, body, {
+    onIgnored: (fields) =>
+      deps.log?.("warn", "ignoring unknown request fields", {
+        route: "/v1/chat/completions",
+        fields,
+      }),
+  });
   checkModel(deps, req.model);
   checkStreamOptions(req);
   if (req.top_logprobs != null && !req.logprobs) {
@@ -47,6 +58,7 @@ export async function handleChat(
     vocabSize: deps.tokenizer.vocabSize,
     maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
     logprobs: req.logprobs ? req.top_logprobs ?? 0 : undefined,
+    promptLogprobs: req.prompt_logprobs ?? undefined,
     promptParam: "messages",
   });
   const id = newId("chatcmpl");
@@ -105,8 +117,13 @@ class ChatShape {
       finishReason: null as string | null,
       numOutputTokens: 0,
     }));
+    let promptLogprobs: (PromptLogprob | null)[] | undefined;
     for await (const { output } of events) {
       const choice = choices[output.index];
+      if (this.#req.prompt_logprobs != null && output.promptLogprobs && !promptLogprobs) {
+        const entries = output.promptLogprobs;
+        promptLogprobs = promptLogprobsList(this.#tokenizer, entries, this.#req.prompt_logprobs);
+      }
       choice.content += output.textDelta;
       if (output.logprobs) choice.logprobs.push(...chatLogprobs(this.#tokenizer, output.logprobs));
       if (output.finished) {
@@ -123,6 +140,8 @@ class ChatShape {
         finish_reason: choice.finishReason,
       })),
       usage: this.#usage(choices.reduce((sum, c) => sum + c.numOutputTokens, 0)),
+      // vLLM's field, beside the choices since they share the prompt.
+      ...(this.#req.prompt_logprobs == null ? {} : { prompt_logprobs: promptLogprobs ?? [null] }),
     };
   }
 

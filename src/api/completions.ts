@@ -1,5 +1,6 @@
 // POST /v1/completions: prompts as text or token ids, one block of n choices per prompt (choice
 // index = prompt index × n + sample index, as OpenAI lays them out), streamed or not.
+import type { RequestOutput } from "../engine/request.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { readJsonObject } from "./body.ts";
 import {
@@ -15,7 +16,12 @@ import {
 import { ApiError, toApiError } from "./errors.ts";
 import { GenerationRun, respondWithRun, type RunEvent } from "./generation.ts";
 import type { InflightTracker } from "./inflight.ts";
-import { type CompletionLogprobs, CompletionLogprobsBuilder } from "./logprobs.ts";
+import {
+  type CompletionLogprobs,
+  CompletionLogprobsBuilder,
+  type PromptLogprob,
+  promptLogprobsList,
+} from "./logprobs.ts";
 import { checkPromptChars, checkTokenIds, requestParams } from "./params.ts";
 import { encodePrompt } from "./prompt_ids.ts";
 import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
@@ -64,9 +70,15 @@ export async function handleCompletion(
 ): Promise<Response> {
   const engine = requireEngine(deps);
   const body = await readJsonObject(request, deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
-  const req = parseBody(completionRequest, body);
+  const req = parseBody(completionRequest, body, {
+    onIgnored: (fields) =>
+      deps.log?.("warn", "ignoring unknown request fields", { route: "/v1/completions", fields }),
+  });
   checkModel(deps, req.model);
   checkStreamOptions(req);
+  if (req.best_of != null && req.best_of !== (req.n ?? 1)) {
+    throw new ApiError(400, "best_of is only supported equal to n", { param: "best_of" });
+  }
   checkQueue(deps, engine);
   const texts = typeof req.prompt === "string" ? [req.prompt] : req.prompt;
   for (const text of texts) {
@@ -85,6 +97,11 @@ export async function handleCompletion(
       { param: "n" },
     );
   }
+  // Echo with logprobs needs the prompt's own logprobs; vLLM's prompt_logprobs asks for them alone.
+  const numPromptTop = Math.max(
+    req.echo && req.logprobs != null ? req.logprobs : -1,
+    req.prompt_logprobs ?? -1,
+  );
   const submissions = prompts.map((p) => ({
     promptIds: p.ids,
     params: requestParams(req, {
@@ -92,7 +109,9 @@ export async function handleCompletion(
       maxModelLen: engine.maxModelLen,
       vocabSize: deps.tokenizer.vocabSize,
       maxTokens: req.max_tokens ?? undefined,
+      allowZeroMaxTokens: req.echo === true,
       logprobs: req.logprobs ?? undefined,
+      promptLogprobs: numPromptTop < 0 ? undefined : numPromptTop,
       promptParam: "prompt",
     }),
   }));
@@ -149,14 +168,34 @@ class CompletionShape {
     return this.#prompts[Math.floor(index / this.#n)];
   }
 
-  /** One logprobs builder per choice, holding the echoed prompt when there is one. */
+  /** One logprobs builder per choice, when logprobs are wanted. */
   #builders(): CompletionLogprobsBuilder[] | undefined {
     if (this.#req.logprobs == null) return undefined;
-    return Array.from({ length: this.#numChoices }, (_, index) => {
-      const builder = new CompletionLogprobsBuilder(this.#tokenizer);
-      if (this.#req.echo) builder.addPrompt(this.#promptOf(index).ids);
-      return builder;
+    return Array.from(
+      { length: this.#numChoices },
+      () => new CompletionLogprobsBuilder(this.#tokenizer),
+    );
+  }
+
+  /** On a choice's first output: the echoed prompt's tokens and logprobs go first. */
+  #startChoice(index: number, output: RequestOutput, builder?: CompletionLogprobsBuilder): void {
+    if (!this.#req.echo || builder === undefined) return;
+    const prompt = this.#promptOf(index);
+    builder.addPrompt(prompt.ids, prompt.text, {
+      logprobs: output.promptLogprobs,
+      numTop: this.#req.logprobs ?? 0,
     });
+  }
+
+  /** vLLM's prompt_logprobs field of a choice, when asked for. */
+  #promptLogprobsField(output: RequestOutput): { prompt_logprobs?: (PromptLogprob | null)[] } {
+    if (this.#req.prompt_logprobs == null) return {};
+    const list = promptLogprobsList(
+      this.#tokenizer,
+      output.promptLogprobs ?? [],
+      this.#req.prompt_logprobs,
+    );
+    return { prompt_logprobs: list };
   }
 
   async collect(events: AsyncIterable<RunEvent>) {
@@ -165,10 +204,15 @@ class CompletionShape {
       text: this.#req.echo ? this.#promptOf(index).text : "",
       finishReason: null as string | null,
       numOutputTokens: 0,
+      promptLogprobs: undefined as { prompt_logprobs?: (PromptLogprob | null)[] } | undefined,
     }));
     for await (const { prompt, output } of events) {
       const index = prompt * this.#n + output.index;
       const choice = choices[index];
+      if (choice.promptLogprobs === undefined) {
+        this.#startChoice(index, output, builders?.[index]);
+        choice.promptLogprobs = this.#promptLogprobsField(output);
+      }
       choice.text += output.textDelta;
       builders?.[index].add(output.logprobs ?? []);
       if (output.finished) {
@@ -183,6 +227,7 @@ class CompletionShape {
         index,
         logprobs: builders?.[index].value ?? null,
         finish_reason: choice.finishReason,
+        ...choice.promptLogprobs,
       })),
       usage: usage(
         this.#numPromptTokens,
@@ -201,19 +246,34 @@ class CompletionShape {
       text: string,
       logprobs: CompletionLogprobs | null,
       finishReason: string | null,
+      extra: { prompt_logprobs?: (PromptLogprob | null)[] } = {},
     ) => ({
       ...this.#base,
-      choices: [{ text, index, logprobs, finish_reason: finishReason }],
+      choices: [{ text, index, logprobs, finish_reason: finishReason, ...extra }],
       ...usageField,
     });
-    if (this.#req.echo) {
+    // Without logprobs the echo needs nothing from the engine; with them it waits for the
+    // prompt's logprobs, which come with the choice's first output.
+    const echoFirst = this.#req.echo && builders === undefined;
+    if (echoFirst) {
       for (let index = 0; index < this.#numChoices; index++) {
-        yield chunk(index, this.#promptOf(index).text, builders?.[index].take() ?? null, null);
+        yield chunk(index, this.#promptOf(index).text, null, null);
       }
     }
+    const started = new Set<number>();
     let numCompletionTokens = 0;
     for await (const { prompt, output } of events) {
       const index = prompt * this.#n + output.index;
+      if (!started.has(index)) {
+        started.add(index);
+        const extra = this.#promptLogprobsField(output);
+        if (this.#req.echo && !echoFirst) {
+          this.#startChoice(index, output, builders?.[index]);
+          yield chunk(index, this.#promptOf(index).text, builders![index].take(), null, extra);
+        } else if (extra.prompt_logprobs !== undefined) {
+          yield chunk(index, "", null, null, extra);
+        }
+      }
       if (output.finished) numCompletionTokens += output.numOutputTokens;
       // Tokens whose text is held back (a partial character) matter only for their logprobs.
       const hasNews = output.textDelta !== "" ||

@@ -1,7 +1,7 @@
 // Token log-probabilities in OpenAI's two shapes: the legacy completions object of parallel
 // lists, and chat's list of per-token entries with bytes.
 import type { TokenLogprob } from "../engine/request.ts";
-import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { IncrementalDetokenizer, type TextTokenizer } from "../tokenizer/tokenizer.ts";
 
 export interface CompletionLogprobs {
   tokens: string[];
@@ -48,20 +48,42 @@ export class CompletionLogprobsBuilder {
     this.#offset = offset;
   }
 
-  /** Prompt tokens (for echo): the engine gives no logprobs for them, so those are null. */
-  addPrompt(ids: readonly number[]): void {
-    for (const id of ids) this.#push(tokenString(this.#tokenizer, id), null, null);
+  /**
+   * The echoed prompt: its tokens with the logprobs of all but the first (null when the engine
+   * gave none), and offsets into `text`, the echoed text, which leaves out control tokens such as
+   * BOS and the tokenizer's leading space. Completion tokens then count from the text's end.
+   */
+  addPrompt(
+    ids: readonly number[],
+    text: string,
+    opts: { logprobs?: readonly TokenLogprob[]; numTop?: number } = {},
+  ): void {
+    const detokenizer = new IncrementalDetokenizer(this.#tokenizer, { skipSpecial: true });
+    const start = this.#offset;
+    ids.forEach((id, i) => {
+      this.#offset = start + Math.min(detokenizer.text.length, text.length);
+      const token = tokenString(this.#tokenizer, id);
+      const entry = i === 0 ? undefined : opts.logprobs?.[i - 1];
+      if (entry === undefined) this.#push(token, null, null);
+      else this.#pushEntry(entry, opts.numTop ?? entry.top.length);
+      detokenizer.push(id);
+    });
+    this.#offset = start + text.length;
   }
 
   add(entries: readonly TokenLogprob[]): void {
-    for (const entry of entries) {
-      const token = tokenString(this.#tokenizer, entry.tokenId);
-      // OpenAI always includes the sampled token, so there are up to logprobs + 1 entries.
-      const top: Record<string, number> = {};
-      for (const t of entry.top) top[tokenString(this.#tokenizer, t.tokenId)] ??= clamp(t.logprob);
-      top[token] ??= clamp(entry.logprob);
-      this.#push(token, clamp(entry.logprob), top);
+    for (const entry of entries) this.#pushEntry(entry, entry.top.length);
+  }
+
+  #pushEntry(entry: TokenLogprob, numTop: number): void {
+    const token = tokenString(this.#tokenizer, entry.tokenId);
+    // OpenAI always includes the sampled token, so there are up to logprobs + 1 entries.
+    const top: Record<string, number> = {};
+    for (const t of entry.top.slice(0, numTop)) {
+      top[tokenString(this.#tokenizer, t.tokenId)] ??= clamp(t.logprob);
     }
+    top[token] ??= clamp(entry.logprob);
+    this.#push(token, clamp(entry.logprob), top);
   }
 
   /** Starts a new (streamed) chunk: the lists empty, the offset kept. */
@@ -97,4 +119,39 @@ export function chatLogprobs(
     ...chatTop(tokenizer, e.tokenId, e.logprob),
     top_logprobs: e.top.map((t) => chatTop(tokenizer, t.tokenId, t.logprob)),
   }));
+}
+
+/** One prompt position in vLLM's `prompt_logprobs`: token id → logprob, rank, decoded token. */
+export type PromptLogprob = Record<
+  string,
+  { logprob: number; rank: number; decoded_token: string }
+>;
+
+/**
+ * vLLM's `prompt_logprobs`: null for the first prompt token, then for each one its own entry and
+ * the `numTop` most likely tokens at that position.
+ */
+export function promptLogprobsList(
+  tokenizer: TextTokenizer,
+  entries: readonly TokenLogprob[],
+  numTop: number,
+): (PromptLogprob | null)[] {
+  const list: (PromptLogprob | null)[] = [null];
+  for (const entry of entries) {
+    const item: PromptLogprob = {};
+    entry.top.slice(0, numTop).forEach((t, i) => {
+      item[t.tokenId] = {
+        logprob: clamp(t.logprob),
+        rank: i + 1,
+        decoded_token: tokenString(tokenizer, t.tokenId),
+      };
+    });
+    item[entry.tokenId] ??= {
+      logprob: clamp(entry.logprob),
+      rank: entry.rank ?? 0,
+      decoded_token: tokenString(tokenizer, entry.tokenId),
+    };
+    list.push(item);
+  }
+  return list;
 }

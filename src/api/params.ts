@@ -7,7 +7,10 @@ import { ApiError } from "./errors.ts";
 import type { CompletionRequest } from "./schemas.ts";
 
 /** The fields that both generation endpoints share. */
-export type GenerationRequest = Omit<CompletionRequest, "prompt" | "echo" | "logprobs">;
+export type GenerationRequest = Omit<
+  CompletionRequest,
+  "prompt" | "echo" | "logprobs" | "prompt_logprobs" | "suffix" | "best_of"
+>;
 
 export interface ParamsOptions {
   numPromptTokens: number;
@@ -17,6 +20,10 @@ export interface ParamsOptions {
   maxTokens?: number;
   /** Top alternatives per token, when logprobs are wanted. */
   logprobs?: number;
+  /** Top alternatives per prompt token, when prompt logprobs are wanted. */
+  promptLogprobs?: number;
+  /** Whether `maxTokens` may be 0 (echo: the prompt alone is the answer). */
+  allowZeroMaxTokens?: boolean;
   /** The name of the prompt's field, for error messages. */
   promptParam: "prompt" | "messages";
 }
@@ -61,8 +68,14 @@ export function requestParams(req: GenerationRequest, opts: ParamsOptions): Requ
       param: opts.promptParam,
     });
   }
+  if (opts.maxTokens === 0 && !opts.allowZeroMaxTokens) {
+    throw new ApiError(400, "Invalid 'max_tokens': expected at least 1 (0 only with echo)", {
+      param: "max_tokens",
+    });
+  }
   const maxTokens = opts.maxTokens ?? maxModelLen - numPromptTokens;
-  if (maxTokens < 1 || numPromptTokens + maxTokens > maxModelLen) {
+  const minTokens = opts.maxTokens === 0 ? 0 : 1;
+  if (maxTokens < minTokens || numPromptTokens + maxTokens > maxModelLen) {
     const message = opts.maxTokens === undefined
       ? `This model's maximum context length is ${maxModelLen} tokens. However, the ` +
         `${opts.promptParam} has ${numPromptTokens} tokens, which leaves no room for a ` +
@@ -88,7 +101,9 @@ export function requestParams(req: GenerationRequest, opts: ParamsOptions): Requ
     priority: req.priority ?? 0,
     n: req.n ?? 1,
     ...(opts.logprobs === undefined ? {} : { logprobs: opts.logprobs }),
+    ...(opts.promptLogprobs === undefined ? {} : { promptLogprobs: opts.promptLogprobs }),
     ...(req.cache_salt == null ? {} : { cacheSalt: req.cache_salt }),
+    skipSpecialTokens: req.skip_special_tokens ?? true,
   };
 }
 

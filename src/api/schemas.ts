@@ -50,6 +50,19 @@ const generationFields = {
   cache_salt: z.string().min(1).max(MAX_SHORT_CHARS).nullish(),
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().nullish() }).nullish(),
+  skip_special_tokens: z.boolean().nullish(),
+  // Accepted because they change nothing here: plain text is the only output format, and
+  // nothing is stored.
+  response_format: z.strictObject({
+    type: z.literal("text", {
+      error: 'Only {"type": "text"} is supported; structured output is not implemented',
+    }),
+  }).nullish(),
+  store: z.boolean().nullish(),
+  metadata: noProtoKey.pipe(
+    z.record(z.string().max(64), z.string().max(512))
+      .refine((m) => Object.keys(m).length <= 16, "Expected at most 16 entries"),
+  ).nullish(),
 };
 
 export const completionRequest = z.strictObject({
@@ -63,8 +76,14 @@ export const completionRequest = z.strictObject({
     error: `Expected a string, a list of at most ${MAX_PROMPTS} strings, a non-empty list of ` +
       `token ids, or a list of at most ${MAX_PROMPTS} non-empty token id lists`,
   }),
+  // 0 only computes the prompt, which echo with logprobs needs (checked by the route).
+  max_tokens: z.int().min(0).max(MAX_INT32).nullish(),
   echo: z.boolean().nullish(),
   logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+  /** vLLM's: logprobs of the prompt tokens with this many alternatives, without echo. */
+  prompt_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+  suffix: z.literal("", { error: "suffix is not supported" }).nullish(),
+  best_of: z.int().min(1).max(MAX_N).nullish(),
 });
 export type CompletionRequest = z.infer<typeof completionRequest>;
 
@@ -87,6 +106,13 @@ export const chatRequest = z.strictObject({
   max_completion_tokens: z.int().min(1).max(MAX_INT32).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+  prompt_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+  // No tools to call: an empty list and the choices that call nothing are harmless.
+  tools: z.array(z.unknown()).max(0, "Tool calling is not supported; send no tools").nullish(),
+  tool_choice: z.enum(["none", "auto"], {
+    error: 'Tool calling is not supported; tool_choice may only be "none" or "auto"',
+  }).nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
 });
 export type ChatRequest = z.infer<typeof chatRequest>;
 
@@ -139,15 +165,39 @@ function explainUnion(
   return { issue: best.issue, path: best.path };
 }
 
+/** Keys never ignored: a client sending them is probing for prototype pollution. */
+const RESERVED_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+export interface ParseOptions {
+  /**
+   * Called with the unknown top-level fields of a body that is otherwise valid; they are then
+   * ignored, as vLLM does, instead of refused. Without it, an unknown field is a 400.
+   */
+  onIgnored?: (keys: string[]) => void;
+}
+
 /** Parses `body` with `schema`, or throws a 400 naming the first offending field. */
-export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+export function parseBody<S extends z.ZodType>(
+  schema: S,
+  body: unknown,
+  opts: ParseOptions = {},
+): z.infer<S> {
   const result = schema.safeParse(body);
   if (result.success) return result.data;
   const issues = result.error.issues;
   // Unknown fields first: a misspelt parameter explains the other complaints, if any.
   const unknown = issues.find((i) => i.code === "unrecognized_keys" && i.path.length === 0);
   if (unknown?.code === "unrecognized_keys") {
-    return unsupported(unknown.keys[0]);
+    const reserved = unknown.keys.find((key) => RESERVED_KEYS.has(key));
+    if (opts.onIgnored === undefined || reserved !== undefined) {
+      return unsupported(reserved ?? unknown.keys[0]);
+    }
+    const known = Object.fromEntries(
+      Object.entries(body as Record<string, unknown>).filter(([k]) => !unknown.keys.includes(k)),
+    );
+    const parsed = parseBody(schema, known, { onIgnored: undefined });
+    opts.onIgnored(unknown.keys);
+    return parsed;
   }
   const first = issues[0];
   let path = [...first.path];

@@ -7,7 +7,7 @@ import { BlockPool } from "./block_pool.ts";
 import type { Executor } from "./executor.ts";
 import { buildForwardBatch } from "./forward_batch.ts";
 import { KvCacheManager } from "./kv_cache_manager.ts";
-import { topLogprobs } from "./logprobs.ts";
+import { rankedLogprobs, topLogprobs } from "./logprobs.ts";
 import { EngineRequest, type RequestOutput, type RequestParams } from "./request.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
 
@@ -56,14 +56,17 @@ export class LLMEngine {
     // Every step the scheduler can emit must fit the executor's reserved buffers.
     const cap = executor.capacity;
     const needed = Math.ceil(config.maxModelLen / executor.blockSize);
+    const numRows = this.scheduler.config.maxNumLogitRows;
     if (
       cap.maxNumTokens < config.maxNumBatchedTokens || cap.maxBlocksPerSeq < needed ||
-      cap.maxNumSeqs < Math.min(config.maxNumSeqs, config.maxNumBatchedTokens)
+      cap.maxNumSeqs < Math.min(config.maxNumSeqs, config.maxNumBatchedTokens) ||
+      cap.maxNumLogitRows < numRows
     ) {
       throw new RangeError(
         `The executor is reserved for steps of ${cap.maxNumTokens} tokens, ${cap.maxNumSeqs} ` +
-          `sequences and ${cap.maxBlocksPerSeq} blocks per sequence; the scheduler may emit ` +
-          `${config.maxNumBatchedTokens} tokens, ${config.maxNumSeqs} sequences, ${needed} blocks`,
+          `sequences, ${cap.maxNumLogitRows} logit rows and ${cap.maxBlocksPerSeq} blocks per ` +
+          `sequence; the scheduler may emit ${config.maxNumBatchedTokens} tokens, ` +
+          `${config.maxNumSeqs} sequences, ${numRows} logit rows, ${needed} blocks`,
       );
     }
     this.#executor = executor;
@@ -81,8 +84,12 @@ export class LLMEngine {
     if (bad !== undefined) {
       throw new RangeError(`Token id ${bad} is outside the vocabulary [0, ${vocab})`);
     }
-    if (!Number.isInteger(params.maxTokens) || params.maxTokens < 1) {
-      throw new RangeError(`max_tokens must be a positive integer, got ${params.maxTokens}`);
+    if (!Number.isInteger(params.maxTokens) || params.maxTokens < 0) {
+      throw new RangeError(`max_tokens must be a non-negative integer, got ${params.maxTokens}`);
+    }
+    const numTop = params.promptLogprobs;
+    if (numTop !== undefined && (!Number.isInteger(numTop) || numTop < 0)) {
+      throw new RangeError(`prompt logprobs must be a non-negative integer, got ${numTop}`);
     }
     const n = params.n ?? 1;
     if (!Number.isInteger(n) || n < 1) {
@@ -159,10 +166,20 @@ export class LLMEngine {
     const outputs: RequestOutput[] = [];
     let row = 0;
     for (const s of plan.scheduled) {
-      if (!s.sample) continue;
-      const rowLogits = logits.subarray(row * vocab, (row + 1) * vocab);
-      row++;
+      const firstRow = row;
+      row += s.numLogitRows;
+      const rowAt = (r: number) => logits.subarray(r * vocab, (r + 1) * vocab);
       const leader = this.scheduler.runningRequest(s.requestId);
+      if (leader.needsPromptLogits) {
+        this.#addPromptLogprobs(
+          leader,
+          s.start + s.numNewTokens - s.numLogitRows,
+          (j) => rowAt(firstRow + j),
+          s.numLogitRows,
+        );
+      }
+      if (!s.sample) continue;
+      const rowLogits = rowAt(row - 1);
       // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
       // share its blocks (forked before sampling, in case the leader finishes at once).
       const siblings = this.#pendingForks.get(leader.id) ?? [];
@@ -173,14 +190,50 @@ export class LLMEngine {
         sibling.firstScheduledTime = leader.firstScheduledTime;
         this.scheduler.addRunning(sibling);
       }
+      // The prompt logprobs go out once, with each sample's first output.
+      const promptLogprobs = leader.params.promptLogprobs !== undefined &&
+          leader.numOutputTokens === 0
+        ? leader.promptLogprobs
+        : undefined;
       for (const request of [leader, ...siblings]) {
-        outputs.push(this.#sampleInto(request, rowLogits));
+        outputs.push(this.#sampleInto(request, rowLogits, promptLogprobs));
       }
     }
     return outputs;
   }
 
-  #sampleInto(request: EngineRequest, rowLogits: Float32Array): RequestOutput {
+  /** Logprobs of the prompt tokens that `numRows` rows from position `firstPos` predict. */
+  #addPromptLogprobs(
+    request: EngineRequest,
+    firstPos: number,
+    rowLogits: (j: number) => Float32Array,
+    numRows: number,
+  ): void {
+    const numTop = request.params.promptLogprobs!;
+    for (let j = 0; j < numRows; j++) {
+      // The row at position p predicts the token at p + 1; after a preemption the rows already
+      // turned into logprobs come round again and are skipped.
+      const predicted = firstPos + j + 1;
+      if (predicted >= request.numPromptTokens) break;
+      if (predicted !== request.promptLogprobs.length + 1) continue;
+      request.promptLogprobs.push(
+        rankedLogprobs(rowLogits(j), request.tokenIds[predicted], numTop),
+      );
+    }
+  }
+
+  #sampleInto(
+    request: EngineRequest,
+    rowLogits: Float32Array,
+    promptLogprobs: RequestOutput["promptLogprobs"],
+  ): RequestOutput {
+    if (request.params.maxTokens === 0) {
+      // Only the prompt was wanted (echo with prompt logprobs): nothing is sampled.
+      request.finishWithoutSampling();
+      this.scheduler.finish(request);
+      this.#requests.delete(request.id);
+      return this.#output(request, [], "", undefined, promptLogprobs);
+    }
     const token = request.sampler.sample(rowLogits, request);
     const wantLogprobs = request.params.logprobs !== undefined;
     const { text, appended } = request.appendToken(token);
@@ -191,7 +244,7 @@ export class LLMEngine {
       this.scheduler.finish(request);
       this.#requests.delete(request.id);
     }
-    return this.#output(request, appended ? [token] : [], text, logprobs);
+    return this.#output(request, appended ? [token] : [], text, logprobs, promptLogprobs);
   }
 
   #output(
@@ -199,6 +252,7 @@ export class LLMEngine {
     newTokenIds: number[],
     textDelta: string,
     logprobs: RequestOutput["logprobs"],
+    promptLogprobs?: RequestOutput["promptLogprobs"],
   ): RequestOutput {
     return {
       requestId: request.submissionId,
@@ -206,10 +260,11 @@ export class LLMEngine {
       newTokenIds,
       textDelta,
       ...(logprobs ? { logprobs } : {}),
+      ...(promptLogprobs ? { promptLogprobs } : {}),
       finished: request.isFinished,
       ...(request.finishReason ? { finishReason: request.finishReason } : {}),
       numPromptTokens: request.numPromptTokens,
-      numOutputTokens: request.numOutputTokens,
+      numOutputTokens: request.numGeneratedTokens,
       ...(request.firstScheduledTime === undefined
         ? {}
         : { queueMs: request.firstScheduledTime - request.arrivalTime }),

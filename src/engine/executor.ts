@@ -12,7 +12,7 @@ export interface Executor {
   readonly numKvBlocks: number;
   readonly blockSize: number;
   /** The largest step `execute` accepts. */
-  readonly capacity: StepCapacity;
+  readonly capacity: Required<StepCapacity>;
   /** Device bytes reserved for steps (scratch, metadata, kernel workspace), beside weights and KV. */
   readonly reservedBytes: number;
   /** Runs one step; returns logits [batch.logitRows.length, vocab], valid until the next call. */
@@ -22,13 +22,20 @@ export interface Executor {
 
 /** The step capacity the scheduler limits imply for a KV block size. */
 export function stepCapacity(
-  limits: { maxNumBatchedTokens: number; maxNumSeqs: number; maxModelLen: number },
+  limits: {
+    maxNumBatchedTokens: number;
+    maxNumSeqs: number;
+    maxModelLen: number;
+    maxNumLogitRows?: number;
+  },
   blockSize: number,
-): StepCapacity {
+): Required<StepCapacity> {
+  // A step never has more sequences than tokens.
+  const maxNumSeqs = Math.min(limits.maxNumSeqs, limits.maxNumBatchedTokens);
   return {
     maxNumTokens: limits.maxNumBatchedTokens,
-    // A step never has more sequences than tokens.
-    maxNumSeqs: Math.min(limits.maxNumSeqs, limits.maxNumBatchedTokens),
+    maxNumSeqs,
+    maxNumLogitRows: limits.maxNumLogitRows ?? maxNumSeqs,
     maxBlocksPerSeq: Math.ceil(limits.maxModelLen / blockSize),
     blockSize,
   };
@@ -39,7 +46,7 @@ export class LocalExecutor implements Executor {
   readonly vocabSize: number;
   readonly numKvBlocks: number;
   readonly blockSize: number;
-  readonly capacity: StepCapacity;
+  readonly capacity: Required<StepCapacity>;
   readonly reservedBytes: number;
   #backend: NativeBackend;
   #model: LlamaModel;

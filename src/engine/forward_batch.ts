@@ -15,7 +15,7 @@ export interface ForwardBatch {
   queryStart: Int32Array; // [numSeqs + 1]
   blockTables: Int32Array; // [numSeqs, maxBlocksPerSeq]; unused entries are block 0, never read
   maxBlocksPerSeq: number;
-  logitRows: Int32Array; // [numLogits] token rows whose logits are returned
+  logitRows: Int32Array; // [numLogits] token rows whose logits are returned, in order
   blockCopies: Int32Array; // [numCopies, 2] (source block, destination block), done first
 }
 
@@ -32,7 +32,7 @@ export function buildForwardBatch(output: SchedulerOutput, blockSize: number): F
     queryStart: new Int32Array(steps.length + 1),
     blockTables: new Int32Array(steps.length * maxBlocksPerSeq),
     maxBlocksPerSeq,
-    logitRows: new Int32Array(steps.filter((s) => s.sample).length),
+    logitRows: new Int32Array(steps.reduce((n, s) => n + s.numLogitRows, 0)),
     blockCopies: new Int32Array(output.blockCopies.flatMap((c) => [c.src, c.dst])),
   };
   let row = 0;
@@ -56,7 +56,7 @@ export function buildForwardBatch(output: SchedulerOutput, blockSize: number): F
     batch.seqLens[i] = s.start + s.numNewTokens;
     batch.queryStart[i + 1] = row;
     batch.blockTables.set(table, i * maxBlocksPerSeq);
-    if (s.sample) batch.logitRows[logit++] = row - 1;
+    for (let j = s.numLogitRows; j > 0; j--) batch.logitRows[logit++] = row - j;
   });
   return batch;
 }

@@ -101,6 +101,7 @@ export function createLocalEngine(
     ...withoutUndefined({
       maxNumBatchedTokens: options.maxNumBatchedTokens,
       maxNumSeqs: options.maxNumSeqs,
+      maxNumLogitRows: options.maxNumLogitRows,
       enableChunkedPrefill: options.enableChunkedPrefill,
       policy: options.policy,
       mode: options.mode,

@@ -22,3 +22,11 @@ export function topLogprobs(row: Float32Array, token: number, numTop: number): T
   }
   return { tokenId: token, logprob: row[token] - logZ, top };
 }
+
+/** {@link topLogprobs} plus the token's rank: 1 + the number of tokens more likely than it. */
+export function rankedLogprobs(row: Float32Array, token: number, numTop: number): TokenLogprob {
+  let rank = 1;
+  const value = row[token];
+  for (let i = 0; i < row.length; i++) if (row[i] > value) rank++;
+  return { ...topLogprobs(row, token, numTop), rank };
+}

@@ -8,6 +8,7 @@ export type FinishReason = "stop" | "length" | "abort";
 
 /** What a caller asks for; validated by the engine before a Request is made. */
 export interface RequestParams {
+  /** Tokens to generate at most; 0 only computes the prompt (for its prompt logprobs). */
   maxTokens: number;
   sampling: SamplingParams;
   stopStrings?: string[];
@@ -19,14 +20,23 @@ export interface RequestParams {
   n?: number;
   /** Return the sampled token's logprob and this many top alternatives (0 = only the token). */
   logprobs?: number;
+  /**
+   * Also return the logprob of every prompt token but the first, with this many top alternatives.
+   * Such a request skips the prefix-cache lookup: a cached block has K/V but no logits.
+   */
+  promptLogprobs?: number;
   /** Separates prefix-cache entries, e.g. per tenant. */
   cacheSalt?: string;
+  /** Leave special tokens (EOS under ignoreEos, control tokens) out of the text. Default true. */
+  skipSpecialTokens?: boolean;
 }
 
 export interface TokenLogprob {
   tokenId: number;
   logprob: number;
   top: { tokenId: number; logprob: number }[];
+  /** 1 + the number of tokens more likely than `tokenId`; set for prompt logprobs. */
+  rank?: number;
 }
 
 /** An incremental result, as the engine emits it after each step. */
@@ -37,9 +47,15 @@ export interface RequestOutput {
   newTokenIds: number[];
   textDelta: string;
   logprobs?: TokenLogprob[];
+  /**
+   * On a sample's first output, when prompt logprobs were asked for: one entry per prompt token
+   * from the second on (the first has nothing before it to predict it).
+   */
+  promptLogprobs?: TokenLogprob[];
   finished: boolean;
   finishReason?: FinishReason;
   numPromptTokens: number;
+  /** Generated tokens, the stop token that ended generation included (what usage counts). */
   numOutputTokens: number;
   /** Time from admission until the request was first scheduled (absent if it never was). */
   queueMs?: number;
@@ -63,6 +79,10 @@ export class EngineRequest {
   readonly arrivalTime = performance.now();
   firstScheduledTime?: number;
   readonly sampler: Sampler;
+  /** Prompt logprobs computed so far, for positions 1, 2, … of the prompt. */
+  readonly promptLogprobs: TokenLogprob[] = [];
+  /** 1 once a stop token ended generation: it is counted, though not appended. */
+  #numStopTokens = 0;
   readonly #stopIds: Set<number>;
   readonly #detokenizer: IncrementalDetokenizer;
   readonly #stopper: StopStringMatcher;
@@ -80,12 +100,16 @@ export class EngineRequest {
     this.tokenIds = [...promptIds];
     this.numPromptTokens = promptIds.length;
     this.params = params;
-    // Each sample draws from its own stream; sample i of a seeded request uses seed + i.
-    const seed = params.sampling.seed === undefined ? undefined : params.sampling.seed + ids.index;
+    const seed = params.sampling.seed === undefined
+      ? undefined
+      : sampleSeed(params.sampling.seed, ids.index);
     this.sampler = new Sampler({ ...params.sampling, seed });
     this.#stopIds = new Set(params.stopTokenIds ?? []);
     if (!params.ignoreEos) { for (const id of tokenizer.eosIds) this.#stopIds.add(id); }
-    this.#detokenizer = new IncrementalDetokenizer(tokenizer, { continuesPrompt: true });
+    this.#detokenizer = new IncrementalDetokenizer(tokenizer, {
+      continuesPrompt: true,
+      skipSpecial: params.skipSpecialTokens ?? true,
+    });
     this.#stopper = new StopStringMatcher(params.stopStrings ?? []);
   }
 
@@ -95,6 +119,21 @@ export class EngineRequest {
 
   get numOutputTokens(): number {
     return this.tokenIds.length - this.numPromptTokens;
+  }
+
+  /** Generated tokens as usage counts them: the stop token that ended generation included. */
+  get numGeneratedTokens(): number {
+    return this.numOutputTokens + this.#numStopTokens;
+  }
+
+  get cacheSalt(): string | undefined {
+    return this.params.cacheSalt;
+  }
+
+  /** Whether the next steps must return logits for prompt rows (prompt logprobs still missing). */
+  get needsPromptLogits(): boolean {
+    return this.params.promptLogprobs !== undefined &&
+      this.promptLogprobs.length < this.numPromptTokens - 1;
   }
 
   get priority(): number {
@@ -111,6 +150,7 @@ export class EngineRequest {
    */
   appendToken(tokenId: number): { text: string; appended: boolean } {
     if (this.#stopIds.has(tokenId)) {
+      this.#numStopTokens = 1;
       this.#finish("stop");
       return { text: this.#flushText(), appended: false };
     }
@@ -125,6 +165,11 @@ export class EngineRequest {
       return { text: piece.text + this.#flushText(), appended: true };
     }
     return { text: piece.text, appended: true };
+  }
+
+  /** Ends a request with max_tokens 0 once its prompt is computed, without sampling. */
+  finishWithoutSampling(): void {
+    this.#finish("length");
   }
 
   /** Ends the request from outside (cancellation). */
@@ -142,4 +187,18 @@ export class EngineRequest {
     const rest = this.#stopper.push(this.#detokenizer.flush());
     return rest.stopped ? rest.text : rest.text + this.#stopper.flush();
   }
+}
+
+/**
+ * The seed of sample `index` of a request seeded with `seed`: sample 0 keeps the seed, others get
+ * a hash of both, so that no sample repeats sample 0 of a nearby seed (as seed + index did).
+ */
+export function sampleSeed(seed: number, index: number): number {
+  if (index === 0) return seed;
+  // SplitMix64's finalizer, on 32 bits, over the seed's two halves and the index.
+  let h = ((seed >>> 0) ^ Math.imul(Math.floor(seed / 2 ** 32), 0x27d4eb2f)) >>> 0;
+  h = (h + Math.imul(index, 0x9e3779b9)) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x7feb352d);
+  h = Math.imul(h ^ (h >>> 15), 0x846ca68b);
+  return (h ^ (h >>> 16)) >>> 0;
 }

@@ -10,6 +10,12 @@ export interface SchedulerConfig {
   maxNumBatchedTokens: number;
   /** Most requests running at once. */
   maxNumSeqs: number;
+  /**
+   * Most token rows that get logits in one step: one per sampling request, and every prompt row
+   * of a request that wants prompt logprobs (its prefill is chunked to fit). Default and minimum:
+   * min(maxNumSeqs, maxNumBatchedTokens).
+   */
+  maxNumLogitRows?: number;
   /** Longest prompt + output a request may have. */
   maxModelLen: number;
   /** Split long prompts across steps so prefill and decode share a step. Default true. */
@@ -35,6 +41,11 @@ export interface ScheduledRequest {
   blockIds: number[];
   /** Whether this step reaches the end of its known tokens, so a token is sampled. */
   sample: boolean;
+  /**
+   * How many of the last rows of this share get logits: all of them for a prompt-logprobs chunk,
+   * else 1 when `sample`, else 0. When `sample`, the last of them is the one sampled from.
+   */
+  numLogitRows: number;
 }
 
 /** Everything the executor needs for a step; the only thing crossing that boundary. */
@@ -65,12 +76,21 @@ export class Scheduler {
         throw new RangeError(`${key} must be a positive integer, got ${config[key]}`);
       }
     }
+    const minLogitRows = Math.min(config.maxNumSeqs, config.maxNumBatchedTokens);
     this.config = {
       enableChunkedPrefill: true,
       policy: "fcfs",
       mode: "continuous",
       ...config,
+      maxNumLogitRows: config.maxNumLogitRows ?? minLogitRows,
     };
+    const rows = this.config.maxNumLogitRows;
+    if (!Number.isInteger(rows) || rows < minLogitRows) {
+      throw new RangeError(
+        `maxNumLogitRows must be an integer of at least min(maxNumSeqs, maxNumBatchedTokens) = ` +
+          `${minLogitRows}, got ${rows}`,
+      );
+    }
     if (!this.config.enableChunkedPrefill && config.maxNumBatchedTokens < config.maxModelLen) {
       throw new RangeError(
         `Without chunked prefill, maxNumBatchedTokens (${config.maxNumBatchedTokens}) must be at ` +
@@ -190,8 +210,22 @@ export class Scheduler {
     const scheduled: { request: EngineRequest; start: number; numNewTokens: number }[] = [];
     const preempted: EngineRequest[] = [];
     let budget = this.config.maxNumBatchedTokens;
-    const chunk = (remaining: number) =>
-      this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
+    let rowBudget = this.config.maxNumLogitRows;
+    const chunk = (request: EngineRequest, start: number, numOthers: number) => {
+      const remaining = request.numTokens - start;
+      if (!request.needsPromptLogits || start >= request.numPromptTokens) {
+        return this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
+      }
+      // Every row of a prompt-logprobs chunk gets logits, so the chunk fits the rows left after
+      // one for each running request still to schedule (`numOthers`), and stops at the prompt's end (after a preemption
+      // the known tokens run past it; those rows need no logits).
+      const rows = Math.max(0, rowBudget - numOthers);
+      return Math.min(request.numPromptTokens - start, budget, rows);
+    };
+    const rowsOf = (request: EngineRequest, start: number, numNew: number) => {
+      if (request.needsPromptLogits && start < request.numPromptTokens) return numNew;
+      return start + numNew === request.numTokens ? 1 : 0;
+    };
 
     // Running requests first, in admission order, so older requests keep making progress.
     const running = [...this.#running].sort((a, b) => a.arrival - b.arrival);
@@ -200,8 +234,11 @@ export class Scheduler {
       // the executor's buffers are sized for at most maxNumSeqs sequences a step.
       if (budget === 0 || scheduled.length >= this.config.maxNumSeqs) break;
       if (!this.#running.includes(request)) continue; // preempted earlier in this loop
-      const numNew = chunk(request.numTokens - request.numComputedTokens);
+      const numOthers = Math.max(0, this.#running.length - 1 - scheduled.length);
+      const numNew = chunk(request, request.numComputedTokens, numOthers);
       if (numNew === 0 || numNew > budget) continue;
+      const numRows = rowsOf(request, request.numComputedTokens, numNew);
+      if (numRows > rowBudget) continue;
       let allocated = this.#kv.allocateSlots(request, numNew);
       while (!allocated) {
         const victim = this.#pickVictim()!;
@@ -215,6 +252,7 @@ export class Scheduler {
       if (!allocated) continue;
       scheduled.push({ request, start: request.numComputedTokens, numNewTokens: numNew });
       budget -= numNew;
+      rowBudget -= numRows;
     }
 
     // Then waiting requests, unless this step had to preempt (memory is short).
@@ -224,18 +262,23 @@ export class Scheduler {
       if (this.#running.length >= this.config.maxNumSeqs) break;
       if (scheduled.length >= this.config.maxNumSeqs) break;
       const request = this.#waiting[0];
-      const cached = this.#kv.findCachedPrefix(request);
-      const numNew = chunk(request.numTokens - cached.numTokens);
-      if (numNew > budget) break;
+      // A cached prefix has K/V but no logits: prompt logprobs need every prompt row computed.
+      const cached = request.needsPromptLogits ? undefined : this.#kv.findCachedPrefix(request);
+      const numCached = cached?.numTokens ?? 0;
+      const numNew = chunk(request, numCached, 0);
+      if (numNew === 0 || numNew > budget) break;
+      const numRows = rowsOf(request, numCached, numNew);
+      if (numRows > rowBudget) break;
       // The static baseline reserves KV for the maximum length up front, as servers without
       // paging must: they cannot know how long the output will be.
-      const reserve = isStatic ? this.config.maxModelLen - cached.numTokens : numNew;
+      const reserve = isStatic ? this.config.maxModelLen - numCached : numNew;
       if (!this.#kv.allocateSlots(request, reserve, cached)) break;
       this.#waiting.shift();
-      request.numComputedTokens = cached.numTokens;
+      request.numComputedTokens = numCached;
       this.addRunning(request);
       scheduled.push({ request, start: request.numComputedTokens, numNewTokens: numNew });
       budget -= numNew;
+      rowBudget -= numRows;
     }
 
     return {
@@ -247,13 +290,16 @@ export class Scheduler {
   }
 
   #share(request: EngineRequest, start: number, numNewTokens: number): ScheduledRequest {
+    const sample = start + numNewTokens === request.numTokens;
+    const allRows = request.needsPromptLogits && start < request.numPromptTokens;
     return {
       requestId: request.id,
       start,
       numNewTokens,
       tokenIds: request.tokenIds.slice(start, start + numNewTokens),
       blockIds: this.#kv.blockTable(request.id),
-      sample: start + numNewTokens === request.numTokens,
+      sample,
+      numLogitRows: allRows ? numNewTokens : sample ? 1 : 0,
     };
   }
 

@@ -9,8 +9,13 @@ import type { ModelConfig } from "./config.ts";
 export interface StepCapacity {
   /** Tokens in one step: prefill chunks plus decode tokens. */
   maxNumTokens: number;
-  /** Sequences in one step; also the most rows that get logits and the most block copies. */
+  /** Sequences in one step; also the most block copies. */
   maxNumSeqs: number;
+  /**
+   * Token rows that get logits in one step (sampling rows, and prompt rows for prompt logprobs);
+   * at least maxNumSeqs, which is the default.
+   */
+  maxNumLogitRows?: number;
   /** Width of every block table: ceil(max model length / block size). */
   maxBlocksPerSeq: number;
   /** Tokens per KV block. */
@@ -28,19 +33,19 @@ export interface StepMetadata {
   seqLens: DevicePtr; // [maxNumSeqs]
   queryStart: DevicePtr; // [maxNumSeqs + 1]
   blockTables: DevicePtr; // [maxNumSeqs, maxBlocksPerSeq]
-  logitRows: DevicePtr; // [maxNumSeqs]
+  logitRows: DevicePtr; // [maxNumLogitRows]
   blockCopies: DevicePtr; // [maxNumSeqs, 2]
 }
 
 /** Checks that a capacity is usable; the messages name the flags the values come from. */
 function checkCapacity(c: StepCapacity): void {
-  const flags: Record<keyof StepCapacity, string> = {
+  const flags: Record<Exclude<keyof StepCapacity, "maxNumLogitRows">, string> = {
     maxNumTokens: "--max-num-batched-tokens",
     maxNumSeqs: "--max-num-seqs",
     maxBlocksPerSeq: "--max-model-len",
     blockSize: "--block-size",
   };
-  for (const key of Object.keys(flags) as (keyof StepCapacity)[]) {
+  for (const key of Object.keys(flags) as (keyof typeof flags)[]) {
     if (!Number.isInteger(c[key]) || c[key] <= 0) {
       throw new RangeError(`${key} (${flags[key]}) must be a positive integer, got ${c[key]}`);
     }
@@ -48,7 +53,7 @@ function checkCapacity(c: StepCapacity): void {
 }
 
 export class ForwardWorkspace {
-  readonly capacity: StepCapacity;
+  readonly capacity: Required<StepCapacity>;
   /** Device bytes this workspace holds, kernel workspace included. */
   readonly reservedBytes: number;
   readonly x: DevicePtr; // [T, hidden] residual stream
@@ -57,8 +62,8 @@ export class ForwardWorkspace {
   readonly attn: DevicePtr; // [T, qDim]
   readonly gateUp: DevicePtr; // [T, 2 * intermediate]
   readonly act: DevicePtr; // [T, intermediate]
-  readonly last: DevicePtr; // [S, hidden] rows that get logits
-  readonly logits: DevicePtr; // [S, vocab]
+  readonly last: DevicePtr; // [L, hidden] rows that get logits (L = maxNumLogitRows)
+  readonly logits: DevicePtr; // [L, vocab]
   readonly meta: StepMetadata;
   #backend: NativeBackend;
   #vocabSize: number;
@@ -74,8 +79,18 @@ export class ForwardWorkspace {
     checkCapacity(capacity);
     this.#backend = backend;
     this.#vocabSize = config.vocabSize;
-    this.capacity = { ...capacity };
+    this.capacity = {
+      ...capacity,
+      maxNumLogitRows: capacity.maxNumLogitRows ?? capacity.maxNumSeqs,
+    };
     const { maxNumTokens: t, maxNumSeqs: s, maxBlocksPerSeq: w } = capacity;
+    const l = this.capacity.maxNumLogitRows;
+    if (!Number.isInteger(l) || l < s) {
+      throw new RangeError(
+        `maxNumLogitRows (--max-num-logit-rows) must be an integer of at least maxNumSeqs ` +
+          `(${s}), got ${l}`,
+      );
+    }
     const c = config;
     const qDim = c.numHeads * c.headDim;
     const qkvDim = (c.numHeads + 2 * c.numKvHeads) * c.headDim;
@@ -93,8 +108,8 @@ export class ForwardWorkspace {
       this.attn = alloc(t * qDim * F32);
       this.gateUp = alloc(t * 2 * c.intermediateSize * F32);
       this.act = alloc(t * c.intermediateSize * F32);
-      this.last = alloc(s * c.hiddenSize * F32);
-      this.logits = alloc(s * c.vocabSize * F32);
+      this.last = alloc(l * c.hiddenSize * F32);
+      this.logits = alloc(l * c.vocabSize * F32);
       // The metadata regions, in int32 elements, one after another.
       const lengths: Record<keyof StepMetadata, number> = {
         tokenIds: t,
@@ -103,7 +118,7 @@ export class ForwardWorkspace {
         seqLens: s,
         queryStart: s + 1,
         blockTables: s * w,
-        logitRows: s,
+        logitRows: l,
         blockCopies: 2 * s,
       };
       let at = 0;
@@ -126,7 +141,7 @@ export class ForwardWorkspace {
           offset(device, offsets[k] * I32),
         ]),
       ) as unknown as StepMetadata;
-      this.#logitsHost = new Float32Array(s * c.vocabSize);
+      this.#logitsHost = new Float32Array(l * c.vocabSize);
       bytes += backend.reserveWorkspace({
         maxNumTokens: t,
         numHeads: c.numHeads,
@@ -167,7 +182,7 @@ export class ForwardWorkspace {
     };
     over("tokens", numTokens, cap.maxNumTokens, "--max-num-batched-tokens");
     over("sequences", numSeqs, cap.maxNumSeqs, "--max-num-seqs");
-    over("logit rows", numLogits, cap.maxNumSeqs, "--max-num-seqs");
+    over("logit rows", numLogits, cap.maxNumLogitRows, "--max-num-logit-rows");
     over("blocks per sequence", width, cap.maxBlocksPerSeq, "--max-model-len");
     over("block copies", batch.blockCopies.length / 2, cap.maxNumSeqs, "--max-num-seqs");
 
