@@ -217,8 +217,8 @@ export class Scheduler {
         return this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
       }
       // Every row of a prompt-logprobs chunk gets logits, so the chunk fits the rows left after
-      // one for each running request still to schedule (`numOthers`), and stops at the prompt's end (after a preemption
-      // the known tokens run past it; those rows need no logits).
+      // one for each running request still to schedule (`numOthers`), and stops at the prompt's
+      // end (after a preemption the known tokens run past it; those rows need no logits).
       const rows = Math.max(0, rowBudget - numOthers);
       return Math.min(request.numPromptTokens - start, budget, rows);
     };
