@@ -1,11 +1,13 @@
 // Every kernel of the CUDA build against the CPU build on the same random inputs, then greedy
 // generation on stories260K (alone and through the batching engine) on both backends.
 //
-// Not picked up by `deno task test` (no _test suffix); tests/gpu/run.sh runs it on a GPU host:
+// Not picked up by `deno task test` (no _test suffix); tests/gpu/run.sh runs it on a GPU host, and
+// tests/gpu/emu.sh (in CI) on the CPU through the dl_emu shim:
 //   deno test -A tests/gpu/cuda_kernels.gpu.ts
 // DENOLLM_GPU_TEST_BACKEND=cpu runs the "device" side on the CPU build too, to check this file
 // itself on a machine without a GPU. DENOLLM_GPU_TEST_LIBRARY=path picks the device library (for
-// example the CUDA build compiled against ../shared/cuda-emu).
+// example the CUDA build compiled against ../shared/cuda-emu: tests/gpu/emu.sh, run by CI).
+// DENOLLM_FUZZ_SEED seeds the random attention batches.
 //
 // Tolerances, |cuda - cpu| must not exceed:
 // - bit for bit: convert, embedding, add, gather_rows, kv_write (cache bytes), copy_blocks
@@ -26,7 +28,12 @@ import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device
 import { assertClose as assertCloseTo } from "../assert_close.ts";
 
 const DEVICE_BACKEND = (Deno.env.get("DENOLLM_GPU_TEST_BACKEND") ?? "cuda") as "cpu" | "cuda";
-const MODEL_DIR = new URL("../../../shared/models/stories260K/hf", import.meta.url).pathname;
+// DENOLLM_STORIES260K: the stories260K directory (tests/gpu/run.sh points it at .gpu-carry/ where
+// ../shared is absent).
+const MODEL_DIR = `${
+  Deno.env.get("DENOLLM_STORIES260K") ??
+    new URL("../../../shared/models/stories260K", import.meta.url).pathname
+}/hf`;
 const DTYPES: DTypeId[] = [DType.F32, DType.F16, DType.BF16];
 const DTYPE_NAMES = ["f32", "f16", "bf16"];
 
