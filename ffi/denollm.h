@@ -6,6 +6,12 @@
 // - "Device memory" is memory from dl_alloc(): plain host memory in the CPU build, cudaMalloc memory
 //   in the CUDA build. Every array argument of a kernel is device memory, including small metadata
 //   (token ids, positions, slot mappings, block tables), so the engine is backend-agnostic.
+// - Metadata (the int32 arrays of ids, rows, slots, block pairs, block tables, seq_lens,
+//   query_start) must hold values in the ranges stated at each function. The CUDA build cannot read
+//   device memory before it launches, so it never fails on a bad value: it guards every index, so a
+//   bad value never reads or writes outside the buffers, and each function states ("CUDA:") what it
+//   then does. The CPU build reads the metadata on the host and fails with DL_ERR_INVALID_ARGUMENT
+//   naming the bad value: a debugging aid, not a promise the engine may rely on.
 // - Activations are f32. Weights are in one of the formats of DL_DTYPE_TABLE (dl_dtype); compute
 //   accumulates in f32.
 // - Shapes are written outermost first, row-major: [rows, cols].
@@ -168,7 +174,8 @@ DL_API int32_t dl_convert(
 
 // --- Kernels
 
-// out[t] = table[token_ids[t]] converted to f32. Fails on an id outside [0, vocab_size).
+// out[t] = table[token_ids[t]] converted to f32; ids in [0, vocab_size). CUDA: the row of an id
+// outside that range is written as zeros.
 DL_API int32_t dl_embedding(
     dl_context* ctx,
     float* out,                // [num_tokens, dim]
@@ -207,6 +214,7 @@ DL_API int32_t dl_matmul(
 
 // Rotates, in place, the first num_heads heads of each row of x by its token's position.
 // Rows may hold more than the rotated heads (a fused QKV row rotates Q and K heads, not V).
+// Every int32 is a valid position (neither build checks them).
 DL_API int32_t dl_rope(
     dl_context* ctx,
     float* x,                  // [num_tokens, row_stride], heads at the start of each row
@@ -236,6 +244,7 @@ DL_API int32_t dl_add(
     uint64_t num_elements);
 
 // out[i] = x[rows[i]]: picks, for example, the last token of each sequence before the LM head.
+// CUDA: the row of an index outside [0, num_src_rows) is written as zeros.
 DL_API int32_t dl_gather_rows(
     dl_context* ctx,
     float* out,           // [num_rows, dim]
@@ -246,7 +255,8 @@ DL_API int32_t dl_gather_rows(
     int32_t dim);
 
 // Writes each token's K and V heads into the paged cache at its slot. A negative slot skips the
-// token (padding). k and v may point into the same fused QKV rows.
+// token (padding). k and v may point into the same fused QKV rows. Slots below
+// num_blocks * block_size; CUDA: a larger slot is skipped like a negative one.
 DL_API int32_t dl_kv_write(
     dl_context* ctx,
     void* k_cache,                // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
@@ -264,7 +274,10 @@ DL_API int32_t dl_kv_write(
 
 // Copies whole cache blocks within one cache buffer: block pairs[i][1] becomes a copy of block
 // pairs[i][0]. Used for copy-on-write when sequences that shared a partial block diverge; call it
-// once per K and V buffer of each layer. Destination blocks must be distinct and not sources.
+// once per K and V buffer of each layer. Block ids in [0, num_blocks); a block is not copied onto
+// itself; destination blocks must be distinct and not sources. CUDA: a pair with an id out of range
+// or copying a block onto itself is skipped; pairs that break the last rule (the CPU build does
+// not check it either) run concurrently and leave those blocks unspecified.
 DL_API int32_t dl_copy_blocks(
     dl_context* ctx,
     void* cache,             // [num_blocks, block_bytes]
@@ -273,12 +286,18 @@ DL_API int32_t dl_copy_blocks(
     uint64_t block_bytes,
     int32_t num_blocks);
 
-// Causal attention over the paged cache for a batch of sequences, each with one or more new query
-// tokens (prefill, chunked prefill and decode alike). Sequence s owns query rows
+// Causal attention over the paged cache for a batch of sequences, each with its new query tokens
+// (prefill, chunked prefill and decode alike). Sequence s owns query rows
 // [query_start[s], query_start[s + 1]) and has seq_lens[s] tokens in the cache, the new ones last,
 // so its query i sits at position seq_lens[s] - num_new + i and sees cache positions up to it.
 // Exact: tiled over the cache with an online softmax (flash attention). GQA/MQA: query head h reads
 // KV head h / (num_heads / num_kv_heads).
+// Metadata: query_start non-decreasing from 0 to num_tokens (a sequence may have no new tokens: it
+// then has no rows and is skipped; num_tokens may be 0); num_new <= seq_lens[s] <=
+// max_blocks_per_seq * block_size; the first ceil(seq_lens[s] / block_size) entries of a block
+// table in [0, num_blocks) (later entries are never read). CUDA: a query whose position is
+// outside [0, max_blocks_per_seq * block_size) gets a zero output row; a block id out of range
+// reads as K and V rows of zeros; query_start out of order gives unspecified output rows.
 DL_API int32_t dl_paged_attention(
     dl_context* ctx,
     float* out,                   // [num_tokens, num_heads * head_dim]

@@ -816,6 +816,59 @@ Deno.test("paged attention matches naive softmax attention: MHA, GQA, MQA, every
   });
 });
 
+Deno.test("paged attention edge cases: odd head dims, GQA groups to 128, block sizes 1 to 64, empty sequences", () => {
+  const cases: AttentionCase[] = [];
+  const base = { numHeads: 4, numKvHeads: 2, headDim: 64, blockSize: 16, extraQColumns: 0 };
+  for (const headDim of [1, 3, 17, 65, 129, 255, 256]) {
+    cases.push({ ...base, headDim, seqs: [[0, 5], [20, 2], [40, 1]] });
+  }
+  for (const [numHeads, numKvHeads] of [[32, 1], [64, 2], [128, 1], [256, 2]]) {
+    cases.push({ ...base, numHeads, numKvHeads, seqs: [[63, 1], [64, 1], [129, 1], [0, 3]] });
+  }
+  for (const blockSize of [1, 2, 3, 7, 8, 17, 32, 33, 64]) {
+    cases.push({
+      ...base,
+      blockSize,
+      seqs: [[0, 2 * blockSize + 1], [blockSize, 3], [3 * blockSize - 1, 1]],
+    });
+  }
+  // Sequences without new tokens (first, between, last), a batch of one token per sequence that
+  // is not one per sequence, and no tokens at all.
+  cases.push({ ...base, seqs: [[5, 0], [0, 3], [10, 0], [20, 1], [33, 0]] });
+  cases.push({ ...base, seqs: [[9, 0], [4, 2]] });
+  cases.push({ ...base, seqs: [[4, 0], [0, 0], [17, 0]] });
+  withBuffers((b) => {
+    cases.forEach((c, i) => {
+      for (const dtype of DTYPES) runAttentionCase(b, c, dtype, 300 + i * 3 + dtype);
+    });
+  });
+});
+
+Deno.test("paged attention matches the reference on random batches", () => {
+  const rand = ref.mulberry32(9);
+  const pick = <T>(items: T[]): T => items[ref.randomInt(rand, 0, items.length - 1)];
+  const heads: [number, number][] = [[1, 1], [4, 4], [8, 2], [8, 1], [12, 4], [16, 2], [32, 8]];
+  withBuffers((b) => {
+    for (let iteration = 0; iteration < 40; iteration++) {
+      const [numHeads, numKvHeads] = pick(heads);
+      const kind = pick(["decode", "mixed", "prefill"]);
+      const seqs = Array.from({ length: ref.randomInt(rand, 1, 8) }, (): [number, number] => [
+        kind === "prefill" ? 0 : ref.randomInt(rand, 0, rand() < 0.3 ? 300 : 40),
+        kind === "decode" ? 1 : ref.randomInt(rand, kind === "prefill" ? 1 : 0, 24),
+      ]);
+      const c: AttentionCase = {
+        numHeads,
+        numKvHeads,
+        headDim: pick([8, 16, 17, 32, 64, 80]),
+        blockSize: pick([1, 2, 4, 5, 8, 16, 32, 64]),
+        seqs,
+        extraQColumns: pick([0, 8, 33]),
+      };
+      runAttentionCase(b, c, pick(DTYPES), 1000 + iteration);
+    }
+  });
+});
+
 // --- Argument errors
 
 Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was expected", () => {

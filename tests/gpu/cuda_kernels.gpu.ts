@@ -1,11 +1,13 @@
 // Every kernel of the CUDA build against the CPU build on the same random inputs, then greedy
 // generation on stories260K (alone and through the batching engine) on both backends.
 //
-// Not picked up by `deno task test` (no _test suffix); tests/gpu/run.sh runs it on a GPU host:
+// Not picked up by `deno task test` (no _test suffix); tests/gpu/run.sh runs it on a GPU host, and
+// tests/gpu/emu.sh (in CI) on the CPU through the dl_emu shim:
 //   deno test -A tests/gpu/cuda_kernels.gpu.ts
 // DENOLLM_GPU_TEST_BACKEND=cpu runs the "device" side on the CPU build too, to check this file
 // itself on a machine without a GPU. DENOLLM_GPU_TEST_LIBRARY=path picks the device library (for
-// example the CUDA build compiled against ../shared/cuda-emu).
+// example the CUDA build compiled against ../shared/cuda-emu: tests/gpu/emu.sh, run by CI).
+// DENOLLM_FUZZ_SEED seeds the random attention batches.
 //
 // Tolerances, |cuda - cpu| must not exceed:
 // - bit for bit: convert, embedding, add, gather_rows, kv_write (cache bytes), copy_blocks
@@ -26,7 +28,12 @@ import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device
 import { assertClose as assertCloseTo } from "../assert_close.ts";
 
 const DEVICE_BACKEND = (Deno.env.get("DENOLLM_GPU_TEST_BACKEND") ?? "cuda") as "cpu" | "cuda";
-const MODEL_DIR = new URL("../../../shared/models/stories260K/hf", import.meta.url).pathname;
+// DENOLLM_STORIES260K: the stories260K directory (tests/gpu/run.sh points it at .gpu-carry/ where
+// ../shared is absent).
+const MODEL_DIR = `${
+  Deno.env.get("DENOLLM_STORIES260K") ??
+    new URL("../../../shared/models/stories260K", import.meta.url).pathname
+}/hf`;
 const DTYPES: DTypeId[] = [DType.F32, DType.F16, DType.BF16];
 const DTYPE_NAMES = ["f32", "f16", "bf16"];
 
@@ -573,59 +580,116 @@ interface AttentionCase {
   numKvHeads: number;
   headDim: number;
   blockSize: number;
-  /** Per sequence: cached prefix and new tokens. */
+  /** Per sequence: cached prefix and new tokens (0 new tokens: a sequence without rows). */
   seqs: { prefix: number; numNew: number }[];
+  /** Table entries per sequence; default one more than the longest sequence needs. */
+  maxBlocksPerSeq?: number;
+  /** Fill table entries past a sequence's length with random ids, in range or not (never read). */
+  garbageTables?: boolean;
 }
 
-function runAttention(c: AttentionCase, dtype: DTypeId, rand: () => number): number {
+/** The inputs of one dl_paged_attention call, on the host. */
+interface AttentionInputs {
+  q: Float32Array;
+  kCache: Float32Array | Uint16Array;
+  vCache: Float32Array | Uint16Array;
+  blockTables: Int32Array;
+  seqLens: Int32Array;
+  queryStart: Int32Array;
+  numSeqs: number;
+  numTokens: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  qRowStride: number;
+  blockSize: number;
+  maxBlocksPerSeq: number;
+  numBlocks: number;
+}
+
+function attentionInputs(c: AttentionCase, dtype: DTypeId, rand: () => number): AttentionInputs {
   const { numHeads, numKvHeads, headDim, blockSize } = c;
   const numSeqs = c.seqs.length;
   const seqLens = Int32Array.from(c.seqs, (s) => s.prefix + s.numNew);
   const queryStart = new Int32Array(numSeqs + 1);
   c.seqs.forEach((s, i) => (queryStart[i + 1] = queryStart[i] + s.numNew));
   const numTokens = queryStart[numSeqs];
-  const maxBlocksPerSeq = Math.max(...Array.from(seqLens, (l) => Math.ceil(l / blockSize))) + 1;
+  const maxBlocksPerSeq = c.maxBlocksPerSeq ??
+    Math.max(...Array.from(seqLens, (l) => Math.ceil(l / blockSize))) + 1;
   const numBlocks = numSeqs * maxBlocksPerSeq + 3;
-  // Each sequence gets distinct blocks in shuffled order; unused table entries point at block 0.
+  // Each sequence gets distinct blocks in shuffled order; unused table entries point at block 0
+  // or, with garbageTables, anywhere (out of range included).
   const order = [...Array(numBlocks).keys()].sort(() => rand() - 0.5);
   const blockTables = new Int32Array(numSeqs * maxBlocksPerSeq);
+  if (c.garbageTables) {
+    for (let i = 0; i < blockTables.length; i++) {
+      blockTables[i] = ref.randomInt(rand, -2 * numBlocks, 2 * numBlocks);
+    }
+  }
   let next = 0;
   for (let s = 0; s < numSeqs; s++) {
     const used = Math.ceil(seqLens[s] / blockSize);
     for (let j = 0; j < used; j++) blockTables[s * maxBlocksPerSeq + j] = order[next++];
   }
   const qRowStride = (numHeads + 2 * numKvHeads) * headDim;
-  const q = ref.randomF32(rand, numTokens * qRowStride);
   const cacheElems = numBlocks * numKvHeads * blockSize * headDim;
-  const kCache = randomStored(rand, cacheElems, dtype);
-  const vCache = randomStored(rand, cacheElems, dtype);
-  const [a, b] = onBoth((s) => {
-    const out = s.zeros(numTokens * numHeads * headDim * 4);
-    s.backend.pagedAttention({
-      out,
-      q: s.from(q),
-      kCache: s.from(kCache),
-      vCache: s.from(vCache),
-      cacheDtype: dtype,
-      blockTables: s.from(blockTables),
-      seqLens: s.from(seqLens),
-      queryStart: s.from(queryStart),
-      numSeqs,
-      numTokens,
-      numHeads,
-      numKvHeads,
-      headDim,
-      qRowStride,
-      blockSize,
-      maxBlocksPerSeq,
-      numBlocks,
-      scale: 1 / Math.sqrt(headDim),
-    });
-    return s.f32(out, numTokens * numHeads * headDim);
+  return {
+    q: ref.randomF32(rand, numTokens * qRowStride),
+    kCache: randomStored(rand, cacheElems, dtype),
+    vCache: randomStored(rand, cacheElems, dtype),
+    blockTables,
+    seqLens,
+    queryStart,
+    numSeqs,
+    numTokens,
+    numHeads,
+    numKvHeads,
+    headDim,
+    qRowStride,
+    blockSize,
+    maxBlocksPerSeq,
+    numBlocks,
+  };
+}
+
+/** Runs dl_paged_attention on one side; returns out [numTokens, numHeads * headDim]. */
+function attend(s: Side, a: AttentionInputs, dtype: DTypeId): Float32Array {
+  const outLength = a.numTokens * a.numHeads * a.headDim;
+  const out = s.zeros(outLength * 4);
+  s.backend.pagedAttention({
+    out,
+    q: s.from(a.q),
+    kCache: s.from(a.kCache),
+    vCache: s.from(a.vCache),
+    cacheDtype: dtype,
+    blockTables: s.from(a.blockTables),
+    seqLens: s.from(a.seqLens),
+    queryStart: s.from(a.queryStart),
+    numSeqs: a.numSeqs,
+    numTokens: a.numTokens,
+    numHeads: a.numHeads,
+    numKvHeads: a.numKvHeads,
+    headDim: a.headDim,
+    qRowStride: a.qRowStride,
+    blockSize: a.blockSize,
+    maxBlocksPerSeq: a.maxBlocksPerSeq,
+    numBlocks: a.numBlocks,
+    scale: 1 / Math.sqrt(a.headDim),
   });
-  const label = `attention ${DTYPE_NAMES[dtype]} heads ${numHeads}/${numKvHeads} hd ${headDim} ` +
-    `block ${blockSize} seqs ${JSON.stringify(c.seqs)}`;
-  return assertClose(b, a, (i) => 2e-5 * Math.abs(a[i]) + 2e-5, label);
+  return s.f32(out, outLength);
+}
+
+function attentionLabel(c: AttentionCase, dtype: DTypeId): string {
+  const seqs = c.seqs.map((s) => `${s.prefix}+${s.numNew}`).join(",");
+  return `attention ${DTYPE_NAMES[dtype]} heads ${c.numHeads}/${c.numKvHeads} hd ${c.headDim} ` +
+    `block ${c.blockSize}${c.maxBlocksPerSeq ? ` max_blocks ${c.maxBlocksPerSeq}` : ""} ` +
+    `seqs [${seqs}]`;
+}
+
+function runAttention(c: AttentionCase, dtype: DTypeId, rand: () => number): number {
+  const inputs = attentionInputs(c, dtype, rand);
+  const [a, b] = onBoth((s) => attend(s, inputs, dtype));
+  return assertClose(b, a, (i) => 2e-5 * Math.abs(a[i]) + 2e-5, attentionLabel(c, dtype));
 }
 
 Deno.test("paged attention: prefill, chunked prefill and decode; MHA, GQA, MQA", () => {
@@ -674,6 +738,394 @@ Deno.test("paged attention: prefill, chunked prefill and decode; MHA, GQA, MQA",
   }
   report("attention prefill/mixed", worstPrefill);
   report("attention decode", worstDecode);
+});
+
+/** The decode kernel's partition length for a GQA group (cuda/attention.cu, decode_part_len). */
+function decodePartLen(group: number): number {
+  return group * 256 > 8192 ? Math.max(32, Math.floor(Math.floor(8192 / group) / 32) * 32) : 256;
+}
+
+Deno.test("paged attention: odd and extreme head dims, prefill and decode", () => {
+  const rand = ref.mulberry32(19);
+  let worst = 0;
+  for (const headDim of [1, 3, 17, 63, 65, 100, 127, 129, 255, 256]) {
+    for (const dtype of DTYPES) {
+      const base = { numHeads: 4, numKvHeads: 2, headDim, blockSize: 16 };
+      const mixed = [{ prefix: 0, numNew: 9 }, { prefix: 40, numNew: 3 }, {
+        prefix: 70,
+        numNew: 1,
+      }];
+      const decode = [{ prefix: 0, numNew: 1 }, { prefix: 300, numNew: 1 }];
+      for (const seqs of [mixed, decode]) {
+        worst = Math.max(worst, runAttention({ ...base, seqs }, dtype, rand));
+      }
+    }
+  }
+  report("attention odd head dims", worst);
+});
+
+Deno.test("paged attention: GQA groups up to 128, decode at partition boundaries", () => {
+  const rand = ref.mulberry32(20);
+  let worst = 0;
+  const heads: [number, number][] = [[16, 1], [32, 2], [64, 1], [128, 1], [256, 2]];
+  for (const [numHeads, numKvHeads] of heads) {
+    const group = numHeads / numKvHeads, part = decodePartLen(group);
+    for (const headDim of [64, 128]) {
+      const dtype = DTYPES[(numHeads + headDim) % 3];
+      const base = { numHeads, numKvHeads, headDim, blockSize: 16 };
+      // Contexts just below, at and above one and two partitions, in one decode batch.
+      const lens = [part - 1, part, part + 1, 2 * part - 1, 2 * part, 2 * part + 1];
+      const decode = lens.map((l) => ({ prefix: l - 1, numNew: 1 }));
+      worst = Math.max(worst, runAttention({ ...base, seqs: decode }, dtype, rand));
+      const mixed = [{ prefix: 0, numNew: 5 }, { prefix: part - 2, numNew: 3 }];
+      worst = Math.max(worst, runAttention({ ...base, seqs: mixed }, dtype, rand));
+    }
+  }
+  // Group 128 at head_dim 256 needs 329 KB of decode shared memory, more than any GPU has: the
+  // CUDA build refuses it (prefill still runs).
+  const wide = { numHeads: 128, numKvHeads: 1, headDim: 256, blockSize: 16 };
+  worst = Math.max(
+    worst,
+    runAttention({ ...wide, seqs: [{ prefix: 0, numNew: 3 }] }, DType.BF16, rand),
+  );
+  const decodeWide = attentionInputs(
+    { ...wide, seqs: [{ prefix: 70, numNew: 1 }] },
+    DType.BF16,
+    rand,
+  );
+  withDeviceBuffers(gpu, (s) => {
+    try {
+      attend(s, decodeWide, DType.BF16);
+      if (s.backend.name === "cuda") fail("group 128 at head_dim 256 decoded on CUDA");
+    } catch (error) {
+      if (
+        !(error instanceof NativeError) || error.status !== 3 ||
+        !/shared memory/.test(error.message)
+      ) {
+        throw error;
+      }
+    }
+  });
+  report("attention large GQA groups", worst);
+});
+
+Deno.test("paged attention: contexts around the decode partition, one partition or several", () => {
+  const rand = ref.mulberry32(21);
+  let worst = 0;
+  for (const [numHeads, numKvHeads] of [[4, 4], [64, 1], [128, 1]] as [number, number][]) {
+    const part = decodePartLen(numHeads / numKvHeads);
+    for (const blockSize of [16, 7]) {
+      for (const len of [part - 1, part, part + 1, 2 * part + 1]) {
+        // The table holds exactly the context (the number of partitions follows from it) or
+        // one partition more (the last partition then holds no position and is skipped).
+        const tight = Math.ceil(len / blockSize);
+        for (const maxBlocksPerSeq of [tight, tight + Math.ceil(part / blockSize)]) {
+          const c = {
+            numHeads,
+            numKvHeads,
+            headDim: 32,
+            blockSize,
+            maxBlocksPerSeq,
+            seqs: [{ prefix: len - 1, numNew: 1 }],
+          };
+          worst = Math.max(worst, runAttention(c, DTYPES[len % 3], rand));
+        }
+      }
+    }
+  }
+  report("attention around partitions", worst);
+});
+
+Deno.test("paged attention: block sizes 1 to 64", () => {
+  const rand = ref.mulberry32(22);
+  let worst = 0;
+  for (const blockSize of [1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64]) {
+    const dtype = DTYPES[blockSize % 3];
+    const base = { numHeads: 8, numKvHeads: 2, headDim: 64, blockSize };
+    const mixed = [
+      { prefix: 0, numNew: 2 * blockSize + 1 },
+      { prefix: blockSize, numNew: 3 },
+      { prefix: 3 * blockSize - 1, numNew: 1 },
+    ];
+    const decode = [{ prefix: blockSize - 1, numNew: 1 }, { prefix: 5 * blockSize, numNew: 1 }];
+    for (const seqs of [mixed, decode]) {
+      worst = Math.max(worst, runAttention({ ...base, seqs }, dtype, rand));
+    }
+  }
+  report("attention block sizes", worst);
+});
+
+Deno.test("paged attention: sequences without new tokens, and no tokens at all", () => {
+  const rand = ref.mulberry32(23);
+  let worst = 0;
+  const base = { numHeads: 8, numKvHeads: 2, headDim: 64, blockSize: 16 };
+  const batches = [
+    // Flash path with empty sequences first, between and last.
+    [
+      { prefix: 5, numNew: 0 },
+      { prefix: 0, numNew: 3 },
+      { prefix: 10, numNew: 0 },
+      { prefix: 20, numNew: 1 },
+      { prefix: 33, numNew: 0 },
+    ],
+    // num_tokens == num_seqs without one token per sequence: the decode path's shape.
+    [{ prefix: 9, numNew: 0 }, { prefix: 4, numNew: 2 }],
+    [{ prefix: 300, numNew: 2 }, { prefix: 0, numNew: 0 }, { prefix: 40, numNew: 1 }],
+  ];
+  for (const dtype of DTYPES) {
+    for (const seqs of batches) {
+      worst = Math.max(worst, runAttention({ ...base, seqs }, dtype, rand));
+    }
+    // No query tokens, three sequences: nothing is written.
+    const inputs = attentionInputs(
+      {
+        ...base,
+        seqs: [{ prefix: 4, numNew: 0 }, { prefix: 0, numNew: 0 }, { prefix: 17, numNew: 0 }],
+      },
+      dtype,
+      rand,
+    );
+    onBoth((s) => attend(s, inputs, dtype));
+  }
+  report("attention with empty sequences", worst);
+});
+
+/** The fuzz seed: DENOLLM_FUZZ_SEED (tests/gpu/emu.sh passes its DL_EMU_SEED) or fixed. */
+const FUZZ_SEED = Number(Deno.env.get("DENOLLM_FUZZ_SEED") ?? "1");
+
+Deno.test(`paged attention: random batches (DENOLLM_FUZZ_SEED=${FUZZ_SEED})`, () => {
+  const rand = ref.mulberry32(FUZZ_SEED);
+  const pick = <T>(items: T[]): T => items[ref.randomInt(rand, 0, items.length - 1)];
+  const heads: [number, number][] = [[1, 1], [4, 4], [8, 2], [8, 1], [12, 4], [16, 2]];
+  heads.push([32, 8], [40, 5], [64, 2]);
+  let worst = 0;
+  for (let iteration = 0; iteration < 60; iteration++) {
+    const [numHeads, numKvHeads] = pick(heads);
+    const headDim = pick([8, 16, 17, 32, 40, 64, 80, 96, 100, 128]);
+    const blockSize = pick([1, 2, 4, 5, 8, 16, 32, 64]);
+    const dtype = pick(DTYPES);
+    const kind = pick(["decode", "mixed", "prefill"]);
+    const numSeqs = ref.randomInt(rand, 1, kind === "prefill" ? 3 : 12);
+    const seqs = Array.from({ length: numSeqs }, () => {
+      const prefix = kind === "prefill" ? 0 : ref.randomInt(rand, 0, rand() < 0.3 ? 700 : 80);
+      const numNew = kind === "decode" ? 1 : ref.randomInt(rand, kind === "prefill" ? 1 : 0, 48);
+      return { prefix, numNew };
+    });
+    const longest = Math.max(...seqs.map((s) => Math.ceil((s.prefix + s.numNew) / blockSize)));
+    const c: AttentionCase = {
+      numHeads,
+      numKvHeads,
+      headDim,
+      blockSize,
+      seqs,
+      maxBlocksPerSeq: Math.max(1, longest + ref.randomInt(rand, 0, 3)),
+      garbageTables: true,
+    };
+    const inputs = attentionInputs(c, dtype, rand);
+    const [a, b] = onBoth((s) => attend(s, inputs, dtype));
+    worst = Math.max(
+      worst,
+      assertClose(
+        b,
+        a,
+        (i) => 2e-5 * Math.abs(a[i]) + 2e-5,
+        `fuzz ${iteration} (DENOLLM_FUZZ_SEED=${FUZZ_SEED}) ${attentionLabel(c, dtype)}`,
+      ),
+    );
+  }
+  report("attention random batches", worst);
+});
+
+// --- Bad metadata: what ffi/denollm.h promises of each build
+
+/** On the CUDA build, runs body and returns its result; on the CPU build, expects it to fail. */
+function badMetadata<T>(s: Side, what: string, pattern: RegExp, body: () => T): T | null {
+  if (s.backend.name === "cuda") return body();
+  try {
+    body();
+  } catch (error) {
+    if (error instanceof NativeError && error.status === 1 && pattern.test(error.message)) {
+      return null;
+    }
+    throw error;
+  }
+  fail(`${what}: the CPU build accepted bad metadata`);
+}
+
+Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU build fails", () => {
+  const rand = ref.mulberry32(24);
+  withDeviceBuffers(gpu, (s) => {
+    const isCuda = s.backend.name === "cuda";
+    // dl_embedding: a row of zeros for an id outside [0, vocab_size).
+    const vocab = 20, dim = 33;
+    const table = ref.randomF32(rand, vocab * dim);
+    const ids = Int32Array.of(3, -1, vocab, 2 ** 31 - 1, 0);
+    const emb = badMetadata(
+      s,
+      "embedding",
+      /expected token_ids\[1\] in \[0, 20\), found -1/,
+      () => {
+        const out = s.from(new Float32Array(ids.length * dim).fill(7));
+        s.backend.embedding({
+          out,
+          table: s.from(table),
+          tableDtype: DType.F32,
+          tokenIds: s.from(ids),
+          numTokens: ids.length,
+          vocabSize: vocab,
+          dim,
+        });
+        return s.f32(out, ids.length * dim);
+      },
+    );
+    if (emb) {
+      const expected = new Float32Array(ids.length * dim);
+      expected.set(table.subarray(3 * dim, 4 * dim), 0);
+      expected.set(table.subarray(0, dim), 4 * dim);
+      assertBits(emb, expected, "embedding with bad ids");
+    }
+
+    // dl_gather_rows: a row of zeros for an index outside [0, num_src_rows).
+    const x = ref.randomF32(rand, 6 * dim);
+    const rows = Int32Array.of(-3, 5, 6, 1);
+    const gathered = badMetadata(s, "gather_rows", /rows\[0\] in \[0, 6\), found -3/, () => {
+      const out = s.from(new Float32Array(rows.length * dim).fill(7));
+      s.backend.gatherRows({
+        out,
+        x: s.from(x),
+        rows: s.from(rows),
+        numRows: rows.length,
+        numSrcRows: 6,
+        dim,
+      });
+      return s.f32(out, rows.length * dim);
+    });
+    if (gathered) {
+      const expected = new Float32Array(rows.length * dim);
+      expected.set(x.subarray(5 * dim, 6 * dim), dim);
+      expected.set(x.subarray(dim, 2 * dim), 3 * dim);
+      assertBits(gathered, expected, "gather_rows with bad rows");
+    }
+
+    // dl_kv_write: a slot at or past num_blocks * block_size is skipped like a negative one.
+    const [numBlocks, blockSize, numKvHeads, headDim] = [3, 4, 2, 8];
+    const numSlots = numBlocks * blockSize, cacheElems = numSlots * numKvHeads * headDim;
+    const kv = ref.randomF32(rand, 4 * numKvHeads * headDim);
+    const slots = Int32Array.of(numSlots, 5, 2 ** 31 - 1, -1);
+    const initial = ref.randomF32(rand, cacheElems);
+    const caches = badMetadata(s, "kv_write", /slot_mapping\[0\] < num_blocks/, () => {
+      const kCache = s.from(initial), vCache = s.from(initial);
+      const k = s.from(kv);
+      s.backend.kvWrite({
+        kCache,
+        vCache,
+        cacheDtype: DType.F32,
+        k,
+        v: k,
+        slotMapping: s.from(slots),
+        numTokens: slots.length,
+        numKvHeads,
+        headDim,
+        rowStride: numKvHeads * headDim,
+        blockSize,
+        numBlocks,
+      });
+      return [s.f32(kCache, cacheElems), s.f32(vCache, cacheElems)];
+    });
+    if (caches) {
+      const written = Float64Array.from(initial), unused = Float64Array.from(initial);
+      const onlyValid = Int32Array.of(-1, 5, -1, -1), rowStride = numKvHeads * headDim;
+      ref.kvWrite(written, unused, kv, kv, onlyValid, numKvHeads, headDim, rowStride, blockSize);
+      const expected = Float32Array.from(written);
+      assertBits(caches[0], expected, "kv_write K with bad slots");
+      assertBits(caches[1], expected, "kv_write V with bad slots");
+    }
+
+    // dl_copy_blocks: pairs with an id out of range, or onto themselves, are skipped.
+    const blockFloats = 12, cache = ref.randomF32(rand, 5 * blockFloats);
+    const pairs = Int32Array.of(0, 5, -1, 2, 3, 3, 1, 4);
+    const copied = badMetadata(s, "copy_blocks", /block ids in \[0, 5\), found 5/, () => {
+      const c = s.from(cache);
+      s.backend.copyBlocks({
+        cache: c,
+        pairs: s.from(pairs),
+        numPairs: 4,
+        blockBytes: blockFloats * 4,
+        numBlocks: 5,
+      });
+      return s.f32(c, 5 * blockFloats);
+    });
+    if (copied) {
+      const expected = cache.slice();
+      expected.set(cache.subarray(blockFloats, 2 * blockFloats), 4 * blockFloats);
+      assertBits(copied, expected, "copy_blocks with bad pairs");
+    }
+
+    // dl_paged_attention: a block id out of range reads as zero K and V rows (the same output as a
+    // block of zeros); queries whose position is outside [0, max_len) get zero rows.
+    for (const numNew of [1, 5]) {
+      const c = { numHeads: 4, numKvHeads: 2, headDim: 32, blockSize: 8 };
+      const inputs = attentionInputs(
+        { ...c, seqs: [{ prefix: 30, numNew }, { prefix: 12, numNew }] },
+        DType.F16,
+        rand,
+      );
+      // A block no sequence uses is zeroed; one used entry of each sequence points at it for the
+      // CPU and at an out-of-range id for the device.
+      const blockElems = c.numKvHeads * c.blockSize * c.headDim;
+      const used = new Set<number>();
+      inputs.seqLens.forEach((len, seq) => {
+        for (let j = 0; j < Math.ceil(len / c.blockSize); j++) {
+          used.add(inputs.blockTables[seq * inputs.maxBlocksPerSeq + j]);
+        }
+      });
+      const spare = [...Array(inputs.numBlocks).keys()].find((id) => !used.has(id))!;
+      inputs.kCache.fill(0, spare * blockElems, (spare + 1) * blockElems);
+      inputs.vCache.fill(0, spare * blockElems, (spare + 1) * blockElems);
+      const badTables = inputs.blockTables.slice();
+      const zeroTables = inputs.blockTables.slice();
+      badTables[1] = -4;
+      zeroTables[1] = spare;
+      badTables[inputs.maxBlocksPerSeq] = inputs.numBlocks + 6;
+      zeroTables[inputs.maxBlocksPerSeq] = spare;
+      const expected = onCpu((cs) => attend(cs, { ...inputs, blockTables: zeroTables }, DType.F16));
+      const actual = badMetadata(
+        s,
+        "attention",
+        /block_tables\[0\]\[1\] in \[0, \d+\), found -4/,
+        () => attend(s, { ...inputs, blockTables: badTables }, DType.F16),
+      );
+      if (actual) {
+        assertClose(actual, expected, (i) => 2e-5 * Math.abs(expected[i]) + 2e-5, "bad block ids");
+      }
+      // seq_lens past max_len and below the new tokens: those queries' rows are zeros.
+      const maxLen = inputs.maxBlocksPerSeq * c.blockSize;
+      const badLens = Int32Array.of(maxLen + 2, numNew - 1);
+      const rows = badMetadata(
+        s,
+        "attention",
+        /expected seq_lens\[0\] <= max_blocks_per_seq/,
+        () => attend(s, { ...inputs, seqLens: badLens }, DType.F16),
+      );
+      if (rows) {
+        const rowLen = c.numHeads * c.headDim;
+        for (let t = 0; t < inputs.numTokens; t++) {
+          const seq = t < numNew ? 0 : 1, i = t - seq * numNew;
+          const position = badLens[seq] - numNew + i;
+          const isValid = position >= 0 && position < maxLen;
+          const row = rows.subarray(t * rowLen, (t + 1) * rowLen);
+          const isZero = row.every((v) => v === 0);
+          if (isValid === isZero) {
+            fail(
+              `attention with bad seq_lens: token ${t} at position ${position} of ${maxLen}: ` +
+                `${isZero ? "zeros" : "values"}`,
+            );
+          }
+        }
+      }
+    }
+    if (!isCuda) console.log("  bad metadata: the CPU build rejected every case");
+  });
 });
 
 // --- Argument errors: the same statuses and messages as the CPU build
