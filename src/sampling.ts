@@ -98,6 +98,27 @@ export function adjustLogits(
   return out;
 }
 
+/**
+ * Sets the logits of tokens whose bit in `allowed` is clear to -Infinity, in place, and returns
+ * `row`. Words that allow all or none of their 32 tokens (most of them) take one step each.
+ */
+export function applyTokenMask(row: Float32Array, allowed: Int32Array): Float32Array {
+  const numWords = Math.ceil(row.length / 32);
+  for (let w = 0; w < numWords; w++) {
+    const word = allowed[w] ?? 0;
+    if (word === -1) continue;
+    const base = w * 32;
+    if (word === 0) {
+      row.fill(-Infinity, base, Math.min(base + 32, row.length));
+      continue;
+    }
+    for (let bit = 0; bit < 32 && base + bit < row.length; bit++) {
+      if (((word >>> bit) & 1) === 0) row[base + bit] = -Infinity;
+    }
+  }
+  return row;
+}
+
 /** Index of the largest value; the lowest index wins ties, as in llama.cpp's greedy sampler. */
 export function argmax(row: Float32Array): number {
   let best = 0;
@@ -136,9 +157,14 @@ export class Sampler {
     this.#rng = new Rng(params.seed ?? Math.floor(Math.random() * 2 ** 31));
   }
 
-  sample(logits: Float32Array, history?: TokenHistory): number {
+  /**
+   * Samples one token id from `logits`. With `allowed` (a bitmask: bit `id & 31` of word
+   * `id >> 5`, as constrained decoding produces), tokens outside it are never chosen.
+   */
+  sample(logits: Float32Array, history?: TokenHistory, allowed?: Int32Array): number {
     const p = this.params;
-    const row = adjustsLogits(p) ? adjustLogits(logits, p, history) : logits;
+    let row = adjustsLogits(p) ? adjustLogits(logits, p, history) : logits;
+    if (allowed !== undefined) row = applyTokenMask(row === logits ? row.slice() : row, allowed);
     if (p.temperature === 0 || p.topK === 1) return argmax(row);
 
     // Candidates sorted by logit; top-k cuts the list before the softmax.

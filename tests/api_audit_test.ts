@@ -238,15 +238,8 @@ async function audit(t: Deno.TestContext, engine: AsyncEngine, reference: LLM): 
       logs.length = 0;
       // Values that would change the output, and are not implemented, are still refused.
       const refused: [string, Record<string, unknown>, string][] = [
-        [
-          "/v1/chat/completions",
-          { ...chat, response_format: { type: "json_object" } },
-          "response_format",
-        ],
-        ["/v1/chat/completions", {
-          ...chat,
-          tools: [{ type: "function", function: { name: "f" } }],
-        }, "tools"],
+        // json_object and tools are implemented now; tool_choice "required" without tools is
+        // still a request that cannot be served.
         ["/v1/chat/completions", { ...chat, tool_choice: "required" }, "tool_choice"],
         ["/v1/completions", { prompt: PROMPT, suffix: "end" }, "suffix"],
         ["/v1/completions", { prompt: PROMPT, best_of: 3 }, "best_of"],

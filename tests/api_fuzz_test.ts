@@ -62,7 +62,7 @@ const INVALID: Record<string, () => unknown> = {
       "hi",
       [{}],
       [{ role: "user" }],
-      [{ role: "tool", content: "x" }],
+      [{ role: "function", content: "x" }],
       [{ role: "user", content: 5 }],
       [{ role: "user", content: [{ type: "image_url", image_url: { url: "http://x" } }] }],
       [{ role: "user", content: [{ type: "text" }] }],
@@ -114,8 +114,8 @@ const INVALID: Record<string, () => unknown> = {
   // ignored, so they are not invalid).
   ["__proto__"]: () => pick([{ admin: true }, 5, null]),
   constructor: () => pick([{ prototype: {} }, "x"]),
-  tools: () => [{ type: "function", function: { name: "f" } }],
-  response_format: () => ({ type: "json_object" }),
+  tools: () => pick([[{ type: "function", function: { name: 5 } }], [{ type: "f" }], "f"]),
+  response_format: () => pick([{ type: "xml" }, { type: "json_schema" }, "json"]),
   suffix: () => "end",
   best_of: () => 2,
 };

@@ -218,7 +218,11 @@ async function routes(t: Deno.TestContext, engine: AsyncEngine): Promise<void> {
       ],
       ["/v1/completions", { max_tokens: 3 }, "prompt"],
       ["/v1/chat/completions", { messages: [] }, "messages"],
-      ["/v1/chat/completions", { messages: [{ role: "tool", content: "x" }] }, "messages[0].role"],
+      [
+        "/v1/chat/completions",
+        { messages: [{ role: "function", content: "x" }] },
+        "messages[0].role",
+      ],
       ["/v1/chat/completions", { messages: [{ role: "user" }] }, "messages[0].content"],
       [
         "/v1/chat/completions",
@@ -234,7 +238,7 @@ async function routes(t: Deno.TestContext, engine: AsyncEngine): Promise<void> {
         "/v1/chat/completions",
         {
           messages: [{ role: "user", content: "x" }],
-          tools: [{ type: "function", function: { name: "f" } }],
+          tools: [{ type: "function", function: { name: "f", parameters: [] } }],
         },
         "tools",
       ],

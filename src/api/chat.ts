@@ -21,9 +21,57 @@ import {
   type PromptLogprob,
   promptLogprobsList,
 } from "./logprobs.ts";
-import { checkPromptChars, requestParams } from "./params.ts";
+import { checkPromptChars, requestParams, structuredOutput } from "./params.ts";
 import { chatPrompt, numMessageChars } from "./prompt_ids.ts";
 import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
+import {
+  detectToolParser,
+  newToolCallId,
+  type ParsedToolCall,
+  parseRequiredOutput,
+  parseToolCalls,
+  type ToolPlan,
+  toolPlan,
+} from "./tools.ts";
+
+/** OpenAI's tool call object. */
+interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+/** The assistant message a choice's text makes under `plan`: content, or tool calls. */
+function assistantMessage(
+  plan: ToolPlan,
+  text: string,
+): { content: string | null; calls: ParsedToolCall[] } {
+  switch (plan.mode) {
+    case "none":
+      return { content: text, calls: [] };
+    case "named":
+      return { content: null, calls: [{ name: plan.name, arguments: text }] };
+    case "required": {
+      const calls = parseRequiredOutput(text);
+      return calls === undefined ? { content: text, calls: [] } : { content: null, calls };
+    }
+    case "auto":
+      return parseToolCalls(plan.parser, text);
+  }
+}
+
+function toolCallObjects(calls: ParsedToolCall[]): ToolCall[] {
+  return calls.map((call) => ({
+    id: newToolCallId(),
+    type: "function",
+    function: { name: call.name, arguments: call.arguments },
+  }));
+}
+
+/** "tool_calls" when a choice that ended at a stop made calls, as OpenAI reports it. */
+function finishWithCalls(reason: string, numCalls: number): string {
+  return numCalls > 0 && reason === "stop" ? "tool_calls" : reason;
+}
 
 export async function handleChat(
   request: Request,
@@ -51,8 +99,23 @@ export async function handleChat(
     maxModelLen: engine.maxModelLen,
     promptParam: "messages",
   });
-  const promptIds = await chatPrompt(deps, req.messages);
-  const params = requestParams(req, {
+  const parser = deps.toolCallParser ?? detectToolParser(deps.chatTemplate);
+  const plan = toolPlan(req, parser);
+  let structured = structuredOutput(req);
+  if (plan.mode === "named" || plan.mode === "required") {
+    if (structured !== undefined) {
+      throw new ApiError(400, `tool_choice "${plan.mode}" constrains the output itself`, {
+        param: "response_format",
+      });
+    }
+    structured = plan.structured;
+  }
+  const tools = req.tools ?? [];
+  const promptIds = await chatPrompt(deps, req.messages, tools.length > 0 ? { tools } : {});
+  // Mistral's [TOOL_CALLS] is a control token: the parser needs to see it in the text.
+  const showSpecial = plan.mode === "auto" && plan.parser === "mistral" &&
+    req.skip_special_tokens == null;
+  const params = requestParams(showSpecial ? { ...req, skip_special_tokens: false } : req, {
     numPromptTokens: promptIds.length,
     maxModelLen: engine.maxModelLen,
     vocabSize: deps.tokenizer.vocabSize,
@@ -60,6 +123,7 @@ export async function handleChat(
     logprobs: req.logprobs ? req.top_logprobs ?? 0 : undefined,
     promptLogprobs: req.prompt_logprobs ?? undefined,
     promptParam: "messages",
+    structured,
   });
   const id = newId("chatcmpl");
   const run = new GenerationRun(engine, [{ promptIds, params }], {
@@ -67,7 +131,11 @@ export async function handleChat(
     metrics: deps.metrics,
     signal: request.signal,
   });
-  const shape = new ChatShape(req, promptIds.length, { id, model: deps.servedModelName }, deps);
+  const shape = new ChatShape(req, promptIds.length, {
+    id,
+    model: deps.servedModelName,
+    plan,
+  }, deps);
   return await respondWithRun(run, shape, {
     id,
     stream: req.stream === true,
@@ -83,13 +151,15 @@ class ChatShape {
   #base: { id: string; object: string; created: number; model: string };
   #tokenizer: TextTokenizer;
   #n: number;
+  #plan: ToolPlan;
 
   constructor(
     req: ChatRequest,
     numPromptTokens: number,
-    meta: { id: string; model: string },
+    meta: { id: string; model: string; plan: ToolPlan },
     deps: ApiDeps,
   ) {
+    this.#plan = meta.plan;
     this.#req = req;
     this.#numPromptTokens = numPromptTokens;
     this.#base = {
@@ -133,12 +203,21 @@ class ChatShape {
     }
     return {
       ...this.#base,
-      choices: choices.map((choice, index) => ({
-        index,
-        message: { role: "assistant", content: choice.content },
-        logprobs: this.#req.logprobs ? { content: choice.logprobs } : null,
-        finish_reason: choice.finishReason,
-      })),
+      choices: choices.map((choice, index) => {
+        const { content, calls } = assistantMessage(this.#plan, choice.content);
+        return {
+          index,
+          message: {
+            role: "assistant",
+            content,
+            ...(calls.length > 0 ? { tool_calls: toolCallObjects(calls) } : {}),
+          },
+          logprobs: this.#req.logprobs ? { content: choice.logprobs } : null,
+          finish_reason: choice.finishReason === null
+            ? null
+            : finishWithCalls(choice.finishReason, calls.length),
+        };
+      }),
       usage: this.#usage(choices.reduce((sum, c) => sum + c.numOutputTokens, 0)),
       // vLLM's field, beside the choices since they share the prompt.
       ...(this.#req.prompt_logprobs == null ? {} : { prompt_logprobs: promptLogprobs ?? [null] }),
@@ -152,7 +231,7 @@ class ChatShape {
     const usageField = includeUsage ? { usage: null } : {};
     const chunk = (
       index: number,
-      delta: { role?: string; content?: string },
+      delta: { role?: string; content?: string | null; tool_calls?: unknown[] },
       logprobs: ChatLogprob[] | null,
       finishReason: string | null,
     ) => ({
@@ -169,20 +248,65 @@ class ChatShape {
       yield chunk(index, { role: "assistant", content: "" }, null, null);
     }
     let numCompletionTokens = 0;
+    const plan = this.#plan;
+    // A named call streams its arguments as they come; "auto" and "required" output is only
+    // known to be calls once complete, so it goes out whole at the end of the choice.
+    const callIds = Array.from({ length: this.#n }, () => newToolCallId());
+    if (plan.mode === "named") {
+      for (let index = 0; index < this.#n; index++) {
+        const call = { index: 0, id: callIds[index], type: "function" };
+        yield chunk(
+          index,
+          {
+            tool_calls: [{ ...call, function: { name: plan.name, arguments: "" } }],
+          },
+          null,
+          null,
+        );
+      }
+    }
+    const held = Array.from(
+      { length: this.#n },
+      () => ({ text: "", logprobs: [] as ChatLogprob[] }),
+    );
     for await (const { output } of events) {
       if (output.finished) numCompletionTokens += output.numOutputTokens;
+      if (plan.mode === "auto" || plan.mode === "required") {
+        const h = held[output.index];
+        h.text += output.textDelta;
+        if (this.#req.logprobs) {
+          h.logprobs.push(...chatLogprobs(this.#tokenizer, output.logprobs ?? []));
+        }
+        if (!output.finished) continue;
+        const { content, calls } = assistantMessage(plan, h.text);
+        const logprobs = this.#req.logprobs ? h.logprobs : null;
+        const delta = calls.length > 0
+          ? {
+            tool_calls: toolCallObjects(calls).map((call, i) => ({ index: i, ...call })),
+          }
+          : { content: content ?? "" };
+        yield chunk(output.index, delta, logprobs, null);
+        const reason = finishWithCalls(output.finishReason ?? "stop", calls.length);
+        yield chunk(output.index, {}, null, reason);
+        continue;
+      }
       const logprobs = this.#req.logprobs
         ? chatLogprobs(this.#tokenizer, output.logprobs ?? [])
         : null;
       // Tokens whose text is held back (a partial character) matter only for their logprobs.
       const hasNews = output.textDelta !== "" || (logprobs !== null && logprobs.length > 0);
       if (!hasNews && !output.finished) continue;
-      const delta = output.textDelta === "" && output.finished ? {} : { content: output.textDelta };
+      const delta = output.textDelta === "" && output.finished
+        ? {}
+        : plan.mode === "named"
+        ? { tool_calls: [{ index: 0, function: { arguments: output.textDelta } }] }
+        : { content: output.textDelta };
+      const reason = output.finishReason ?? "stop";
       yield chunk(
         output.index,
         delta,
         logprobs,
-        output.finished ? output.finishReason ?? "stop" : null,
+        output.finished ? finishWithCalls(reason, plan.mode === "named" ? 1 : 0) : null,
       );
     }
     if (includeUsage) {

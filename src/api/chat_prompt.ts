@@ -1,6 +1,6 @@
 // Chat messages to prompt token ids: the model's template rendered, then encoded with control
 // tokens parsed and without a second BOS when the template already wrote one.
-import { renderChat } from "../tokenizer/chat_template.ts";
+import { type ChatMessage, renderChat } from "../tokenizer/chat_template.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { ApiError } from "./errors.ts";
 import type { ChatMessageInput } from "./schemas.ts";
@@ -9,10 +9,43 @@ export interface ChatPromptOptions {
   addGenerationPrompt?: boolean;
   /** Force adding (or not) the tokenizer's special tokens; default: add unless the text has BOS. */
   addSpecial?: boolean;
+  /** The request's tools, `{type: "function", function: {...}}`, for templates that render them. */
+  tools?: unknown[];
 }
 
 function messageText(content: ChatMessageInput["content"]): string {
+  if (content === null) return "";
   return typeof content === "string" ? content : content.map((part) => part.text).join("\n");
+}
+
+/**
+ * A message as HF templates take it. Templates write a call's arguments with `tojson`, so they
+ * get the object OpenAI's JSON text stands for (as vLLM does); text that is not JSON stays text.
+ */
+function templateMessage(m: ChatMessageInput): ChatMessage {
+  const out: ChatMessage = {
+    // Templates know "system"; OpenAI's newer "developer" role means the same to them.
+    role: m.role === "developer" ? "system" : m.role,
+    content: messageText(m.content),
+  };
+  if (m.name != null) out.name = m.name;
+  if (m.tool_call_id != null) out.tool_call_id = m.tool_call_id;
+  if (m.tool_calls != null) {
+    out.tool_calls = m.tool_calls.map((call) => {
+      let args: unknown = call.function.arguments;
+      try {
+        args = JSON.parse(call.function.arguments);
+      } catch {
+        // Kept as the text the client sent.
+      }
+      return {
+        id: call.id,
+        type: call.type,
+        function: { name: call.function.name, arguments: args },
+      };
+    });
+  }
+  return out;
 }
 
 /** A 400 when the model has no chat template. */
@@ -41,12 +74,15 @@ export function chatPromptIds(
     : undefined;
   const text = renderChat(
     template,
-    // Templates know "system"; OpenAI's newer "developer" role means the same to them.
-    messages.map((m) => ({
-      role: m.role === "developer" ? "system" : m.role,
-      content: messageText(m.content),
-    })),
-    { addGenerationPrompt: opts.addGenerationPrompt ?? true, bosToken: bosText, eosToken: eosText },
+    messages.map(templateMessage),
+    {
+      addGenerationPrompt: opts.addGenerationPrompt ?? true,
+      bosToken: bosText,
+      eosToken: eosText,
+      ...(opts.tools === undefined || opts.tools.length === 0
+        ? {}
+        : { extra: { tools: opts.tools } }),
+    },
   );
   const hasBos = bosText !== undefined && bosText !== "" && text.startsWith(bosText);
   return tokenizer.encode(text, { addSpecial: opts.addSpecial ?? !hasBos, parseSpecial: true });

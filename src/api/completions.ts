@@ -22,7 +22,7 @@ import {
   type PromptLogprob,
   promptLogprobsList,
 } from "./logprobs.ts";
-import { checkPromptChars, checkTokenIds, requestParams } from "./params.ts";
+import { checkPromptChars, checkTokenIds, requestParams, structuredOutput } from "./params.ts";
 import { encodePrompt } from "./prompt_ids.ts";
 import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
 
@@ -102,6 +102,7 @@ export async function handleCompletion(
     req.echo && req.logprobs != null ? req.logprobs : -1,
     req.prompt_logprobs ?? -1,
   );
+  const structured = structuredOutput(req);
   const submissions = prompts.map((p) => ({
     promptIds: p.ids,
     params: requestParams(req, {
@@ -113,6 +114,7 @@ export async function handleCompletion(
       logprobs: req.logprobs ?? undefined,
       promptLogprobs: numPromptTop < 0 ? undefined : numPromptTop,
       promptParam: "prompt",
+      structured,
     }),
   }));
   const id = newId("cmpl");

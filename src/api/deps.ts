@@ -5,6 +5,7 @@ import { ApiError } from "./errors.ts";
 import type { EngineClient } from "./generation.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ChatMessageInput } from "./schemas.ts";
+import type { ToolCallParser } from "./tools.ts";
 
 export type LogLevel = "info" | "warn" | "error";
 
@@ -30,6 +31,8 @@ export interface ApiDeps {
   /** Larger request bodies get a 413. Default 4 MiB. */
   maxBodyBytes?: number;
   metrics: Metrics;
+  /** The tool-call format to parse; default: the one the chat template shows (tools.ts). */
+  toolCallParser?: ToolCallParser;
   log?: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
 }
 

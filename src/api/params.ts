@@ -1,5 +1,6 @@
 // From a validated request body to the engine's RequestParams: defaults as OpenAI has them, token
 // ids checked against the vocabulary, and the context-length check with both numbers.
+import type { StructuredOutput } from "../engine/grammar.ts";
 import type { RequestParams } from "../engine/request.ts";
 import type { SamplingParams } from "../sampling.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
@@ -26,6 +27,8 @@ export interface ParamsOptions {
   allowZeroMaxTokens?: boolean;
   /** The name of the prompt's field, for error messages. */
   promptParam: "prompt" | "messages";
+  /** The output format to enforce (see {@link structuredOutput}). */
+  structured?: StructuredOutput;
 }
 
 /** Throws a 400 naming `param` unless every id is in the vocabulary. */
@@ -58,6 +61,44 @@ function samplingParams(req: GenerationRequest, vocabSize: number): SamplingPara
     repetitionPenalty: req.repetition_penalty ?? 1,
     logitBias,
   };
+}
+
+/**
+ * The output format `req` asks for: response_format's json_object or json_schema, or one of vLLM's
+ * guided_* fields; a 400 when it asks for more than one.
+ */
+export function structuredOutput(req: GenerationRequest): StructuredOutput | undefined {
+  const found: [string, StructuredOutput][] = [];
+  const format = req.response_format;
+  if (format?.type === "json_object") found.push(["response_format", { type: "json_object" }]);
+  if (format?.type === "json_schema") {
+    const spec = format.json_schema;
+    const schema = spec.schema == null ? '{"type": "object"}' : JSON.stringify(spec.schema);
+    found.push(["response_format", { type: "json_schema", schema, strict: spec.strict ?? false }]);
+  }
+  if (req.guided_json != null) {
+    const schema = typeof req.guided_json === "string"
+      ? req.guided_json
+      : JSON.stringify(req.guided_json);
+    found.push(["guided_json", { type: "json_schema", schema }]);
+  }
+  if (req.guided_regex != null) {
+    found.push(["guided_regex", { type: "regex", pattern: req.guided_regex }]);
+  }
+  if (req.guided_choice != null) {
+    found.push(["guided_choice", { type: "choice", choices: req.guided_choice }]);
+  }
+  if (req.guided_grammar != null) {
+    found.push(["guided_grammar", { type: "grammar", grammar: req.guided_grammar }]);
+  }
+  if (found.length > 1) {
+    throw new ApiError(
+      400,
+      `Expected at most one output constraint, got ${found.map(([k]) => k).join(" and ")}`,
+      { param: found[1][0] },
+    );
+  }
+  return found[0]?.[1];
 }
 
 /** The engine parameters of one prompt of `req`; throws a 400 when it cannot fit the context. */
@@ -104,6 +145,7 @@ export function requestParams(req: GenerationRequest, opts: ParamsOptions): Requ
     ...(opts.promptLogprobs === undefined ? {} : { promptLogprobs: opts.promptLogprobs }),
     ...(req.cache_salt == null ? {} : { cacheSalt: req.cache_salt }),
     skipSpecialTokens: req.skip_special_tokens ?? true,
+    ...(opts.structured === undefined ? {} : { structured: opts.structured }),
   };
 }
 

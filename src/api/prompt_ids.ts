@@ -17,9 +17,12 @@ export function numMessageChars(messages: readonly ChatMessageInput[]): number {
   return messages.reduce(
     (sum, m) =>
       sum +
-      (typeof m.content === "string"
+      (m.content === null
+        ? 0
+        : typeof m.content === "string"
         ? m.content.length
-        : m.content.reduce((n, part) => n + part.text.length, 0)),
+        : m.content.reduce((n, part) => n + part.text.length, 0)) +
+      (m.tool_calls ?? []).reduce((n, c) => n + c.function.arguments.length, 0),
     0,
   );
 }

@@ -13,7 +13,15 @@ const MAX_PROMPT_TOKENS = 1 << 20;
 const MAX_SHORT_CHARS = 256;
 const MAX_INT32 = 2 ** 31 - 1;
 
+const MAX_SCHEMA_CHARS = 64 << 10;
+
 const tokenId = z.int().min(0).max(MAX_INT32);
+
+/** A JSON Schema as an object, bounded by the size of its JSON text. */
+const jsonSchema = noProtoKeyDeep().pipe(z.record(z.string(), z.unknown())).refine(
+  (schema) => JSON.stringify(schema).length <= MAX_SCHEMA_CHARS,
+  `Expected a schema of at most ${MAX_SCHEMA_CHARS} characters of JSON`,
+);
 const shortString = z.string().max(MAX_SHORT_CHARS);
 const stopString = z.string().min(1).max(MAX_SHORT_CHARS);
 
@@ -22,6 +30,18 @@ const noProtoKey = z.unknown().refine(
   (value) => typeof value !== "object" || value === null || !Object.hasOwn(value, "__proto__"),
   'Expected token ids as keys, got "__proto__"',
 );
+
+/** Refuses a "__proto__" key at any depth (zod would drop it, changing the schema's meaning). */
+function noProtoKeyDeep() {
+  const hasProto = (value: unknown, depth: number): boolean => {
+    if (typeof value !== "object" || value === null || depth > 64) return depth > 64;
+    if (Object.hasOwn(value, "__proto__")) return true;
+    return Object.values(value).some((v) => hasProto(v, depth + 1));
+  };
+  return z.unknown().refine((value) => !hasProto(value, 0), {
+    error: 'Expected no "__proto__" key and at most 64 levels of nesting',
+  });
+}
 
 /** Fields both generation endpoints share (sampling, stopping, streaming). */
 const generationFields = {
@@ -51,13 +71,27 @@ const generationFields = {
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().nullish() }).nullish(),
   skip_special_tokens: z.boolean().nullish(),
-  // Accepted because they change nothing here: plain text is the only output format, and
-  // nothing is stored.
-  response_format: z.strictObject({
-    type: z.literal("text", {
-      error: 'Only {"type": "text"} is supported; structured output is not implemented',
+  /** OpenAI's output format; json_object and json_schema constrain decoding (grammar.ts). */
+  response_format: z.discriminatedUnion("type", [
+    z.strictObject({ type: z.literal("text") }),
+    z.strictObject({ type: z.literal("json_object") }),
+    z.strictObject({
+      type: z.literal("json_schema"),
+      json_schema: z.strictObject({
+        name: z.string().min(1).max(64).regex(/^[\w-]+$/, "Expected letters, digits, _ or -"),
+        description: z.string().max(MAX_SCHEMA_CHARS).nullish(),
+        schema: jsonSchema.nullish(),
+        strict: z.boolean().nullish(),
+      }),
     }),
-  }).nullish(),
+  ], { error: 'Expected {"type": "text"}, {"type": "json_object"} or {"type": "json_schema"}' })
+    .nullish(),
+  /** vLLM's constraints; at most one of them and response_format's json types per request. */
+  guided_json: z.union([jsonSchema, z.string().max(MAX_SCHEMA_CHARS)]).nullish(),
+  guided_regex: z.string().min(1).max(MAX_SCHEMA_CHARS).nullish(),
+  guided_choice: z.array(z.string().min(1).max(MAX_SCHEMA_CHARS)).min(1).max(256).nullish(),
+  guided_grammar: z.string().min(1).max(MAX_SCHEMA_CHARS).nullish(),
+  // Accepted because it changes nothing here: nothing is stored.
   store: z.boolean().nullish(),
   metadata: noProtoKey.pipe(
     z.record(z.string().max(64), z.string().max(512))
@@ -89,16 +123,43 @@ export type CompletionRequest = z.infer<typeof completionRequest>;
 
 const textPart = z.strictObject({ type: z.literal("text"), text: z.string().max(MAX_TEXT_CHARS) });
 
+const toolCall = z.strictObject({
+  id: shortString,
+  type: z.literal("function"),
+  function: z.strictObject({ name: shortString, arguments: z.string().max(MAX_TEXT_CHARS) }),
+});
+export type ToolCallInput = z.infer<typeof toolCall>;
+
 const chatMessage = z.strictObject({
-  role: z.enum(["system", "developer", "user", "assistant"]),
-  content: z.union([z.string().max(MAX_TEXT_CHARS), z.array(textPart).max(256)], {
+  role: z.enum(["system", "developer", "user", "assistant", "tool"]),
+  // null only for an assistant turn that made tool calls (checked by the route).
+  content: z.union([z.string().max(MAX_TEXT_CHARS), z.array(textPart).max(256), z.null()], {
     error: 'Expected a string or a list of {"type": "text", "text": ...} parts',
   }),
   name: shortString.nullish(),
+  tool_calls: z.array(toolCall).max(64).nullish(),
+  tool_call_id: shortString.nullish(),
+}).refine((m) => m.content !== null || (m.tool_calls?.length ?? 0) > 0, {
+  error: "Expected content, or tool_calls on an assistant message",
+  path: ["content"],
+}).refine((m) => m.tool_calls == null || m.role === "assistant", {
+  error: "Only assistant messages have tool_calls",
+  path: ["tool_calls"],
 });
 export type ChatMessageInput = z.infer<typeof chatMessage>;
 
 const chatMessages = z.array(chatMessage).min(1).max(1024);
+
+const tool = z.strictObject({
+  type: z.literal("function"),
+  function: z.strictObject({
+    name: z.string().min(1).max(64).regex(/^[\w.-]+$/, "Expected letters, digits, _, . or -"),
+    description: z.string().max(MAX_SCHEMA_CHARS).nullish(),
+    parameters: jsonSchema.nullish(),
+    strict: z.boolean().nullish(),
+  }),
+});
+export type ToolInput = z.infer<typeof tool>;
 
 export const chatRequest = z.strictObject({
   ...generationFields,
@@ -107,10 +168,15 @@ export const chatRequest = z.strictObject({
   logprobs: z.boolean().nullish(),
   top_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
   prompt_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
-  // No tools to call: an empty list and the choices that call nothing are harmless.
-  tools: z.array(z.unknown()).max(0, "Tool calling is not supported; send no tools").nullish(),
-  tool_choice: z.enum(["none", "auto"], {
-    error: 'Tool calling is not supported; tool_choice may only be "none" or "auto"',
+  tools: z.array(tool).max(128).nullish(),
+  tool_choice: z.union([
+    z.enum(["none", "auto", "required"]),
+    z.strictObject({
+      type: z.literal("function"),
+      function: z.strictObject({ name: shortString }),
+    }),
+  ], {
+    error: 'Expected "none", "auto", "required" or {"type": "function", "function": {"name"}}',
   }).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
 });

@@ -8,6 +8,7 @@ import type { Executor } from "./executor.ts";
 import { buildForwardBatch } from "./forward_batch.ts";
 import { KvCacheManager } from "./kv_cache_manager.ts";
 import { rankedLogprobs, topLogprobs } from "./logprobs.ts";
+import type { TokenGrammar } from "./grammar.ts";
 import { EngineRequest, type RequestOutput, type RequestParams } from "./request.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
 
@@ -72,12 +73,22 @@ export class LLMEngine {
     this.#executor = executor;
   }
 
+  /** Logits per row: the model's vocabulary, which may be larger than the tokenizer's. */
+  get vocabSize(): number {
+    return this.#executor.vocabSize;
+  }
+
   get hasWork(): boolean {
     return this.scheduler.hasWork;
   }
 
   /** Validates and queues a submission; n > 1 makes n requests `${id}` … that share the prompt. */
-  addRequest(id: string, promptIds: readonly number[], params: RequestParams): void {
+  addRequest(
+    id: string,
+    promptIds: readonly number[],
+    params: RequestParams,
+    opts: { grammars?: readonly TokenGrammar[] } = {},
+  ): void {
     const vocab = this.#executor.vocabSize;
     if (promptIds.length === 0) throw new RangeError("The prompt must have at least one token");
     const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
@@ -96,6 +107,12 @@ export class LLMEngine {
       throw new RangeError(`n must be a positive integer, got ${n}`);
     }
     validateSamplingParams(params.sampling);
+    const grammars = opts.grammars ?? [];
+    if (params.structured !== undefined && grammars.length !== n) {
+      throw new RangeError(
+        `A structured request needs one grammar matcher per sample: ${n}, got ${grammars.length}`,
+      );
+    }
     const ids = Array.from({ length: n }, (_, i) => (i === 0 ? id : `${id}#${i}`));
     for (const rid of ids) {
       if (this.#requests.has(rid)) {
@@ -108,6 +125,7 @@ export class LLMEngine {
         promptIds,
         params,
         this.tokenizer,
+        grammars[index],
       )
     );
     this.scheduler.add(requests[0]); // throws RequestTooLongError before anything is registered
@@ -234,9 +252,19 @@ export class LLMEngine {
       this.#requests.delete(request.id);
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
-    const token = request.sampler.sample(rowLogits, request);
+    const grammar = request.grammar;
+    const token = request.sampler.sample(rowLogits, request, grammar?.mask());
+    // A token the grammar refuses can only be a fully masked row's fallback: end the sample.
+    if (grammar !== undefined && !grammar.accept(token)) {
+      request.abort();
+      this.scheduler.finish(request);
+      this.#requests.delete(request.id);
+      return this.#output(request, [], "", undefined, promptLogprobs);
+    }
     const wantLogprobs = request.params.logprobs !== undefined;
     const { text, appended } = request.appendToken(token);
+    // Under ignore_eos the stop token that completed the format is kept; nothing may follow it.
+    if (grammar?.isTerminated && !request.isFinished) request.finishFormatComplete();
     const logprobs = wantLogprobs && appended
       ? [topLogprobs(rowLogits, token, request.params.logprobs!)]
       : undefined;

@@ -4,13 +4,17 @@
 /// <reference lib="deno.worker" />
 import { errorInfo } from "../errors.ts";
 import type { LLMEngine } from "./engine.ts";
+import { GrammarCompiler } from "./grammar.ts";
 import { startLocalEngine } from "./local_engine.ts";
 import { applyOmpEnvDefaults } from "./threads.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
 let engine: LLMEngine | undefined;
+let grammarCompiler: GrammarCompiler | undefined;
 let release: (() => void) | undefined;
 let isLooping = false;
+/** Requests whose output format is being compiled, and whether they were aborted meanwhile. */
+const compiling = new Map<string, boolean>();
 
 function send(message: FromWorker): void {
   self.postMessage(message);
@@ -21,6 +25,7 @@ async function init(message: WorkerInit): Promise<void> {
   applyOmpEnvDefaults(Deno.env);
   const local = await startLocalEngine(message.options);
   engine = local.engine;
+  grammarCompiler = new GrammarCompiler(engine.tokenizer, engine.vocabSize);
   release = local.release;
   send({
     type: "ready",
@@ -69,6 +74,12 @@ async function loop(): Promise<void> {
   }
 }
 
+function abort(id: string): void {
+  if (engine) {
+    send({ type: "outputs", outputs: engine.abort(id), stats: engine.stats(), stepMs: 0 });
+  }
+}
+
 self.onmessage = async (event: MessageEvent<ToWorker>) => {
   const message = event.data;
   switch (message.type) {
@@ -79,24 +90,33 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
         send({ type: "fatal", error: errorInfo(error) });
       }
       return;
-    case "add":
+    case "add": {
+      let cancelled = false;
       try {
-        engine!.addRequest(message.id, message.promptIds, message.params);
+        const structured = message.params.structured;
+        let grammars;
+        if (structured !== undefined) {
+          compiling.set(message.id, false);
+          try {
+            grammars = await grammarCompiler!.matchers(structured, message.params.n ?? 1);
+          } finally {
+            cancelled = compiling.get(message.id) === true;
+            compiling.delete(message.id);
+          }
+        }
+        engine!.addRequest(message.id, message.promptIds, message.params, { grammars });
+        // Cancelled while its format compiled: added only so that its abort outputs go out.
+        if (cancelled) abort(message.id);
       } catch (error) {
         send({ type: "rejected", id: message.id, error: errorInfo(error) });
         return;
       }
       loop();
       return;
+    }
     case "abort":
-      if (engine) {
-        send({
-          type: "outputs",
-          outputs: engine.abort(message.id),
-          stats: engine.stats(),
-          stepMs: 0,
-        });
-      }
+      if (compiling.has(message.id)) compiling.set(message.id, true);
+      else abort(message.id);
       return;
     case "shutdown":
       release?.();

@@ -1,5 +1,6 @@
 // One request's state in the engine: its tokens, how many have KV computed, and how it ends.
 import { Sampler, type SamplingParams } from "../sampling.ts";
+import type { StructuredOutput, TokenGrammar } from "./grammar.ts";
 import { StopStringMatcher } from "../stop.ts";
 import { IncrementalDetokenizer, type TextTokenizer } from "../tokenizer/tokenizer.ts";
 
@@ -29,6 +30,11 @@ export interface RequestParams {
   cacheSalt?: string;
   /** Leave special tokens (EOS under ignoreEos, control tokens) out of the text. Default true. */
   skipSpecialTokens?: boolean;
+  /**
+   * The format the output must match, enforced by a token mask at every step. The engine needs
+   * one {@link TokenGrammar} per sample for it (`addRequest`'s `grammars`).
+   */
+  structured?: StructuredOutput;
 }
 
 export interface TokenLogprob {
@@ -79,6 +85,8 @@ export class EngineRequest {
   readonly arrivalTime = performance.now();
   firstScheduledTime?: number;
   readonly sampler: Sampler;
+  /** The sample's position in its output format, when it has one. */
+  readonly grammar?: TokenGrammar;
   /** Prompt logprobs computed so far, for positions 1, 2, … of the prompt. */
   readonly promptLogprobs: TokenLogprob[] = [];
   /** 1 once a stop token ended generation: it is counted, though not appended. */
@@ -92,8 +100,10 @@ export class EngineRequest {
     promptIds: readonly number[],
     params: RequestParams,
     tokenizer: TextTokenizer,
+    grammar?: TokenGrammar,
   ) {
     this.id = ids.id;
+    this.grammar = grammar;
     this.submissionId = ids.submissionId;
     this.index = ids.index;
     this.arrival = ids.arrival;
@@ -172,12 +182,18 @@ export class EngineRequest {
     this.#finish("length");
   }
 
+  /** Ends a structured request whose format is complete though no stop token ended it. */
+  finishFormatComplete(): void {
+    this.#finish("stop");
+  }
+
   /** Ends the request from outside (cancellation). */
   abort(): void {
     if (!this.isFinished) this.#finish("abort");
   }
 
   #finish(reason: FinishReason): void {
+    this.grammar?.dispose();
     this.status = "finished";
     this.finishReason = reason;
   }

@@ -7,6 +7,11 @@ import { DenollmError } from "../errors.ts";
 export interface ChatMessage {
   role: string;
   content: string;
+  /** An assistant turn's calls, `{type, function: {name, arguments}}` with arguments as objects. */
+  tool_calls?: unknown[];
+  /** The call a `tool` message answers. */
+  tool_call_id?: string;
+  name?: string;
 }
 
 /** A template as tokenizer_config.json stores it: one string, or a list of named ones. */
