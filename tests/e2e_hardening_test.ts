@@ -35,9 +35,9 @@ Deno.test("denollm serve against slow and hostile clients", async (t) => {
     "--max-num-seqs",
     "1",
     "--max-queue-delay",
-    "0.3",
+    "0.2",
     "--max-queued-tokens",
-    "12",
+    "18",
     "--allowed-origins",
     "https://ok.example",
   ]);
@@ -168,7 +168,8 @@ Deno.test("denollm serve against slow and hostile clients", async (t) => {
     await t.step(
       "a queued request times out with 503; queued prompt tokens count for 429",
       async () => {
-        // --max-num-seqs 1: one 480-token request runs (about 0.3 s here), everything else queues.
+        // --max-num-seqs 1: one 480-token request runs (about 0.3 s here), everything else
+        // queues, and each that starts runs as long again: most of the eight wait past 0.2 s.
         const send = (prompt: string, stream: boolean) =>
           fetch(`${url}/v1/completions`, {
             method: "POST",
@@ -178,15 +179,10 @@ Deno.test("denollm serve against slow and hostile clients", async (t) => {
         const running = await send("Once", true);
         const reader = running.body!.pipeThrough(new TextDecoderStream()).getReader();
         await reader.read();
-        // "Once" is 2 tokens with BOS: these four queue 8 tokens, under --max-queued-tokens 12.
-        const queued = [
-          send("Once", false),
-          send("Once", true),
-          send("Once", false),
-          send("Once", true),
-        ];
-        await new Promise((r) => setTimeout(r, 100));
-        // 6 more tokens would pass 12.
+        // "Once" is 2 tokens with BOS: these eight queue 16 tokens, under --max-queued-tokens 18.
+        const queued = Array.from({ length: 8 }, (_, i) => send("Once", i % 2 === 1));
+        await new Promise((r) => setTimeout(r, 50));
+        // 6 more tokens would pass 18 (at most one of the eight can have started by now).
         const busy = await errorOf(await send("Once upon a time there", false), 429);
         assert.equal(busy.code, "queue_full");
         assert.match(busy.message, /prompt tokens waiting/);
