@@ -320,6 +320,14 @@ Deno.test("fuzz: the real server gets stalled, mistyped, huge and deep requests,
     assert.ok(seen.get("unterminated")?.every((s) => s === 408), "unterminated: 408");
     assert.ok(seen.get("content-type")?.every((s) => s === 415), "content-type: 415");
     assert.ok(seen.get("huge-tokenize")?.every((s) => s === 400 || s === 413), "huge: 400/413");
+    // CORS is off without --allowed-origins: a preflight gets no Access-Control-* headers.
+    const preflight = await fetch(`${url}/v1/completions`, {
+      method: "OPTIONS",
+      headers: { origin: "https://any.example", "access-control-request-method": "POST" },
+    });
+    await preflight.body?.cancel();
+    assert.equal(preflight.status, 405);
+    assert.equal(preflight.headers.get("access-control-allow-origin"), null);
     // Healthy afterwards: a completion is served and nothing is left running.
     const ok = await fetch(`${url}/v1/completions`, {
       method: "POST",
