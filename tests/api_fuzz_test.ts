@@ -1,8 +1,11 @@
 // About 2000 malformed and hostile request bodies, each invalid by construction: every one must get
-// a 4xx with OpenAI's error JSON, and the app must be healthy afterwards.
+// a 4xx with OpenAI's error JSON, and the app must be healthy afterwards. Then the classes only a
+// real server sees (stalled bodies, wrong content types, huge /tokenize, deep nesting) against
+// `denollm serve` itself: still no 5xx.
 import assert from "node:assert/strict";
 import { chatRequest, completionRequest } from "../src/api/schemas.ts";
 import { assertErrorBody, makeApi, post, postJson, startEngine, waitFor } from "./api_helpers.ts";
+import { MODEL_DIR, rawRequest, ServerProcess, waitHealthy } from "./server_process.ts";
 
 const NUM_CASES = 2000;
 const MAX_BODY_BYTES = 64 << 10;
@@ -207,7 +210,12 @@ Deno.test("fuzz: hostile bodies get 4xx error JSON, and the app stays healthy", 
       const { path, body } = makeCase();
       const res = await post(app, path, body, {
         headers: {
-          "Content-Type": pick(["application/json", "text/plain", "x/y; charset=latin1"]),
+          // Every spelling of JSON: other types are refused whole (415), in the server test below.
+          "Content-Type": pick([
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+          ]),
         },
       });
       const text = await res.text();
@@ -234,5 +242,118 @@ Deno.test("fuzz: hostile bodies get 4xx error JSON, and the app stays healthy", 
     assert.equal(deps.metrics.httpResponses.get({ status: "400" }), statuses.get(400));
   } finally {
     await engine.shutdown();
+  }
+});
+
+const NUM_SERVER_CASES = 120;
+
+/** One hostile exchange with the real server; the status it got (0: no answer in time). */
+async function serverCase(
+  port: number,
+  kind: "stalled" | "unterminated" | "content-type" | "huge-tokenize" | "deep",
+): Promise<number> {
+  const path = pick(["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]);
+  const head = (headers: Record<string, string>) =>
+    `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\n` +
+    Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n";
+  const json = { "content-type": "application/json" };
+  const valid = JSON.stringify({ prompt: "Once", max_tokens: 2 });
+  let parts: string[];
+  switch (kind) {
+    case "stalled": {
+      // Stops short of its Content-Length, after a few slow bytes.
+      const sent = valid.slice(0, Math.floor(random() * valid.length));
+      parts = [head({ ...json, "content-length": String(valid.length + 10) }), ...sent.split("")];
+      break;
+    }
+    case "unterminated":
+      parts = [
+        head({ ...json, "transfer-encoding": "chunked" }),
+        `${valid.length.toString(16)}\r\n${valid}\r\n`,
+      ];
+      break;
+    case "content-type": {
+      const type = pick([
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "json",
+        "",
+      ]);
+      const headers: Record<string, string> = { "content-length": String(valid.length) };
+      if (type !== "") headers["content-type"] = type;
+      parts = [head(headers) + valid];
+      break;
+    }
+    case "huge-tokenize": {
+      const text = "Once upon a time there was a girl. ".repeat(
+        20_000 + Math.floor(random() * 80_000),
+      );
+      const body = JSON.stringify(
+        random() < 0.5 ? { prompt: text } : { messages: [{ role: "user", content: text }] },
+      );
+      parts = [
+        `POST /tokenize HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n` +
+        `content-length: ${new TextEncoder().encode(body).length}\r\n\r\n${body}`,
+      ];
+      break;
+    }
+    case "deep": {
+      const depth = 1000 + Math.floor(random() * 50_000);
+      const body = `{"prompt": ${"[".repeat(depth)}${"]".repeat(depth)}}`;
+      parts = [head({ ...json, "content-length": String(body.length) }) + body];
+      break;
+    }
+  }
+  const response = await rawRequest(port, parts, { gapMs: 20, timeoutMs: 10_000 });
+  return response?.status ?? 0;
+}
+
+Deno.test("fuzz: the real server gets stalled, mistyped, huge and deep requests, and no 5xx", async () => {
+  const server = new ServerProcess(["--model", MODEL_DIR, "--port", "0", "--body-timeout", "0.5"]);
+  try {
+    const port = await server.port;
+    const url = `http://127.0.0.1:${port}`;
+    await waitHealthy(url);
+    const kinds = ["stalled", "unterminated", "content-type", "huge-tokenize", "deep"] as const;
+    const seen = new Map<string, number[]>();
+    // Eight at a time, so stalled ones overlap the others.
+    for (let i = 0; i < NUM_SERVER_CASES; i += 8) {
+      const batch = Array.from({ length: 8 }, () => pick(kinds));
+      const statuses = await Promise.all(batch.map((kind) => serverCase(port, kind)));
+      batch.forEach((kind, j) => seen.set(kind, [...(seen.get(kind) ?? []), statuses[j]]));
+    }
+    for (const [kind, statuses] of seen) {
+      assert.ok(statuses.every((s) => s >= 400 && s < 500), `${kind}: ${statuses.join()}`);
+    }
+    assert.ok(seen.get("stalled")?.every((s) => s === 408 || s === 400), "stalled: 408");
+    assert.ok(seen.get("unterminated")?.every((s) => s === 408), "unterminated: 408");
+    assert.ok(seen.get("content-type")?.every((s) => s === 415), "content-type: 415");
+    assert.ok(seen.get("huge-tokenize")?.every((s) => s === 400 || s === 413), "huge: 400/413");
+    // CORS is off without --allowed-origins: a preflight gets no Access-Control-* headers.
+    const preflight = await fetch(`${url}/v1/completions`, {
+      method: "OPTIONS",
+      headers: { origin: "https://any.example", "access-control-request-method": "POST" },
+    });
+    await preflight.body?.cancel();
+    assert.equal(preflight.status, 405);
+    assert.equal(preflight.headers.get("access-control-allow-origin"), null);
+    // Healthy afterwards: a completion is served and nothing is left running.
+    const ok = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "Once", max_tokens: 3 }),
+    });
+    assert.equal(ok.status, 200);
+    assert.equal((await ok.json()).choices.length, 1);
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    assert.match(metrics, /^denollm_num_requests_running 0$/m);
+    // (A 503 is /health answering while the model loaded.)
+    assert.doesNotMatch(metrics, /status="50[0-24-9]"/);
+    assert.ok(!server.logs.some((l) => l.level === "error"), server.rawStderr.join("\n"));
+  } finally {
+    await server.close();
   }
 });

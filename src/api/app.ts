@@ -4,6 +4,7 @@ import { Hono } from "hono";
 import { handleChat } from "./chat.ts";
 import { handleCompletion } from "./completions.ts";
 import type { ApiDeps } from "./deps.ts";
+import { withBodyDeadline } from "./body.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
 import { InflightTracker } from "./inflight.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
@@ -24,6 +25,18 @@ const ROUTES: Record<string, string> = {
   "/tokenize": "POST",
   "/detokenize": "POST",
 };
+
+/** The request headers a cross-origin page may send (the OpenAI clients send these). */
+const CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project, " +
+  "X-Request-Id, X-Stainless-Arch, X-Stainless-Lang, X-Stainless-OS, X-Stainless-Package-Version, " +
+  "X-Stainless-Retry-Count, X-Stainless-Runtime, X-Stainless-Runtime-Version, X-Stainless-Timeout";
+
+/** The Access-Control-Allow-Origin value for `origin`, or undefined when it is not allowed. */
+function corsOrigin(allowed: readonly string[], origin: string | undefined): string | undefined {
+  if (origin === undefined) return undefined;
+  if (allowed.includes("*")) return "*";
+  return allowed.includes(origin) ? origin : undefined;
+}
 
 /** Routes that stay open when an API key is set: probes and scrapers carry no key. */
 const OPEN_ROUTES = new Set(["/health", "/metrics"]);
@@ -54,9 +67,62 @@ function makeKeyCheck(apiKey: string): (candidate: string) => Promise<boolean> {
 /** The app the server serves, and the tracker of its generation requests for shutdown. */
 export function createApp(deps: ApiDeps): { app: Hono; inflight: InflightTracker } {
   const app = new Hono();
-  const inflight = new InflightTracker();
+  const inflight = new InflightTracker({
+    maxQueuedPromptTokens: deps.maxQueuedPromptTokens,
+    maxQueueDelayMs: deps.maxQueueDelayMs,
+  });
   const createdSeconds = Math.floor(Date.now() / 1000);
   const isKeyValid = deps.apiKey === undefined ? undefined : makeKeyCheck(deps.apiKey);
+  const allowedOrigins = deps.allowedOrigins ?? [];
+
+  if (allowedOrigins.length > 0) {
+    // Before auth: a browser's preflight carries no Authorization header.
+    app.use(async (c, next) => {
+      const origin = corsOrigin(allowedOrigins, c.req.header("origin"));
+      const isPreflight = c.req.method === "OPTIONS" &&
+        c.req.header("access-control-request-method") !== undefined;
+      if (isPreflight) {
+        const allowed = allowedMethods(c.req.path);
+        if (origin === undefined || allowed === undefined) {
+          return errorResponse(
+            new ApiError(403, "This origin or route is not allowed to make cross-origin requests", {
+              code: "cors_forbidden",
+            }),
+          );
+        }
+        return new Response(null, {
+          status: 204,
+          headers: {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": `${allowed}, OPTIONS`,
+            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": "600",
+            Vary: "Origin",
+          },
+        });
+      }
+      await next();
+      if (origin !== undefined) {
+        c.res.headers.set("Access-Control-Allow-Origin", origin);
+        c.res.headers.set("Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+        c.res.headers.append("Vary", "Origin");
+      }
+    });
+  }
+
+  if (deps.bodyTimeoutMs !== undefined) {
+    const timeoutMs = deps.bodyTimeoutMs;
+    app.use(async (c, next) => {
+      if (c.req.raw.body === null) return await next();
+      const deadline = withBodyDeadline(c.req.raw, timeoutMs);
+      c.req.raw = deadline.request;
+      try {
+        await next();
+      } finally {
+        deadline.dispose();
+      }
+    });
+  }
 
   app.use(async (c, next) => {
     await next();

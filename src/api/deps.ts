@@ -30,6 +30,17 @@ export interface ApiDeps {
   maxQueuedRequests: number;
   /** Larger request bodies get a 413. Default 4 MiB. */
   maxBodyBytes?: number;
+  /** A POST body not complete this long after its headers gets a 408. Default: no limit. */
+  bodyTimeoutMs?: number;
+  /** A generation request with no output this long after it was queued gets a 503. */
+  maxQueueDelayMs?: number;
+  /** A request is refused (429) when more prompt tokens than this are queued. */
+  maxQueuedPromptTokens?: number;
+  /**
+   * Origins whose browser pages may call the API (CORS), `*` for any. Unset or empty: no CORS
+   * headers at all, so browsers keep other sites' pages out.
+   */
+  allowedOrigins?: readonly string[];
   metrics: Metrics;
   /** The tool-call format to parse; default: the one the chat template shows (tools.ts). */
   toolCallParser?: ToolCallParser;

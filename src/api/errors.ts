@@ -7,14 +7,17 @@ export interface ErrorBody {
 }
 
 /** The HTTP statuses the API answers errors with. */
-export type ErrorStatus = 400 | 401 | 404 | 405 | 413 | 429 | 500 | 503;
+export type ErrorStatus = 400 | 401 | 403 | 404 | 405 | 408 | 413 | 415 | 429 | 500 | 503;
 
 const TYPES: Record<ErrorStatus, string> = {
   400: "invalid_request_error",
   401: "invalid_request_error",
+  403: "invalid_request_error",
   404: "invalid_request_error",
   405: "invalid_request_error",
+  408: "invalid_request_error",
   413: "invalid_request_error",
+  415: "invalid_request_error",
   429: "rate_limit_error",
   500: "server_error",
   503: "service_unavailable_error",
@@ -111,8 +114,14 @@ export function fromDomainError(error: unknown): ApiError | undefined {
 }
 
 /**
+ * Errors already logged. When the engine worker dies, every open request fails with the same
+ * error object: that is one failure, so it is logged once, not once per stream.
+ */
+const logged = new WeakSet<object>();
+
+/**
  * The ApiError for any error: the mapped one for a request at fault, else a generic 500 whose
- * details go to the log only, never to the client.
+ * details go to the log only (once per error object), never to the client.
  */
 export function toApiError(
   error: unknown,
@@ -121,6 +130,10 @@ export function toApiError(
   const mapped = fromDomainError(error);
   if (mapped !== undefined) return mapped;
   const e = error instanceof Error ? error : new Error(String(error));
+  if (logged.has(e)) {
+    return new ApiError(500, "The server had an error while processing your request");
+  }
+  logged.add(e);
   log?.("error", "Unexpected error while serving a request", {
     name: e.name,
     message: e.message,

@@ -2,7 +2,7 @@
 // arrive, metrics recorded per sequence, and everything aborted when the client goes away.
 import type { EngineStats } from "../engine/engine.ts";
 import type { RequestOutput, RequestParams } from "../engine/request.ts";
-import type { ErrorBody } from "./errors.ts";
+import { ApiError, type ErrorBody } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { sseResponse } from "./sse.ts";
 
@@ -91,6 +91,11 @@ export class GenerationRun {
     this.#signal = opts.signal;
   }
 
+  /** The prompt tokens this run submits (n > 1 samples share their prompt). */
+  get numPromptTokens(): number {
+    return this.#submissions.reduce((sum, s) => sum + s.promptIds.length, 0);
+  }
+
   /** Cancels the engine requests still running; their outputs end with finish reason "abort". */
   abort = (): void => {
     this.#isAborted = true;
@@ -175,22 +180,65 @@ export interface StartedRun {
   done(): void;
 }
 
+/** Where a run registers: InflightTracker, or anything that counts requests the same way. */
+export interface RunRegistry {
+  add(abort: () => void, opts?: { numPromptTokens?: number }): {
+    started?(): void;
+    done(): void;
+  };
+  /** A run with no output after this long is aborted with a 503 (queued too long). */
+  readonly maxQueueDelayMs?: number;
+}
+
+/** How long an aborted run may take to hand back its abort output before we stop waiting. */
+const ABORT_WAIT_MS = 1000;
+
+function queueTimeout(delayMs: number): ApiError {
+  return new ApiError(
+    503,
+    `The request waited more than ${delayMs / 1000} s in the queue without starting; the server ` +
+      `is overloaded, try again later`,
+    { code: "queue_timeout", headers: { "Retry-After": "5" } },
+  );
+}
+
 /**
  * Submits the run and waits for its first output, so that the engine's admission errors are
- * thrown here, before a streaming response has sent its status.
+ * thrown here, before a streaming response has sent its status. The first output is what marks
+ * a run as started: one with none after `maxQueueDelayMs` is aborted and answered with a 503
+ * (a stream has sent nothing yet, so it gets the same JSON error).
  */
-export async function startRun(
-  run: GenerationRun,
-  inflight: { add(abort: () => void): { done(): void } },
-): Promise<StartedRun> {
-  const entry = inflight.add(run.abort);
+export async function startRun(run: GenerationRun, inflight: RunRegistry): Promise<StartedRun> {
+  const entry = inflight.add(run.abort, { numPromptTokens: run.numPromptTokens });
   const events = run.events();
+  const delayMs = inflight.maxQueueDelayMs;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    const first = await events.next();
+    const next = events.next();
+    let first: IteratorResult<RunEvent> | "timeout";
+    if (delayMs === undefined || !Number.isFinite(delayMs)) {
+      first = await next;
+    } else {
+      const timedOut = new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), delayMs);
+      });
+      first = await Promise.race([next, timedOut]);
+    }
+    if (first === "timeout") {
+      run.abort();
+      // The abort output frees the engine request; closing the generator then unregisters it.
+      const settled = next.then(() => {}, () => {});
+      await Promise.race([settled, new Promise((resolve) => setTimeout(resolve, ABORT_WAIT_MS))]);
+      settled.then(() => events.return(undefined)).catch(() => {});
+      throw queueTimeout(delayMs!);
+    }
+    entry.started?.();
     return { events: prepend(first, events), done: entry.done };
   } catch (error) {
     entry.done();
     throw error;
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -210,7 +258,7 @@ export async function respondWithRun(
   options: {
     id: string;
     stream: boolean;
-    inflight: { add(abort: () => void): { done(): void } };
+    inflight: RunRegistry;
     toErrorBody: (error: unknown) => ErrorBody;
   },
 ): Promise<Response> {

@@ -1,4 +1,5 @@
 // Server-sent events for OpenAI-style streams: `data: {json}` per chunk, then `data: [DONE]`.
+import { DenollmError } from "../errors.ts";
 import type { ErrorBody } from "./errors.ts";
 
 export interface SseOptions {
@@ -17,7 +18,11 @@ const HEADERS = {
   "X-Accel-Buffering": "no",
 };
 
-/** A streaming response that writes each chunk as one event; the stream closes in `finally`. */
+/**
+ * A streaming response that writes each chunk as one event; the stream closes in `finally`. A
+ * failure mid-stream is sent as an error event; when it is the engine's death (the worker failed,
+ * so every open stream ends this way) `[DONE]` follows, so a client reading to `[DONE]` sees why.
+ */
 export function sseResponse(
   chunks: AsyncGenerator<unknown>,
   opts: SseOptions,
@@ -35,7 +40,12 @@ export function sseResponse(
       }
       if (!isCancelled) controller.enqueue(event("[DONE]"));
     } catch (error) {
-      if (!isCancelled) controller.enqueue(event(JSON.stringify(opts.onError(error))));
+      if (!isCancelled) {
+        controller.enqueue(event(JSON.stringify(opts.onError(error))));
+        if (error instanceof DenollmError && error.code === "worker_failed") {
+          controller.enqueue(event("[DONE]"));
+        }
+      }
     } finally {
       if (!isCancelled) controller.close();
       opts.onClose();

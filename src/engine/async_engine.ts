@@ -135,8 +135,13 @@ export class AsyncEngine {
         this.#streams.delete(message.id);
         return;
       case "fatal":
-        // The engine can no longer make progress: fail every open request, refuse new ones.
-        this.#fatal = new EngineError(message.error);
+        // The engine can no longer make progress: fail every open request, refuse new ones. Its
+        // code says the worker is gone whatever broke it, so the API ends open streams for good.
+        this.#fatal = new EngineError({
+          code: "worker_failed",
+          name: "EngineError",
+          message: `The engine worker failed: ${message.error.message}`,
+        });
         for (const stream of this.#streams.values()) stream.fail(this.#fatal);
         this.#streams.clear();
         this.#failed.resolve(this.#fatal);

@@ -16,6 +16,20 @@ let isLooping = false;
 /** Requests whose output format is being compiled, and whether they were aborted meanwhile. */
 const compiling = new Map<string, boolean>();
 
+let numSteps = 0;
+
+/**
+ * Fault injection for the server's engine-failure test, read once: after this many steps the
+ * worker throws an uncaught error, which ends it exactly as a crash in a step would. Unset, never.
+ */
+const CRASH_AFTER_STEPS = (() => {
+  const name = "DENOLLM_TEST_CRASH_ENGINE_AFTER_STEPS";
+  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+    return Infinity;
+  }
+  return Number(Deno.env.get(name) ?? Infinity);
+})();
+
 function send(message: FromWorker): void {
   self.postMessage(message);
 }
@@ -59,6 +73,12 @@ async function loop(): Promise<void> {
       await yieldToMessages();
       if (!engine?.hasWork) break;
       const started = performance.now();
+      if (++numSteps > CRASH_AFTER_STEPS) {
+        setTimeout(() => {
+          throw new Error(`Crashed on purpose after ${CRASH_AFTER_STEPS} steps (fault injection)`);
+        });
+        return;
+      }
       const outputs = engine.step();
       send({
         type: "outputs",

@@ -35,8 +35,24 @@ export interface ServeConfig {
   hfCacheDir: string;
 }
 
+/** What the server holds its clients to: deadlines, queue bounds and cross-origin access. */
+export interface ClientLimits {
+  /** A POST body not complete this long after its headers is answered 408. */
+  bodyTimeoutMs: number;
+  /** A generation request with no output this long after it was queued is answered 503. */
+  maxQueueDelayMs: number;
+  /** New requests get a 429 while the queued requests' prompt tokens pass this. */
+  maxQueuedTokens: number;
+  /** Origins allowed to call the API from a browser (`*`: any); empty means CORS is off. */
+  allowedOrigins: string[];
+}
+
 /** What `parseServeConfig` found: a configuration, or a request for the help text. */
-export type ParsedServe = { help: true } | { help: false; config: ServeConfig };
+export type ParsedServe = { help: true } | {
+  help: false;
+  config: ServeConfig;
+  limits: ClientLimits;
+};
 
 /** Where a raw value came from, for error messages that name it. */
 interface Source {
@@ -83,6 +99,27 @@ const boolText = z.string().trim().toLowerCase().pipe(
 ).transform((v) => ["1", "true", "yes", "on"].includes(v));
 
 const nonEmpty = z.string().trim().min(1, { error: "expected a non-empty value" });
+
+/** A number of seconds, as text. */
+function seconds(opts: { isZeroAllowed?: boolean } = {}) {
+  const isZeroAllowed = opts.isZeroAllowed ?? true;
+  const error = isZeroAllowed
+    ? "expected a number of seconds, at least 0"
+    : "expected a number of seconds, more than 0";
+  return z.string().trim().regex(/^\d+(\.\d+)?$/, { error }).transform(Number)
+    .refine((n) => isZeroAllowed || n > 0, { error });
+}
+
+/**
+ * A host name (RFC 1123 labels), an IPv4 address or an IPv6 address (bare or in brackets): what
+ * Deno.serve can listen on. Checked here so a typo is a usage error, not a resolver stack trace.
+ */
+const HOST =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$|^\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?$/;
+
+const hostSchema = nonEmpty.refine((text) => HOST.test(text), {
+  error: "expected a host name or an IP address, such as 127.0.0.1, 0.0.0.0 or ::1",
+}).transform((text) => text.replace(/^\[(.*)\]$/, "$1"));
 
 const deviceSchema = z.string().trim().toLowerCase().transform((text, ctx): Device => {
   if (text === "auto" || text === "cpu" || text === "cuda") return { kind: text };
@@ -178,6 +215,30 @@ const OPTIONS = [
     defaultText: "256",
   },
   {
+    flag: "max-queued-tokens",
+    arg: "N",
+    help: "prompt tokens waiting beyond this get HTTP 429",
+    defaultText: "262144",
+  },
+  {
+    flag: "max-queue-delay",
+    arg: "SECONDS",
+    help: "a request not started after this long gets HTTP 503 (0 = no limit)",
+    defaultText: "120",
+  },
+  {
+    flag: "body-timeout",
+    arg: "SECONDS",
+    help: "a request body not received this long after its headers gets HTTP 408",
+    defaultText: "30",
+  },
+  {
+    flag: "allowed-origins",
+    arg: "LIST",
+    help: "comma-separated origins allowed to call the API from a browser (CORS), or *",
+    defaultText: "none (CORS off)",
+  },
+  {
     flag: "shutdown-timeout",
     arg: "SECONDS",
     help: "on SIGTERM, how long in-flight requests may run",
@@ -244,7 +305,7 @@ function defaultServedName(model: string): string {
 const SCHEMAS = {
   model: nonEmpty,
   revision: nonEmpty,
-  host: nonEmpty,
+  host: hostSchema,
   port: integer(0, 65535),
   "served-model-name": nonEmpty,
   "api-key": nonEmpty,
@@ -259,9 +320,22 @@ const SCHEMAS = {
   scheduler: choice(["continuous", "static"]),
   "no-prefix-caching": boolText,
   "max-queued-requests": integer(0),
-  "shutdown-timeout": z.string().trim().regex(/^\d+(\.\d+)?$/, {
-    error: "expected a number of seconds, at least 0",
-  }).transform(Number),
+  "max-queued-tokens": integer(1),
+  "max-queue-delay": seconds(),
+  "body-timeout": seconds({ isZeroAllowed: false }),
+  "allowed-origins": z.string().transform((text, ctx) => {
+    const origins = text.split(",").map((o) => o.trim()).filter((o) => o !== "");
+    const bad = origins.find((o) => o !== "*" && !/^https?:\/\/[^/\s]+$/i.test(o));
+    if (bad !== undefined || origins.length === 0) {
+      ctx.addIssue({
+        code: "custom",
+        message: "expected * or a comma-separated list of origins such as https://example.com",
+      });
+      return z.NEVER;
+    }
+    return origins;
+  }),
+  "shutdown-timeout": seconds(),
   "log-format": choice(["text", "json"]),
   "hf-cache": nonEmpty,
 } satisfies Record<Flag, z.ZodType>;
@@ -272,6 +346,20 @@ function describe(source: Source): string {
   return source.origin === "flag"
     ? `--${source.name} ${JSON.stringify(source.value)}`
     : `${source.name}=${JSON.stringify(source.value)}`;
+}
+
+/**
+ * More kernel threads than a few per core only thrash: --threads 4096 on a small machine would
+ * start thousands of OpenMP threads per step, so anything above 4x the CPUs is refused.
+ */
+function checkThreads(numThreads: number | undefined, source: Source | undefined): void {
+  const numCpus = navigator.hardwareConcurrency;
+  const max = 4 * numCpus;
+  if (numThreads === undefined || source === undefined || numThreads <= max) return;
+  throw new UsageError(
+    `${describe(source)}: expected at most ${max} threads (4 per CPU, ${numCpus} CPUs here; ` +
+      `0 uses every core)`,
+  );
 }
 
 /**
@@ -302,6 +390,7 @@ export function parseServeConfig(
   if (parsed.values.help) return { help: true };
 
   const values: Values = {};
+  const sources: Partial<Record<Flag, Source>> = {};
   for (const option of OPTIONS as readonly Option[]) {
     const flag = option.flag as Flag;
     const fromFlag = parsed.values[flag];
@@ -313,6 +402,7 @@ export function parseServeConfig(
       source = { origin: "env", name: envName(flag), value: fromEnv };
     }
     if (source === undefined) continue;
+    sources[flag] = source;
     const result = SCHEMAS[flag].safeParse(source.value);
     if (!result.success) {
       throw new UsageError(`${describe(source)}: ${result.error.issues[0].message}`);
@@ -323,8 +413,15 @@ export function parseServeConfig(
   if (values.model === undefined) {
     throw new UsageError(`--model (or ${envName("model")}) is required`);
   }
+  checkThreads(values.threads, sources.threads);
   return {
     help: false,
+    limits: {
+      bodyTimeoutMs: (values["body-timeout"] ?? 30) * 1000,
+      maxQueueDelayMs: (values["max-queue-delay"] ?? 120) * 1000 || Infinity,
+      maxQueuedTokens: values["max-queued-tokens"] ?? 262_144,
+      allowedOrigins: values["allowed-origins"] ?? [],
+    },
     config: {
       model: values.model,
       revision: values.revision ?? "main",

@@ -9,7 +9,13 @@ import { AsyncEngine, EngineError } from "../engine/async_engine.ts";
 import { ModelFormatError } from "../formats/errors.ts";
 import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
 import { openModelSource } from "../model/load.ts";
-import { parseServeConfig, REPO_ID, SERVE_USAGE, type ServeConfig } from "./config.ts";
+import {
+  type ClientLimits,
+  parseServeConfig,
+  REPO_ID,
+  SERVE_USAGE,
+  type ServeConfig,
+} from "./config.ts";
 import { DeviceError, resolveDevice } from "./device.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { notify } from "./sd_notify.ts";
@@ -18,6 +24,21 @@ export const VERSION = "0.1.0";
 
 /** After the shutdown timeout, aborted requests get this long to send their last bytes. */
 const ABORT_GRACE_MS = 5000;
+
+/**
+ * The longest context a model config may declare when --max-model-len is not given: more than
+ * any model we know of (16M tokens), far less than a corrupt value such as 1e15, whose block
+ * tables alone would not fit in memory.
+ */
+const MAX_MODEL_CONTEXT = 2 ** 24;
+
+/** The limits a server runs with when the caller gives none: the flags' defaults. */
+const DEFAULT_LIMITS: ClientLimits = {
+  bodyTimeoutMs: 30_000,
+  maxQueueDelayMs: 120_000,
+  maxQueuedTokens: 262_144,
+  allowedOrigins: [],
+};
 
 /** Start-up failures the operator can fix; logged as one line without a stack. */
 function isOperatorError(error: unknown): boolean {
@@ -76,6 +97,12 @@ function listenError(error: unknown, config: ServeConfig): unknown {
   }
   if (error instanceof Deno.errors.PermissionDenied) {
     return new Deno.errors.PermissionDenied(`Cannot listen on ${where}: permission denied`);
+  }
+  // Deno 2.9.6 throws a plain Error when the host name does not resolve.
+  if (error instanceof Error && /failed to lookup address/i.test(error.message)) {
+    return new Deno.errors.AddrNotAvailable(
+      `Cannot listen on ${where}: --host ${config.host} does not resolve to a local address`,
+    );
   }
   return error;
 }
@@ -137,6 +164,24 @@ function watchSignals(): SignalWatch {
   };
 }
 
+function gib(bytes: number): string {
+  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+}
+
+/**
+ * An operator's error naming --kv-cache-memory, for a KV cache the machine cannot hold (the
+ * native allocator's own message names only dl_alloc).
+ */
+function kvTooLarge(config: ServeConfig, detail: string): EngineError {
+  return new EngineError({
+    code: "native",
+    name: "EngineError",
+    message: `--kv-cache-memory ${config.kvCacheMemoryBytes} bytes (${
+      gib(config.kvCacheMemoryBytes)
+    }) cannot be allocated: ${detail}; lower --kv-cache-memory`,
+  });
+}
+
 /** Starts the engine; under --device auto a CUDA start that fails falls back to the CPU. */
 async function startEngine(
   config: ServeConfig,
@@ -163,6 +208,9 @@ async function startEngine(
   try {
     return { engine: await start(device.backend), device: device.description };
   } catch (error) {
+    if (error instanceof EngineError && /OUT_OF_MEMORY/.test(error.message)) {
+      throw kvTooLarge(config, error.message);
+    }
     const isBackendFailure = error instanceof EngineError && error.code === "native";
     if (config.device.kind !== "auto" || device.backend !== "cuda" || !isBackendFailure) {
       throw error;
@@ -175,8 +223,12 @@ async function startEngine(
 }
 
 /** Runs the server until SIGTERM/SIGINT; returns the exit code. */
-export async function serve(config: ServeConfig, options: { log?: Logger } = {}): Promise<number> {
+export async function serve(
+  config: ServeConfig,
+  options: { log?: Logger; limits?: ClientLimits } = {},
+): Promise<number> {
   const log = options.log ?? createLogger(config.logFormat);
+  const limits = options.limits ?? DEFAULT_LIMITS;
   const signals = watchSignals();
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
   const stopped = (signal: string) => {
@@ -193,6 +245,16 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
     if (signals.isStopping) return stopped(await signals.first);
     const source = await openModelSource(modelPath);
     const modelMax = source.config.maxPositionEmbeddings;
+    if (config.maxModelLen === undefined && !(modelMax <= MAX_MODEL_CONTEXT)) {
+      const field = source.format === "gguf"
+        ? "the GGUF's context_length"
+        : "max_position_embeddings in config.json";
+      throw new ModelFormatError(
+        modelPath,
+        `${field} is ${modelMax}, more than ${MAX_MODEL_CONTEXT} tokens; the model's config ` +
+          `looks wrong (set --max-model-len to serve it anyway)`,
+      );
+    }
     if (config.maxModelLen !== undefined && config.maxModelLen > modelMax) {
       log(
         "warn",
@@ -216,16 +278,28 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
       version: VERSION,
       apiKey: config.apiKey,
       maxQueuedRequests: config.maxQueuedRequests,
+      maxQueuedPromptTokens: limits.maxQueuedTokens,
+      maxQueueDelayMs: limits.maxQueueDelayMs,
+      bodyTimeoutMs: limits.bodyTimeoutMs,
+      allowedOrigins: limits.allowedOrigins,
       metrics: new Metrics(),
       log,
     });
+    // Every request from its arrival until its response has reached the client: more than the
+    // generations `inflight` counts (a body still arriving, a prompt being tokenized, a finished
+    // response still being written to a client that reads slowly), and what shutdown waits for.
+    let numOpenRequests = 0;
     const listening = Promise.withResolvers<Deno.NetAddr>();
     try {
       server = Deno.serve({
         hostname: config.host,
         port: config.port,
         onListen: (addr) => listening.resolve(addr),
-      }, (request, info) => (state.isDraining ? shuttingDown() : app.fetch(request, info)));
+      }, (request, info) => {
+        numOpenRequests++;
+        info.completed.catch(() => {}).finally(() => numOpenRequests--);
+        return state.isDraining ? shuttingDown() : app.fetch(request, info);
+      });
     } catch (error) {
       throw listenError(error, config);
     }
@@ -280,6 +354,7 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
     }
     log("info", `received ${signal}; draining`, {
       inflight: inflight.count,
+      open_requests: numOpenRequests,
       timeout_s: config.shutdownTimeoutMs / 1000,
     });
     tellSystemd(log, "STOPPING=1", `STATUS=Draining ${inflight.count} requests`);
@@ -291,7 +366,16 @@ export async function serve(config: ServeConfig, options: { log?: Logger } = {})
       signals.again.then(() => false),
     ]);
     if (!isDrained) {
-      log("warn", "aborting requests still in flight", { inflight: inflight.count });
+      // What held the drain: generations still running, or only responses not yet delivered
+      // and requests not yet generating (inflight alone would read 0 for those).
+      if (inflight.count > 0) {
+        log("warn", "aborting requests still in flight", {
+          inflight: inflight.count,
+          open_requests: numOpenRequests,
+        });
+      } else {
+        log("warn", "closing connections still open", { open_requests: numOpenRequests });
+      }
       inflight.abortAll();
       await Promise.race([closed, delay(ABORT_GRACE_MS)]);
     }
@@ -320,5 +404,5 @@ export async function runServe(args: string[]): Promise<number> {
     console.log(SERVE_USAGE);
     return 0;
   }
-  return await serve(parsed.config);
+  return await serve(parsed.config, { limits: parsed.limits });
 }
