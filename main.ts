@@ -1,5 +1,8 @@
 // denollm command line: a thin dispatcher over the subcommands in src/cli/.
 import { LibraryLoadError, NativeError } from "./ffi/native.ts";
+import { BatchAbortedError } from "./src/batch/batch_runner.ts";
+import { BATCH_USAGE, runBatch } from "./src/cli/batch.ts";
+import { DISTILL_USAGE, runDistillExport } from "./src/cli/distill_export.ts";
 import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
 import { UsageError } from "./src/errors.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
@@ -12,6 +15,8 @@ const USAGE = `Usage: denollm <command> [options]
 Commands:
   generate   generate text from a prompt (denollm generate --help)
   serve      serve an OpenAI-compatible API (denollm serve --help)
+  batch      run an OpenAI Batch API file, resumably (denollm batch --help)
+  distill-export  export a teacher's top-K logprobs as safetensors (denollm distill-export --help)
 `;
 
 /** Errors the user can act on get one clear line; anything else is a bug and keeps its stack. */
@@ -19,7 +24,7 @@ function isUserFacing(error: unknown): boolean {
   return error instanceof UsageError || error instanceof ModelFormatError ||
     error instanceof TokenizerError || error instanceof RequestTooLongError ||
     error instanceof LibraryLoadError || error instanceof NativeError ||
-    error instanceof RangeError;
+    error instanceof BatchAbortedError || error instanceof RangeError;
 }
 
 async function main(args: string[]): Promise<number> {
@@ -31,6 +36,10 @@ async function main(args: string[]): Promise<number> {
         return 0;
       case "serve":
         return await runServe(rest);
+      case "batch":
+        return await runBatch(rest);
+      case "distill-export":
+        return await runDistillExport(rest);
       case undefined:
       case "-h":
       case "--help":
@@ -46,7 +55,12 @@ async function main(args: string[]): Promise<number> {
       // Kept to two lines: under systemd this lands in the journal.
       console.error("Run `denollm serve --help` for the options.");
     } else if (error instanceof UsageError) {
-      console.error(command === "generate" ? GENERATE_USAGE : USAGE);
+      const usages = new Map([
+        ["generate", GENERATE_USAGE],
+        ["batch", BATCH_USAGE],
+        ["distill-export", DISTILL_USAGE],
+      ]);
+      console.error(usages.get(command ?? "") ?? USAGE);
     }
     return error instanceof UsageError ? 2 : 1;
   }

@@ -22,10 +22,16 @@ export interface SafetensorsFile {
   dataOffset: number;
 }
 
+/**
+ * What the writer can store: the weight formats, plus I32 for the integer tensors of exports
+ * (token ids); the reader, which loads weights, keeps to the weight formats.
+ */
+export type WriteDType = DType | "I32";
+
 /** A tensor to write: raw little-endian bytes plus its dtype and PyTorch-order shape. */
 export interface TensorData {
   name: string;
-  dtype: DType;
+  dtype: WriteDType;
   shape: number[];
   data: Uint8Array;
 }
@@ -282,7 +288,8 @@ function checkTensorData(tensors: readonly TensorData[]): void {
       throw new RangeError(`Expected unique tensor names, found ${t.name} twice`);
     }
     names.add(t.name);
-    const expected = dtypeBytes(t.dtype, numElements(t.shape));
+    const count = numElements(t.shape);
+    const expected = t.dtype === "I32" ? 4 * count : dtypeBytes(t.dtype, count);
     if (!(t.data instanceof Uint8Array) || t.data.byteLength !== expected) {
       throw new RangeError(
         `Expected ${expected} bytes for ${t.dtype} tensor ${t.name} [${t.shape}], ` +
