@@ -1,4 +1,7 @@
 // Library identity, per-thread errors, contexts, host "device" memory, copies and dtype conversion.
+#include <sys/mman.h>
+
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -90,21 +93,70 @@ extern "C" DL_API int32_t dl_synchronize(dl_context* ctx) {
 
 // --- Memory
 
+// Every block starts with a 64-byte header (its kind and mapped size), so dl_free knows how to
+// release it and the caller's pointer stays 64-byte aligned. Blocks of LAZY_BYTES or more are
+// anonymous mappings: the kernel hands out zero pages on first touch, so a large KV cache or step
+// workspace costs resident memory only as it is used, not all at once at start-up.
+namespace {
+
+constexpr size_t HEADER_BYTES = 64;
+constexpr size_t LAZY_BYTES = size_t(1) << 20;
+constexpr uint64_t MAGIC_HEAP = 0x64656e6f6c6c6d68ULL;    // "denollmh"
+constexpr uint64_t MAGIC_MAPPED = 0x64656e6f6c6c6d6dULL;  // "denollmm"
+
+struct BlockHeader {
+  uint64_t magic;
+  uint64_t mapped_bytes;  // the whole mapping, header included (mapped blocks only)
+};
+
+void* alloc_block(size_t rounded) {
+  const size_t total = rounded + HEADER_BYTES;
+  void* base;
+  uint64_t magic;
+  if (rounded >= LAZY_BYTES) {
+    base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    magic = MAGIC_MAPPED;
+  } else {
+    base = std::aligned_alloc(64, total);
+    if (base == nullptr) return nullptr;
+    std::memset(base, 0, total);
+    magic = MAGIC_HEAP;
+  }
+  auto* header = static_cast<BlockHeader*>(base);
+  header->magic = magic;
+  header->mapped_bytes = total;
+  return static_cast<char*>(base) + HEADER_BYTES;
+}
+
+void free_block(void* ptr) {
+  void* base = static_cast<char*>(ptr) - HEADER_BYTES;
+  auto* header = static_cast<BlockHeader*>(base);
+  if (header->magic == MAGIC_MAPPED) {
+    header->magic = 0;
+    munmap(base, (size_t)header->mapped_bytes);
+  } else {
+    header->magic = 0;
+    std::free(base);
+  }
+}
+
+}  // namespace
+
 extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
   const char* fn = "dl_alloc";
   DL_TRY(dl_check_ctx(fn, ctx));
   DL_TRY(dl_check_ptr(fn, "out", out));
   *out = nullptr;
-  // aligned_alloc wants a multiple of the alignment; size 0 still gets a unique, freeable block.
+  // Size 0 still gets a unique, freeable block.
   const uint64_t rounded = size_bytes == 0 ? 64 : (size_bytes + 63) / 64 * 64;
-  if (rounded < size_bytes || rounded > (uint64_t)SIZE_MAX) {
+  if (rounded < size_bytes || rounded > (uint64_t)SIZE_MAX - HEADER_BYTES) {
     return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %llu bytes", fn, (unsigned long long)size_bytes);
   }
-  void* p = std::aligned_alloc(64, (size_t)rounded);
+  void* p = alloc_block((size_t)rounded);
   if (p == nullptr) {
     return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %llu bytes", fn, (unsigned long long)size_bytes);
   }
-  std::memset(p, 0, (size_t)rounded);
   *out = p;
   ctx->num_allocs++;
   return DL_OK;
@@ -112,8 +164,9 @@ extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** 
 
 extern "C" DL_API int32_t dl_free(dl_context* ctx, void* ptr) {
   DL_TRY(dl_check_ctx("dl_free", ctx));
-  if (ptr != nullptr) ctx->num_frees++;
-  std::free(ptr);  // free(NULL) is a no-op, like cudaFree(NULL)
+  if (ptr == nullptr) return DL_OK;  // like cudaFree(NULL)
+  ctx->num_frees++;
+  free_block(ptr);
   return DL_OK;
 }
 

@@ -113,6 +113,8 @@ DL_API int32_t dl_synchronize(
     dl_context* ctx);
 
 // Allocates size_bytes of device memory (64-byte aligned), zero-filled. Writes the pointer to *out.
+// The CPU build maps blocks of 1 MiB or more lazily: their pages take resident memory only once
+// written, so a large KV cache or step workspace costs memory as it is used.
 DL_API int32_t dl_alloc(
     dl_context* ctx,
     uint64_t size_bytes,
