@@ -3,11 +3,9 @@
 import assert from "node:assert/strict";
 import { NativeBackend } from "../ffi/native.ts";
 
-/** This process's resident set in bytes (Linux). */
+/** This process's resident set in bytes. */
 function residentBytes(): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  const kb = Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]);
-  return kb * 1024;
+  return Deno.memoryUsage().rss;
 }
 
 const MiB = 1 << 20;
