@@ -21,7 +21,7 @@ import {
   type PromptLogprob,
   promptLogprobsList,
 } from "./logprobs.ts";
-import { checkPromptChars, requestParams, structuredOutput } from "./params.ts";
+import { checkPromptChars, requestParams, structuredOutput, truncatePrompt } from "./params.ts";
 import { chatPrompt, numMessageChars } from "./prompt_ids.ts";
 import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
 import {
@@ -111,7 +111,11 @@ export async function handleChat(
     structured = plan.structured;
   }
   const tools = req.tools ?? [];
-  const promptIds = await chatPrompt(deps, req.messages, tools.length > 0 ? { tools } : {});
+  const promptIds = truncatePrompt(
+    await chatPrompt(deps, req.messages, tools.length > 0 ? { tools } : {}),
+    req.truncate_prompt_tokens,
+    engine.maxModelLen,
+  );
   // Mistral's [TOOL_CALLS] is a control token: the parser needs to see it in the text.
   const showSpecial = plan.mode === "auto" && plan.parser === "mistral" &&
     req.skip_special_tokens == null;

@@ -22,7 +22,13 @@ import {
   type PromptLogprob,
   promptLogprobsList,
 } from "./logprobs.ts";
-import { checkPromptChars, checkTokenIds, requestParams, structuredOutput } from "./params.ts";
+import {
+  checkPromptChars,
+  checkTokenIds,
+  requestParams,
+  structuredOutput,
+  truncatePrompt,
+} from "./params.ts";
 import { encodePrompt } from "./prompt_ids.ts";
 import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
 
@@ -88,7 +94,11 @@ export async function handleCompletion(
       promptParam: "prompt",
     });
   }
-  const prompts = await toPrompts(req.prompt, deps);
+  const prompts = (await toPrompts(req.prompt, deps)).map((p) => {
+    const ids = truncatePrompt(p.ids, req.truncate_prompt_tokens, engine.maxModelLen);
+    // Echo repeats what the model saw.
+    return ids === p.ids ? p : { ids, text: deps.tokenizer.decode(ids, { skipSpecial: true }) };
+  });
   const n = req.n ?? 1;
   if (prompts.length * n > MAX_CHOICES) {
     throw new ApiError(

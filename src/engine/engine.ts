@@ -103,6 +103,12 @@ export class LLMEngine {
       throw new RangeError(`prompt logprobs must be a non-negative integer, got ${numTop}`);
     }
     const n = params.n ?? 1;
+    const minTokens = params.minTokens ?? 0;
+    if (!Number.isInteger(minTokens) || minTokens < 0 || minTokens > params.maxTokens) {
+      throw new RangeError(
+        `min_tokens must be an integer from 0 to max_tokens (${params.maxTokens}), got ${minTokens}`,
+      );
+    }
     if (!Number.isInteger(n) || n < 1) {
       throw new RangeError(`n must be a positive integer, got ${n}`);
     }
@@ -253,7 +259,10 @@ export class LLMEngine {
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const grammar = request.grammar;
-    const token = request.sampler.sample(rowLogits, request, grammar?.mask());
+    const logits = request.isBelowMinTokens
+      ? withoutTokens(rowLogits, request.stopTokenIds)
+      : rowLogits;
+    const token = request.sampler.sample(logits, request, grammar?.mask());
     // A token the grammar refuses can only be a fully masked row's fallback: end the sample.
     if (grammar !== undefined && !grammar.accept(token)) {
       request.abort();
@@ -315,4 +324,12 @@ export class LLMEngine {
       lastStepDecodeTokens: this.#lastStep.decode,
     };
   }
+}
+
+/** A copy of `logits` with `ids` masked out (-Infinity), as min_tokens masks the stop tokens. */
+function withoutTokens(logits: Float32Array, ids: ReadonlySet<number>): Float32Array {
+  if (ids.size === 0) return logits;
+  const masked = logits.slice();
+  for (const id of ids) if (id < masked.length) masked[id] = -Infinity;
+  return masked;
 }

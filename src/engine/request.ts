@@ -35,6 +35,13 @@ export interface RequestParams {
    * one {@link TokenGrammar} per sample for it (`addRequest`'s `grammars`).
    */
   structured?: StructuredOutput;
+  /**
+   * Tokens to generate at least: until then the stop tokens (EOS included) are masked out and stop
+   * strings are not looked for. Default 0.
+   */
+  minTokens?: number;
+  /** Keep the stop string that ended generation in the text. Default false. */
+  includeStopStrInOutput?: boolean;
 }
 
 export interface TokenLogprob {
@@ -140,6 +147,16 @@ export class EngineRequest {
     return this.params.cacheSalt;
   }
 
+  /** Whether the stop tokens must still be masked out (fewer than minTokens generated). */
+  get isBelowMinTokens(): boolean {
+    return this.numOutputTokens < (this.params.minTokens ?? 0);
+  }
+
+  /** The stop tokens of this request, which min_tokens masks out. */
+  get stopTokenIds(): ReadonlySet<number> {
+    return this.#stopIds;
+  }
+
   /** Whether the next steps must return logits for prompt rows (prompt logprobs still missing). */
   get needsPromptLogits(): boolean {
     return this.params.promptLogprobs !== undefined &&
@@ -159,16 +176,21 @@ export class EngineRequest {
    * final. A stop token is not appended to the output; a stop string is cut from the text.
    */
   appendToken(tokenId: number): { text: string; appended: boolean } {
-    if (this.#stopIds.has(tokenId)) {
+    if (this.#stopIds.has(tokenId) && !this.isBelowMinTokens) {
       this.#numStopTokens = 1;
       this.#finish("stop");
       return { text: this.#flushText(), appended: false };
     }
     this.tokenIds.push(tokenId);
-    const piece = this.#stopper.push(this.#detokenizer.push(tokenId));
+    const delta = this.#detokenizer.push(tokenId);
+    // Below min_tokens no stop string is looked for: the text goes out as it is decoded.
+    const piece = this.isBelowMinTokens
+      ? { text: delta, stopped: false }
+      : this.#stopper.push(delta);
     if (piece.stopped) {
       this.#finish("stop");
-      return { text: piece.text, appended: true };
+      const stop = this.params.includeStopStrInOutput ? piece.stop ?? "" : "";
+      return { text: piece.text + stop, appended: true };
     }
     if (this.numOutputTokens >= this.params.maxTokens) {
       this.#finish("length");
