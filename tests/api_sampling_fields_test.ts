@@ -166,4 +166,66 @@ async function samplingFields(t: Deno.TestContext, engine: AsyncEngine): Promise
       }
     }
   });
+
+  await t.step("best_of returns the n samples with the highest cumulative logprob", async () => {
+    const sampled = { prompt: PROMPT, max_tokens: 6, temperature: 1, ignore_eos: true, seed: 11 };
+    // The same seed gives the same samples: generate all 4 with their logprobs to rank them.
+    const all = await postJson(app, "/v1/completions", { ...sampled, n: 4, logprobs: 0 });
+    const sums = all.choices.map((c: { logprobs: { token_logprobs: number[] } }) =>
+      c.logprobs.token_logprobs.reduce((a, b) => a + b, 0)
+    );
+    const order = [0, 1, 2, 3].sort((a, b) => sums[b] - sums[a] || a - b);
+    const best = await postJson(app, "/v1/completions", { ...sampled, n: 2, best_of: 4 });
+    assert.deepEqual(
+      best.choices.map((c: { text: string; index: number; logprobs: unknown }) => [
+        c.index,
+        c.text,
+        c.logprobs,
+      ]),
+      [[0, all.choices[order[0]].text, null], [1, all.choices[order[1]].text, null]],
+    );
+    assert.equal(best.usage.completion_tokens, 12);
+    const withLogprobs = await postJson(app, "/v1/completions", {
+      ...sampled,
+      best_of: 4,
+      logprobs: 0,
+    });
+    assert.deepEqual(withLogprobs.choices[0].logprobs, all.choices[order[0]].logprobs);
+    // Chat: the same ranking, on the chat prompt.
+    const chatSampled = { ...chat, max_tokens: 6, temperature: 1, ignore_eos: true, seed: 5 };
+    const chatAll = await postJson(app, "/v1/chat/completions", {
+      ...chatSampled,
+      n: 3,
+      logprobs: true,
+    });
+    const chatSums = chatAll.choices.map((c: { logprobs: { content: { logprob: number }[] } }) =>
+      c.logprobs.content.reduce((a, b) => a + b.logprob, 0)
+    );
+    const top = [0, 1, 2].sort((a, b) => chatSums[b] - chatSums[a] || a - b)[0];
+    const chatBest = await postJson(app, "/v1/chat/completions", { ...chatSampled, best_of: 3 });
+    assert.equal(chatBest.choices.length, 1);
+    assert.equal(chatBest.choices[0].message.content, chatAll.choices[top].message.content);
+    assert.equal(chatBest.choices[0].logprobs, null);
+  });
+
+  await t.step("best_of below n, or above n with streaming, is a 400", async () => {
+    for (
+      const [path, body] of [["/v1/completions", { prompt: PROMPT }], [
+        "/v1/chat/completions",
+        chat,
+      ]] as const
+    ) {
+      const below = await expectError(post(app, path, { ...body, n: 3, best_of: 2 }), 400);
+      assert.equal(below.param, "best_of");
+      const streamed = await expectError(
+        post(app, path, { ...body, best_of: 2, stream: true }),
+        400,
+      );
+      assert.equal(streamed.param, "best_of");
+      // best_of equal to n streams as before.
+      const res = await post(app, path, { ...body, n: 2, best_of: 2, stream: true, max_tokens: 2 });
+      assert.equal(res.status, 200);
+      await res.text();
+    }
+  });
 }

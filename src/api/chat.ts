@@ -1,6 +1,7 @@
 // POST /v1/chat/completions: messages rendered with the model's chat template, n choices,
 // streamed as chat.completion.chunk events or returned as one chat.completion.
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { bestOfShape, numSamples as samplesFor } from "./best_of.ts";
 import { readJsonObject } from "./body.ts";
 import {
   type ApiDeps,
@@ -94,6 +95,8 @@ export async function handleChat(
       param: "top_logprobs",
     });
   }
+  const numSamples = samplesFor(req);
+  const isBestOf = numSamples > (req.n ?? 1);
   checkQueue(deps, engine);
   checkPromptChars(deps.tokenizer, numMessageChars(req.messages), {
     maxModelLen: engine.maxModelLen,
@@ -119,12 +122,14 @@ export async function handleChat(
   // Mistral's [TOOL_CALLS] is a control token: the parser needs to see it in the text.
   const showSpecial = plan.mode === "auto" && plan.parser === "mistral" &&
     req.skip_special_tokens == null;
-  const params = requestParams(showSpecial ? { ...req, skip_special_tokens: false } : req, {
+  const sent = { ...req, ...(isBestOf ? { n: numSamples } : {}) };
+  const params = requestParams(showSpecial ? { ...sent, skip_special_tokens: false } : sent, {
     numPromptTokens: promptIds.length,
     maxModelLen: engine.maxModelLen,
     vocabSize: deps.tokenizer.vocabSize,
     maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
-    logprobs: req.logprobs ? req.top_logprobs ?? 0 : undefined,
+    // best_of ranks samples by their cumulative logprob.
+    logprobs: req.logprobs ? req.top_logprobs ?? 0 : isBestOf ? 0 : undefined,
     promptLogprobs: req.prompt_logprobs ?? undefined,
     promptParam: "messages",
     structured,
@@ -140,7 +145,9 @@ export async function handleChat(
     model: deps.servedModelName,
     plan,
   }, deps);
-  return await respondWithRun(run, shape, {
+  const n = req.n ?? 1;
+  const best = isBestOf ? bestOfShape(shape, { n, keepLogprobs: req.logprobs === true }) : shape;
+  return await respondWithRun(run, best, {
     id,
     stream: req.stream === true,
     inflight,

@@ -184,6 +184,8 @@ export const chatRequest = z.strictObject({
     error: 'Expected "none", "auto", "required" or {"type": "function", "function": {"name"}}',
   }).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
+  /** vLLM's: generate this many samples and return the n most likely. */
+  best_of: z.int().min(1).max(MAX_N).nullish(),
 });
 export type ChatRequest = z.infer<typeof chatRequest>;
 
