@@ -6,6 +6,8 @@ import { IncrementalDetokenizer, type TextTokenizer } from "../tokenizer/tokeniz
 
 export type RequestStatus = "waiting" | "running" | "finished";
 export type FinishReason = "stop" | "length" | "abort";
+/** How an embedding request pools its prompt's final-norm hidden states. */
+export type Pooling = "last" | "mean";
 
 /** What a caller asks for; validated by the engine before a Request is made. */
 export interface RequestParams {
@@ -42,6 +44,11 @@ export interface RequestParams {
   minTokens?: number;
   /** Keep the stop string that ended generation in the text. Default false. */
   includeStopStrInOutput?: boolean;
+  /**
+   * An embedding request: nothing is sampled (maxTokens 0, n 1); once the prompt is computed its
+   * pooled, L2-normalized final hidden state is the output and the request ends.
+   */
+  pooling?: Pooling;
 }
 
 export interface TokenLogprob {
@@ -72,6 +79,8 @@ export interface RequestOutput {
   numOutputTokens: number;
   /** Time from admission until the request was first scheduled (absent if it never was). */
   queueMs?: number;
+  /** An embedding request's pooled, L2-normalized hidden state, on its only output. */
+  embedding?: Float32Array;
 }
 
 export class EngineRequest {
@@ -96,6 +105,8 @@ export class EngineRequest {
   readonly grammar?: TokenGrammar;
   /** Prompt logprobs computed so far, for positions 1, 2, … of the prompt. */
   readonly promptLogprobs: TokenLogprob[] = [];
+  /** Mean pooling's running sum of the prompt rows' hidden states (allocated on first use). */
+  poolSum?: Float64Array;
   /** 1 once a stop token ended generation: it is counted, though not appended. */
   #numStopTokens = 0;
   readonly #stopIds: Set<number>;
@@ -161,6 +172,14 @@ export class EngineRequest {
   get needsPromptLogits(): boolean {
     return this.params.promptLogprobs !== undefined &&
       this.promptLogprobs.length < this.numPromptTokens - 1;
+  }
+
+  /**
+   * Whether every prompt row must come out of the forward pass (prompt logprobs, mean pooling):
+   * the prefill is chunked to the reserved rows and the prefix cache is not used.
+   */
+  get needsPromptRows(): boolean {
+    return this.needsPromptLogits || this.params.pooling === "mean";
   }
 
   get priority(): number {

@@ -213,7 +213,7 @@ export class Scheduler {
     let rowBudget = this.config.maxNumLogitRows;
     const chunk = (request: EngineRequest, start: number, numOthers: number) => {
       const remaining = request.numTokens - start;
-      if (!request.needsPromptLogits || start >= request.numPromptTokens) {
+      if (!request.needsPromptRows || start >= request.numPromptTokens) {
         return this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
       }
       // Every row of a prompt-logprobs chunk gets logits, so the chunk fits the rows left after
@@ -223,7 +223,7 @@ export class Scheduler {
       return Math.min(request.numPromptTokens - start, budget, rows);
     };
     const rowsOf = (request: EngineRequest, start: number, numNew: number) => {
-      if (request.needsPromptLogits && start < request.numPromptTokens) return numNew;
+      if (request.needsPromptRows && start < request.numPromptTokens) return numNew;
       return start + numNew === request.numTokens ? 1 : 0;
     };
 
@@ -263,7 +263,7 @@ export class Scheduler {
       if (scheduled.length >= this.config.maxNumSeqs) break;
       const request = this.#waiting[0];
       // A cached prefix has K/V but no logits: prompt logprobs need every prompt row computed.
-      const cached = request.needsPromptLogits ? undefined : this.#kv.findCachedPrefix(request);
+      const cached = request.needsPromptRows ? undefined : this.#kv.findCachedPrefix(request);
       const numCached = cached?.numTokens ?? 0;
       const numNew = chunk(request, numCached, 0);
       if (numNew === 0 || numNew > budget) break;
@@ -291,7 +291,7 @@ export class Scheduler {
 
   #share(request: EngineRequest, start: number, numNewTokens: number): ScheduledRequest {
     const sample = start + numNewTokens === request.numTokens;
-    const allRows = request.needsPromptLogits && start < request.numPromptTokens;
+    const allRows = request.needsPromptRows && start < request.numPromptTokens;
     return {
       requestId: request.id,
       start,
