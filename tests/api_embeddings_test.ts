@@ -1,6 +1,7 @@
 // /v1/embeddings on stories260K: last-token and mean pooling equal a direct forward pass, batch
 // inputs come back in order, base64 decodes to the same floats, and usage counts prompt tokens.
 import assert from "node:assert/strict";
+import OpenAI from "openai";
 import { NativeBackend } from "../ffi/native.ts";
 import type { AsyncEngine } from "../src/engine/async_engine.ts";
 import { LocalExecutor } from "../src/engine/executor.ts";
@@ -148,5 +149,20 @@ async function embeddings(t: Deno.TestContext, engine: AsyncEngine): Promise<voi
       const error = await expectError(post(app, "/v1/embeddings", body), status);
       assert.equal(error.param, param, JSON.stringify(body));
     }
+  });
+
+  await t.step("the openai client (base64 by default) gets the same vectors", async () => {
+    const client = new OpenAI({
+      baseURL: "http://api.test/v1",
+      apiKey: "unused",
+      maxRetries: 0,
+      fetch: (url: string | URL | Request, init?: RequestInit) =>
+        Promise.resolve(app.request(String(url), init)),
+    });
+    const floats = await postJson(app, "/v1/embeddings", { input: [SHORT, LONG] });
+    const res = await client.embeddings.create({ model: "stories260K", input: [SHORT, LONG] });
+    assert.equal(res.data.length, 2);
+    res.data.forEach((d, i) => assertClose(d.embedding, floats.data[i].embedding, 0));
+    assert.equal(res.usage.prompt_tokens, shortIds.length + longIds.length);
   });
 }
