@@ -5,6 +5,7 @@ import OpenAI from "openai";
 import { NativeBackend } from "../ffi/native.ts";
 import type { AsyncEngine } from "../src/engine/async_engine.ts";
 import { LocalExecutor } from "../src/engine/executor.ts";
+import { buildForwardBatch } from "../src/engine/forward_batch.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { loadModel } from "../src/model/load.ts";
 import { expectError, makeApi, MODEL, post, postJson, startEngine } from "./api_helpers.ts";
@@ -165,4 +166,44 @@ async function embeddings(t: Deno.TestContext, engine: AsyncEngine): Promise<voi
     res.data.forEach((d, i) => assertClose(d.embedding, floats.data[i].embedding, 0));
     assert.equal(res.usage.prompt_tokens, shortIds.length + longIds.length);
   });
+
+  await t.step("embeddings and generations share steps without changing either", async () => {
+    const greedy = { prompt: SHORT, max_tokens: 24, temperature: 0, ignore_eos: true };
+    const alone = await postJson(app, "/v1/completions", greedy);
+    const mean = await reference(longIds, "mean");
+    const [generated, ...embedded] = await Promise.all([
+      postJson(app, "/v1/completions", greedy),
+      postJson(app, "/v1/embeddings", { input: LONG, pooling: "mean" }),
+      postJson(app, "/v1/embeddings", { input: [LONG, LONG], pooling: "mean" }),
+    ]);
+    assert.equal(generated.choices[0].text, alone.choices[0].text);
+    assertClose(embedded[0].data[0].embedding, mean);
+    for (const d of embedded[1].data) assertClose(d.embedding, mean);
+  });
 }
+
+Deno.test("a forward batch's embedding rows skip the LM head", () => {
+  const share = (id: string, numNew: number, isPooling: boolean) => ({
+    requestId: id,
+    start: 0,
+    numNewTokens: numNew,
+    tokenIds: Array(numNew).fill(1),
+    blockIds: [1],
+    sample: true,
+    numLogitRows: isPooling ? numNew : 1,
+    ...(isPooling ? { isPooling: true as const } : {}),
+  });
+  const plan = (shares: ReturnType<typeof share>[]) => ({
+    scheduled: shares,
+    numBatchedTokens: 0,
+    blockCopies: [],
+    preemptedIds: [],
+  });
+  const batch = buildForwardBatch(plan([share("a", 3, false), share("b", 4, true)]), 16);
+  assert.equal(batch.logitRows.length, 5);
+  assert.equal(batch.numLmHeadRows, 1);
+  assert.throws(
+    () => buildForwardBatch(plan([share("b", 4, true), share("a", 3, false)]), 16),
+    /must come last/,
+  );
+});

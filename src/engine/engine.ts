@@ -195,9 +195,7 @@ export class LLMEngine {
     const vocab = this.#executor.vocabSize;
     const outputs: RequestOutput[] = [];
     const numRows = plan.scheduled.reduce((n, s) => n + s.numLogitRows, 0);
-    const isPooling = plan.scheduled.some((s) =>
-      this.scheduler.runningRequest(s.requestId).params.pooling !== undefined
-    );
+    const isPooling = plan.scheduled.some((s) => s.isPooling);
     const hidden = isPooling ? this.#executor.hiddenRows(numRows) : undefined;
     let row = 0;
     for (const s of plan.scheduled) {

@@ -15,7 +15,10 @@ export interface Executor {
   readonly capacity: Required<StepCapacity>;
   /** Device bytes reserved for steps (scratch, metadata, kernel workspace), beside weights and KV. */
   readonly reservedBytes: number;
-  /** Runs one step; returns logits [batch.logitRows.length, vocab], valid until the next call. */
+  /**
+   * Runs one step; returns logits [batch.numLmHeadRows ?? batch.logitRows.length, vocab], valid
+   * until the next call.
+   */
   execute(batch: ForwardBatch): Float32Array;
   /**
    * The last step's final-norm hidden states of its logit rows, [numRows, hidden], what pooling

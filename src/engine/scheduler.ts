@@ -46,6 +46,11 @@ export interface ScheduledRequest {
    * else 1 when `sample`, else 0. When `sample`, the last of them is the one sampled from.
    */
   numLogitRows: number;
+  /**
+   * An embedding request's share: its logit rows need only their final-norm hidden states, not
+   * the LM head. Such shares come last in a step, so their rows are the last logit rows.
+   */
+  isPooling?: true;
 }
 
 /** Everything the executor needs for a step; the only thing crossing that boundary. */
@@ -282,7 +287,8 @@ export class Scheduler {
     }
 
     return {
-      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens)),
+      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens))
+        .sort((a, b) => Number(a.isPooling ?? false) - Number(b.isPooling ?? false)),
       numBatchedTokens: this.config.maxNumBatchedTokens - budget,
       blockCopies: this.#kv.takePendingCopies(),
       preemptedIds: preempted.map((r) => r.id),
@@ -300,6 +306,7 @@ export class Scheduler {
       blockIds: this.#kv.blockTable(request.id),
       sample,
       numLogitRows: allRows ? numNewTokens : sample ? 1 : 0,
+      ...(request.params.pooling === undefined ? {} : { isPooling: true as const }),
     };
   }
 

@@ -187,6 +187,12 @@ export class ForwardWorkspace {
     over("tokens", numTokens, cap.maxNumTokens, "--max-num-batched-tokens");
     over("sequences", numSeqs, cap.maxNumSeqs, "--max-num-seqs");
     over("logit rows", numLogits, cap.maxNumLogitRows, "--max-num-logit-rows");
+    const numHeadRows = batch.numLmHeadRows ?? numLogits;
+    if (!Number.isInteger(numHeadRows) || numHeadRows < 0 || numHeadRows > numLogits) {
+      throw new RangeError(
+        `numLmHeadRows must be an integer from 0 to the ${numLogits} logit rows, got ${numHeadRows}`,
+      );
+    }
     over("blocks per sequence", width, cap.maxBlocksPerSeq, "--max-model-len");
     over("block copies", batch.blockCopies.length / 2, cap.maxNumSeqs, "--max-num-seqs");
 
@@ -211,7 +217,7 @@ export class ForwardWorkspace {
   /** The logits of the first numRows rows; the array is reused by the next step. */
   downloadLogits(numRows: number): Float32Array {
     const out = this.#logitsHost.subarray(0, numRows * this.#vocabSize);
-    this.#backend.download(out, this.logits);
+    if (numRows > 0) this.#backend.download(out, this.logits);
     return out;
   }
 
