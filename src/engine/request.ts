@@ -242,7 +242,8 @@ export class EngineRequest {
   /** Text held back for an unfinished character or a possible stop string, now final. */
   #flushText(): string {
     const rest = this.#stopper.push(this.#detokenizer.flush());
-    return rest.stopped ? rest.text : rest.text + this.#stopper.flush();
+    if (!rest.stopped) return rest.text + this.#stopper.flush();
+    return rest.text + (this.params.includeStopStrInOutput ? rest.stop ?? "" : "");
   }
 }
 
