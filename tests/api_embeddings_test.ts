@@ -137,6 +137,22 @@ async function embeddings(t: Deno.TestContext, engine: AsyncEngine): Promise<voi
     assert.deepEqual(Array.from(decoded), floats.data[0].embedding);
   });
 
+  await t.step("truncate_prompt_tokens keeps the last N tokens; too long is a 400", async () => {
+    const tail = longIds.slice(-5);
+    const truncated = await postJson(app, "/v1/embeddings", {
+      input: LONG,
+      truncate_prompt_tokens: 5,
+    });
+    assert.equal(truncated.usage.prompt_tokens, 5);
+    const direct = await postJson(app, "/v1/embeddings", { input: tail });
+    assertClose(truncated.data[0].embedding, direct.data[0].embedding, 1e-6);
+    const error = await expectError(
+      post(app, "/v1/embeddings", { input: Array(513).fill(shortIds[1]) }),
+      400,
+    );
+    assert.equal(error.code, "context_length_exceeded");
+  });
+
   await t.step("bad inputs are a 400 naming the field", async () => {
     const cases: [Record<string, unknown>, string][] = [
       [{ input: [] }, "input"],
