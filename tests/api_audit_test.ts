@@ -242,7 +242,7 @@ async function audit(t: Deno.TestContext, engine: AsyncEngine, reference: LLM): 
         // still a request that cannot be served.
         ["/v1/chat/completions", { ...chat, tool_choice: "required" }, "tool_choice"],
         ["/v1/completions", { prompt: PROMPT, suffix: "end" }, "suffix"],
-        ["/v1/completions", { prompt: PROMPT, best_of: 3 }, "best_of"],
+        ["/v1/completions", { prompt: PROMPT, best_of: 3, stream: true }, "best_of"],
         ["/v1/completions", { prompt: PROMPT, frobnicate: 3, temperature: -1 }, "temperature"],
       ];
       for (const [path, body, param] of refused) {

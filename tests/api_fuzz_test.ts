@@ -120,7 +120,10 @@ const INVALID: Record<string, () => unknown> = {
   tools: () => pick([[{ type: "function", function: { name: 5 } }], [{ type: "f" }], "f"]),
   response_format: () => pick([{ type: "xml" }, { type: "json_schema" }, "json"]),
   suffix: () => "end",
-  best_of: () => 2,
+  best_of: () => pick([0, 17, 2.5, "2", hostile()]),
+  min_tokens: () => pick([-1, 1.5, "3", hostile()]),
+  truncate_prompt_tokens: () => pick([0, -1, 2.5, "3", hostile()]),
+  include_stop_str_in_output: () => pick(["true", 1, [], hostile()]),
 };
 
 const ENDPOINTS: { path: string; base: () => Record<string, unknown>; weight: number }[] = [

@@ -210,7 +210,7 @@ async function routes(t: Deno.TestContext, engine: AsyncEngine): Promise<void> {
       ["/v1/completions", { ...COMPLETION, prompt: [] }, "prompt"],
       ["/v1/completions", { ...COMPLETION, prompt: [1, 99999] }, "prompt"],
       ["/v1/completions", { ...COMPLETION, prompt: { text: "hi" } }, "prompt"],
-      ["/v1/completions", { ...COMPLETION, best_of: 2 }, "best_of"],
+      ["/v1/completions", { ...COMPLETION, n: 3, best_of: 2 }, "best_of"],
       [
         "/v1/completions",
         { ...COMPLETION, stream_options: { include_usage: true } },

@@ -50,3 +50,40 @@ Deno.test("output continues the prompt: its leading space is kept, deltas add up
   assert.equal(text, " " + tokenizer.decode(ids));
   assert.equal(text, " there was a girl.");
 });
+
+Deno.test("min_tokens: a stop token or stop string before it does not end the request", () => {
+  const r = new EngineRequest(
+    { id: "r", submissionId: "r", index: 0, arrival: 0 },
+    [1],
+    { maxTokens: 50, sampling: GREEDY, stopStrings: ["saw"], minTokens: 4 },
+    tokenizer,
+  );
+  const ids = tokenizer.encode("she saw Lily", { addSpecial: false });
+  assert.ok(ids.length >= 3 && ids.length < 4, `${ids.length} tokens`);
+  let text = "";
+  for (const id of ids) text += r.appendToken(id).text;
+  assert.ok(r.isBelowMinTokens && !r.isFinished);
+  assert.equal(text, " she saw Lily");
+  // EOS is not a stop until min_tokens are generated (the sampler masks it; were it sampled, it
+  // would be text).
+  const eos = tokenizer.eosIds[0];
+  r.appendToken(eos);
+  assert.ok(!r.isFinished && !r.isBelowMinTokens);
+  r.appendToken(eos);
+  assert.equal(r.finishReason, "stop");
+});
+
+Deno.test("include_stop_str_in_output keeps the stop string, split across tokens too", () => {
+  const r = new EngineRequest(
+    { id: "r", submissionId: "r", index: 0, arrival: 0 },
+    [1],
+    { maxTokens: 50, sampling: GREEDY, stopStrings: ["Lily"], includeStopStrInOutput: true },
+    tokenizer,
+  );
+  let text = "";
+  for (const id of tokenizer.encode("she saw Lily and", { addSpecial: false })) {
+    text += r.appendToken(id).text;
+    if (r.isFinished) break;
+  }
+  assert.equal(text, " she saw Lily");
+});

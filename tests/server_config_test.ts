@@ -378,3 +378,24 @@ Deno.test("serve log lines", () => {
   assert.equal(parsed.port, 80);
   assert.ok(!Number.isNaN(Date.parse(parsed.time)));
 });
+
+Deno.test("serve --tool-call-parser takes vLLM's parser names", () => {
+  assert.equal(parse(["--model", "m"]).toolCallParser, undefined);
+  assert.equal(parse(["--model", "m", "--tool-call-parser", "mistral"]).toolCallParser, "mistral");
+  assert.equal(
+    parse(["--model", "m"], { DENOLLM_TOOL_CALL_PARSER: "llama3_json" }).toolCallParser,
+    "llama3_json",
+  );
+  assert.equal(
+    parse(["--model", "m", "--tool-call-parser", "hermes"], {
+      DENOLLM_TOOL_CALL_PARSER: "mistral",
+    }).toolCallParser,
+    "hermes",
+  );
+  assertUsage(
+    ["--model", "m", "--tool-call-parser", "qwen"],
+    {},
+    '--tool-call-parser "qwen": expected one of hermes, llama3_json, mistral',
+  );
+  assert.match(SERVE_USAGE, /--tool-call-parser NAME/);
+});

@@ -3,6 +3,7 @@
 import { Hono } from "hono";
 import { handleChat } from "./chat.ts";
 import { handleCompletion } from "./completions.ts";
+import { handleEmbeddings } from "./embeddings.ts";
 import type { ApiDeps } from "./deps.ts";
 import { withBodyDeadline } from "./body.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
@@ -22,6 +23,7 @@ const ROUTES: Record<string, string> = {
   "/v1/models": "GET",
   "/v1/completions": "POST",
   "/v1/chat/completions": "POST",
+  "/v1/embeddings": "POST",
   "/tokenize": "POST",
   "/detokenize": "POST",
 };
@@ -196,6 +198,7 @@ export function createApp(deps: ApiDeps): { app: Hono; inflight: InflightTracker
 
   app.post("/v1/completions", (c) => handleCompletion(c.req.raw, deps, inflight));
   app.post("/v1/chat/completions", (c) => handleChat(c.req.raw, deps, inflight));
+  app.post("/v1/embeddings", (c) => handleEmbeddings(c.req.raw, deps, inflight));
   app.post("/tokenize", (c) => handleTokenize(c.req.raw, deps));
   app.post("/detokenize", (c) => handleDetokenize(c.req.raw, deps));
 

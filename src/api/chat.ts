@@ -1,6 +1,7 @@
 // POST /v1/chat/completions: messages rendered with the model's chat template, n choices,
 // streamed as chat.completion.chunk events or returned as one chat.completion.
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { bestOfShape, numSamples as samplesFor } from "./best_of.ts";
 import { readJsonObject } from "./body.ts";
 import {
   type ApiDeps,
@@ -21,7 +22,7 @@ import {
   type PromptLogprob,
   promptLogprobsList,
 } from "./logprobs.ts";
-import { checkPromptChars, requestParams, structuredOutput } from "./params.ts";
+import { checkPromptChars, requestParams, structuredOutput, truncatePrompt } from "./params.ts";
 import { chatPrompt, numMessageChars } from "./prompt_ids.ts";
 import { type ChatRequest, chatRequest, parseBody } from "./schemas.ts";
 import {
@@ -94,6 +95,8 @@ export async function handleChat(
       param: "top_logprobs",
     });
   }
+  const numSamples = samplesFor(req);
+  const isBestOf = numSamples > (req.n ?? 1);
   checkQueue(deps, engine);
   checkPromptChars(deps.tokenizer, numMessageChars(req.messages), {
     maxModelLen: engine.maxModelLen,
@@ -111,16 +114,22 @@ export async function handleChat(
     structured = plan.structured;
   }
   const tools = req.tools ?? [];
-  const promptIds = await chatPrompt(deps, req.messages, tools.length > 0 ? { tools } : {});
+  const promptIds = truncatePrompt(
+    await chatPrompt(deps, req.messages, tools.length > 0 ? { tools } : {}),
+    req.truncate_prompt_tokens,
+    engine.maxModelLen,
+  );
   // Mistral's [TOOL_CALLS] is a control token: the parser needs to see it in the text.
   const showSpecial = plan.mode === "auto" && plan.parser === "mistral" &&
     req.skip_special_tokens == null;
-  const params = requestParams(showSpecial ? { ...req, skip_special_tokens: false } : req, {
+  const sent = { ...req, ...(isBestOf ? { n: numSamples } : {}) };
+  const params = requestParams(showSpecial ? { ...sent, skip_special_tokens: false } : sent, {
     numPromptTokens: promptIds.length,
     maxModelLen: engine.maxModelLen,
     vocabSize: deps.tokenizer.vocabSize,
     maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
-    logprobs: req.logprobs ? req.top_logprobs ?? 0 : undefined,
+    // best_of ranks samples by their cumulative logprob.
+    logprobs: req.logprobs ? req.top_logprobs ?? 0 : isBestOf ? 0 : undefined,
     promptLogprobs: req.prompt_logprobs ?? undefined,
     promptParam: "messages",
     structured,
@@ -136,7 +145,9 @@ export async function handleChat(
     model: deps.servedModelName,
     plan,
   }, deps);
-  return await respondWithRun(run, shape, {
+  const n = req.n ?? 1;
+  const best = isBestOf ? bestOfShape(shape, { n, keepLogprobs: req.logprobs === true }) : shape;
+  return await respondWithRun(run, best, {
     id,
     stream: req.stream === true,
     inflight,

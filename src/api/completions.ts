@@ -2,6 +2,7 @@
 // index = prompt index × n + sample index, as OpenAI lays them out), streamed or not.
 import type { RequestOutput } from "../engine/request.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { bestOfShape, numSamples as samplesFor } from "./best_of.ts";
 import { readJsonObject } from "./body.ts";
 import {
   type ApiDeps,
@@ -22,7 +23,13 @@ import {
   type PromptLogprob,
   promptLogprobsList,
 } from "./logprobs.ts";
-import { checkPromptChars, checkTokenIds, requestParams, structuredOutput } from "./params.ts";
+import {
+  checkPromptChars,
+  checkTokenIds,
+  requestParams,
+  structuredOutput,
+  truncatePrompt,
+} from "./params.ts";
 import { encodePrompt } from "./prompt_ids.ts";
 import { type CompletionRequest, completionRequest, MAX_CHOICES, parseBody } from "./schemas.ts";
 
@@ -76,9 +83,7 @@ export async function handleCompletion(
   });
   checkModel(deps, req.model);
   checkStreamOptions(req);
-  if (req.best_of != null && req.best_of !== (req.n ?? 1)) {
-    throw new ApiError(400, "best_of is only supported equal to n", { param: "best_of" });
-  }
+  const numSamples = samplesFor(req);
   checkQueue(deps, engine);
   const texts = typeof req.prompt === "string" ? [req.prompt] : req.prompt;
   for (const text of texts) {
@@ -88,13 +93,18 @@ export async function handleCompletion(
       promptParam: "prompt",
     });
   }
-  const prompts = await toPrompts(req.prompt, deps);
+  const prompts = (await toPrompts(req.prompt, deps)).map((p) => {
+    const ids = truncatePrompt(p.ids, req.truncate_prompt_tokens, engine.maxModelLen);
+    // Echo repeats what the model saw.
+    return ids === p.ids ? p : { ids, text: deps.tokenizer.decode(ids, { skipSpecial: true }) };
+  });
   const n = req.n ?? 1;
-  if (prompts.length * n > MAX_CHOICES) {
+  if (prompts.length * numSamples > MAX_CHOICES) {
+    const what = numSamples > n ? `best_of = ${numSamples}` : `n = ${n}`;
     throw new ApiError(
       400,
-      `${prompts.length} prompts × n = ${n} asks for more than ${MAX_CHOICES} choices`,
-      { param: "n" },
+      `${prompts.length} prompts × ${what} asks for more than ${MAX_CHOICES} choices`,
+      { param: numSamples > n ? "best_of" : "n" },
     );
   }
   // Echo with logprobs needs the prompt's own logprobs; vLLM's prompt_logprobs asks for them alone.
@@ -103,15 +113,17 @@ export async function handleCompletion(
     req.prompt_logprobs ?? -1,
   );
   const structured = structuredOutput(req);
+  const isBestOf = numSamples > n;
   const submissions = prompts.map((p) => ({
     promptIds: p.ids,
-    params: requestParams(req, {
+    params: requestParams(isBestOf ? { ...req, n: numSamples } : req, {
       numPromptTokens: p.ids.length,
       maxModelLen: engine.maxModelLen,
       vocabSize: deps.tokenizer.vocabSize,
       maxTokens: req.max_tokens ?? undefined,
       allowZeroMaxTokens: req.echo === true,
-      logprobs: req.logprobs ?? undefined,
+      // best_of ranks samples by their cumulative logprob.
+      logprobs: req.logprobs ?? (isBestOf ? 0 : undefined),
       promptLogprobs: numPromptTop < 0 ? undefined : numPromptTop,
       promptParam: "prompt",
       structured,
@@ -124,7 +136,8 @@ export async function handleCompletion(
     signal: request.signal,
   });
   const shape = new CompletionShape(req, prompts, { id, model: deps.servedModelName }, deps);
-  return await respondWithRun(run, shape, {
+  const best = isBestOf ? bestOfShape(shape, { n, keepLogprobs: req.logprobs != null }) : shape;
+  return await respondWithRun(run, best, {
     id,
     stream: req.stream === true,
     inflight,

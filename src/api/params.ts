@@ -130,6 +130,14 @@ export function requestParams(req: GenerationRequest, opts: ParamsOptions): Requ
       code: "context_length_exceeded",
     });
   }
+  const numMinTokens = req.min_tokens ?? 0;
+  if (numMinTokens > maxTokens) {
+    throw new ApiError(
+      400,
+      `Invalid 'min_tokens': expected at most max_tokens (${maxTokens}), got ${numMinTokens}`,
+      { param: "min_tokens" },
+    );
+  }
   const stop = req.stop ?? [];
   const stopTokenIds = req.stop_token_ids ?? [];
   checkTokenIds(stopTokenIds, opts.vocabSize, "stop_token_ids");
@@ -146,7 +154,30 @@ export function requestParams(req: GenerationRequest, opts: ParamsOptions): Requ
     ...(req.cache_salt == null ? {} : { cacheSalt: req.cache_salt }),
     skipSpecialTokens: req.skip_special_tokens ?? true,
     ...(opts.structured === undefined ? {} : { structured: opts.structured }),
+    ...(numMinTokens === 0 ? {} : { minTokens: numMinTokens }),
+    ...(req.include_stop_str_in_output ? { includeStopStrInOutput: true } : {}),
   };
+}
+
+/**
+ * The last `truncate_prompt_tokens` of `ids` (all of them when unset or when there are fewer);
+ * a 400 when it is more than the context holds, as vLLM answers it.
+ */
+export function truncatePrompt(
+  ids: number[],
+  numKeep: number | null | undefined,
+  maxModelLen: number,
+): number[] {
+  if (numKeep == null) return ids;
+  if (numKeep > maxModelLen) {
+    throw new ApiError(
+      400,
+      `Invalid 'truncate_prompt_tokens': expected at most the model's maximum context length ` +
+        `(${maxModelLen}), got ${numKeep}`,
+      { param: "truncate_prompt_tokens" },
+    );
+  }
+  return ids.length > numKeep ? ids.slice(ids.length - numKeep) : ids;
 }
 
 const maxTokenBytes = new WeakMap<TextTokenizer, number>();

@@ -71,6 +71,11 @@ const generationFields = {
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().nullish() }).nullish(),
   skip_special_tokens: z.boolean().nullish(),
+  /** vLLM's: no stop token or stop string ends the output before this many tokens. */
+  min_tokens: z.int().min(0).max(MAX_INT32).nullish(),
+  include_stop_str_in_output: z.boolean().nullish(),
+  /** vLLM's: keep only the last N prompt tokens. */
+  truncate_prompt_tokens: z.int().min(1).max(MAX_INT32).nullish(),
   /** OpenAI's output format; json_object and json_schema constrain decoding (grammar.ts). */
   response_format: z.discriminatedUnion("type", [
     z.strictObject({ type: z.literal("text") }),
@@ -179,6 +184,8 @@ export const chatRequest = z.strictObject({
     error: 'Expected "none", "auto", "required" or {"type": "function", "function": {"name"}}',
   }).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
+  /** vLLM's: generate this many samples and return the n most likely. */
+  best_of: z.int().min(1).max(MAX_N).nullish(),
 });
 export type ChatRequest = z.infer<typeof chatRequest>;
 

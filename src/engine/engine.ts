@@ -103,6 +103,18 @@ export class LLMEngine {
       throw new RangeError(`prompt logprobs must be a non-negative integer, got ${numTop}`);
     }
     const n = params.n ?? 1;
+    if (
+      params.pooling !== undefined &&
+      (params.maxTokens !== 0 || n !== 1 || params.structured !== undefined)
+    ) {
+      throw new RangeError("An embedding request (pooling) samples nothing: maxTokens 0 and n 1");
+    }
+    const minTokens = params.minTokens ?? 0;
+    if (!Number.isInteger(minTokens) || minTokens < 0 || minTokens > params.maxTokens) {
+      throw new RangeError(
+        `min_tokens must be an integer from 0 to max_tokens (${params.maxTokens}), got ${minTokens}`,
+      );
+    }
     if (!Number.isInteger(n) || n < 1) {
       throw new RangeError(`n must be a positive integer, got ${n}`);
     }
@@ -182,12 +194,21 @@ export class LLMEngine {
   #processSamples(plan: SchedulerOutput, logits: Float32Array): RequestOutput[] {
     const vocab = this.#executor.vocabSize;
     const outputs: RequestOutput[] = [];
+    const numRows = plan.scheduled.reduce((n, s) => n + s.numLogitRows, 0);
+    const isPooling = plan.scheduled.some((s) => s.isPooling);
+    const hidden = isPooling ? this.#executor.hiddenRows(numRows) : undefined;
     let row = 0;
     for (const s of plan.scheduled) {
       const firstRow = row;
       row += s.numLogitRows;
       const rowAt = (r: number) => logits.subarray(r * vocab, (r + 1) * vocab);
       const leader = this.scheduler.runningRequest(s.requestId);
+      if (leader.params.pooling !== undefined) {
+        const dim = this.#executor.hiddenSize;
+        const output = this.#pool(leader, s, hidden!.subarray(firstRow * dim, row * dim));
+        if (output !== undefined) outputs.push(output);
+        continue;
+      }
       if (leader.needsPromptLogits) {
         this.#addPromptLogprobs(
           leader,
@@ -218,6 +239,39 @@ export class LLMEngine {
       }
     }
     return outputs;
+  }
+
+  /**
+   * Adds a step's hidden rows to an embedding request; once its prompt is computed, ends it with
+   * its pooled, L2-normalized hidden state (its blocks are freed at once).
+   */
+  #pool(
+    request: EngineRequest,
+    s: SchedulerOutput["scheduled"][number],
+    rows: Float32Array,
+  ): RequestOutput | undefined {
+    const dim = this.#executor.hiddenSize;
+    const sum = request.poolSum ??= new Float64Array(dim);
+    // After a preemption the prompt is computed again from the start.
+    if (s.start === 0) sum.fill(0);
+    if (request.params.pooling === "mean") {
+      for (let r = 0; r < s.numLogitRows; r++) {
+        for (let i = 0; i < dim; i++) sum[i] += rows[r * dim + i];
+      }
+    } else if (s.sample) {
+      for (let i = 0; i < dim; i++) sum[i] = rows[(s.numLogitRows - 1) * dim + i];
+    }
+    if (!s.sample) return undefined;
+    let norm = 0;
+    for (let i = 0; i < dim; i++) norm += sum[i] * sum[i];
+    // vLLM's normalize: x / max(|x|, 1e-12); the mean's 1/n cancels out.
+    const scale = 1 / Math.max(Math.sqrt(norm), 1e-12);
+    const embedding = new Float32Array(dim);
+    for (let i = 0; i < dim; i++) embedding[i] = sum[i] * scale;
+    request.finishWithoutSampling();
+    this.scheduler.finish(request);
+    this.#requests.delete(request.id);
+    return { ...this.#output(request, [], "", undefined), embedding };
   }
 
   /** Logprobs of the prompt tokens that `numRows` rows from position `firstPos` predict. */
@@ -253,7 +307,10 @@ export class LLMEngine {
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const grammar = request.grammar;
-    const token = request.sampler.sample(rowLogits, request, grammar?.mask());
+    const logits = request.isBelowMinTokens
+      ? withoutTokens(rowLogits, request.stopTokenIds)
+      : rowLogits;
+    const token = request.sampler.sample(logits, request, grammar?.mask());
     // A token the grammar refuses can only be a fully masked row's fallback: end the sample.
     if (grammar !== undefined && !grammar.accept(token)) {
       request.abort();
@@ -315,4 +372,12 @@ export class LLMEngine {
       lastStepDecodeTokens: this.#lastStep.decode,
     };
   }
+}
+
+/** A copy of `logits` with `ids` masked out (-Infinity), as min_tokens masks the stop tokens. */
+function withoutTokens(logits: Float32Array, ids: ReadonlySet<number>): Float32Array {
+  if (ids.size === 0) return logits;
+  const masked = logits.slice();
+  for (const id of ids) if (id < masked.length) masked[id] = -Infinity;
+  return masked;
 }

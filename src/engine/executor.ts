@@ -15,8 +15,17 @@ export interface Executor {
   readonly capacity: Required<StepCapacity>;
   /** Device bytes reserved for steps (scratch, metadata, kernel workspace), beside weights and KV. */
   readonly reservedBytes: number;
-  /** Runs one step; returns logits [batch.logitRows.length, vocab], valid until the next call. */
+  /**
+   * Runs one step; returns logits [batch.numLmHeadRows ?? batch.logitRows.length, vocab], valid
+   * until the next call.
+   */
   execute(batch: ForwardBatch): Float32Array;
+  /**
+   * The last step's final-norm hidden states of its logit rows, [numRows, hidden], what pooling
+   * (embeddings) reads; from reserved buffers, valid until the next call.
+   */
+  hiddenRows(numRows: number): Float32Array;
+  readonly hiddenSize: number;
   release(): void;
 }
 
@@ -48,6 +57,7 @@ export class LocalExecutor implements Executor {
   readonly blockSize: number;
   readonly capacity: Required<StepCapacity>;
   readonly reservedBytes: number;
+  readonly hiddenSize: number;
   #backend: NativeBackend;
   #model: LlamaModel;
   #kvCache: KvCache;
@@ -69,6 +79,7 @@ export class LocalExecutor implements Executor {
     this.#model = parts.model;
     this.#kvCache = parts.kvCache;
     this.vocabSize = parts.model.config.vocabSize;
+    this.hiddenSize = parts.model.config.hiddenSize;
     this.numKvBlocks = parts.kvCache.numBlocks;
     this.blockSize = parts.kvCache.blockSize;
     this.#workspace = new ForwardWorkspace(backend, parts.model.config, capacity);
@@ -98,6 +109,10 @@ export class LocalExecutor implements Executor {
       }
     }
     return this.#model.forward(batch, this.#kvCache, ws);
+  }
+
+  hiddenRows(numRows: number): Float32Array {
+    return this.#workspace.downloadHidden(numRows);
   }
 
   release(): void {

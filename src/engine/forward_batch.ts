@@ -16,6 +16,11 @@ export interface ForwardBatch {
   blockTables: Int32Array; // [numSeqs, maxBlocksPerSeq]; unused entries are block 0, never read
   maxBlocksPerSeq: number;
   logitRows: Int32Array; // [numLogits] token rows whose logits are returned, in order
+  /**
+   * How many of the first logit rows go through the LM head (default all); the rest only get
+   * their final-norm hidden state (embedding requests, whose rows come last).
+   */
+  numLmHeadRows?: number;
   blockCopies: Int32Array; // [numCopies, 2] (source block, destination block), done first
 }
 
@@ -33,11 +38,17 @@ export function buildForwardBatch(output: SchedulerOutput, blockSize: number): F
     blockTables: new Int32Array(steps.length * maxBlocksPerSeq),
     maxBlocksPerSeq,
     logitRows: new Int32Array(steps.reduce((n, s) => n + s.numLogitRows, 0)),
+    numLmHeadRows: steps.reduce((n, s) => n + (s.isPooling ? 0 : s.numLogitRows), 0),
     blockCopies: new Int32Array(output.blockCopies.flatMap((c) => [c.src, c.dst])),
   };
   let row = 0;
   let logit = 0;
+  let hasPooled = false;
   steps.forEach((s, i) => {
+    if (hasPooled && !s.isPooling) {
+      throw new RangeError("Embedding requests' shares must come last in a step");
+    }
+    hasPooled ||= s.isPooling === true;
     const table = s.blockIds;
     if (table.length * blockSize < s.start + s.numNewTokens) {
       throw new RangeError(

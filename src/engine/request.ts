@@ -6,6 +6,8 @@ import { IncrementalDetokenizer, type TextTokenizer } from "../tokenizer/tokeniz
 
 export type RequestStatus = "waiting" | "running" | "finished";
 export type FinishReason = "stop" | "length" | "abort";
+/** How an embedding request pools its prompt's final-norm hidden states. */
+export type Pooling = "last" | "mean";
 
 /** What a caller asks for; validated by the engine before a Request is made. */
 export interface RequestParams {
@@ -35,6 +37,18 @@ export interface RequestParams {
    * one {@link TokenGrammar} per sample for it (`addRequest`'s `grammars`).
    */
   structured?: StructuredOutput;
+  /**
+   * Tokens to generate at least: until then the stop tokens (EOS included) are masked out and stop
+   * strings are not looked for. Default 0.
+   */
+  minTokens?: number;
+  /** Keep the stop string that ended generation in the text. Default false. */
+  includeStopStrInOutput?: boolean;
+  /**
+   * An embedding request: nothing is sampled (maxTokens 0, n 1); once the prompt is computed its
+   * pooled, L2-normalized final hidden state is the output and the request ends.
+   */
+  pooling?: Pooling;
 }
 
 export interface TokenLogprob {
@@ -65,6 +79,8 @@ export interface RequestOutput {
   numOutputTokens: number;
   /** Time from admission until the request was first scheduled (absent if it never was). */
   queueMs?: number;
+  /** An embedding request's pooled, L2-normalized hidden state, on its only output. */
+  embedding?: Float32Array;
 }
 
 export class EngineRequest {
@@ -89,6 +105,8 @@ export class EngineRequest {
   readonly grammar?: TokenGrammar;
   /** Prompt logprobs computed so far, for positions 1, 2, … of the prompt. */
   readonly promptLogprobs: TokenLogprob[] = [];
+  /** Mean pooling's running sum of the prompt rows' hidden states (allocated on first use). */
+  poolSum?: Float64Array;
   /** 1 once a stop token ended generation: it is counted, though not appended. */
   #numStopTokens = 0;
   readonly #stopIds: Set<number>;
@@ -140,10 +158,28 @@ export class EngineRequest {
     return this.params.cacheSalt;
   }
 
+  /** Whether the stop tokens must still be masked out (fewer than minTokens generated). */
+  get isBelowMinTokens(): boolean {
+    return this.numOutputTokens < (this.params.minTokens ?? 0);
+  }
+
+  /** The stop tokens of this request, which min_tokens masks out. */
+  get stopTokenIds(): ReadonlySet<number> {
+    return this.#stopIds;
+  }
+
   /** Whether the next steps must return logits for prompt rows (prompt logprobs still missing). */
   get needsPromptLogits(): boolean {
     return this.params.promptLogprobs !== undefined &&
       this.promptLogprobs.length < this.numPromptTokens - 1;
+  }
+
+  /**
+   * Whether every prompt row must come out of the forward pass (prompt logprobs, mean pooling):
+   * the prefill is chunked to the reserved rows and the prefix cache is not used.
+   */
+  get needsPromptRows(): boolean {
+    return this.needsPromptLogits || this.params.pooling === "mean";
   }
 
   get priority(): number {
@@ -159,16 +195,21 @@ export class EngineRequest {
    * final. A stop token is not appended to the output; a stop string is cut from the text.
    */
   appendToken(tokenId: number): { text: string; appended: boolean } {
-    if (this.#stopIds.has(tokenId)) {
+    if (this.#stopIds.has(tokenId) && !this.isBelowMinTokens) {
       this.#numStopTokens = 1;
       this.#finish("stop");
       return { text: this.#flushText(), appended: false };
     }
     this.tokenIds.push(tokenId);
-    const piece = this.#stopper.push(this.#detokenizer.push(tokenId));
+    const delta = this.#detokenizer.push(tokenId);
+    // Below min_tokens no stop string is looked for: the text goes out as it is decoded.
+    const piece = this.isBelowMinTokens
+      ? { text: delta, stopped: false }
+      : this.#stopper.push(delta);
     if (piece.stopped) {
       this.#finish("stop");
-      return { text: piece.text, appended: true };
+      const stop = this.params.includeStopStrInOutput ? piece.stop ?? "" : "";
+      return { text: piece.text + stop, appended: true };
     }
     if (this.numOutputTokens >= this.params.maxTokens) {
       this.#finish("length");
@@ -201,7 +242,8 @@ export class EngineRequest {
   /** Text held back for an unfinished character or a possible stop string, now final. */
   #flushText(): string {
     const rest = this.#stopper.push(this.#detokenizer.flush());
-    return rest.stopped ? rest.text : rest.text + this.#stopper.flush();
+    if (!rest.stopped) return rest.text + this.#stopper.flush();
+    return rest.text + (this.params.includeStopStrInOutput ? rest.stop ?? "" : "");
   }
 }
 

@@ -46,6 +46,11 @@ export interface ScheduledRequest {
    * else 1 when `sample`, else 0. When `sample`, the last of them is the one sampled from.
    */
   numLogitRows: number;
+  /**
+   * An embedding request's share: its logit rows need only their final-norm hidden states, not
+   * the LM head. Such shares come last in a step, so their rows are the last logit rows.
+   */
+  isPooling?: true;
 }
 
 /** Everything the executor needs for a step; the only thing crossing that boundary. */
@@ -213,7 +218,7 @@ export class Scheduler {
     let rowBudget = this.config.maxNumLogitRows;
     const chunk = (request: EngineRequest, start: number, numOthers: number) => {
       const remaining = request.numTokens - start;
-      if (!request.needsPromptLogits || start >= request.numPromptTokens) {
+      if (!request.needsPromptRows || start >= request.numPromptTokens) {
         return this.config.enableChunkedPrefill ? Math.min(remaining, budget) : remaining;
       }
       // Every row of a prompt-logprobs chunk gets logits, so the chunk fits the rows left after
@@ -223,7 +228,7 @@ export class Scheduler {
       return Math.min(request.numPromptTokens - start, budget, rows);
     };
     const rowsOf = (request: EngineRequest, start: number, numNew: number) => {
-      if (request.needsPromptLogits && start < request.numPromptTokens) return numNew;
+      if (request.needsPromptRows && start < request.numPromptTokens) return numNew;
       return start + numNew === request.numTokens ? 1 : 0;
     };
 
@@ -263,7 +268,7 @@ export class Scheduler {
       if (scheduled.length >= this.config.maxNumSeqs) break;
       const request = this.#waiting[0];
       // A cached prefix has K/V but no logits: prompt logprobs need every prompt row computed.
-      const cached = request.needsPromptLogits ? undefined : this.#kv.findCachedPrefix(request);
+      const cached = request.needsPromptRows ? undefined : this.#kv.findCachedPrefix(request);
       const numCached = cached?.numTokens ?? 0;
       const numNew = chunk(request, numCached, 0);
       if (numNew === 0 || numNew > budget) break;
@@ -282,7 +287,8 @@ export class Scheduler {
     }
 
     return {
-      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens)),
+      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens))
+        .sort((a, b) => Number(a.isPooling ?? false) - Number(b.isPooling ?? false)),
       numBatchedTokens: this.config.maxNumBatchedTokens - budget,
       blockCopies: this.#kv.takePendingCopies(),
       preemptedIds: preempted.map((r) => r.id),
@@ -291,7 +297,7 @@ export class Scheduler {
 
   #share(request: EngineRequest, start: number, numNewTokens: number): ScheduledRequest {
     const sample = start + numNewTokens === request.numTokens;
-    const allRows = request.needsPromptLogits && start < request.numPromptTokens;
+    const allRows = request.needsPromptRows && start < request.numPromptTokens;
     return {
       requestId: request.id,
       start,
@@ -300,6 +306,7 @@ export class Scheduler {
       blockIds: this.#kv.blockTable(request.id),
       sample,
       numLogitRows: allRows ? numNewTokens : sample ? 1 : 0,
+      ...(request.params.pooling === undefined ? {} : { isPooling: true as const }),
     };
   }
 

@@ -171,16 +171,20 @@ export class LlamaModel {
       dim: hidden,
       eps: c.rmsNormEps,
     });
-    b.matmul({
-      out: s.logits,
-      x: s.last,
-      w: w.lmHead.ptr,
-      wDtype: w.lmHead.dtype,
-      m: numLogits,
-      n: c.vocabSize,
-      k: hidden,
-    });
-    return s.downloadLogits(numLogits);
+    // Embedding rows (the last ones) need only the normed state in `last`, not the LM head.
+    const numHeadRows = batch.numLmHeadRows ?? numLogits;
+    if (numHeadRows > 0) {
+      b.matmul({
+        out: s.logits,
+        x: s.last,
+        w: w.lmHead.ptr,
+        wDtype: w.lmHead.dtype,
+        m: numHeadRows,
+        n: c.vocabSize,
+        k: hidden,
+      });
+    }
+    return s.downloadLogits(numHeadRows);
   }
 
   /** Frees the RoPE table (weights are released by their owner). */

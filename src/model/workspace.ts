@@ -74,11 +74,14 @@ export class ForwardWorkspace {
   #metaIsDevice: boolean;
   #offsets: Record<keyof StepMetadata, number>;
   #logitsHost: Float32Array;
+  #hiddenHost: Float32Array;
+  #hiddenSize: number;
 
   constructor(backend: NativeBackend, config: ModelConfig, capacity: StepCapacity) {
     checkCapacity(capacity);
     this.#backend = backend;
     this.#vocabSize = config.vocabSize;
+    this.#hiddenSize = config.hiddenSize;
     this.capacity = {
       ...capacity,
       maxNumLogitRows: capacity.maxNumLogitRows ?? capacity.maxNumSeqs,
@@ -142,6 +145,7 @@ export class ForwardWorkspace {
         ]),
       ) as unknown as StepMetadata;
       this.#logitsHost = new Float32Array(l * c.vocabSize);
+      this.#hiddenHost = new Float32Array(l * c.hiddenSize);
       bytes += backend.reserveWorkspace({
         maxNumTokens: t,
         numHeads: c.numHeads,
@@ -183,6 +187,12 @@ export class ForwardWorkspace {
     over("tokens", numTokens, cap.maxNumTokens, "--max-num-batched-tokens");
     over("sequences", numSeqs, cap.maxNumSeqs, "--max-num-seqs");
     over("logit rows", numLogits, cap.maxNumLogitRows, "--max-num-logit-rows");
+    const numHeadRows = batch.numLmHeadRows ?? numLogits;
+    if (!Number.isInteger(numHeadRows) || numHeadRows < 0 || numHeadRows > numLogits) {
+      throw new RangeError(
+        `numLmHeadRows must be an integer from 0 to the ${numLogits} logit rows, got ${numHeadRows}`,
+      );
+    }
     over("blocks per sequence", width, cap.maxBlocksPerSeq, "--max-model-len");
     over("block copies", batch.blockCopies.length / 2, cap.maxNumSeqs, "--max-num-seqs");
 
@@ -207,7 +217,17 @@ export class ForwardWorkspace {
   /** The logits of the first numRows rows; the array is reused by the next step. */
   downloadLogits(numRows: number): Float32Array {
     const out = this.#logitsHost.subarray(0, numRows * this.#vocabSize);
-    this.#backend.download(out, this.logits);
+    if (numRows > 0) this.#backend.download(out, this.logits);
+    return out;
+  }
+
+  /**
+   * The final-norm hidden states of the first numRows logit rows (`last`, which the LM head reads
+   * and leaves as it is); the array is reused by the next step.
+   */
+  downloadHidden(numRows: number): Float32Array {
+    const out = this.#hiddenHost.subarray(0, numRows * this.#hiddenSize);
+    this.#backend.download(out, this.last);
     return out;
   }
 

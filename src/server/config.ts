@@ -2,6 +2,7 @@
 // win), parsed and validated with zod into one typed ServeConfig.
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { TOOL_CALL_PARSERS, type ToolCallParser } from "../api/tools.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 
@@ -33,6 +34,8 @@ export interface ServeConfig {
   shutdownTimeoutMs: number;
   logFormat: "text" | "json";
   hfCacheDir: string;
+  /** The tool-call format to parse (vLLM's --tool-call-parser); unset: the chat template's. */
+  toolCallParser?: ToolCallParser;
 }
 
 /** What the server holds its clients to: deadlines, queue bounds and cross-origin access. */
@@ -244,6 +247,12 @@ const OPTIONS = [
     help: "on SIGTERM, how long in-flight requests may run",
     defaultText: "30",
   },
+  {
+    flag: "tool-call-parser",
+    arg: "NAME",
+    help: "hermes, llama3_json or mistral: the tool-call format to parse",
+    defaultText: "the one the chat template shows",
+  },
   { flag: "log-format", arg: "FMT", help: "text or json (JSON lines)", defaultText: "text" },
   {
     flag: "hf-cache",
@@ -336,6 +345,7 @@ const SCHEMAS = {
     return origins;
   }),
   "shutdown-timeout": seconds(),
+  "tool-call-parser": choice(TOOL_CALL_PARSERS),
   "log-format": choice(["text", "json"]),
   "hf-cache": nonEmpty,
 } satisfies Record<Flag, z.ZodType>;
@@ -443,6 +453,9 @@ export function parseServeConfig(
       shutdownTimeoutMs: (values["shutdown-timeout"] ?? 30) * 1000,
       logFormat: values["log-format"] ?? "text",
       hfCacheDir: values["hf-cache"] ?? defaultHfCache(env),
+      ...(values["tool-call-parser"] === undefined
+        ? {}
+        : { toolCallParser: values["tool-call-parser"] }),
     },
   };
 }

@@ -283,6 +283,7 @@ export async function serve(
       bodyTimeoutMs: limits.bodyTimeoutMs,
       allowedOrigins: limits.allowedOrigins,
       metrics: new Metrics(),
+      toolCallParser: config.toolCallParser,
       log,
     });
     // Every request from its arrival until its response has reached the client: more than the
