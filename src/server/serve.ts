@@ -144,14 +144,25 @@ interface SignalWatch {
   remove(): void;
 }
 
+/**
+ * Signals this soon after the first are the same interrupt delivered twice: a terminal's Ctrl+C
+ * reaches the whole process group, and `deno task` forwards it to its child as well.
+ */
+export const SIGNAL_ECHO_MS = 1000;
+
 function watchSignals(): SignalWatch {
   const first = Promise.withResolvers<string>();
   const again = Promise.withResolvers<void>();
   let count = 0;
+  let firstAt = 0;
   const signals = ["SIGTERM", "SIGINT"] as const;
   const handlers = signals.map((signal) => () => {
-    if (count++ === 0) first.resolve(signal);
-    else again.resolve();
+    if (count++ === 0) {
+      firstAt = performance.now();
+      first.resolve(signal);
+    } else if (performance.now() - firstAt >= SIGNAL_ECHO_MS) {
+      again.resolve();
+    }
   });
   signals.forEach((signal, i) => Deno.addSignalListener(signal, handlers[i]));
   return {
