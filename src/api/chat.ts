@@ -124,6 +124,7 @@ export async function handleChat(
     promptLogprobs: req.prompt_logprobs ?? undefined,
     promptParam: "messages",
     structured,
+    defaultSeed: deps.defaultSeed,
   });
   const id = newId("chatcmpl");
   const run = new GenerationRun(engine, [{ promptIds, params }], {

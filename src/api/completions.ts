@@ -115,6 +115,7 @@ export async function handleCompletion(
       promptLogprobs: numPromptTop < 0 ? undefined : numPromptTop,
       promptParam: "prompt",
       structured,
+      defaultSeed: deps.defaultSeed,
     }),
   }));
   const id = newId("cmpl");

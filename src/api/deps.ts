@@ -7,7 +7,7 @@ import type { Metrics } from "./metrics.ts";
 import type { ChatMessageInput } from "./schemas.ts";
 import type { ToolCallParser } from "./tools.ts";
 
-export type LogLevel = "info" | "warn" | "error";
+export type LogLevel = "debug" | "info" | "warn" | "error";
 
 /** Tokenization off the main thread (AsyncTokenizer), on the same tokenizer and chat template. */
 export interface AsyncTokenizerClient {
@@ -42,6 +42,8 @@ export interface ApiDeps {
    */
   allowedOrigins?: readonly string[];
   metrics: Metrics;
+  /** The seed of requests that give none (--seed); unset: each request samples afresh. */
+  defaultSeed?: number;
   /** The tool-call format to parse; default: the one the chat template shows (tools.ts). */
   toolCallParser?: ToolCallParser;
   log?: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;

@@ -47,11 +47,23 @@ export interface ClientLimits {
   allowedOrigins: string[];
 }
 
-/** What `parseServeConfig` found: a configuration, or a request for the help text. */
-export type ParsedServe = { help: true } | {
+/** The settings `vllm serve` users bring along: --seed, --log-level and --chat-template. */
+export interface OperatorSettings {
+  /** The seed of requests that give none (vLLM's --seed); unset: a fresh one per request. */
+  seed?: number;
+  /** The least severe log line written. */
+  logLevel: "debug" | "info" | "warn" | "error";
+  /** --chat-template: a file's contents or the template itself; unset: the model's own. */
+  chatTemplate?: string;
+}
+
+/** What `parseServeConfig` found: a configuration, or a request for the help or version text. */
+export type ParsedServe = { help: true } | { help: false; version: true } | {
   help: false;
+  version?: false;
   config: ServeConfig;
   limits: ClientLimits;
+  operator: OperatorSettings;
 };
 
 /** Where a raw value came from, for error messages that name it. */
@@ -208,6 +220,18 @@ const OPTIONS = [
     defaultText: "continuous",
   },
   { flag: "no-prefix-caching", help: "disable prefix caching", isBoolean: true },
+  // vLLM's spelling of the same switch (operator flags: see OperatorSettings).
+  {
+    flag: "enable-prefix-caching",
+    help: "reuse the KV cache of shared prompt prefixes (vLLM's name)",
+    defaultText: "on",
+    isBoolean: true,
+  },
+  {
+    flag: "no-enable-prefix-caching",
+    help: "disable prefix caching (vLLM's name; same as --no-prefix-caching)",
+    isBoolean: true,
+  },
   {
     flag: "max-queued-requests",
     arg: "N",
@@ -245,6 +269,25 @@ const OPTIONS = [
     defaultText: "30",
   },
   { flag: "log-format", arg: "FMT", help: "text or json (JSON lines)", defaultText: "text" },
+  // Operator flags as `vllm serve` has them (see OperatorSettings).
+  {
+    flag: "log-level",
+    arg: "LEVEL",
+    help: "debug, info, warn or error: the least severe line logged",
+    defaultText: "info",
+  },
+  {
+    flag: "seed",
+    arg: "N",
+    help: "seed of requests that give none (same seed, same sampled output)",
+    defaultText: "none (random per request)",
+  },
+  {
+    flag: "chat-template",
+    arg: "FILE|STRING",
+    help: "Jinja chat template, as a file or inline; replaces the model's own",
+    defaultText: "the model's",
+  },
   {
     flag: "hf-cache",
     arg: "DIR",
@@ -269,14 +312,18 @@ function usage(): string {
       envName(o.flag)
     }`;
   });
-  return `Usage: denollm serve --model PATH|ORG/NAME [options]
+  return `Usage: denollm serve [MODEL] [options]
+       denollm serve --model PATH|ORG/NAME [options]
 
 Serves an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health,
 /metrics). Every option can also be set as an environment variable; flags win.
 
 ${lines.join("\n")}
+  -V, --version               print the version and exit
   --help                      show this help
 
+MODEL may be given as the first argument instead of --model (as \`vllm serve MODEL\`). With neither,
+the CLI serves the built-in demo model (random weights: its output is noise).
 A repo id is downloaded once into the hub cache (HF_TOKEN, HF_ENDPOINT are honoured); a GGUF repo
 file is named as ORG/NAME:FILE.gguf.
 `;
@@ -319,6 +366,8 @@ const SCHEMAS = {
   device: deviceSchema,
   scheduler: choice(["continuous", "static"]),
   "no-prefix-caching": boolText,
+  "enable-prefix-caching": boolText,
+  "no-enable-prefix-caching": boolText,
   "max-queued-requests": integer(0),
   "max-queued-tokens": integer(1),
   "max-queue-delay": seconds(),
@@ -337,6 +386,9 @@ const SCHEMAS = {
   }),
   "shutdown-timeout": seconds(),
   "log-format": choice(["text", "json"]),
+  "log-level": choice(["debug", "info", "warn", "error"]),
+  seed: integer(0, 2 ** 32 - 1),
+  "chat-template": z.string().min(1, { error: "expected a file or a template" }),
   "hf-cache": nonEmpty,
 } satisfies Record<Flag, z.ZodType>;
 
@@ -368,7 +420,13 @@ function checkThreads(numThreads: number | undefined, source: Source | undefined
  */
 export function parseServeConfig(
   args: string[],
-  options: { env?: Record<string, string | undefined> } = {},
+  options: {
+    env?: Record<string, string | undefined>;
+    /** The model when none is named (the CLI's built-in demo); unset: --model is required. */
+    defaultModel?: string;
+    /** Reads a --chat-template file (default: Deno.readTextFileSync); tests replace it. */
+    readFile?: (path: string) => string;
+  } = {},
 ): ParsedServe {
   const env = options.env ?? Deno.env.toObject();
   let parsed;
@@ -380,14 +438,20 @@ export function parseServeConfig(
           OPTIONS.map((o: Option) => [o.flag, { type: o.isBoolean ? "boolean" : "string" }]),
         ) as Record<Flag, { type: "string" | "boolean" }>,
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
       },
       strict: true,
-      allowPositionals: false,
+      allowPositionals: true,
     });
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // Positionals are allowed for the model only: drop parseArgs's hint about passing "--x" as one.
+    const message = (error as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+    throw new UsageError(message);
   }
   if (parsed.values.help) return { help: true };
+  if (parsed.values.version) return { help: false, version: true };
+  const positionalModel = modelArgument(parsed.positionals, parsed.values.model !== undefined);
+  if (positionalModel !== undefined) parsed.values.model = positionalModel;
 
   const values: Values = {};
   const sources: Partial<Record<Flag, Source>> = {};
@@ -410,10 +474,14 @@ export function parseServeConfig(
     (values as Record<string, unknown>)[flag] = result.data;
   }
 
+  if (values.model === undefined && options.defaultModel !== undefined) {
+    values.model = options.defaultModel;
+  }
   if (values.model === undefined) {
     throw new UsageError(`--model (or ${envName("model")}) is required`);
   }
   checkThreads(values.threads, sources.threads);
+  const enablePrefixCaching = prefixCaching(values, sources);
   return {
     help: false,
     limits: {
@@ -438,11 +506,73 @@ export function parseServeConfig(
       numThreads: values.threads ?? defaultNumThreads(),
       device: values.device ?? { kind: "auto" },
       scheduler: values.scheduler ?? "continuous",
-      enablePrefixCaching: !(values["no-prefix-caching"] ?? false),
+      enablePrefixCaching,
       maxQueuedRequests: values["max-queued-requests"] ?? 256,
       shutdownTimeoutMs: (values["shutdown-timeout"] ?? 30) * 1000,
       logFormat: values["log-format"] ?? "text",
       hfCacheDir: values["hf-cache"] ?? defaultHfCache(env),
     },
+    operator: {
+      ...(values.seed === undefined ? {} : { seed: values.seed }),
+      logLevel: values["log-level"] ?? "info",
+      ...(values["chat-template"] === undefined ? {} : {
+        chatTemplate: chatTemplateText(
+          values["chat-template"],
+          sources["chat-template"]!,
+          options.readFile ?? Deno.readTextFileSync,
+        ),
+      }),
+    },
   };
+}
+
+// Operator flags as `vllm serve` has them: the positional model, the prefix-caching spellings
+// and --chat-template.
+
+/** `denollm serve MODEL`: the one positional argument, unless --model names the model already. */
+function modelArgument(positionals: string[], hasModelFlag: boolean): string | undefined {
+  if (positionals.length === 0) return undefined;
+  if (hasModelFlag || positionals.length > 1) {
+    // parseArgs's own wording, as before positional models were accepted.
+    const extra = positionals[hasModelFlag ? 0 : 1];
+    throw new UsageError(
+      `Unexpected argument '${extra}'. This command does not take positional arguments`,
+    );
+  }
+  return positionals[0];
+}
+
+/** --no-prefix-caching, vLLM's --[no-]enable-prefix-caching, or their variables; on by default. */
+function prefixCaching(values: Values, sources: Partial<Record<Flag, Source>>): boolean {
+  const off = (values["no-prefix-caching"] ?? false) ||
+    (values["no-enable-prefix-caching"] ?? false);
+  const on = values["enable-prefix-caching"];
+  if (on === true && off) {
+    const offSource = sources["no-enable-prefix-caching"] ?? sources["no-prefix-caching"]!;
+    throw new UsageError(
+      `${describe(sources["enable-prefix-caching"]!)} contradicts ${describe(offSource)}`,
+    );
+  }
+  return on ?? !off;
+}
+
+/**
+ * vLLM's rule: a --chat-template that names a readable file is that file's contents; one that
+ * looks like a template (has `{{` or `{%`) is the template itself; anything else is a usage error.
+ */
+function chatTemplateText(
+  value: string,
+  source: Source,
+  readFile: (path: string) => string,
+): string {
+  try {
+    return readFile(value);
+  } catch (error) {
+    if (/\{[{%]/.test(value)) return value;
+    throw new UsageError(
+      `${describe(source)}: no such file, and no Jinja template either (${
+        (error as Error).message
+      })`,
+    );
+  }
 }

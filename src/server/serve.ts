@@ -11,6 +11,7 @@ import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
 import { openModelSource } from "../model/load.ts";
 import {
   type ClientLimits,
+  type OperatorSettings,
   parseServeConfig,
   REPO_ID,
   SERVE_USAGE,
@@ -236,9 +237,10 @@ async function startEngine(
 /** Runs the server until SIGTERM/SIGINT; returns the exit code. */
 export async function serve(
   config: ServeConfig,
-  options: { log?: Logger; limits?: ClientLimits } = {},
+  options: { log?: Logger; limits?: ClientLimits; operator?: OperatorSettings } = {},
 ): Promise<number> {
-  const log = options.log ?? createLogger(config.logFormat);
+  const operator = options.operator ?? { logLevel: "info" };
+  const log = options.log ?? createLogger(config.logFormat, { level: operator.logLevel });
   const limits = options.limits ?? DEFAULT_LIMITS;
   const signals = watchSignals();
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
@@ -281,7 +283,8 @@ export async function serve(
     const { app, inflight } = createApp({
       getEngine: () => state.engine,
       tokenizer: source.tokenizer,
-      chatTemplate: source.chatTemplate,
+      chatTemplate: operator.chatTemplate ?? source.chatTemplate,
+      ...(operator.seed === undefined ? {} : { defaultSeed: operator.seed }),
       get asyncTokenizer() {
         return state.tokenizer;
       },
@@ -322,7 +325,7 @@ export async function serve(
     // Long prompts are tokenized in a worker of their own, so they never stall other streams.
     const loading = Promise.all([
       startEngine(config, modelPath, maxModelLen, log),
-      AsyncTokenizer.start(modelPath),
+      AsyncTokenizer.start(modelPath, { chatTemplate: operator.chatTemplate }),
     ]);
     loading.catch(() => {});
     const started = await Promise.race([loading, signals.first]);
@@ -415,5 +418,9 @@ export async function runServe(args: string[]): Promise<number> {
     console.log(SERVE_USAGE);
     return 0;
   }
-  return await serve(parsed.config, { limits: parsed.limits });
+  if (parsed.version === true) {
+    console.log(`denollm ${VERSION}`);
+    return 0;
+  }
+  return await serve(parsed.config, { limits: parsed.limits, operator: parsed.operator });
 }
