@@ -136,7 +136,7 @@ Deno.test("operator flags", async (t) => {
     ) {
       assert.match(help, new RegExp(`^  --${flag}\\b`, "m"), flag);
     }
-    assert.match(help, /^  -V, --version\b/m);
+    assert.match(help, /^ {2}-V, --version\b/m);
     assert.match(help, /denollm serve \[MODEL\]/);
     assert.equal(await run("--version"), "denollm 0.1.0\n");
     assert.equal(await run("serve", "--version"), "denollm 0.1.0\n");
