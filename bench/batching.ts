@@ -8,8 +8,8 @@ import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
 import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
-import { getPreset } from "../tools/random_model/presets.ts";
-import { generateRandomModel } from "../tools/random_model/random_model.ts";
+import { getPreset } from "../src/random_model/presets.ts";
+import { generateRandomModel } from "../src/random_model/random_model.ts";
 import { GREEDY, Rng } from "../src/sampling.ts";
 
 const { values: v } = parseArgs({

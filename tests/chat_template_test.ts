@@ -6,7 +6,7 @@ import {
   selectChatTemplate,
 } from "../src/tokenizer/chat_template.ts";
 import { ggufTokenizer } from "../src/tokenizer/gguf.ts";
-import { buildSyntheticTokenizer } from "../tools/random_model/synthetic_tokenizer.ts";
+import { buildSyntheticTokenizer } from "../src/random_model/synthetic_tokenizer.ts";
 
 const LLAMA3 =
   "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = " +

@@ -7,7 +7,7 @@ import { TensorFileReader, type TensorInfo } from "../src/formats/tensor.ts";
 import { configFromHf, readHfConfig } from "../src/model/config.ts";
 import { configFromGguf, hfTensorNames } from "../src/model/gguf_model.ts";
 import { openModelSource } from "../src/model/load.ts";
-import { getPreset, presetNames } from "../tools/random_model/presets.ts";
+import { getPreset, presetNames } from "../src/random_model/presets.ts";
 import {
   f32ToBf16Bits,
   f32ToF16Bits,
@@ -16,7 +16,7 @@ import {
   llama3RopeFactors,
   permuteForGguf,
   unpermuteFromGguf,
-} from "../tools/random_model/random_model.ts";
+} from "../src/random_model/random_model.ts";
 import { ropeInvFreq } from "../src/model/rope.ts";
 
 async function tempDir(): Promise<string> {

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { NativeBackend } from "../ffi/native.ts";
 import { LLM } from "../src/engine/llm.ts";
 import { loadModel } from "../src/model/load.ts";
-import { generateRandomModel } from "../tools/random_model/random_model.ts";
+import { generateRandomModel } from "../src/random_model/random_model.ts";
 import { GREEDY } from "../src/sampling.ts";
 
 for (const preset of ["tiny-qwen2", "tiny-llama-untied"]) {

@@ -10,7 +10,7 @@ import { preTokenizer } from "../src/tokenizer/pretokenize.ts";
 import {
   buildSyntheticTokenizer,
   type SyntheticPre,
-} from "../tools/random_model/synthetic_tokenizer.ts";
+} from "../src/random_model/synthetic_tokenizer.ts";
 import {
   IncrementalDetokenizer,
   type TextTokenizer,

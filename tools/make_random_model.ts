@@ -4,8 +4,8 @@
 //   [--seed N] [--dtype f32|f16|bf16] [--layers N] [--vocab N] [--formats hf,gguf]
 //   [--max-shard-mb N]
 import type { DType } from "../src/formats/tensor.ts";
-import { getPreset, presetNames } from "./random_model/presets.ts";
-import { generateRandomModel, type ModelFileFormat } from "./random_model/random_model.ts";
+import { getPreset, presetNames } from "../src/random_model/presets.ts";
+import { generateRandomModel, type ModelFileFormat } from "../src/random_model/random_model.ts";
 
 const USAGE = `usage: make_random_model.ts --preset NAME --out DIR [--seed N] [--dtype f32|f16|bf16]
        [--layers N] [--vocab N] [--formats hf,gguf] [--max-shard-mb N]

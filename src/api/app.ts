@@ -172,6 +172,7 @@ export function createApp(deps: ApiDeps): { app: Hono; inflight: InflightTracker
     root: deps.servedModelName,
     parent: null,
     max_model_len: deps.getEngine()?.maxModelLen ?? null,
+    ...(deps.modelNotice === undefined ? {} : { notice: deps.modelNotice }),
   });
 
   app.get("/v1/models", (c) => c.json({ object: "list", data: [modelCard()] }));

@@ -23,6 +23,8 @@ export interface ApiDeps {
   /** When set, long prompt texts are tokenized here instead of blocking the event loop. */
   asyncTokenizer?: AsyncTokenizerClient;
   servedModelName: string;
+  /** Said in /v1/models beside the model (the demo model's "its output is noise"). */
+  modelNotice?: string;
   version: string;
   /** When set, every route but /health and /metrics needs `Authorization: Bearer <apiKey>`. */
   apiKey?: string;

@@ -307,7 +307,7 @@ function usage(): string {
   const lines = OPTIONS.map((o: Option) => {
     const left = `  --${o.flag}${o.arg ? ` ${o.arg}` : ""}`;
     const fallback = o.defaultText === undefined ? "" : `default ${o.defaultText}, `;
-    const required = o.flag === "model" ? "required, " : "";
+    const required = o.flag === "model" ? "default demo (built-in, random weights: noise), " : "";
     return `${left.padEnd(30)}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${
       envName(o.flag)
     }`;

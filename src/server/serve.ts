@@ -17,6 +17,7 @@ import {
   SERVE_USAGE,
   type ServeConfig,
 } from "./config.ts";
+import { DEMO_MODEL, DEMO_NOTICE, demoCacheRoot, ensureDemoModel } from "./demo_model.ts";
 import { DeviceError, resolveDevice } from "./device.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { notify } from "./sd_notify.ts";
@@ -62,6 +63,14 @@ async function pathExists(path: string): Promise<boolean> {
 
 /** A local path as is; a repo id through the hub cache (downloaded the first time). */
 async function resolveModelPath(config: ServeConfig, log: Logger): Promise<string> {
+  if (config.model === DEMO_MODEL) {
+    const demo = await ensureDemoModel(
+      demoCacheRoot(Deno.env.toObject()),
+      (msg, fields) => log("info", msg, fields),
+    );
+    log("warn", DEMO_NOTICE, { path: demo.path, cached: demo.isCached });
+    return demo.path;
+  }
   if (await pathExists(config.model) || !REPO_ID.test(config.model)) return config.model;
   const { repoId, file } = parseRepoRef(config.model);
   try {
@@ -289,6 +298,7 @@ export async function serve(
         return state.tokenizer;
       },
       servedModelName: config.servedModelName,
+      ...(config.model === DEMO_MODEL ? { modelNotice: DEMO_NOTICE } : {}),
       version: VERSION,
       apiKey: config.apiKey,
       maxQueuedRequests: config.maxQueuedRequests,
@@ -352,6 +362,7 @@ export async function serve(
       step_reserved_bytes: engine.reservedBytes,
       load_ms: Math.round(engine.loadMs),
     });
+    if (config.model === DEMO_MODEL) log("warn", `${DEMO_NOTICE} (${url})`);
     tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);
 
     const signal = await Promise.race([signals.first, engine.failed, tokenizer.failed]);
@@ -413,7 +424,8 @@ export async function serve(
 
 /** `denollm serve [flags]`: parses the configuration (UsageError when bad) and serves. */
 export async function runServe(args: string[]): Promise<number> {
-  const parsed = parseServeConfig(args);
+  // With no model named, the CLI serves the built-in demo (random weights; it says so).
+  const parsed = parseServeConfig(args, { defaultModel: DEMO_MODEL });
   if (parsed.help) {
     console.log(SERVE_USAGE);
     return 0;

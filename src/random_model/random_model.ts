@@ -1,19 +1,13 @@
 // Writes deterministic random-weight models of real shapes as a Hugging Face directory and a GGUF
 // file holding the same weights, laid out the way llama.cpp's convert_hf_to_gguf.py would.
-import {
-  gguf,
-  type GgufKV,
-  type GgufTensorData,
-  readGguf,
-  writeGguf,
-} from "../../src/formats/gguf.ts";
+import { gguf, type GgufKV, type GgufTensorData, readGguf, writeGguf } from "../formats/gguf.ts";
 import {
   readSafetensorsDir,
   type TensorData,
   writeSafetensors,
   writeSafetensorsSharded,
-} from "../../src/formats/safetensors.ts";
-import { type DType, dtypeBytes, numElements, type TensorInfo } from "../../src/formats/tensor.ts";
+} from "../formats/safetensors.ts";
+import { type DType, dtypeBytes, numElements, type TensorInfo } from "../formats/tensor.ts";
 import { buildSyntheticTokenizer } from "./synthetic_tokenizer.ts";
 import { getPreset, type HfConfigJson, type ModelPreset } from "./presets.ts";
 

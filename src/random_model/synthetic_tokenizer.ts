@@ -1,8 +1,8 @@
 // Deterministic byte-level BPE tokenizers of real vocabulary sizes for random-weight test models.
 
-import type { GgufValue } from "../../src/formats/gguf.ts";
-import { BYTE_TO_CHAR, byteLevelEncode } from "../../src/tokenizer/byte_level.ts";
-import { preTokenizer } from "../../src/tokenizer/pretokenize.ts";
+import type { GgufValue } from "../formats/gguf.ts";
+import { BYTE_TO_CHAR, byteLevelEncode } from "../tokenizer/byte_level.ts";
+import { preTokenizer } from "../tokenizer/pretokenize.ts";
 
 /** Pre-tokenizers a synthetic tokenizer can use. */
 export type SyntheticPre = "llama-bpe" | "qwen2" | "smollm";
