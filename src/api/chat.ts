@@ -1,5 +1,6 @@
 // POST /v1/chat/completions: messages rendered with the model's chat template, n choices,
 // streamed as chat.completion.chunk events or returned as one chat.completion.
+import { runStatsFor } from "./request_log.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { readJsonObject } from "./body.ts";
 import {
@@ -131,6 +132,7 @@ export async function handleChat(
     id,
     metrics: deps.metrics,
     signal: request.signal,
+    stats: deps.requestLog === undefined ? undefined : runStatsFor(request),
   });
   const shape = new ChatShape(req, promptIds.length, {
     id,

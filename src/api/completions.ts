@@ -1,5 +1,6 @@
 // POST /v1/completions: prompts as text or token ids, one block of n choices per prompt (choice
 // index = prompt index × n + sample index, as OpenAI lays them out), streamed or not.
+import { runStatsFor } from "./request_log.ts";
 import type { RequestOutput } from "../engine/request.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { readJsonObject } from "./body.ts";
@@ -123,6 +124,7 @@ export async function handleCompletion(
     id,
     metrics: deps.metrics,
     signal: request.signal,
+    stats: deps.requestLog === undefined ? undefined : runStatsFor(request),
   });
   const shape = new CompletionShape(req, prompts, { id, model: deps.servedModelName }, deps);
   return await respondWithRun(run, shape, {

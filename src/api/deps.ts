@@ -5,6 +5,7 @@ import { ApiError } from "./errors.ts";
 import type { EngineClient } from "./generation.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ChatMessageInput } from "./schemas.ts";
+import type { RequestLogFields } from "./request_log.ts";
 import type { ToolCallParser } from "./tools.ts";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -49,6 +50,8 @@ export interface ApiDeps {
   /** The tool-call format to parse; default: the one the chat template shows (tools.ts). */
   toolCallParser?: ToolCallParser;
   log?: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
+  /** When set, one line per request (request_log.ts); debug for /health and /metrics. */
+  requestLog?: (level: LogLevel, fields: RequestLogFields) => void;
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 4 << 20;

@@ -308,6 +308,7 @@ export async function serve(
       allowedOrigins: limits.allowedOrigins,
       metrics: new Metrics(),
       log,
+      requestLog: (level, fields) => log(level, "request", { ...fields }),
     });
     // Every request from its arrival until its response has reached the client: more than the
     // generations `inflight` counts (a body still arriving, a prompt being tokenized, a finished
