@@ -55,6 +55,8 @@ export interface OperatorSettings {
   logLevel: "debug" | "info" | "warn" | "error";
   /** --chat-template: a file's contents or the template itself; unset: the model's own. */
   chatTemplate?: string;
+  /** --metrics-names vllm: vLLM's exact metric names with a model_name label. */
+  metricsNames?: "denollm" | "vllm";
 }
 
 /** What `parseServeConfig` found: a configuration, or a request for the help or version text. */
@@ -289,6 +291,12 @@ const OPTIONS = [
     defaultText: "the model's",
   },
   {
+    flag: "metrics-names",
+    arg: "STYLE",
+    help: "denollm, or vllm: vLLM's metric names with a model_name label (for its dashboards)",
+    defaultText: "denollm",
+  },
+  {
     flag: "hf-cache",
     arg: "DIR",
     help: "Hugging Face hub cache",
@@ -388,6 +396,7 @@ const SCHEMAS = {
   "log-format": choice(["text", "json"]),
   "log-level": choice(["debug", "info", "warn", "error"]),
   seed: integer(0, 2 ** 32 - 1),
+  "metrics-names": choice(["denollm", "vllm"]),
   "chat-template": z.string().min(1, { error: "expected a file or a template" }),
   "hf-cache": nonEmpty,
 } satisfies Record<Flag, z.ZodType>;
@@ -515,6 +524,7 @@ export function parseServeConfig(
     operator: {
       ...(values.seed === undefined ? {} : { seed: values.seed }),
       logLevel: values["log-level"] ?? "info",
+      ...(values["metrics-names"] === undefined ? {} : { metricsNames: values["metrics-names"] }),
       ...(values["chat-template"] === undefined ? {} : {
         chatTemplate: chatTemplateText(
           values["chat-template"],

@@ -306,7 +306,7 @@ export async function serve(
       maxQueueDelayMs: limits.maxQueueDelayMs,
       bodyTimeoutMs: limits.bodyTimeoutMs,
       allowedOrigins: limits.allowedOrigins,
-      metrics: new Metrics(),
+      metrics: new Metrics({ names: operator.metricsNames, modelName: config.servedModelName }),
       log,
       requestLog: (level, fields) => log(level, "request", { ...fields }),
     });
