@@ -161,6 +161,20 @@ Deno.test("--log-level drops less severe lines", () => {
   const quiet = createLogger("text", { write: (l) => lines.push(l), isJournal: false });
   quiet("debug", "hidden");
   assert.equal(lines.length, 3);
+  const stamped = createLogger("text", {
+    write: (l) => lines.push(l),
+    isJournal: false,
+    timestamps: true,
+  });
+  stamped("info", "hello", { n: 1 });
+  assert.match(lines.at(-1)!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info: hello n=1\n$/);
+  const journal = createLogger("text", {
+    write: (l) => lines.push(l),
+    isJournal: true,
+    timestamps: true,
+  });
+  journal("warn", "careful");
+  assert.equal(lines.at(-1), "<4>careful\n");
 });
 
 Deno.test("denollm serve MODEL --chat-template --seed: chat works, unseeded requests repeat", async () => {

@@ -26,10 +26,12 @@ export interface LoggerOptions {
   isJournal?: boolean;
   /** The least severe level written (default info; --log-level). */
   level?: LogLevel;
+  /** Start text lines with an ISO timestamp (not under journald, which stamps them itself). */
+  timestamps?: boolean;
 }
 
 /**
- * A logger. Text: `warn: message key=value …` (or `<4>message key=value` under journald).
+ * A logger. Text: `[2026-01-02T03:04:05.678Z ]warn: message key=value …` (or `<4>message key=value` under journald).
  * JSON: `{"time":…,"level":…,"msg":…,…fields}`.
  */
 export function createLogger(format: "text" | "json", options: LoggerOptions = {}): Logger {
@@ -53,7 +55,9 @@ export function createLogger(format: "text" | "json", options: LoggerOptions = {
       .filter(([, v]) => v !== undefined)
       .map(([k, v]) => ` ${k}=${formatField(v)}`)
       .join("");
-    const prefix = isJournal ? JOURNAL_PRIORITY[level] : `${level}: `;
+    const prefix = isJournal
+      ? JOURNAL_PRIORITY[level]
+      : `${options.timestamps ? `${new Date().toISOString()} ` : ""}${level}: `;
     write(`${prefix}${msg.replaceAll("\n", " ")}${pairs}\n`);
   };
 }

@@ -249,7 +249,8 @@ export async function serve(
   options: { log?: Logger; limits?: ClientLimits; operator?: OperatorSettings } = {},
 ): Promise<number> {
   const operator = options.operator ?? { logLevel: "info" };
-  const log = options.log ?? createLogger(config.logFormat, { level: operator.logLevel });
+  const log = options.log ??
+    createLogger(config.logFormat, { level: operator.logLevel, timestamps: true });
   const limits = options.limits ?? DEFAULT_LIMITS;
   const signals = watchSignals();
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
