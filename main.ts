@@ -8,6 +8,7 @@ import { UsageError } from "./src/errors.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
 import { RequestTooLongError } from "./src/engine/scheduler.ts";
 import { runServe, VERSION } from "./src/server/serve.ts";
+import { HubError } from "./src/hub/download.ts";
 import { TokenizerError } from "./src/tokenizer/tokenizer.ts";
 
 const USAGE = `Usage: denollm <command> [options]
@@ -27,7 +28,8 @@ function isUserFacing(error: unknown): boolean {
   return error instanceof UsageError || error instanceof ModelFormatError ||
     error instanceof TokenizerError || error instanceof RequestTooLongError ||
     error instanceof LibraryLoadError || error instanceof NativeError ||
-    error instanceof BatchAbortedError || error instanceof RangeError;
+    error instanceof BatchAbortedError || error instanceof RangeError ||
+    error instanceof HubError;
 }
 
 async function main(args: string[]): Promise<number> {
