@@ -2,7 +2,12 @@
 // --chat-template and --[no-]enable-prefix-caching, in the parser, --help, the log and a server.
 import assert from "node:assert/strict";
 import { UsageError } from "../src/errors.ts";
-import { type OperatorSettings, parseServeConfig, type ServeConfig } from "../src/server/config.ts";
+import {
+  type OperatorSettings,
+  parseServeConfig,
+  type ServeConfig,
+  servedModelAliases,
+} from "../src/server/config.ts";
 import { createLogger } from "../src/server/log.ts";
 import { MODEL_DIR, ServerProcess } from "./server_process.ts";
 
@@ -212,6 +217,35 @@ Deno.test("denollm serve MODEL --chat-template --seed: chat works, unseeded requ
     assert.equal(await chat(1234), first, "--seed is not the request's seed");
     const others = await Promise.all([1, 2, 3].map((seed) => chat(seed)));
     assert.ok(others.some((text) => text !== first), "the request's own seed is ignored");
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("the default served name of …/NAME/hf is NAME, and hf is still accepted", async () => {
+  const { config } = parse(["../shared/models/stories260K/hf/"]);
+  assert.equal(config.servedModelName, "stories260K");
+  assert.deepEqual(servedModelAliases(config), ["hf"]);
+  assert.equal(parse(["./hf"]).config.servedModelName, "hf");
+  assert.equal(parse(["/m/x.gguf"]).config.servedModelName, "x.gguf");
+  const named = parse(["/m/stories/hf", "--served-model-name", "s"]).config;
+  assert.deepEqual(servedModelAliases(named), []);
+
+  const server = new ServerProcess([MODEL_DIR, "--port", "0"]);
+  try {
+    const url = `http://127.0.0.1:${await server.port}`;
+    await server.waitForLog((l) => l.msg.startsWith("serving "));
+    const models = await (await fetch(`${url}/v1/models`)).json();
+    assert.deepEqual(models.data.map((m: { id: string }) => m.id), ["stories260K"]);
+    for (const model of ["stories260K", "hf"]) {
+      const response = await fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model, prompt: "Hi", max_tokens: 2 }),
+      });
+      assert.equal(response.status, 200, model);
+      await response.body?.cancel();
+    }
   } finally {
     await server.close();
   }

@@ -24,6 +24,8 @@ export interface ApiDeps {
   /** When set, long prompt texts are tokenized here instead of blocking the event loop. */
   asyncTokenizer?: AsyncTokenizerClient;
   servedModelName: string;
+  /** Other names requests may give for the model (checked, never listed). */
+  modelAliases?: readonly string[];
   /** Said in /v1/models beside the model (the demo model's "its output is noise"). */
   modelNotice?: string;
   version: string;
@@ -70,7 +72,9 @@ export function requireEngine(deps: ApiDeps): EngineClient {
 
 /** A 404 unless `model` is absent or names the served model. */
 export function checkModel(deps: ApiDeps, model: string | null | undefined): void {
-  if (model != null && model !== deps.servedModelName) {
+  if (
+    model != null && model !== deps.servedModelName && !(deps.modelAliases ?? []).includes(model)
+  ) {
     throw new ApiError(404, `The model \`${model}\` does not exist`, {
       param: "model",
       code: "model_not_found",

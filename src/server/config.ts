@@ -350,10 +350,27 @@ export function defaultHfCache(env: Record<string, string | undefined>): string 
 /** A Hugging Face repo id, optionally with `:FILE.gguf`, as opposed to a local path. */
 export const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+(?::[^\s:]+\.gguf)?$/;
 
+/** Folder names that say how a checkpoint is stored, not what it is (…/stories260K/hf). */
+const FORMAT_DIRS = new Set(["hf", "gguf", "safetensors"]);
+
 function defaultServedName(model: string): string {
   const trimmed = model.replace(/\/+$/, "");
   if (REPO_ID.test(trimmed) && !trimmed.startsWith(".")) return trimmed.split(":")[0];
-  return trimmed.split("/").pop() || trimmed;
+  const parts = trimmed.split("/");
+  const last = parts.pop() || trimmed;
+  const parent = parts.at(-1);
+  if (FORMAT_DIRS.has(last) && parent !== undefined && !/^\.{0,2}$/.test(parent)) return parent;
+  return last;
+}
+
+/**
+ * Names a request may also give for the model: the path's last part when the default name is
+ * the folder above it (`hf` for …/stories260K/hf, the name earlier versions served).
+ */
+export function servedModelAliases(config: ServeConfig): string[] {
+  if (config.servedModelName !== defaultServedName(config.model)) return [];
+  const last = config.model.replace(/\/+$/, "").split("/").pop() ?? "";
+  return FORMAT_DIRS.has(last) && last !== config.servedModelName ? [last] : [];
 }
 
 /** One schema per value kind; each entry maps to one ServeConfig field. */

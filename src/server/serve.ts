@@ -16,6 +16,7 @@ import {
   REPO_ID,
   SERVE_USAGE,
   type ServeConfig,
+  servedModelAliases,
 } from "./config.ts";
 import { DEMO_MODEL, DEMO_NOTICE, demoCacheRoot, ensureDemoModel } from "./demo_model.ts";
 import { DeviceError, resolveDevice } from "./device.ts";
@@ -299,6 +300,7 @@ export async function serve(
         return state.tokenizer;
       },
       servedModelName: config.servedModelName,
+      modelAliases: servedModelAliases(config),
       ...(config.model === DEMO_MODEL ? { modelNotice: DEMO_NOTICE } : {}),
       version: VERSION,
       apiKey: config.apiKey,
