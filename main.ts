@@ -7,10 +7,14 @@ import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
 import { UsageError } from "./src/errors.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
 import { RequestTooLongError } from "./src/engine/scheduler.ts";
-import { runServe } from "./src/server/serve.ts";
+import { runServe, VERSION } from "./src/server/serve.ts";
+import { HubError } from "./src/hub/download.ts";
 import { TokenizerError } from "./src/tokenizer/tokenizer.ts";
 
 const USAGE = `Usage: denollm <command> [options]
+
+Options:
+  --version  print the version
 
 Commands:
   generate   generate text from a prompt (denollm generate --help)
@@ -24,7 +28,8 @@ function isUserFacing(error: unknown): boolean {
   return error instanceof UsageError || error instanceof ModelFormatError ||
     error instanceof TokenizerError || error instanceof RequestTooLongError ||
     error instanceof LibraryLoadError || error instanceof NativeError ||
-    error instanceof BatchAbortedError || error instanceof RangeError;
+    error instanceof BatchAbortedError || error instanceof RangeError ||
+    error instanceof HubError;
 }
 
 async function main(args: string[]): Promise<number> {
@@ -40,6 +45,10 @@ async function main(args: string[]): Promise<number> {
         return await runBatch(rest);
       case "distill-export":
         return await runDistillExport(rest);
+      case "--version":
+      case "-V":
+        console.log(`denollm ${VERSION}`);
+        return 0;
       case undefined:
       case "-h":
       case "--help":

@@ -370,6 +370,54 @@ Deno.test("hub download", async (t) => {
       assert.ok(second.some((l) => l.msg === "using cached snapshot"));
       assert.equal(hub.numRequests, before);
     });
+
+    await t.step("generate --model ORG/NAME downloads once, as serve does", async () => {
+      const dir = freshCache();
+      const generate = async () => {
+        const output = await new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "--allow-read",
+            "--allow-write",
+            "--allow-env",
+            "--allow-ffi",
+            "--allow-net",
+            "main.ts",
+            "generate",
+            "--model",
+            "test/stories",
+            "--hf-cache",
+            dir,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "8",
+            "--threads",
+            "1",
+          ],
+          cwd: new URL("..", import.meta.url).pathname,
+          env: {
+            ...Object.fromEntries(
+              Object.entries(Deno.env.toObject()).filter(([k]) =>
+                !k.startsWith("DENOLLM_") && !k.startsWith("HF_")
+              ),
+            ),
+            ...env,
+          },
+          clearEnv: true,
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const stderr = new TextDecoder().decode(output.stderr);
+        assert.equal(output.code, 0, stderr);
+        return new TextDecoder().decode(output.stdout);
+      };
+      const first = await generate();
+      assert.ok(first.length > 0);
+      const before = hub.numRequests;
+      assert.equal(await generate(), first);
+      assert.equal(hub.numRequests, before);
+    });
   } finally {
     await hub.close();
     await Deno.remove(root, { recursive: true });

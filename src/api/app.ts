@@ -9,6 +9,7 @@ import { withBodyDeadline } from "./body.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
 import { InflightTracker } from "./inflight.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
+import { peekRunStats, QUIET_ROUTES, requestLogFields } from "./request_log.ts";
 import { handleDetokenize, handleTokenize } from "./tokenize.ts";
 
 export type { ApiDeps } from "./deps.ts";
@@ -76,6 +77,23 @@ export function createApp(deps: ApiDeps): { app: Hono; inflight: InflightTracker
   const createdSeconds = Math.floor(Date.now() / 1000);
   const isKeyValid = deps.apiKey === undefined ? undefined : makeKeyCheck(deps.apiKey);
   const allowedOrigins = deps.allowedOrigins ?? [];
+  const requestLog = deps.requestLog;
+
+  if (requestLog !== undefined) {
+    // Outermost, so refusals (CORS, auth, 4xx) get their line too.
+    app.use(async (c, next) => {
+      const startMs = performance.now();
+      await next();
+      const request = c.req.raw;
+      const route = c.req.path;
+      const status = c.res.status;
+      const level = QUIET_ROUTES.has(route) ? "debug" : "info";
+      const emit = () => requestLog(level, requestLogFields(request, route, status, startMs));
+      const stats = peekRunStats(request);
+      if (stats !== undefined && !stats.isEnded) stats.onEnd = emit;
+      else emit();
+    });
+  }
 
   if (allowedOrigins.length > 0) {
     // Before auth: a browser's preflight carries no Authorization header.
@@ -174,6 +192,7 @@ export function createApp(deps: ApiDeps): { app: Hono; inflight: InflightTracker
     root: deps.servedModelName,
     parent: null,
     max_model_len: deps.getEngine()?.maxModelLen ?? null,
+    ...(deps.modelNotice === undefined ? {} : { notice: deps.modelNotice }),
   });
 
   app.get("/v1/models", (c) => c.json({ object: "list", data: [modelCard()] }));

@@ -28,7 +28,10 @@ export class AsyncTokenizer {
   }
 
   /** Starts the worker and waits until it has loaded the tokenizer and chat template. */
-  static start(modelPath: string): Promise<AsyncTokenizer> {
+  static start(
+    modelPath: string,
+    opts: { chatTemplate?: string } = {},
+  ): Promise<AsyncTokenizer> {
     const worker = new Worker(new URL("./tokenizer_worker.ts", import.meta.url).href, {
       type: "module",
     });
@@ -47,7 +50,9 @@ export class AsyncTokenizer {
         worker.terminate();
         reject(new Error(`The tokenizer worker failed to start: ${event.message}`));
       };
-      worker.postMessage({ type: "init", modelPath } satisfies ToTokenizerWorker);
+      worker.postMessage(
+        { type: "init", modelPath, chatTemplate: opts.chatTemplate } satisfies ToTokenizerWorker,
+      );
     });
   }
 

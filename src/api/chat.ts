@@ -1,5 +1,6 @@
 // POST /v1/chat/completions: messages rendered with the model's chat template, n choices,
 // streamed as chat.completion.chunk events or returned as one chat.completion.
+import { runStatsFor } from "./request_log.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { bestOfShape, numSamples as samplesFor } from "./best_of.ts";
 import { readJsonObject } from "./body.ts";
@@ -133,12 +134,14 @@ export async function handleChat(
     promptLogprobs: req.prompt_logprobs ?? undefined,
     promptParam: "messages",
     structured,
+    defaultSeed: deps.defaultSeed,
   });
   const id = newId("chatcmpl");
   const run = new GenerationRun(engine, [{ promptIds, params }], {
     id,
     metrics: deps.metrics,
     signal: request.signal,
+    stats: deps.requestLog === undefined ? undefined : runStatsFor(request),
   });
   const shape = new ChatShape(req, promptIds.length, {
     id,

@@ -1,5 +1,6 @@
 // POST /v1/completions: prompts as text or token ids, one block of n choices per prompt (choice
 // index = prompt index × n + sample index, as OpenAI lays them out), streamed or not.
+import { runStatsFor } from "./request_log.ts";
 import type { RequestOutput } from "../engine/request.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { bestOfShape, numSamples as samplesFor } from "./best_of.ts";
@@ -127,6 +128,7 @@ export async function handleCompletion(
       promptLogprobs: numPromptTop < 0 ? undefined : numPromptTop,
       promptParam: "prompt",
       structured,
+      defaultSeed: deps.defaultSeed,
     }),
   }));
   const id = newId("cmpl");
@@ -134,6 +136,7 @@ export async function handleCompletion(
     id,
     metrics: deps.metrics,
     signal: request.signal,
+    stats: deps.requestLog === undefined ? undefined : runStatsFor(request),
   });
   const shape = new CompletionShape(req, prompts, { id, model: deps.servedModelName }, deps);
   const best = isBestOf ? bestOfShape(shape, { n, keepLogprobs: req.logprobs != null }) : shape;

@@ -5,9 +5,10 @@ import { ApiError } from "./errors.ts";
 import type { EngineClient } from "./generation.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ChatMessageInput } from "./schemas.ts";
+import type { RequestLogFields } from "./request_log.ts";
 import type { ToolCallParser } from "./tools.ts";
 
-export type LogLevel = "info" | "warn" | "error";
+export type LogLevel = "debug" | "info" | "warn" | "error";
 
 /** Tokenization off the main thread (AsyncTokenizer), on the same tokenizer and chat template. */
 export interface AsyncTokenizerClient {
@@ -23,6 +24,10 @@ export interface ApiDeps {
   /** When set, long prompt texts are tokenized here instead of blocking the event loop. */
   asyncTokenizer?: AsyncTokenizerClient;
   servedModelName: string;
+  /** Other names requests may give for the model (checked, never listed). */
+  modelAliases?: readonly string[];
+  /** Said in /v1/models beside the model (the demo model's "its output is noise"). */
+  modelNotice?: string;
   version: string;
   /** When set, every route but /health and /metrics needs `Authorization: Bearer <apiKey>`. */
   apiKey?: string;
@@ -42,9 +47,13 @@ export interface ApiDeps {
    */
   allowedOrigins?: readonly string[];
   metrics: Metrics;
+  /** The seed of requests that give none (--seed); unset: each request samples afresh. */
+  defaultSeed?: number;
   /** The tool-call format to parse; default: the one the chat template shows (tools.ts). */
   toolCallParser?: ToolCallParser;
   log?: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
+  /** When set, one line per request (request_log.ts); debug for /health and /metrics. */
+  requestLog?: (level: LogLevel, fields: RequestLogFields) => void;
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 4 << 20;
@@ -63,7 +72,9 @@ export function requireEngine(deps: ApiDeps): EngineClient {
 
 /** A 404 unless `model` is absent or names the served model. */
 export function checkModel(deps: ApiDeps, model: string | null | undefined): void {
-  if (model != null && model !== deps.servedModelName) {
+  if (
+    model != null && model !== deps.servedModelName && !(deps.modelAliases ?? []).includes(model)
+  ) {
     throw new ApiError(404, `The model \`${model}\` does not exist`, {
       param: "model",
       code: "model_not_found",

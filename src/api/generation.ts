@@ -3,6 +3,7 @@
 import type { EngineStats } from "../engine/engine.ts";
 import type { RequestOutput, RequestParams } from "../engine/request.ts";
 import { ApiError, type ErrorBody } from "./errors.ts";
+import type { RunStats } from "./request_log.ts";
 import type { Metrics } from "./metrics.ts";
 import { sseResponse } from "./sse.ts";
 
@@ -79,12 +80,16 @@ export class GenerationRun {
   #isAborted = false;
   #numFinished = 0;
 
+  #stats?: RunStats;
+
   constructor(
     engine: EngineClient,
     submissions: Submission[],
-    opts: { id: string; metrics: Metrics; signal?: AbortSignal },
+    opts: { id: string; metrics: Metrics; signal?: AbortSignal; stats?: RunStats },
   ) {
     this.id = opts.id;
+    this.#stats = opts.stats;
+    if (this.#stats !== undefined) this.#stats.id = opts.id;
     this.#engine = engine;
     this.#submissions = submissions;
     this.#metrics = opts.metrics;
@@ -130,6 +135,11 @@ export class GenerationRun {
       const numUnseen = numSequences - this.#numFinished;
       if (!isFailed && numUnseen > 0) {
         this.#metrics.requestsFinished.inc(numUnseen, { finish_reason: "abort" });
+        this.#stats?.finishReasons.push("abort");
+      }
+      if (this.#stats !== undefined) {
+        this.#stats.isEnded = true;
+        this.#stats.onEnd?.();
       }
     }
   }
@@ -138,17 +148,26 @@ export class GenerationRun {
     const m = this.#metrics;
     const now = performance.now();
     const key = `${prompt}:${output.index}`;
+    const stats = this.#stats;
     if (!this.#lastTokenMs.has(key)) {
       this.#lastTokenMs.set(key, undefined);
       if (output.index === 0) m.promptTokens.inc(output.numPromptTokens);
       if (output.queueMs !== undefined) m.queueTime.observe(output.queueMs / 1000);
+      if (stats !== undefined) {
+        if (output.index === 0) stats.promptTokens += output.numPromptTokens;
+        if (output.queueMs !== undefined) {
+          stats.queueMs = Math.max(stats.queueMs ?? 0, output.queueMs);
+        }
+      }
     }
     const numNew = output.newTokenIds.length;
     if (numNew > 0) {
       m.generationTokens.inc(numNew);
+      if (stats !== undefined) stats.outputTokens += numNew;
       const lastMs = this.#lastTokenMs.get(key);
       if (lastMs === undefined) {
         m.timeToFirstToken.observe((now - this.#startMs) / 1000);
+        if (stats !== undefined && stats.ttftMs === undefined) stats.ttftMs = now - this.#startMs;
       } else {
         const perToken = (now - lastMs) / 1000 / numNew;
         for (let i = 0; i < numNew; i++) m.interTokenLatency.observe(perToken);
@@ -158,6 +177,7 @@ export class GenerationRun {
     if (output.finished) {
       this.#numFinished++;
       m.requestsFinished.inc(1, { finish_reason: output.finishReason ?? "stop" });
+      stats?.finishReasons.push(output.finishReason ?? "stop");
       m.e2eLatency.observe((now - this.#startMs) / 1000);
     }
   }

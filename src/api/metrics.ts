@@ -332,6 +332,18 @@ const E2E_BUCKETS = [
  */
 export class Metrics {
   readonly registry = new Registry();
+  #names: "denollm" | "vllm";
+  #modelName: string;
+
+  /**
+   * `names: "vllm"` exposes vLLM's exact metric names (`vllm:…`, `finished_reason`), each sample
+   * labelled `model_name`, so vLLM's Grafana dashboards read them; the default keeps denollm's.
+   */
+  constructor(opts: { names?: "denollm" | "vllm"; modelName?: string } = {}) {
+    this.#names = opts.names ?? "denollm";
+    this.#modelName = opts.modelName ?? "";
+  }
+
   readonly requestsFinished = this.registry.counter({
     name: "denollm_requests",
     help: "Generated sequences that finished, by finish reason (stop, length, abort).",
@@ -407,6 +419,41 @@ export class Metrics {
   }
 
   render(): string {
-    return this.registry.render();
+    const text = this.registry.render();
+    return this.#names === "vllm" ? asVllmMetrics(text, this.#modelName) : text;
   }
+}
+
+/** denollm's metric names as vLLM (v1) spells them; the rest become `vllm:<name>`. */
+const VLLM_NAMES: Record<string, string> = {
+  denollm_requests_total: "vllm:request_success_total",
+  denollm_kv_cache_usage_ratio: "vllm:kv_cache_usage_perc",
+  // vLLM has no such metric: kept under its own name.
+  denollm_http_responses_total: "denollm_http_responses_total",
+};
+
+function vllmName(name: string): string {
+  if (name in VLLM_NAMES) return VLLM_NAMES[name];
+  return name.startsWith("denollm_") ? `vllm:${name.slice("denollm_".length)}` : name;
+}
+
+/** Rewrites rendered samples to vLLM's names and labels, with `model_name` on every sample. */
+export function asVllmMetrics(text: string, modelName: string): string {
+  const modelLabel = `model_name="${escapeLabelValue(modelName)}"`;
+  return text.split("\n").map((line) => {
+    if (line === "") return line;
+    if (line.startsWith("# ")) {
+      const [hash, kind, name, ...rest] = line.split(" ");
+      return [hash, kind, vllmName(name), ...rest].join(" ");
+    }
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (match === null) return line;
+    const [, sample, labels = "", value] = match;
+    const suffix = /_(bucket|sum|count)$/.exec(sample);
+    const base = suffix !== null && !(sample in VLLM_NAMES)
+      ? `${vllmName(sample.slice(0, -suffix[0].length))}${suffix[0]}`
+      : vllmName(sample);
+    const renamed = labels.replace(/^finish_reason=/, "finished_reason=");
+    return `${base}{${[modelLabel, renamed].filter((l) => l !== "").join(",")}} ${value}`;
+  }).join("\n");
 }

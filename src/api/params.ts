@@ -29,6 +29,8 @@ export interface ParamsOptions {
   promptParam: "prompt" | "messages";
   /** The output format to enforce (see {@link structuredOutput}). */
   structured?: StructuredOutput;
+  /** The seed when the request gives none (the server's --seed). */
+  defaultSeed?: number;
 }
 
 /** Throws a 400 naming `param` unless every id is in the vocabulary. */
@@ -143,7 +145,10 @@ export function requestParams(req: GenerationRequest, opts: ParamsOptions): Requ
   checkTokenIds(stopTokenIds, opts.vocabSize, "stop_token_ids");
   return {
     maxTokens,
-    sampling: samplingParams(req, opts.vocabSize),
+    sampling: samplingParams(
+      req.seed == null && opts.defaultSeed !== undefined ? { ...req, seed: opts.defaultSeed } : req,
+      opts.vocabSize,
+    ),
     stopStrings: typeof stop === "string" ? [stop] : stop,
     stopTokenIds,
     ignoreEos: req.ignore_eos ?? false,

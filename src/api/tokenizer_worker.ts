@@ -8,7 +8,7 @@ import { chatPromptIds, type ChatPromptOptions } from "./chat_prompt.ts";
 import type { ChatMessageInput } from "./schemas.ts";
 
 export type ToTokenizerWorker =
-  | { type: "init"; modelPath: string }
+  | { type: "init"; modelPath: string; chatTemplate?: string }
   | { type: "encode"; id: number; text: string; opts: EncodeOptions }
   | { type: "chat"; id: number; messages: ChatMessageInput[]; opts: ChatPromptOptions }
   | { type: "close" };
@@ -44,7 +44,10 @@ self.onmessage = async (event: MessageEvent<ToTokenizerWorker>) => {
     case "init":
       try {
         const opened = await openModelSource(message.modelPath);
-        source = { tokenizer: opened.tokenizer, chatTemplate: opened.chatTemplate };
+        source = {
+          tokenizer: opened.tokenizer,
+          chatTemplate: message.chatTemplate ?? opened.chatTemplate,
+        };
         send({ type: "ready" });
       } catch (error) {
         send({ type: "fatal", error: errorInfo(error) });

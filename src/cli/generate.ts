@@ -7,10 +7,17 @@ import { UsageError } from "../errors.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import { renderChat } from "../tokenizer/chat_template.ts";
+import { downloadSnapshot, parseRepoRef } from "../hub/download.ts";
+import { defaultHfCache, REPO_ID } from "../server/config.ts";
+import { DEMO_MODEL, DEMO_NOTICE, demoCacheRoot, ensureDemoModel } from "../server/demo_model.ts";
 
-export const GENERATE_USAGE = `Usage: denollm generate --model PATH --prompt TEXT [options]
+export const GENERATE_USAGE = `Usage: denollm generate --model MODEL --prompt TEXT [options]
 
-  --model PATH         Hugging Face model directory or .gguf file (required)
+  --model MODEL        HF model directory, .gguf file, HF repo id (ORG/NAME[:FILE.gguf],
+                       downloaded once into the hub cache, as for serve) or demo (required)
+  --revision REV       branch, tag or commit of a repo id (default main)
+  --hf-cache DIR       Hugging Face hub cache (default $HF_HUB_CACHE, $HF_HOME/hub or
+                       ~/.cache/huggingface/hub)
   --prompt TEXT        prompt text (required)
   --max-tokens N       tokens to generate (default 128)
   --temperature T      0 = greedy (default 0)
@@ -44,6 +51,8 @@ export async function runGenerate(args: string[]): Promise<void> {
       args,
       options: {
         model: { type: "string" },
+        revision: { type: "string" },
+        "hf-cache": { type: "string" },
         prompt: { type: "string" },
         "max-tokens": { type: "string" },
         temperature: { type: "string" },
@@ -92,7 +101,8 @@ export async function runGenerate(args: string[]): Promise<void> {
 
   const backend = NativeBackend.open({ numThreads: threads, libraryPath: v.library });
   try {
-    const loaded = await loadModel(backend, v.model);
+    const modelPath = await resolveModel(v.model, v.revision ?? "main", v["hf-cache"]);
+    const loaded = await loadModel(backend, modelPath);
     try {
       const c = loaded.config;
       console.error(
@@ -178,4 +188,28 @@ async function streamCompletion(llm: LLM, request: GenerationRequest): Promise<v
       decodeTokens > 0 ? (decodeTokens / (decodeMs / 1000)).toFixed(1) : "-"
     } tok/s, finish reason ${finishReason}`,
   );
+}
+
+/** A local path as is; `demo`, the built-in demo model; a repo id through the hub cache. */
+async function resolveModel(model: string, revision: string, cacheDir?: string): Promise<string> {
+  const env = Deno.env.toObject();
+  if (model === DEMO_MODEL) {
+    const demo = await ensureDemoModel(demoCacheRoot(env), (msg) => console.error(msg));
+    console.error(`warning: ${DEMO_NOTICE}`);
+    return demo.path;
+  }
+  try {
+    await Deno.stat(model);
+    return model;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound) || !REPO_ID.test(model)) return model;
+  }
+  const { repoId, file } = parseRepoRef(model);
+  const snapshot = await downloadSnapshot(repoId, {
+    revision,
+    cacheDir: cacheDir ?? defaultHfCache(env),
+    file,
+    log: (msg) => console.error(msg),
+  });
+  return snapshot.modelPath;
 }

@@ -50,11 +50,25 @@ export interface ClientLimits {
   allowedOrigins: string[];
 }
 
-/** What `parseServeConfig` found: a configuration, or a request for the help text. */
-export type ParsedServe = { help: true } | {
+/** The settings `vllm serve` users bring along: --seed, --log-level and --chat-template. */
+export interface OperatorSettings {
+  /** The seed of requests that give none (vLLM's --seed); unset: a fresh one per request. */
+  seed?: number;
+  /** The least severe log line written. */
+  logLevel: "debug" | "info" | "warn" | "error";
+  /** --chat-template: a file's contents or the template itself; unset: the model's own. */
+  chatTemplate?: string;
+  /** --metrics-names vllm: vLLM's exact metric names with a model_name label. */
+  metricsNames?: "denollm" | "vllm";
+}
+
+/** What `parseServeConfig` found: a configuration, or a request for the help or version text. */
+export type ParsedServe = { help: true } | { help: false; version: true } | {
   help: false;
+  version?: false;
   config: ServeConfig;
   limits: ClientLimits;
+  operator: OperatorSettings;
 };
 
 /** Where a raw value came from, for error messages that name it. */
@@ -211,6 +225,18 @@ const OPTIONS = [
     defaultText: "continuous",
   },
   { flag: "no-prefix-caching", help: "disable prefix caching", isBoolean: true },
+  // vLLM's spelling of the same switch (operator flags: see OperatorSettings).
+  {
+    flag: "enable-prefix-caching",
+    help: "reuse the KV cache of shared prompt prefixes (vLLM's name)",
+    defaultText: "on",
+    isBoolean: true,
+  },
+  {
+    flag: "no-enable-prefix-caching",
+    help: "disable prefix caching (vLLM's name; same as --no-prefix-caching)",
+    isBoolean: true,
+  },
   {
     flag: "max-queued-requests",
     arg: "N",
@@ -254,6 +280,31 @@ const OPTIONS = [
     defaultText: "the one the chat template shows",
   },
   { flag: "log-format", arg: "FMT", help: "text or json (JSON lines)", defaultText: "text" },
+  // Operator flags as `vllm serve` has them (see OperatorSettings).
+  {
+    flag: "log-level",
+    arg: "LEVEL",
+    help: "debug, info, warn or error: the least severe line logged",
+    defaultText: "info",
+  },
+  {
+    flag: "seed",
+    arg: "N",
+    help: "seed of requests that give none (same seed, same sampled output)",
+    defaultText: "none (random per request)",
+  },
+  {
+    flag: "chat-template",
+    arg: "FILE|STRING",
+    help: "Jinja chat template, as a file or inline; replaces the model's own",
+    defaultText: "the model's",
+  },
+  {
+    flag: "metrics-names",
+    arg: "STYLE",
+    help: "denollm, or vllm: vLLM's metric names with a model_name label (for its dashboards)",
+    defaultText: "denollm",
+  },
   {
     flag: "hf-cache",
     arg: "DIR",
@@ -273,19 +324,23 @@ function usage(): string {
   const lines = OPTIONS.map((o: Option) => {
     const left = `  --${o.flag}${o.arg ? ` ${o.arg}` : ""}`;
     const fallback = o.defaultText === undefined ? "" : `default ${o.defaultText}, `;
-    const required = o.flag === "model" ? "required, " : "";
+    const required = o.flag === "model" ? "default demo (built-in, random weights: noise), " : "";
     return `${left.padEnd(30)}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${
       envName(o.flag)
     }`;
   });
-  return `Usage: denollm serve --model PATH|ORG/NAME [options]
+  return `Usage: denollm serve [MODEL] [options]
+       denollm serve --model PATH|ORG/NAME [options]
 
 Serves an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health,
 /metrics). Every option can also be set as an environment variable; flags win.
 
 ${lines.join("\n")}
+  -V, --version               print the version and exit
   --help                      show this help
 
+MODEL may be given as the first argument instead of --model (as \`vllm serve MODEL\`). With neither,
+the CLI serves the built-in demo model (random weights: its output is noise).
 A repo id is downloaded once into the hub cache (HF_TOKEN, HF_ENDPOINT are honoured); a GGUF repo
 file is named as ORG/NAME:FILE.gguf.
 `;
@@ -304,10 +359,27 @@ export function defaultHfCache(env: Record<string, string | undefined>): string 
 /** A Hugging Face repo id, optionally with `:FILE.gguf`, as opposed to a local path. */
 export const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+(?::[^\s:]+\.gguf)?$/;
 
+/** Folder names that say how a checkpoint is stored, not what it is (…/stories260K/hf). */
+const FORMAT_DIRS = new Set(["hf", "gguf", "safetensors"]);
+
 function defaultServedName(model: string): string {
   const trimmed = model.replace(/\/+$/, "");
   if (REPO_ID.test(trimmed) && !trimmed.startsWith(".")) return trimmed.split(":")[0];
-  return trimmed.split("/").pop() || trimmed;
+  const parts = trimmed.split("/");
+  const last = parts.pop() || trimmed;
+  const parent = parts.at(-1);
+  if (FORMAT_DIRS.has(last) && parent !== undefined && !/^\.{0,2}$/.test(parent)) return parent;
+  return last;
+}
+
+/**
+ * Names a request may also give for the model: the path's last part when the default name is
+ * the folder above it (`hf` for …/stories260K/hf, the name earlier versions served).
+ */
+export function servedModelAliases(config: ServeConfig): string[] {
+  if (config.servedModelName !== defaultServedName(config.model)) return [];
+  const last = config.model.replace(/\/+$/, "").split("/").pop() ?? "";
+  return FORMAT_DIRS.has(last) && last !== config.servedModelName ? [last] : [];
 }
 
 /** One schema per value kind; each entry maps to one ServeConfig field. */
@@ -328,6 +400,8 @@ const SCHEMAS = {
   device: deviceSchema,
   scheduler: choice(["continuous", "static"]),
   "no-prefix-caching": boolText,
+  "enable-prefix-caching": boolText,
+  "no-enable-prefix-caching": boolText,
   "max-queued-requests": integer(0),
   "max-queued-tokens": integer(1),
   "max-queue-delay": seconds(),
@@ -347,6 +421,10 @@ const SCHEMAS = {
   "shutdown-timeout": seconds(),
   "tool-call-parser": choice(TOOL_CALL_PARSERS),
   "log-format": choice(["text", "json"]),
+  "log-level": choice(["debug", "info", "warn", "error"]),
+  seed: integer(0, 2 ** 32 - 1),
+  "metrics-names": choice(["denollm", "vllm"]),
+  "chat-template": z.string().min(1, { error: "expected a file or a template" }),
   "hf-cache": nonEmpty,
 } satisfies Record<Flag, z.ZodType>;
 
@@ -378,7 +456,13 @@ function checkThreads(numThreads: number | undefined, source: Source | undefined
  */
 export function parseServeConfig(
   args: string[],
-  options: { env?: Record<string, string | undefined> } = {},
+  options: {
+    env?: Record<string, string | undefined>;
+    /** The model when none is named (the CLI's built-in demo); unset: --model is required. */
+    defaultModel?: string;
+    /** Reads a --chat-template file (default: Deno.readTextFileSync); tests replace it. */
+    readFile?: (path: string) => string;
+  } = {},
 ): ParsedServe {
   const env = options.env ?? Deno.env.toObject();
   let parsed;
@@ -390,14 +474,20 @@ export function parseServeConfig(
           OPTIONS.map((o: Option) => [o.flag, { type: o.isBoolean ? "boolean" : "string" }]),
         ) as Record<Flag, { type: "string" | "boolean" }>,
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
       },
       strict: true,
-      allowPositionals: false,
+      allowPositionals: true,
     });
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // Positionals are allowed for the model only: drop parseArgs's hint about passing "--x" as one.
+    const message = (error as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+    throw new UsageError(message);
   }
   if (parsed.values.help) return { help: true };
+  if (parsed.values.version) return { help: false, version: true };
+  const positionalModel = modelArgument(parsed.positionals, parsed.values.model !== undefined);
+  if (positionalModel !== undefined) parsed.values.model = positionalModel;
 
   const values: Values = {};
   const sources: Partial<Record<Flag, Source>> = {};
@@ -420,10 +510,14 @@ export function parseServeConfig(
     (values as Record<string, unknown>)[flag] = result.data;
   }
 
+  if (values.model === undefined && options.defaultModel !== undefined) {
+    values.model = options.defaultModel;
+  }
   if (values.model === undefined) {
     throw new UsageError(`--model (or ${envName("model")}) is required`);
   }
   checkThreads(values.threads, sources.threads);
+  const enablePrefixCaching = prefixCaching(values, sources);
   return {
     help: false,
     limits: {
@@ -448,7 +542,7 @@ export function parseServeConfig(
       numThreads: values.threads ?? defaultNumThreads(),
       device: values.device ?? { kind: "auto" },
       scheduler: values.scheduler ?? "continuous",
-      enablePrefixCaching: !(values["no-prefix-caching"] ?? false),
+      enablePrefixCaching,
       maxQueuedRequests: values["max-queued-requests"] ?? 256,
       shutdownTimeoutMs: (values["shutdown-timeout"] ?? 30) * 1000,
       logFormat: values["log-format"] ?? "text",
@@ -457,5 +551,68 @@ export function parseServeConfig(
         ? {}
         : { toolCallParser: values["tool-call-parser"] }),
     },
+    operator: {
+      ...(values.seed === undefined ? {} : { seed: values.seed }),
+      logLevel: values["log-level"] ?? "info",
+      ...(values["metrics-names"] === undefined ? {} : { metricsNames: values["metrics-names"] }),
+      ...(values["chat-template"] === undefined ? {} : {
+        chatTemplate: chatTemplateText(
+          values["chat-template"],
+          sources["chat-template"]!,
+          options.readFile ?? Deno.readTextFileSync,
+        ),
+      }),
+    },
   };
+}
+
+// Operator flags as `vllm serve` has them: the positional model, the prefix-caching spellings
+// and --chat-template.
+
+/** `denollm serve MODEL`: the one positional argument, unless --model names the model already. */
+function modelArgument(positionals: string[], hasModelFlag: boolean): string | undefined {
+  if (positionals.length === 0) return undefined;
+  if (hasModelFlag || positionals.length > 1) {
+    // parseArgs's own wording, as before positional models were accepted.
+    const extra = positionals[hasModelFlag ? 0 : 1];
+    throw new UsageError(
+      `Unexpected argument '${extra}'. This command does not take positional arguments`,
+    );
+  }
+  return positionals[0];
+}
+
+/** --no-prefix-caching, vLLM's --[no-]enable-prefix-caching, or their variables; on by default. */
+function prefixCaching(values: Values, sources: Partial<Record<Flag, Source>>): boolean {
+  const off = (values["no-prefix-caching"] ?? false) ||
+    (values["no-enable-prefix-caching"] ?? false);
+  const on = values["enable-prefix-caching"];
+  if (on === true && off) {
+    const offSource = sources["no-enable-prefix-caching"] ?? sources["no-prefix-caching"]!;
+    throw new UsageError(
+      `${describe(sources["enable-prefix-caching"]!)} contradicts ${describe(offSource)}`,
+    );
+  }
+  return on ?? !off;
+}
+
+/**
+ * vLLM's rule: a --chat-template that names a readable file is that file's contents; one that
+ * looks like a template (has `{{` or `{%`) is the template itself; anything else is a usage error.
+ */
+function chatTemplateText(
+  value: string,
+  source: Source,
+  readFile: (path: string) => string,
+): string {
+  try {
+    return readFile(value);
+  } catch (error) {
+    if (/\{[{%]/.test(value)) return value;
+    throw new UsageError(
+      `${describe(source)}: no such file, and no Jinja template either (${
+        (error as Error).message
+      })`,
+    );
+  }
 }

@@ -11,11 +11,14 @@ import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
 import { openModelSource } from "../model/load.ts";
 import {
   type ClientLimits,
+  type OperatorSettings,
   parseServeConfig,
   REPO_ID,
   SERVE_USAGE,
   type ServeConfig,
+  servedModelAliases,
 } from "./config.ts";
+import { DEMO_MODEL, DEMO_NOTICE, demoCacheRoot, ensureDemoModel } from "./demo_model.ts";
 import { DeviceError, resolveDevice } from "./device.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { notify } from "./sd_notify.ts";
@@ -61,6 +64,14 @@ async function pathExists(path: string): Promise<boolean> {
 
 /** A local path as is; a repo id through the hub cache (downloaded the first time). */
 async function resolveModelPath(config: ServeConfig, log: Logger): Promise<string> {
+  if (config.model === DEMO_MODEL) {
+    const demo = await ensureDemoModel(
+      demoCacheRoot(Deno.env.toObject()),
+      (msg, fields) => log("info", msg, fields),
+    );
+    log("warn", DEMO_NOTICE, { path: demo.path, cached: demo.isCached });
+    return demo.path;
+  }
   if (await pathExists(config.model) || !REPO_ID.test(config.model)) return config.model;
   const { repoId, file } = parseRepoRef(config.model);
   try {
@@ -144,14 +155,25 @@ interface SignalWatch {
   remove(): void;
 }
 
+/**
+ * Signals this soon after the first are the same interrupt delivered twice: a terminal's Ctrl+C
+ * reaches the whole process group, and `deno task` forwards it to its child as well.
+ */
+export const SIGNAL_ECHO_MS = 1000;
+
 function watchSignals(): SignalWatch {
   const first = Promise.withResolvers<string>();
   const again = Promise.withResolvers<void>();
   let count = 0;
+  let firstAt = 0;
   const signals = ["SIGTERM", "SIGINT"] as const;
   const handlers = signals.map((signal) => () => {
-    if (count++ === 0) first.resolve(signal);
-    else again.resolve();
+    if (count++ === 0) {
+      firstAt = performance.now();
+      first.resolve(signal);
+    } else if (performance.now() - firstAt >= SIGNAL_ECHO_MS) {
+      again.resolve();
+    }
   });
   signals.forEach((signal, i) => Deno.addSignalListener(signal, handlers[i]));
   return {
@@ -225,9 +247,11 @@ async function startEngine(
 /** Runs the server until SIGTERM/SIGINT; returns the exit code. */
 export async function serve(
   config: ServeConfig,
-  options: { log?: Logger; limits?: ClientLimits } = {},
+  options: { log?: Logger; limits?: ClientLimits; operator?: OperatorSettings } = {},
 ): Promise<number> {
-  const log = options.log ?? createLogger(config.logFormat);
+  const operator = options.operator ?? { logLevel: "info" };
+  const log = options.log ??
+    createLogger(config.logFormat, { level: operator.logLevel, timestamps: true });
   const limits = options.limits ?? DEFAULT_LIMITS;
   const signals = watchSignals();
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
@@ -270,11 +294,14 @@ export async function serve(
     const { app, inflight } = createApp({
       getEngine: () => state.engine,
       tokenizer: source.tokenizer,
-      chatTemplate: source.chatTemplate,
+      chatTemplate: operator.chatTemplate ?? source.chatTemplate,
+      ...(operator.seed === undefined ? {} : { defaultSeed: operator.seed }),
       get asyncTokenizer() {
         return state.tokenizer;
       },
       servedModelName: config.servedModelName,
+      modelAliases: servedModelAliases(config),
+      ...(config.model === DEMO_MODEL ? { modelNotice: DEMO_NOTICE } : {}),
       version: VERSION,
       apiKey: config.apiKey,
       maxQueuedRequests: config.maxQueuedRequests,
@@ -282,9 +309,10 @@ export async function serve(
       maxQueueDelayMs: limits.maxQueueDelayMs,
       bodyTimeoutMs: limits.bodyTimeoutMs,
       allowedOrigins: limits.allowedOrigins,
-      metrics: new Metrics(),
+      metrics: new Metrics({ names: operator.metricsNames, modelName: config.servedModelName }),
       toolCallParser: config.toolCallParser,
       log,
+      requestLog: (level, fields) => log(level, "request", { ...fields }),
     });
     // Every request from its arrival until its response has reached the client: more than the
     // generations `inflight` counts (a body still arriving, a prompt being tokenized, a finished
@@ -312,7 +340,7 @@ export async function serve(
     // Long prompts are tokenized in a worker of their own, so they never stall other streams.
     const loading = Promise.all([
       startEngine(config, modelPath, maxModelLen, log),
-      AsyncTokenizer.start(modelPath),
+      AsyncTokenizer.start(modelPath, { chatTemplate: operator.chatTemplate }),
     ]);
     loading.catch(() => {});
     const started = await Promise.race([loading, signals.first]);
@@ -339,6 +367,7 @@ export async function serve(
       step_reserved_bytes: engine.reservedBytes,
       load_ms: Math.round(engine.loadMs),
     });
+    if (config.model === DEMO_MODEL) log("warn", `${DEMO_NOTICE} (${url})`);
     tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);
 
     const signal = await Promise.race([signals.first, engine.failed, tokenizer.failed]);
@@ -400,10 +429,15 @@ export async function serve(
 
 /** `denollm serve [flags]`: parses the configuration (UsageError when bad) and serves. */
 export async function runServe(args: string[]): Promise<number> {
-  const parsed = parseServeConfig(args);
+  // With no model named, the CLI serves the built-in demo (random weights; it says so).
+  const parsed = parseServeConfig(args, { defaultModel: DEMO_MODEL });
   if (parsed.help) {
     console.log(SERVE_USAGE);
     return 0;
   }
-  return await serve(parsed.config, { limits: parsed.limits });
+  if (parsed.version === true) {
+    console.log(`denollm ${VERSION}`);
+    return 0;
+  }
+  return await serve(parsed.config, { limits: parsed.limits, operator: parsed.operator });
 }
