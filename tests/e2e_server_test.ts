@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { sockaddrUn } from "../src/server/sd_notify.ts";
+import { ServerProcess, waitHealthy } from "./server_process.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MODEL_DIR = new URL("../../shared/models/stories260K/hf", import.meta.url).pathname;
@@ -10,127 +11,6 @@ const MODEL_NAME = "stories260K";
 const CHAT_TEMPLATE =
   "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n" +
   "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
-const PERMISSIONS = [
-  "--allow-read",
-  "--allow-write",
-  "--allow-env",
-  "--allow-ffi",
-  "--allow-net",
-  "--unstable-no-legacy-abort",
-];
-/** Small enough to allocate fast, large enough for 50 streams of a 512-token model. */
-const SERVE_DEFAULTS = ["--kv-cache-memory", "64M", "--threads", "1", "--log-format", "json"];
-
-/** This process's environment without settings meant for a real server (DENOLLM_*, systemd's). */
-function cleanEnv(): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(Deno.env.toObject()).filter(([k]) =>
-      !k.startsWith("DENOLLM_") && k !== "NOTIFY_SOCKET" && k !== "JOURNAL_STREAM"
-    ),
-  );
-}
-
-type LogLine = { level: string; msg: string; [key: string]: unknown };
-
-/** A running `denollm serve` and its JSON log. */
-class ServerProcess {
-  readonly child: Deno.ChildProcess;
-  readonly logs: LogLine[] = [];
-  readonly rawStderr: string[] = [];
-  readonly exited: Promise<Deno.CommandStatus>;
-  #listening = Promise.withResolvers<number>();
-  #waiters: { predicate: (line: LogLine) => boolean; resolve: (line: LogLine) => void }[] = [];
-  #reading: Promise<void>;
-  #stdoutClosed: Promise<void>;
-
-  constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", ...PERMISSIONS, "main.ts", "serve", ...SERVE_DEFAULTS, ...args],
-      cwd: ROOT,
-      env: { ...cleanEnv(), NO_COLOR: "1", ...env },
-      clearEnv: true,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.exited = this.child.status;
-    // Awaited through `port` by tests that need it; failure tests never ask.
-    this.#listening.promise.catch(() => {});
-    this.#reading = this.#read();
-    this.#stdoutClosed = this.child.stdout.cancel();
-  }
-
-  async #read(): Promise<void> {
-    const lines = this.child.stderr.pipeThrough(new TextDecoderStream());
-    let pending = "";
-    for await (const chunk of lines) {
-      pending += chunk;
-      let newline;
-      while ((newline = pending.indexOf("\n")) >= 0) {
-        const text = pending.slice(0, newline);
-        pending = pending.slice(newline + 1);
-        this.rawStderr.push(text);
-        let line: LogLine;
-        try {
-          line = JSON.parse(text);
-        } catch {
-          continue;
-        }
-        this.logs.push(line);
-        if (typeof line.port === "number") this.#listening.resolve(line.port);
-        this.#waiters = this.#waiters.filter((w) =>
-          !(w.predicate(line) && (w.resolve(line), true))
-        );
-      }
-    }
-    if (pending) this.rawStderr.push(pending);
-    this.#listening.reject(new Error(`The server exited early:\n${this.rawStderr.join("\n")}`));
-  }
-
-  /** The port, once the server logs where it listens. */
-  get port(): Promise<number> {
-    return this.#listening.promise;
-  }
-
-  waitForLog(predicate: (line: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
-    const found = this.logs.find(predicate);
-    if (found) return Promise.resolve(found);
-    const { promise, resolve, reject } = Promise.withResolvers<LogLine>();
-    this.#waiters.push({ predicate, resolve });
-    const timer = setTimeout(
-      () => reject(new Error(`No such log line in ${timeoutMs} ms:\n${this.rawStderr.join("\n")}`)),
-      timeoutMs,
-    );
-    return promise.finally(() => clearTimeout(timer));
-  }
-
-  /** Stops the process if still running and waits for its output to end. */
-  async close(): Promise<Deno.CommandStatus> {
-    try {
-      this.child.kill("SIGKILL");
-    } catch {
-      // Already exited.
-    }
-    await this.#reading;
-    await this.#stdoutClosed;
-    return await this.exited;
-  }
-}
-
-/** Polls /health until 200, recording every status seen on the way. */
-async function waitHealthy(url: string, timeoutMs = 30_000): Promise<number[]> {
-  const statuses: number[] = [];
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const response = await fetch(`${url}/health`);
-    await response.body?.cancel();
-    statuses.push(response.status);
-    if (response.status === 200) return statuses;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`/health never became 200: ${statuses.slice(-5).join(", ")}`);
-}
-
 /** A bound datagram socket read without blocking, standing in for systemd's notify socket. */
 class NotifySocket {
   readonly address = `@denollm-e2e-${Deno.pid}-${crypto.randomUUID()}`;

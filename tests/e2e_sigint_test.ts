@@ -2,17 +2,9 @@
 // the server both), so the server sees it twice. One interrupt must still drain the stream in
 // flight; a second one typed later skips the wait.
 import assert from "node:assert/strict";
-import { MODEL_DIR, ServerProcess } from "./server_process.ts";
+import { cleanEnv, MODEL_DIR, ServerProcess } from "./server_process.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-
-function cleanEnv(): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(Deno.env.toObject()).filter(([k]) =>
-      !k.startsWith("DENOLLM_") && k !== "NOTIFY_SOCKET" && k !== "JOURNAL_STREAM"
-    ),
-  );
-}
 
 async function hasSetsid(): Promise<boolean> {
   try {

@@ -16,7 +16,7 @@ const PERMISSIONS = [
 const SERVE_DEFAULTS = ["--kv-cache-memory", "64M", "--threads", "1", "--log-format", "json"];
 
 /** This process's environment without settings meant for a real server (DENOLLM_*, systemd's). */
-function cleanEnv(): Record<string, string> {
+export function cleanEnv(): Record<string, string> {
   return Object.fromEntries(
     Object.entries(Deno.env.toObject()).filter(([k]) =>
       !k.startsWith("DENOLLM_") && k !== "NOTIFY_SOCKET" && k !== "JOURNAL_STREAM"
