@@ -179,8 +179,7 @@ const OPTIONS = [
   {
     flag: "load-format",
     arg: "FMT",
-    help: "auto (read the weights) or dummy (random weights of config.json's shape, " +
-      "seeded by --seed; for benchmarks, output is noise; weight files are not downloaded)",
+    help: "auto, or dummy: random weights of config.json's shape from --seed (noise)",
     defaultText: "auto",
   },
   { flag: "host", arg: "HOST", help: "address to listen on", defaultText: "127.0.0.1" },
