@@ -16,7 +16,7 @@ export interface ServeConfig {
    * vLLM's --load-format: "auto" reads the checkpoint's weights; "dummy" makes random ones of its
    * config.json's shape in memory (seeded by --seed, or 0), for benchmarks.
    */
-  loadFormat: "auto" | "dummy";
+  loadFormat?: "auto" | "dummy";
   host: string;
   /** 0 picks a free port (logged once listening). */
   port: number;
@@ -541,7 +541,7 @@ export function parseServeConfig(
     config: {
       model: values.model,
       revision: values.revision ?? "main",
-      loadFormat: values["load-format"] ?? "auto",
+      ...(values["load-format"] === undefined ? {} : { loadFormat: values["load-format"] }),
       host: values.host ?? "127.0.0.1",
       port: values.port ?? 8000,
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),

@@ -273,7 +273,7 @@ async function startEngine(
   log("info", "loading model", {
     model: modelPath,
     device: device.description,
-    load_format: config.loadFormat,
+    load_format: config.loadFormat ?? "auto",
   });
   const start = (backend: "cpu" | "cuda") =>
     AsyncEngine.start({
