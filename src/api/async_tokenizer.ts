@@ -1,5 +1,6 @@
 // The main thread's handle on the tokenizer worker (tokenizer_worker.ts): prompt text and chat
 // messages go in, token ids come back as promises, and the event loop keeps serving meanwhile.
+import type { LoadFormat } from "../model/load.ts";
 import { type ErrorInfo, RemoteError } from "../errors.ts";
 import type { EncodeOptions } from "../tokenizer/tokenizer.ts";
 import type { ChatPromptOptions } from "./chat_prompt.ts";
@@ -30,7 +31,7 @@ export class AsyncTokenizer {
   /** Starts the worker and waits until it has loaded the tokenizer and chat template. */
   static start(
     modelPath: string,
-    opts: { chatTemplate?: string } = {},
+    opts: { chatTemplate?: string; loadFormat?: LoadFormat } = {},
   ): Promise<AsyncTokenizer> {
     const worker = new Worker(new URL("./tokenizer_worker.ts", import.meta.url).href, {
       type: "module",
@@ -51,7 +52,12 @@ export class AsyncTokenizer {
         reject(new Error(`The tokenizer worker failed to start: ${event.message}`));
       };
       worker.postMessage(
-        { type: "init", modelPath, chatTemplate: opts.chatTemplate } satisfies ToTokenizerWorker,
+        {
+          type: "init",
+          modelPath,
+          chatTemplate: opts.chatTemplate,
+          loadFormat: opts.loadFormat,
+        } satisfies ToTokenizerWorker,
       );
     });
   }

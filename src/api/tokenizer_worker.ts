@@ -2,13 +2,13 @@
 // long prompt (our tokenizers run at about 1 MB/s) never stalls the main event loop.
 /// <reference lib="deno.worker" />
 import { type ErrorInfo, errorInfo } from "../errors.ts";
-import { openModelSource } from "../model/load.ts";
+import { type LoadFormat, openModelSource } from "../model/load.ts";
 import type { EncodeOptions, TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { chatPromptIds, type ChatPromptOptions } from "./chat_prompt.ts";
 import type { ChatMessageInput } from "./schemas.ts";
 
 export type ToTokenizerWorker =
-  | { type: "init"; modelPath: string; chatTemplate?: string }
+  | { type: "init"; modelPath: string; chatTemplate?: string; loadFormat?: LoadFormat }
   | { type: "encode"; id: number; text: string; opts: EncodeOptions }
   | { type: "chat"; id: number; messages: ChatMessageInput[]; opts: ChatPromptOptions }
   | { type: "close" };
@@ -43,7 +43,7 @@ self.onmessage = async (event: MessageEvent<ToTokenizerWorker>) => {
   switch (message.type) {
     case "init":
       try {
-        const opened = await openModelSource(message.modelPath);
+        const opened = await openModelSource(message.modelPath, { loadFormat: message.loadFormat });
         source = {
           tokenizer: opened.tokenizer,
           chatTemplate: message.chatTemplate ?? opened.chatTemplate,

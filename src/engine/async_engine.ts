@@ -89,7 +89,10 @@ export class AsyncEngine {
   }
 
   /** Starts the worker and waits until the model is loaded. */
-  static start(options: EngineOptions): Promise<AsyncEngine> {
+  static start(
+    options: EngineOptions,
+    hooks: { onLoadProgress?: (loadedBytes: number, totalBytes: number) => void } = {},
+  ): Promise<AsyncEngine> {
     const worker = new Worker(new URL("./engine_worker.ts", import.meta.url).href, {
       type: "module",
     });
@@ -97,7 +100,9 @@ export class AsyncEngine {
     return new Promise((resolve, reject) => {
       worker.onmessage = (event: MessageEvent<FromWorker>) => {
         const message = event.data;
-        if (message.type === "ready") {
+        if (message.type === "load_progress") {
+          hooks.onLoadProgress?.(message.loadedBytes, message.totalBytes);
+        } else if (message.type === "ready") {
           resolve(new AsyncEngine(worker, message));
         } else if (message.type === "fatal") {
           worker.terminate();
@@ -148,6 +153,8 @@ export class AsyncEngine {
         return;
       case "closed":
         this.#closed?.();
+        return;
+      case "load_progress":
         return;
     }
   }

@@ -37,7 +37,10 @@ function send(message: FromWorker): void {
 async function init(message: WorkerInit): Promise<void> {
   // libgomp reads its wait policy once, when the native library first loads.
   applyOmpEnvDefaults(Deno.env);
-  const local = await startLocalEngine(message.options);
+  const local = await startLocalEngine(message.options, {
+    onLoadProgress: (loadedBytes, totalBytes) =>
+      send({ type: "load_progress", loadedBytes, totalBytes }),
+  });
   engine = local.engine;
   grammarCompiler = new GrammarCompiler(engine.tokenizer, engine.vocabSize);
   release = local.release;

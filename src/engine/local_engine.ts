@@ -4,7 +4,7 @@
 import { formatByName } from "../../ffi/formats.ts";
 import { NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
-import { type LoadedModel, loadModel } from "../model/load.ts";
+import { type LoadedModel, type LoadFormat, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
 import { defaultNumThreads } from "./threads.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
@@ -33,6 +33,10 @@ export interface LocalEngineOptions extends Partial<Omit<EngineConfig, "maxModel
 /** Everything that shapes an engine, stated once: server flags, worker init, in-process LLM. */
 export interface EngineOptions extends LocalEngineOptions {
   modelPath: string;
+  /** "dummy": random weights of the config's shape instead of the checkpoint's (benchmarks). */
+  loadFormat?: LoadFormat;
+  /** The seed of dummy weights (default 0). */
+  loadSeed?: number;
   backend?: "cpu" | "cuda";
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
@@ -145,7 +149,10 @@ function withoutUndefined<T extends object>(o: T): Partial<T> {
 /** Opens the backend, loads the model and builds the engine: all a process needs to serve. */
 export async function startLocalEngine(
   options: EngineOptions,
-  { showProgress = false }: { showProgress?: boolean } = {},
+  { showProgress = false, onLoadProgress }: {
+    showProgress?: boolean;
+    onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
+  } = {},
 ): Promise<LocalEngine & { loaded: LoadedModel; backend: NativeBackend }> {
   const backend = NativeBackend.open({
     backend: options.backend,
@@ -154,7 +161,12 @@ export async function startLocalEngine(
   });
   let loaded: LoadedModel | undefined;
   try {
-    loaded = await loadModel(backend, options.modelPath, { showProgress });
+    loaded = await loadModel(backend, options.modelPath, {
+      showProgress,
+      onProgress: onLoadProgress,
+      loadFormat: options.loadFormat,
+      seed: options.loadSeed,
+    });
     const local = createLocalEngine(backend, loaded, options);
     const model = loaded;
     return {

@@ -35,6 +35,7 @@ export type FromWorker =
     kvCacheBytes: number;
     stats: EngineStats;
   }
+  | { type: "load_progress"; loadedBytes: number; totalBytes: number }
   | { type: "outputs"; outputs: RequestOutput[]; stats: EngineStats; stepMs: number }
   | { type: "rejected"; id: string; error: WorkerErrorInfo }
   | { type: "fatal"; error: WorkerErrorInfo }

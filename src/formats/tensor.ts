@@ -25,6 +25,11 @@ export interface TensorInfo {
   /** Absolute byte offset of the first element in `file`. */
   byteOffset: number;
   byteLength: number;
+  /**
+   * Bytes made in memory instead of read from `file` (`--load-format dummy`); `file` then only
+   * names the model in errors.
+   */
+  generate?: () => Uint8Array;
 }
 
 // One read() call is capped because Linux read(2) returns at most ~2 GiB anyway and a bounded
@@ -111,6 +116,10 @@ export class TensorFileReader {
         `Expected a ${info.byteLength}-byte buffer for tensor ${info.name}, ` +
           `found ${dst.byteLength} bytes`,
       );
+    }
+    if (info.generate !== undefined) {
+      dst.set(info.generate());
+      return;
     }
     let file = this.#files.get(info.file);
     if (file === undefined) {

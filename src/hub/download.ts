@@ -26,8 +26,25 @@ export interface DownloadOptions {
   /** Attempts per file after a dropped connection, each resuming where the last stopped. */
   maxRetries?: number;
   retryDelayMs?: number;
-  /** One line per notable event (downloading, cache hit). */
-  log?: (message: string) => void;
+  /**
+   * One line per notable event (downloading, each file done, resuming), and a progress line
+   * (bytes done/total in `fields`) every `progressIntervalMs` while a file downloads.
+   */
+  log?: (message: string, fields?: Record<string, unknown>) => void;
+  /** Default 5000. */
+  progressIntervalMs?: number;
+  /**
+   * Fetch config and tokenizer files only, not the weights (--load-format dummy). Such a snapshot
+   * gets no ref, so a later full download of the same revision still fetches the weights.
+   */
+  skipWeights?: boolean;
+}
+
+/** Bytes done across a snapshot's files, for the progress lines. */
+interface DownloadProgress {
+  doneBytes: number;
+  totalBytes: number;
+  lastLogAt: number;
 }
 
 /** A complete snapshot on disk. */
@@ -152,6 +169,7 @@ function selectFiles(
   repoId: string,
   siblings: Sibling[],
   file: string | undefined,
+  skipWeights = false,
 ): { files: Sibling[]; weightsFile?: string } {
   const byName = new Map(siblings.map((s) => [s.rfilename, s]));
   if (file !== undefined) {
@@ -167,6 +185,13 @@ function selectFiles(
     return { files: [sibling], weightsFile: file };
   }
   const topLevel = siblings.filter((s) => !s.rfilename.includes("/"));
+  if (skipWeights) {
+    const missing = REQUIRED_FILES.filter((name) => !byName.has(name));
+    if (missing.length > 0) {
+      throw new HubError(`${repoId} lacks ${missing.join(" and ")}, so it cannot be served`);
+    }
+    return { files: MODEL_FILES.map((name) => byName.get(name)).filter((s) => s !== undefined) };
+  }
   const safetensors = topLevel.filter((s) => s.rfilename.endsWith(".safetensors"));
   if (safetensors.length === 0) {
     const ggufs = topLevel.filter((s) => s.rfilename.endsWith(".gguf"));
@@ -315,6 +340,7 @@ class Downloader {
   #blobsDir: string;
   #options: DownloadOptions;
   #showProgress: boolean;
+  progress: DownloadProgress = { doneBytes: 0, totalBytes: 0, lastLogAt: 0 };
 
   constructor(
     client: HubClient,
@@ -440,9 +466,21 @@ class Downloader {
       ));
     };
     if (offset > 0) this.#options.log?.(`resuming ${job.name} at byte ${offset}`);
+    const interval = this.#options.progressIntervalMs ?? 5000;
+    const base = this.progress.doneBytes - offset;
     await appendBody(response, incomplete, hashes, (n) => {
       written += n;
       draw(false);
+      const now = performance.now();
+      if (now - this.progress.lastLogAt < interval) return;
+      this.progress.lastLogAt = now;
+      const done = base + written;
+      const totalBytes = this.progress.totalBytes;
+      this.#options.log?.(
+        `downloading ${job.name}: ${formatMb(done)}/${formatMb(totalBytes)} MB` +
+          (totalBytes > 0 ? ` (${Math.floor((100 * done) / totalBytes)}%)` : ""),
+        { file: job.name, done_bytes: done, total_bytes: totalBytes },
+      );
     });
     draw(true);
     await this.#verify(job, incomplete, written, sha256, sha1);
@@ -518,7 +556,12 @@ export async function downloadSnapshot(
     );
   }
   const commit = parsed.data.sha;
-  const { files, weightsFile } = selectFiles(repoId, parsed.data.siblings, options.file);
+  const { files, weightsFile } = selectFiles(
+    repoId,
+    parsed.data.siblings,
+    options.file,
+    options.skipWeights,
+  );
 
   const blobsDir = `${repoDir}/blobs`;
   const snapshotDir = `${repoDir}/snapshots/${commit}`;
@@ -527,18 +570,28 @@ export async function downloadSnapshot(
   const totalBytes = files.reduce((sum, f) => sum + (f.lfs?.size ?? f.size ?? 0), 0);
   options.log?.(
     `downloading ${repoId}@${revision} (commit ${commit}): ${files.length} files, ` +
-      `${formatMb(totalBytes)} MB into ${repoDir}`,
+      `${formatMb(totalBytes)} MB into ${repoDir}${options.skipWeights ? " (no weights)" : ""}`,
+    { repo: repoId, commit, files: files.length, done_bytes: 0, total_bytes: totalBytes },
   );
   const jobs: FileJob[] = [];
+  const progress = downloader.progress;
+  progress.totalBytes = totalBytes;
+  progress.lastLogAt = performance.now();
   for (const sibling of files) {
     const job = await downloader.plan(sibling);
     await downloader.fetchBlob(job);
     jobs.push(job);
+    progress.doneBytes += job.size ?? (await fileSize(`${blobsDir}/${job.etag}`)) ?? 0;
+    options.log?.(
+      `downloaded ${job.name} (${jobs.length}/${files.length} files, ` +
+        `${formatMb(progress.doneBytes)}/${formatMb(totalBytes)} MB)`,
+      { file: job.name, done_bytes: progress.doneBytes, total_bytes: totalBytes },
+    );
   }
   // Links and the ref come last, so a ref always names a complete snapshot.
   await Deno.mkdir(snapshotDir, { recursive: true });
   for (const job of jobs) await linkIntoSnapshot(snapshotDir, job.name, job.etag);
-  if (revision !== commit) {
+  if (revision !== commit && !options.skipWeights) {
     const ref = `${repoDir}/refs/${revision}`;
     await Deno.mkdir(ref.slice(0, ref.lastIndexOf("/")), { recursive: true });
     await Deno.writeTextFile(ref, commit);

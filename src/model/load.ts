@@ -11,6 +11,8 @@ import { loadHfTokenizer } from "../tokenizer/hf.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { type ModelConfig, readHfConfig } from "./config.ts";
 import { configFromGguf, hfTensorNames } from "./gguf_model.ts";
+import { randomHfTensors } from "../../tools/random_model/random_model.ts";
+import type { HfConfigJson } from "../../tools/random_model/presets.ts";
 import { LlamaModel } from "./llama.ts";
 import { ropeInvFreq } from "./rope.ts";
 import { loadWeights, releaseWeights } from "./weights.ts";
@@ -63,8 +65,53 @@ async function readChatTemplate(dir: string): Promise<string | null> {
   return null;
 }
 
+/** How weights are obtained: read from the checkpoint, or random of its shape (vLLM's flag). */
+export type LoadFormat = "auto" | "dummy";
+
+export interface OpenModelOptions {
+  /** "dummy": random weights of config.json's shape; the safetensors are never read. */
+  loadFormat?: LoadFormat;
+  /** The seed of dummy weights (default 0): the same seed gives the same weights. */
+  seed?: number;
+}
+
+/** config.json's torch_dtype as the dtype dummy weights are made in (F32 when unknown). */
+function dummyDtype(raw: { torch_dtype?: unknown; dtype?: unknown }): "F32" | "F16" | "BF16" {
+  const name = raw.torch_dtype ?? raw.dtype;
+  if (name === "bfloat16") return "BF16";
+  if (name === "float16") return "F16";
+  return "F32";
+}
+
+/**
+ * Random tensors of the shape config.json describes, made in memory as the loader asks for them
+ * (tools/random_model's generator: the seed and a tensor's name decide its bytes).
+ */
+async function dummyTensors(dir: string, seed: number): Promise<Map<string, TensorInfo>> {
+  const file = `${dir}/config.json`;
+  const raw = JSON.parse(await Deno.readTextFile(file)) as HfConfigJson;
+  const dtype = dummyDtype(raw as { torch_dtype?: unknown });
+  const tensors = new Map<string, TensorInfo>();
+  for (const t of randomHfTensors(raw, { seed, dtype })) {
+    tensors.set(t.name, {
+      name: t.name,
+      dtype: t.dtype,
+      shape: t.shape,
+      file,
+      byteOffset: 0,
+      byteLength: t.byteLength,
+      generate: t.generate,
+    });
+  }
+  return tensors;
+}
+
 /** Reads config, tensor index and tokenizer of an HF directory or a .gguf file. */
-export async function openModelSource(path: string): Promise<ModelSource> {
+export async function openModelSource(
+  path: string,
+  options: OpenModelOptions = {},
+): Promise<ModelSource> {
+  const isDummy = options.loadFormat === "dummy";
   if (await isDirectory(path)) {
     const config = await readHfConfig(path);
     const tokenizer = await loadHfTokenizer(path);
@@ -73,10 +120,18 @@ export async function openModelSource(path: string): Promise<ModelSource> {
       format: "hf",
       path,
       config,
-      tensors: await readSafetensorsDir(path),
+      tensors: isDummy
+        ? await dummyTensors(path, options.seed ?? 0)
+        : await readSafetensorsDir(path),
       tokenizer,
       chatTemplate: await readChatTemplate(path),
     };
+  }
+  if (isDummy) {
+    throw new ModelFormatError(
+      path,
+      "--load-format dummy needs a Hugging Face model directory (its config.json gives the shape)",
+    );
   }
   if (!path.endsWith(".gguf")) {
     throw new ModelFormatError(
@@ -108,9 +163,11 @@ async function readRopeFreqs(tensors: Map<string, TensorInfo>): Promise<Float32A
   return new Float32Array(bytes.buffer);
 }
 
-export interface LoadModelOptions {
+export interface LoadModelOptions extends OpenModelOptions {
   /** Prints load progress to stderr when it is a terminal. */
   showProgress?: boolean;
+  /** Called with (0, total) before the first tensor and after each one, for log lines. */
+  onProgress?: (loadedBytes: number, totalBytes: number) => void;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -120,13 +177,17 @@ export async function loadModel(
   options: LoadModelOptions = {},
 ): Promise<LoadedModel> {
   const started = performance.now();
-  const source = await openModelSource(path);
+  const source = await openModelSource(path, options);
   const isTty = options.showProgress !== false && Deno.stderr.isTerminal();
   const encoder = new TextEncoder();
   let lastPercent = -1;
+  let totalBytes = 0;
+  for (const info of source.tensors.values()) totalBytes += info.byteLength;
+  options.onProgress?.(0, totalBytes);
   const weights = await loadWeights(backend, source.config, source.tensors, {
-    onProgress: isTty
-      ? (loaded, total) => {
+    onProgress: (loaded, total) => {
+      options.onProgress?.(loaded, total);
+      if (isTty) {
         const percent = Math.floor((100 * loaded) / Math.max(total, 1));
         if (percent === lastPercent) return;
         lastPercent = percent;
@@ -135,7 +196,7 @@ export async function loadModel(
           encoder.encode(`\rloading weights ${percent}% (${mb(loaded)}/${mb(total)} MB)`),
         );
       }
-      : undefined,
+    },
   });
   if (isTty) Deno.stderr.writeSync(encoder.encode("\n"));
   let model: LlamaModel;

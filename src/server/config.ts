@@ -12,6 +12,11 @@ export interface ServeConfig {
   /** Local HF directory, .gguf file, or Hugging Face repo id (`org/name`, `org/name:FILE.gguf`). */
   model: string;
   revision: string;
+  /**
+   * vLLM's --load-format: "auto" reads the checkpoint's weights; "dummy" makes random ones of its
+   * config.json's shape in memory (seeded by --seed, or 0), for benchmarks.
+   */
+  loadFormat?: "auto" | "dummy";
   host: string;
   /** 0 picks a free port (logged once listening). */
   port: number;
@@ -171,6 +176,12 @@ interface Option {
 const OPTIONS = [
   { flag: "model", arg: "PATH|ORG/NAME", help: "HF model directory, .gguf file, or HF repo id" },
   { flag: "revision", arg: "REV", help: "branch, tag or commit of a repo id", defaultText: "main" },
+  {
+    flag: "load-format",
+    arg: "FMT",
+    help: "auto, or dummy: random weights of config.json's shape from --seed (noise)",
+    defaultText: "auto",
+  },
   { flag: "host", arg: "HOST", help: "address to listen on", defaultText: "127.0.0.1" },
   { flag: "port", arg: "N", help: "port to listen on (0 = any free port)", defaultText: "8000" },
   {
@@ -386,6 +397,7 @@ export function servedModelAliases(config: ServeConfig): string[] {
 const SCHEMAS = {
   model: nonEmpty,
   revision: nonEmpty,
+  "load-format": choice(["auto", "dummy"]),
   host: hostSchema,
   port: integer(0, 65535),
   "served-model-name": nonEmpty,
@@ -529,6 +541,7 @@ export function parseServeConfig(
     config: {
       model: values.model,
       revision: values.revision ?? "main",
+      ...(values["load-format"] === undefined ? {} : { loadFormat: values["load-format"] }),
       host: values.host ?? "127.0.0.1",
       port: values.port ?? 8000,
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),

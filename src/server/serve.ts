@@ -79,7 +79,8 @@ async function resolveModelPath(config: ServeConfig, log: Logger): Promise<strin
       revision: config.revision,
       cacheDir: config.hfCacheDir,
       file,
-      log: (msg) => log("info", msg),
+      skipWeights: config.loadFormat === "dummy" && file === undefined,
+      log: (msg, fields) => log("info", msg, fields),
     });
     log("info", snapshot.isCached ? "using cached snapshot" : "downloaded snapshot", {
       repo: repoId,
@@ -186,6 +187,62 @@ function watchSignals(): SignalWatch {
   };
 }
 
+/** What the log and /v1/models say under --load-format dummy. */
+export function dummyNotice(seed: number): string {
+  return `--load-format dummy: the weights are RANDOM (seed ${seed}), not the checkpoint's; ` +
+    "the output is noise (for benchmarks only)";
+}
+
+/** How often long work (download, load) logs a progress line. */
+export const PROGRESS_LOG_INTERVAL_MS = 5000;
+
+/**
+ * A progress callback that logs a start line, a line every PROGRESS_LOG_INTERVAL_MS, and an end
+ * line, each with the bytes done and the total (for log files and JSON logs; the TTY keeps its
+ * progress bar).
+ */
+export function loadProgressLog(
+  log: Logger,
+  intervalMs = PROGRESS_LOG_INTERVAL_MS,
+): (loadedBytes: number, totalBytes: number) => void {
+  let started = 0;
+  let lastAt = 0;
+  let isDone = false;
+  return (loadedBytes, totalBytes) => {
+    const now = performance.now();
+    const fields = {
+      loaded_bytes: loadedBytes,
+      total_bytes: totalBytes,
+      percent: Math.floor((100 * loadedBytes) / Math.max(totalBytes, 1)),
+    };
+    if (started === 0) {
+      started = now;
+      lastAt = now;
+      log("info", `loading weights: ${mb(totalBytes)} MB`, fields);
+      if (loadedBytes < totalBytes) return;
+    }
+    if (loadedBytes >= totalBytes) {
+      if (isDone) return;
+      isDone = true;
+      log("info", `loaded weights: ${mb(totalBytes)} MB`, {
+        ...fields,
+        elapsed_ms: Math.round(now - started),
+      });
+    } else if (now - lastAt >= intervalMs) {
+      lastAt = now;
+      log(
+        "info",
+        `loading weights: ${fields.percent}% (${mb(loadedBytes)}/${mb(totalBytes)} MB)`,
+        fields,
+      );
+    }
+  };
+}
+
+function mb(bytes: number): string {
+  return (bytes / 1e6).toFixed(1);
+}
+
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 }
@@ -210,12 +267,19 @@ async function startEngine(
   modelPath: string,
   maxModelLen: number,
   log: Logger,
+  loadSeed: number,
 ): Promise<{ engine: AsyncEngine; device: string }> {
   const device = resolveDevice(config.device);
-  log("info", "loading model", { model: modelPath, device: device.description });
+  log("info", "loading model", {
+    model: modelPath,
+    device: device.description,
+    load_format: config.loadFormat ?? "auto",
+  });
   const start = (backend: "cpu" | "cuda") =>
     AsyncEngine.start({
       modelPath,
+      loadFormat: config.loadFormat,
+      loadSeed,
       backend,
       numThreads: config.numThreads,
       blockSize: config.blockSize,
@@ -226,7 +290,7 @@ async function startEngine(
       maxNumSeqs: config.maxNumSeqs,
       enablePrefixCaching: config.enablePrefixCaching,
       mode: config.scheduler,
-    });
+    }, { onLoadProgress: loadProgressLog(log) });
   try {
     return { engine: await start(device.backend), device: device.description };
   } catch (error) {
@@ -267,7 +331,26 @@ export async function serve(
     resolving.catch(() => {});
     const modelPath = await Promise.race([resolving, signals.first]);
     if (signals.isStopping) return stopped(await signals.first);
-    const source = await openModelSource(modelPath);
+    const loadSeed = operator.seed ?? 0;
+    if (config.loadFormat === "dummy") {
+      log("warn", dummyNotice(loadSeed), { path: modelPath, seed: loadSeed });
+    }
+    const source = await openModelSource(modelPath, {
+      loadFormat: config.loadFormat,
+      seed: loadSeed,
+    }).catch((error) => {
+      // A directory with a config but no weights: say how to serve it with random ones.
+      if (error instanceof ModelFormatError && /found neither$/.test(error.message)) {
+        throw new ModelFormatError(
+          modelPath,
+          `${
+            error.message.slice(modelPath.length + 2)
+          } (--load-format dummy serves random weights of its config.json's shape)`,
+          { cause: error },
+        );
+      }
+      throw error;
+    });
     const modelMax = source.config.maxPositionEmbeddings;
     if (config.maxModelLen === undefined && !(modelMax <= MAX_MODEL_CONTEXT)) {
       const field = source.format === "gguf"
@@ -301,7 +384,11 @@ export async function serve(
       },
       servedModelName: config.servedModelName,
       modelAliases: servedModelAliases(config),
-      ...(config.model === DEMO_MODEL ? { modelNotice: DEMO_NOTICE } : {}),
+      ...(config.model === DEMO_MODEL
+        ? { modelNotice: DEMO_NOTICE }
+        : config.loadFormat === "dummy"
+        ? { modelNotice: dummyNotice(loadSeed) }
+        : {}),
       version: VERSION,
       apiKey: config.apiKey,
       maxQueuedRequests: config.maxQueuedRequests,
@@ -339,8 +426,11 @@ export async function serve(
 
     // Long prompts are tokenized in a worker of their own, so they never stall other streams.
     const loading = Promise.all([
-      startEngine(config, modelPath, maxModelLen, log),
-      AsyncTokenizer.start(modelPath, { chatTemplate: operator.chatTemplate }),
+      startEngine(config, modelPath, maxModelLen, log, loadSeed),
+      AsyncTokenizer.start(modelPath, {
+        chatTemplate: operator.chatTemplate,
+        loadFormat: config.loadFormat,
+      }),
     ]);
     loading.catch(() => {});
     const started = await Promise.race([loading, signals.first]);
@@ -368,6 +458,7 @@ export async function serve(
       load_ms: Math.round(engine.loadMs),
     });
     if (config.model === DEMO_MODEL) log("warn", `${DEMO_NOTICE} (${url})`);
+    if (config.loadFormat === "dummy") log("warn", `${dummyNotice(loadSeed)} (${url})`);
     tellSystemd(log, "READY=1", `STATUS=Serving ${config.servedModelName} on ${url}`);
 
     const signal = await Promise.race([signals.first, engine.failed, tokenizer.failed]);

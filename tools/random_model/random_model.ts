@@ -620,3 +620,39 @@ export async function generateRandomModel(
     for (const file of files.values()) file.close();
   }
 }
+
+/** One tensor of `randomHfTensors`: its shape and dtype, and its bytes made on demand. */
+export interface RandomTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  byteLength: number;
+  /** Generates the tensor's bytes (the same ones generateRandomModel writes for this seed). */
+  generate(): Uint8Array;
+}
+
+/**
+ * The HF tensors of a random model of `config`'s shape, without writing anything: each tensor's
+ * bytes are generated when asked for, from the seed and the tensor's name alone, so a loader can
+ * stream them to the device one at a time (`--load-format dummy`).
+ */
+export function randomHfTensors(
+  config: HfConfigJson,
+  options: { seed?: number; dtype?: DType } = {},
+): RandomTensor[] {
+  const { seed = 0, dtype = "F32" } = options;
+  if (!Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff) {
+    throw new RangeError(`Expected seed to be an integer in [0, 2^32), found ${seed}`);
+  }
+  return tensorSpecs(config).map((s) => ({
+    name: s.hfName,
+    dtype,
+    shape: [...s.shape],
+    byteLength: dtypeBytes(dtype, numElements(s.shape)),
+    generate() {
+      const values = new Float32Array(numElements(s.shape));
+      fillRandomNormal(values, tensorSeed(seed, s.hfName), s.mean, s.std);
+      return encode(values, dtype);
+    },
+  }));
+}
