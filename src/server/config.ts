@@ -343,8 +343,9 @@ function usage(): string {
   return `Usage: denollm serve [MODEL] [options]
        denollm serve --model PATH|ORG/NAME [options]
 
-Serves an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health,
-/metrics). Every option can also be set as an environment variable; flags win.
+Serves an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/embeddings,
+/v1/models, /tokenize, /detokenize, /health, /metrics). Every option can also be set as an
+environment variable; flags win.
 
 ${lines.join("\n")}
   -V, --version               print the version and exit
