@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { sockaddrUn } from "../src/server/sd_notify.ts";
+import { readmeCurlExamples, runCurlExample } from "./readme_examples.ts";
 import { ServerProcess, waitHealthy } from "./server_process.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -55,16 +56,6 @@ function metric(text: string, name: string): number {
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
   assert.ok(line, `no ${name} in /metrics`);
   return Number(line.split(" ")[1]);
-}
-
-/** The ```sh blocks of README's "Serving" section that run curl. */
-async function readmeCurlExamples(): Promise<string[]> {
-  const readme = await Deno.readTextFile(`${ROOT}README.md`);
-  const section = readme.split(/^## /m).find((s) => s.startsWith("Serving\n"));
-  assert.ok(section, "README.md has no Serving section");
-  return [...section.matchAll(/```sh\n([\s\S]*?)```/g)]
-    .map((m) => m[1].trim())
-    .filter((block) => block.startsWith("curl "));
 }
 
 async function copyModelWithChatTemplate(): Promise<string> {
@@ -225,27 +216,7 @@ Deno.test("denollm serve end to end", async (t) => {
     await t.step("README's curl examples", async () => {
       const examples = await readmeCurlExamples();
       assert.ok(examples.length >= 3, `only ${examples.length} curl examples`);
-      for (const example of examples) {
-        const command = example.replaceAll("localhost:8000", `127.0.0.1:${port}`);
-        const output = await new Deno.Command("sh", { args: ["-c", command], stderr: "piped" })
-          .output();
-        const stdout = new TextDecoder().decode(output.stdout);
-        assert.equal(
-          output.code,
-          0,
-          `${command}\n${stdout}${new TextDecoder().decode(output.stderr)}`,
-        );
-        if (stdout.startsWith("data: ")) {
-          const events = stdout.split("\n").filter((l) => l.startsWith("data: ")).map((l) =>
-            l.slice(6)
-          );
-          assert.equal(events.at(-1), "[DONE]");
-          for (const event of events.slice(0, -1)) JSON.parse(event);
-        } else {
-          const body = JSON.parse(stdout);
-          assert.ok(!("error" in body), stdout);
-        }
-      }
+      for (const example of examples) await runCurlExample(example, port);
     });
 
     await t.step("50 dropped streams free their KV blocks", async () => {

@@ -2,6 +2,7 @@
 // every curl example in "Serving" then runs against; `.ci/run` runs exactly README's test command;
 // and `./denollm` takes Deno from npm (npx) when no deno is on PATH.
 import assert from "node:assert/strict";
+import { readmeCurlExamples, runCurlExample } from "./readme_examples.ts";
 import { ServerProcess } from "./server_process.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -45,29 +46,9 @@ Deno.test("README's curl examples pass against the server README's first command
   try {
     const port = await server.port;
     await server.waitForLog((l) => l.msg.startsWith("serving "), 60_000);
-    const examples = shBlocks(section("Serving")).filter((b) => b.startsWith("curl "));
+    const examples = await readmeCurlExamples();
     assert.ok(examples.length >= 4, `only ${examples.length} curl examples`);
-    for (const example of examples) {
-      const command = example.replaceAll("localhost:8000", `127.0.0.1:${port}`);
-      const output = await new Deno.Command("sh", { args: ["-c", command], stderr: "piped" })
-        .output();
-      const stdout = new TextDecoder().decode(output.stdout);
-      assert.equal(
-        output.code,
-        0,
-        `${command}\n${stdout}${new TextDecoder().decode(output.stderr)}`,
-      );
-      if (stdout.startsWith("data: ")) {
-        const events = stdout.split("\n").filter((l) => l.startsWith("data: ")).map((l) =>
-          l.slice(6)
-        );
-        assert.equal(events.at(-1), "[DONE]");
-        for (const event of events.slice(0, -1)) JSON.parse(event);
-      } else {
-        const body = JSON.parse(stdout);
-        assert.ok(!("error" in body), stdout);
-      }
-    }
+    for (const example of examples) await runCurlExample(example, port);
   } finally {
     await server.close();
     await Deno.remove(cache, { recursive: true });
