@@ -6,7 +6,6 @@ import { sockaddrUn } from "../src/server/sd_notify.ts";
 import { readmeCurlExamples, runCurlExample } from "./readme_examples.ts";
 import { ServerProcess, waitHealthy } from "./server_process.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const MODEL_DIR = new URL("../../shared/models/stories260K/hf", import.meta.url).pathname;
 const MODEL_NAME = "stories260K";
 const CHAT_TEMPLATE =

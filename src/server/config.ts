@@ -3,6 +3,7 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { TOOL_CALL_PARSERS, type ToolCallParser } from "../api/tools.ts";
+import { ENGINE_DEFAULTS } from "../engine/local_engine.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 
@@ -197,12 +198,17 @@ const OPTIONS = [
     help: "longest prompt + output in tokens",
     defaultText: "the model's maximum",
   },
-  { flag: "max-num-seqs", arg: "N", help: "most requests running at once", defaultText: "64" },
+  {
+    flag: "max-num-seqs",
+    arg: "N",
+    help: "most requests running at once",
+    defaultText: String(ENGINE_DEFAULTS.maxNumSeqs),
+  },
   {
     flag: "max-num-batched-tokens",
     arg: "N",
     help: "token budget of one engine step",
-    defaultText: "2048",
+    defaultText: String(ENGINE_DEFAULTS.maxNumBatchedTokens),
   },
   {
     flag: "kv-cache-memory",
@@ -210,12 +216,17 @@ const OPTIONS = [
     help: "KV cache size; K/M/G/T suffixes are powers of 1024",
     defaultText: "1G",
   },
-  { flag: "block-size", arg: "N", help: "tokens per KV cache block", defaultText: "16" },
+  {
+    flag: "block-size",
+    arg: "N",
+    help: "tokens per KV cache block",
+    defaultText: String(ENGINE_DEFAULTS.blockSize),
+  },
   {
     flag: "kv-cache-dtype",
     arg: "TYPE",
     help: "f32, f16 or bf16 for cached keys and values (f16/bf16 halve KV memory)",
-    defaultText: "f32",
+    defaultText: ENGINE_DEFAULTS.kvCacheDtype,
   },
   {
     flag: "threads",
@@ -548,11 +559,11 @@ export function parseServeConfig(
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),
       apiKey: values["api-key"],
       maxModelLen: values["max-model-len"],
-      maxNumSeqs: values["max-num-seqs"] ?? 64,
-      maxNumBatchedTokens: values["max-num-batched-tokens"] ?? 2048,
+      maxNumSeqs: values["max-num-seqs"] ?? ENGINE_DEFAULTS.maxNumSeqs,
+      maxNumBatchedTokens: values["max-num-batched-tokens"] ?? ENGINE_DEFAULTS.maxNumBatchedTokens,
       kvCacheMemoryBytes: values["kv-cache-memory"] ?? 2 ** 30,
-      blockSize: values["block-size"] ?? 16,
-      kvCacheDtype: values["kv-cache-dtype"] ?? "f32",
+      blockSize: values["block-size"] ?? ENGINE_DEFAULTS.blockSize,
+      kvCacheDtype: values["kv-cache-dtype"] ?? ENGINE_DEFAULTS.kvCacheDtype,
       numThreads: values.threads ?? defaultNumThreads(),
       device: values.device ?? { kind: "auto" },
       scheduler: values.scheduler ?? "continuous",
