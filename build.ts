@@ -32,11 +32,16 @@ async function hasTool(cmd: string): Promise<boolean> {
   }
 }
 
+/** Files under `dir` (its subfolders too, so a kernel family can have its own folder). */
 function listSources(dir: string, extensions: string[]): string[] {
-  return [...Deno.readDirSync(`${ROOT}${dir}`)]
-    .filter((e) => e.isFile && extensions.some((ext) => e.name.endsWith(ext)))
-    .map((e) => `${dir}/${e.name}`)
-    .sort();
+  const found: string[] = [];
+  for (const e of Deno.readDirSync(`${ROOT}${dir}`)) {
+    if (e.isDirectory) found.push(...listSources(`${dir}/${e.name}`, extensions));
+    else if (e.isFile && extensions.some((ext) => e.name.endsWith(ext))) {
+      found.push(`${dir}/${e.name}`);
+    }
+  }
+  return found.sort();
 }
 
 /** True when the output exists and is newer than every input (skips needless rebuilds). */
@@ -65,7 +70,15 @@ async function buildLibrary(
     console.error(`${output} is up to date`);
     return;
   }
-  await run(compile.compiler, [...compile.flags, "-Iffi", "-Inative", ...sources, "-o", output]);
+  await run(compile.compiler, [
+    ...compile.flags,
+    "-Iffi",
+    "-Inative",
+    `-I${backend}`,
+    ...sources,
+    "-o",
+    output,
+  ]);
   console.error(`built ${output}`);
 }
 

@@ -39,6 +39,8 @@ int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out);
 size_t dl_attention_workspace_bytes(int threads, int64_t num_tokens, int64_t run_heads, int64_t head_dim,
                                     int64_t block_size, bool is_f32);
 size_t dl_rope_workspace_bytes(int threads, int64_t rotary_dim);
+// dl_matmul with quantized weights: the activation rows quantized per block (cpu/matmul/quant.cpp).
+size_t dl_matmul_workspace_bytes(int64_t max_rows, int64_t max_k);
 
 // Rounds a byte count up to the workspace's 64-byte alignment.
 constexpr size_t dl_align64(size_t bytes) { return (bytes + 63) / 64 * 64; }

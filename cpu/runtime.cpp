@@ -202,15 +202,17 @@ int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out) 
 
 extern "C" DL_API int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens, int32_t num_heads,
                                                int32_t num_kv_heads, int32_t head_dim, int32_t block_size,
-                                               int32_t max_blocks_per_seq, uint64_t* out_bytes) {
+                                               int32_t max_blocks_per_seq, int32_t max_matmul_k, uint64_t* out_bytes) {
   const char* fn = "dl_reserve_workspace";
   DL_TRY(dl_validate_reserve_workspace(fn, ctx, max_num_tokens, num_heads, num_kv_heads, head_dim, block_size,
-                                       max_blocks_per_seq, out_bytes));
+                                       max_blocks_per_seq, max_matmul_k, out_bytes));
   // Attention's worst case: a work item holding every query head, a 16-bit cache to widen.
   const size_t attention =
       dl_attention_workspace_bytes(ctx->num_threads, max_num_tokens, num_heads, head_dim, block_size, false);
   const size_t rope = dl_rope_workspace_bytes(ctx->num_threads, head_dim);
-  const size_t need = attention > rope ? attention : rope;
+  const size_t matmul = dl_matmul_workspace_bytes(max_num_tokens, max_matmul_k);
+  size_t need = attention > rope ? attention : rope;
+  if (matmul > need) need = matmul;
   if (need > ctx->workspace_bytes) DL_TRY(grow_workspace(fn, ctx, need));
   ctx->workspace_fixed = true;
   *out_bytes = ctx->workspace_bytes;

@@ -1,4 +1,4 @@
-// Vectorized expf, written once and included once per instruction set (no guard), like matmul_tile.h.
+// Vectorized expf, written once and included once per instruction set (no guard), like matmul/float_tile.h.
 //
 // The including namespace provides LANES, the GCC vector types `vf` (LANES floats) and `vi` (LANES
 // int32), and vfma(a, b, c) = a * b + c (fused where the target has FMA). Every path evaluates the

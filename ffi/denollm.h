@@ -13,7 +13,9 @@
 //   then does. The CPU build reads the metadata on the host and fails with DL_ERR_INVALID_ARGUMENT
 //   naming the bad value: a debugging aid, not a promise the engine may rely on.
 // - Activations are f32. Weights are in one of the formats of DL_DTYPE_TABLE (dl_dtype); compute
-//   accumulates in f32.
+//   accumulates in f32. With quantized weights, dl_matmul first quantizes each activation row per
+//   block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with an f32 scale and, for the K formats,
+//   blocks of 256 with 16-element sums) and takes integer dot products block by block.
 // - Shapes are written outermost first, row-major: [rows, cols].
 // - The KV cache of one layer is two buffers (K and V), each [num_blocks, num_kv_heads, block_size,
 //   head_dim] in the cache dtype. A token's slot is block_id * block_size + offset_in_block.
@@ -37,7 +39,7 @@ extern "C" {
 #endif
 
 // Bumped on every incompatible change; the TypeScript side refuses a library with another value.
-#define DL_ABI_VERSION 2
+#define DL_ABI_VERSION 3
 
 typedef enum dl_status {
   DL_OK = 0,
@@ -51,25 +53,48 @@ typedef enum dl_status {
 
 // The one table of storage formats (ffi/formats.ts mirrors it; tests/formats_test.ts compares them
 // row by row). A format stores its elements in blocks of block_len elements taking block_bytes
-// bytes each (1 and the element size for plain types), so n elements take n / block_len *
-// block_bytes bytes, n a multiple of block_len. Columns: enum suffix, dl_dtype id (dense from 0),
-// lower-case name, GGUF/ggml type id, the name as GGUF and safetensors spell it, block_len,
-// block_bytes. Adding a format is one row here plus its kernels; a kernel that has none for a
-// format fails with DL_ERR_UNSUPPORTED naming it.
-#define DL_DTYPE_TABLE(X)              \
-  X(F32, 0, "f32", 0, "F32", 1, 4)     \
-  X(F16, 1, "f16", 1, "F16", 1, 2)     \
-  X(BF16, 2, "bf16", 30, "BF16", 1, 2)
+// bytes each (1 and the element size for plain types), so a [rows, cols] matrix takes
+// rows * (cols / block_len * block_bytes + row_bytes) bytes, cols a multiple of block_len: the
+// rows' blocks come first, row after row, then row_bytes per row of per-row data (the f32 scales
+// of INT8), row after row. Columns: enum suffix, dl_dtype id (dense from 0), lower-case name,
+// GGUF/ggml type id (-1: not a GGUF type), the name as GGUF and safetensors spell it (denollm's own
+// formats get names no GGUF or safetensors file uses), block_len, block_bytes, row_bytes. Adding a
+// format is one row here plus its kernels; a kernel that has none for a format fails with
+// DL_ERR_UNSUPPORTED naming it.
+//
+// The quantized rows are ggml's block layouts, byte for byte (native/dl_quant.h declares them),
+// so GGUF tensors load as they are. INT8 and INT4 are denollm's --quantization formats:
+//   INT8: int8 weights, one f32 scale per output row (w = scale * q), symmetric.
+//   INT4: groups of 128 along k, each an f16 scale d and an f16 offset m then 64 bytes of 4-bit
+//         values, low nibbles first (w = d * q + m, q in [0, 15]): asymmetric, the zero point
+//         folded into m.
+#define DL_DTYPE_TABLE(X)                           \
+  X(F32, 0, "f32", 0, "F32", 1, 4, 0)               \
+  X(F16, 1, "f16", 1, "F16", 1, 2, 0)               \
+  X(BF16, 2, "bf16", 30, "BF16", 1, 2, 0)           \
+  X(Q4_0, 3, "q4_0", 2, "Q4_0", 32, 18, 0)          \
+  X(Q4_1, 4, "q4_1", 3, "Q4_1", 32, 20, 0)          \
+  X(Q5_0, 5, "q5_0", 6, "Q5_0", 32, 22, 0)          \
+  X(Q5_1, 6, "q5_1", 7, "Q5_1", 32, 24, 0)          \
+  X(Q8_0, 7, "q8_0", 8, "Q8_0", 32, 34, 0)          \
+  X(Q2_K, 8, "q2_k", 10, "Q2_K", 256, 84, 0)        \
+  X(Q3_K, 9, "q3_k", 11, "Q3_K", 256, 110, 0)       \
+  X(Q4_K, 10, "q4_k", 12, "Q4_K", 256, 144, 0)      \
+  X(Q5_K, 11, "q5_k", 13, "Q5_K", 256, 176, 0)      \
+  X(Q6_K, 12, "q6_k", 14, "Q6_K", 256, 210, 0)      \
+  X(Q8_K, 13, "q8_k", 15, "Q8_K", 256, 292, 0)      \
+  X(INT8, 14, "int8", -1, "INT8", 1, 1, 4)          \
+  X(INT4, 15, "int4", -1, "INT4", 128, 68, 0)
 
 typedef enum dl_dtype {
-#define DL_DTYPE_ENUM_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes) \
+#define DL_DTYPE_ENUM_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes, row_bytes) \
   DL_DTYPE_##suffix = id,
   DL_DTYPE_TABLE(DL_DTYPE_ENUM_ROW_)
 #undef DL_DTYPE_ENUM_ROW_
 } dl_dtype;
 
 // Number of rows of DL_DTYPE_TABLE: valid dl_dtype ids are [0, DL_DTYPE_COUNT).
-#define DL_DTYPE_COUNT_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes) +1
+#define DL_DTYPE_COUNT_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes, row_bytes) +1
 #define DL_DTYPE_COUNT (0 DL_DTYPE_TABLE(DL_DTYPE_COUNT_ROW_))
 
 typedef enum dl_rope_style {
@@ -126,9 +151,10 @@ DL_API int32_t dl_free(
 
 // Reserves, once at start-up, the context's kernel workspace for the largest step the engine will
 // run: up to max_num_tokens tokens (and sequences) with these attention shapes and contexts of up
-// to max_blocks_per_seq * block_size positions. It covers every kernel's scratch (the CPU build:
-// per-thread attention and RoPE scratch for the context's thread count; the CUDA build: split
-// decode attention partials). Writes the workspace bytes now held to *out_bytes. Afterwards no
+// to max_blocks_per_seq * block_size positions, and dl_matmul calls of up to max_num_tokens rows and
+// max_matmul_k columns. It covers every kernel's scratch (the CPU build: per-thread attention and
+// RoPE scratch for the context's thread count, the quantized activation rows of dl_matmul; the CUDA
+// build: split decode attention partials, and its quantized activation rows). Writes the workspace bytes now held to *out_bytes. Afterwards no
 // kernel allocates: a call that would need more than the reservation fails with
 // DL_ERR_OUT_OF_MEMORY naming both sizes. Before any reservation kernels grow the workspace on
 // demand. Calling it again may grow the reservation (it never shrinks).
@@ -140,6 +166,7 @@ DL_API int32_t dl_reserve_workspace(
     int32_t head_dim,
     int32_t block_size,
     int32_t max_blocks_per_seq,
+    int32_t max_matmul_k,  // the largest k of any dl_matmul (its activation quantization scratch)
     uint64_t* out_bytes);
 
 // Writes the context's memory counters to out[0..3]:
@@ -165,7 +192,8 @@ DL_API int32_t dl_copy_to_host(
     const void* src,  // device [size_bytes]
     uint64_t size_bytes);
 
-// Converts num_elements values between dtypes (device to device).
+// Converts num_elements values between the plain dtypes F32, F16 and BF16 (device to device);
+// dl_quantize and dl_dequantize handle the blocked formats.
 DL_API int32_t dl_convert(
     dl_context* ctx,
     void* dst,        // device [num_elements] of dst_dtype
@@ -174,9 +202,33 @@ DL_API int32_t dl_convert(
     int32_t src_dtype,
     uint64_t num_elements);
 
+// Quantizes a [rows, cols] f32 matrix into dst_dtype, one of the blocked formats or INT8 (cols a
+// multiple of its block length; the layout is DL_DTYPE_TABLE's). importance, when not NULL, weighs
+// each column's squared error in the formats whose quantizer searches for scales (ggml's imatrix
+// idea; NULL weighs all columns alike). Both buffers are device memory; the CUDA build copies
+// through the host and runs the CPU build's quantizers, so both give the same bytes.
+DL_API int32_t dl_quantize(
+    dl_context* ctx,
+    void* dst,                // device [rows, cols] of dst_dtype
+    int32_t dst_dtype,
+    const float* src,         // device [rows, cols]
+    int64_t rows,
+    int64_t cols,
+    const float* importance); // device [cols], or NULL
+
+// Expands a [rows, cols] matrix of any format of DL_DTYPE_TABLE to f32: for GGUF's types, the same
+// floats as ggml's dequantize_row_* (tests/quant_blocks_test.ts checks this bit for bit).
+DL_API int32_t dl_dequantize(
+    dl_context* ctx,
+    float* dst,               // device [rows, cols]
+    const void* src,          // device [rows, cols] of src_dtype
+    int32_t src_dtype,
+    int64_t rows,
+    int64_t cols);
+
 // --- Kernels
 
-// out[t] = table[token_ids[t]] converted to f32; ids in [0, vocab_size). CUDA: the row of an id
+// out[t] = table[token_ids[t]] converted (or dequantized) to f32; ids in [0, vocab_size). CUDA: the row of an id
 // outside that range is written as zeros.
 DL_API int32_t dl_embedding(
     dl_context* ctx,

@@ -15,13 +15,84 @@ export interface FormatInfo {
   blockLen: number;
   /** Bytes per block. */
   blockBytes: number;
+  /** Bytes of per-row data stored after all rows' blocks (INT8's f32 row scales), else 0. */
+  rowBytes: number;
 }
 
 /** Every format, in dl_dtype id order. Adding one is a row here and in the header. */
 export const FORMATS = [
-  { id: 0, name: "f32", ggmlType: 0, ggufName: "F32", blockLen: 1, blockBytes: 4 },
-  { id: 1, name: "f16", ggmlType: 1, ggufName: "F16", blockLen: 1, blockBytes: 2 },
-  { id: 2, name: "bf16", ggmlType: 30, ggufName: "BF16", blockLen: 1, blockBytes: 2 },
+  { id: 0, name: "f32", ggmlType: 0, ggufName: "F32", blockLen: 1, blockBytes: 4, rowBytes: 0 },
+  { id: 1, name: "f16", ggmlType: 1, ggufName: "F16", blockLen: 1, blockBytes: 2, rowBytes: 0 },
+  { id: 2, name: "bf16", ggmlType: 30, ggufName: "BF16", blockLen: 1, blockBytes: 2, rowBytes: 0 },
+  { id: 3, name: "q4_0", ggmlType: 2, ggufName: "Q4_0", blockLen: 32, blockBytes: 18, rowBytes: 0 },
+  { id: 4, name: "q4_1", ggmlType: 3, ggufName: "Q4_1", blockLen: 32, blockBytes: 20, rowBytes: 0 },
+  { id: 5, name: "q5_0", ggmlType: 6, ggufName: "Q5_0", blockLen: 32, blockBytes: 22, rowBytes: 0 },
+  { id: 6, name: "q5_1", ggmlType: 7, ggufName: "Q5_1", blockLen: 32, blockBytes: 24, rowBytes: 0 },
+  { id: 7, name: "q8_0", ggmlType: 8, ggufName: "Q8_0", blockLen: 32, blockBytes: 34, rowBytes: 0 },
+  {
+    id: 8,
+    name: "q2_k",
+    ggmlType: 10,
+    ggufName: "Q2_K",
+    blockLen: 256,
+    blockBytes: 84,
+    rowBytes: 0,
+  },
+  {
+    id: 9,
+    name: "q3_k",
+    ggmlType: 11,
+    ggufName: "Q3_K",
+    blockLen: 256,
+    blockBytes: 110,
+    rowBytes: 0,
+  },
+  {
+    id: 10,
+    name: "q4_k",
+    ggmlType: 12,
+    ggufName: "Q4_K",
+    blockLen: 256,
+    blockBytes: 144,
+    rowBytes: 0,
+  },
+  {
+    id: 11,
+    name: "q5_k",
+    ggmlType: 13,
+    ggufName: "Q5_K",
+    blockLen: 256,
+    blockBytes: 176,
+    rowBytes: 0,
+  },
+  {
+    id: 12,
+    name: "q6_k",
+    ggmlType: 14,
+    ggufName: "Q6_K",
+    blockLen: 256,
+    blockBytes: 210,
+    rowBytes: 0,
+  },
+  {
+    id: 13,
+    name: "q8_k",
+    ggmlType: 15,
+    ggufName: "Q8_K",
+    blockLen: 256,
+    blockBytes: 292,
+    rowBytes: 0,
+  },
+  { id: 14, name: "int8", ggmlType: -1, ggufName: "INT8", blockLen: 1, blockBytes: 1, rowBytes: 4 },
+  {
+    id: 15,
+    name: "int4",
+    ggmlType: -1,
+    ggufName: "INT4",
+    blockLen: 128,
+    blockBytes: 68,
+    rowBytes: 0,
+  },
 ] as const satisfies readonly FormatInfo[];
 
 /** One row of {@link FORMATS}, with its literal types. */
@@ -34,7 +105,9 @@ export type FormatName = (typeof FORMATS)[number]["name"];
 export type GgufName = (typeof FORMATS)[number]["ggufName"];
 
 const BY_NAME = new Map<string, Format>(FORMATS.map((f) => [f.name, f]));
-const BY_GGML_TYPE = new Map<number, Format>(FORMATS.map((f) => [f.ggmlType, f]));
+const BY_GGML_TYPE = new Map<number, Format>(
+  FORMATS.filter((f) => f.ggmlType >= 0).map((f) => [f.ggmlType, f]),
+);
 const BY_GGUF_NAME = new Map<string, Format>(FORMATS.map((f) => [f.ggufName, f]));
 
 function listOf(key: keyof FormatInfo): string {
@@ -81,23 +154,38 @@ export function formatNames(key: "name" | "ggufName" = "ggufName"): string {
 }
 
 /**
- * Bytes that `numElements` elements of format `id` take. Throws RangeError when numElements is
- * not a non-negative multiple of the format's block length.
+ * Bytes that `numElements` elements of format `id` take, as `rows` rows (1 unless given: only
+ * formats with per-row data, INT8, need it). Throws RangeError when numElements is not a
+ * non-negative multiple of the format's block length per row.
  */
-export function tensorBytes(id: number, numElements: number): number {
-  return formatBytes(formatInfo(id), numElements);
+export function tensorBytes(id: number, numElements: number, rows = 1): number {
+  return formatBytes(formatInfo(id), numElements, rows);
+}
+
+/** Bytes of a [rows, cols] matrix of format `id`, per-row data included. */
+export function matrixBytes(id: number, rows: number, cols: number): number {
+  return formatBytes(formatInfo(id), rows * cols, rows);
+}
+
+/** True for the block-quantized formats: every row after BF16. */
+export function isQuantized(id: number): boolean {
+  return formatInfo(id).id > 2;
 }
 
 /** {@link tensorBytes} for a row given whole (any FormatInfo, in the table or not). */
-export function formatBytes(info: FormatInfo, numElements: number): number {
+export function formatBytes(info: FormatInfo, numElements: number, rows = 1): number {
   if (!Number.isSafeInteger(numElements) || numElements < 0) {
     throw new RangeError(`Expected a non-negative integer element count, found ${numElements}`);
   }
-  if (numElements % info.blockLen !== 0) {
+  if (!Number.isSafeInteger(rows) || rows < 1 || numElements % rows !== 0) {
+    throw new RangeError(`Expected ${numElements} elements to split into ${rows} whole rows`);
+  }
+  const cols = numElements / rows;
+  if (cols % info.blockLen !== 0) {
     throw new RangeError(
       `Expected a multiple of the ${info.name} block length ${info.blockLen}, ` +
-        `found ${numElements} elements`,
+        `found ${cols} elements${rows > 1 ? " per row" : ""}`,
     );
   }
-  return (numElements / info.blockLen) * info.blockBytes;
+  return rows * ((cols / info.blockLen) * info.blockBytes + info.rowBytes);
 }

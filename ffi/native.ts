@@ -118,6 +118,8 @@ export interface WorkspaceShape {
   headDim: number;
   blockSize: number;
   maxBlocksPerSeq: number;
+  /** The largest k of any matmul (scratch for quantizing its activation rows); 0 if none. */
+  maxMatmulK: number;
 }
 
 /** A context's memory counters (dl_memory_stats). */
@@ -401,6 +403,7 @@ export class NativeBackend {
         s.headDim,
         s.blockSize,
         s.maxBlocksPerSeq,
+        s.maxMatmulK,
         Deno.UnsafePointer.of(this.#outPtr),
       ),
     );

@@ -13,11 +13,12 @@ struct dl_dtype_info {
   const char* gguf_name;  // as GGUF and safetensors spell it: "F32"
   int64_t block_len;      // elements per block (1 for plain types)
   int64_t block_bytes;    // bytes per block
+  int64_t row_bytes;      // per-row data after all rows' blocks (INT8's f32 scales), else 0
 };
 
 inline constexpr dl_dtype_info DL_DTYPES[] = {
-#define DL_DTYPE_INFO_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes) \
-  {id, name, ggml_type, gguf_name, block_len, block_bytes},
+#define DL_DTYPE_INFO_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes, row_bytes) \
+  {id, name, ggml_type, gguf_name, block_len, block_bytes, row_bytes},
     DL_DTYPE_TABLE(DL_DTYPE_INFO_ROW_)
 #undef DL_DTYPE_INFO_ROW_
 };
@@ -42,11 +43,21 @@ inline const char* dl_dtype_name(int32_t dtype) {
   return info != nullptr ? info->name : "an unknown dtype";
 }
 
-// Bytes of num_elements elements of a valid dtype (num_elements a multiple of its block_len).
+// Bytes of num_elements elements of a valid dtype (num_elements a multiple of its block_len), not
+// counting per-row data: the whole size of a format without row_bytes.
 inline uint64_t dl_dtype_bytes(int32_t dtype, uint64_t num_elements) {
   const dl_dtype_info& info = DL_DTYPES[dtype];
   return num_elements / (uint64_t)info.block_len * (uint64_t)info.block_bytes;
 }
+
+// Bytes of a [rows, cols] matrix of a valid dtype (cols a multiple of its block_len), per-row data
+// included.
+inline uint64_t dl_matrix_bytes(int32_t dtype, uint64_t rows, uint64_t cols) {
+  return rows * (dl_dtype_bytes(dtype, cols) + (uint64_t)DL_DTYPES[dtype].row_bytes);
+}
+
+// True for the block-quantized formats (every row after BF16).
+inline bool dl_dtype_is_quantized(int32_t dtype) { return dtype > DL_DTYPE_BF16 && dtype < DL_DTYPE_COUNT; }
 
 // --- The formats each kernel family has kernels for, as bit sets of dtype ids. Extending one is
 // adding the format's kernels to both builds' dispatch, then its bit here.

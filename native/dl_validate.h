@@ -256,7 +256,7 @@ inline int32_t dl_validate_paged_attention(const char* fn, const dl_context* ctx
 inline int32_t dl_validate_reserve_workspace(const char* fn, const dl_context* ctx, int32_t max_num_tokens,
                                              int32_t num_heads, int32_t num_kv_heads, int32_t head_dim,
                                              int32_t block_size, int32_t max_blocks_per_seq,
-                                             const uint64_t* out_bytes) {
+                                             int32_t max_matmul_k, const uint64_t* out_bytes) {
   DL_TRY(dl_check_ctx(fn, ctx));
   DL_TRY(dl_check_positive(fn, "max_num_tokens", max_num_tokens));
   DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
@@ -264,6 +264,7 @@ inline int32_t dl_validate_reserve_workspace(const char* fn, const dl_context* c
   DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
   DL_TRY(dl_check_positive(fn, "block_size", block_size));
   DL_TRY(dl_check_positive(fn, "max_blocks_per_seq", max_blocks_per_seq));
+  DL_TRY(dl_check_non_negative(fn, "max_matmul_k", max_matmul_k));
   if (num_heads % num_kv_heads != 0) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected num_heads (%d) to be a multiple of num_kv_heads, found %d",
                    fn, num_heads, num_kv_heads);

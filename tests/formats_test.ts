@@ -8,6 +8,7 @@ import {
   type FormatInfo,
   formatInfo,
   FORMATS,
+  matrixBytes,
   tensorBytes,
 } from "../ffi/formats.ts";
 import { DType, dtypeSize } from "../ffi/native.ts";
@@ -18,7 +19,7 @@ function parseHeaderTable(header: string): FormatInfo[] {
   const table = header.match(/#define\s+DL_DTYPE_TABLE\(X\)((?:[^\n]*\\\n)*[^\n]*)/);
   if (!table) throw new Error("DL_DTYPE_TABLE is not defined in the header");
   const row =
-    /X\(\s*(\w+)\s*,\s*(\d+)\s*,\s*"(\w+)"\s*,\s*(\d+)\s*,\s*"(\w+)"\s*,\s*(\d+)\s*,\s*(\d+)\s*\)/g;
+    /X\(\s*(\w+)\s*,\s*(\d+)\s*,\s*"(\w+)"\s*,\s*(-?\d+)\s*,\s*"(\w+)"\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)/g;
   const rows = [...table[1].matchAll(row)].map((m) => ({
     suffix: m[1],
     info: {
@@ -28,6 +29,7 @@ function parseHeaderTable(header: string): FormatInfo[] {
       ggufName: m[5],
       blockLen: Number(m[6]),
       blockBytes: Number(m[7]),
+      rowBytes: Number(m[8]),
     },
   }));
   // Every X( of the table must have parsed, so a malformed row cannot slip through.
@@ -63,7 +65,9 @@ Deno.test("format lookups by id, name, ggml type and safetensors name", () => {
   assert.equal(formatByName("BF16"), undefined);
   assert.equal(formatByGgmlType(30)?.name, "bf16");
   assert.equal(formatByGgmlType(0)?.name, "f32");
-  assert.equal(formatByGgmlType(2), undefined); // Q4_0: no kernels
+  assert.equal(formatByGgmlType(2)?.name, "q4_0");
+  assert.equal(formatByGgmlType(9), undefined); // Q8_1: an activation type, not a weight format
+  assert.equal(formatByGgmlType(-1), undefined); // denollm's own formats have no GGUF type
   assert.equal(formatBySafetensorsName("F16")?.id, DType.F16);
   assert.equal(formatBySafetensorsName("I8"), undefined);
 });
@@ -74,9 +78,23 @@ Deno.test("tensorBytes counts whole blocks and rejects partial ones", () => {
   assert.equal(tensorBytes(DType.BF16, 0), 0);
   assert.throws(() => tensorBytes(DType.F32, -1), RangeError);
   assert.throws(() => tensorBytes(DType.F32, 1.5), RangeError);
-  assert.throws(() => tensorBytes(7, 4), RangeError);
+  assert.throws(() => tensorBytes(DType.Q8_0, 4), RangeError);
+  assert.equal(tensorBytes(DType.Q8_0, 64), 68);
+  assert.equal(tensorBytes(DType.Q4_K, 512), 288);
+  // INT8 stores one f32 scale per row after the rows.
+  assert.equal(matrixBytes(DType.INT8, 3, 10), 3 * 10 + 3 * 4);
+  assert.equal(matrixBytes(DType.INT4, 2, 256), 2 * 2 * 68);
+  assert.throws(() => matrixBytes(DType.INT4, 2, 100), /multiple of the int4 block length 128/);
   // A blocked format (as a future quantized row would be) counts blocks, not elements.
-  const blocked = { id: 9, name: "q", ggmlType: 99, ggufName: "Q", blockLen: 32, blockBytes: 18 };
+  const blocked = {
+    id: 99,
+    name: "q",
+    ggmlType: 99,
+    ggufName: "Q",
+    blockLen: 32,
+    blockBytes: 18,
+    rowBytes: 0,
+  };
   assert.equal(formatBytes(blocked, 64), 36);
   assert.throws(() => formatBytes(blocked, 48), /multiple of the q block length 32, found 48/);
 });

@@ -319,11 +319,11 @@ Deno.test("GGUF errors name the file", async (t) => {
     );
     await t.step("unsupported tensor types are named", async () => {
       await bad(
-        "q8",
-        (_, v) => v.setUint32(45, 8, true),
-        /unsupported tensor type Q8_0 \(id 8\) for tensor x/,
+        "iq2",
+        (_, v) => v.setUint32(45, 16, true),
+        /unsupported tensor type IQ2_XXS \(id 16\) for tensor x/,
       );
-      await bad("q4k", (_, v) => v.setUint32(45, 12, true), /Q4_K \(id 12\)/);
+      await bad("q8_1", (_, v) => v.setUint32(45, 9, true), /Q8_1 \(id 9\)/);
     });
     await t.step(
       "too many dimensions",

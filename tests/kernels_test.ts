@@ -15,7 +15,7 @@ const LIBRARY_PATH = new URL("../build/libdenollm_cpu.so", import.meta.url).path
 const backend = NativeBackend.open({ libraryPath: LIBRARY_PATH, numThreads: 2 });
 globalThis.addEventListener("unload", () => backend.close());
 
-const DTYPES: DTypeId[] = [DType.F32, DType.F16, DType.BF16];
+const DTYPES: ref.DtypeId[] = [DType.F32, DType.F16, DType.BF16];
 const DTYPE_NAMES = ["f32", "f16", "bf16"];
 const NULL = null as unknown as DevicePtr;
 
@@ -58,7 +58,7 @@ const INVALID = 1;
 function randomStored(
   rand: () => number,
   n: number,
-  dtype: DTypeId,
+  dtype: ref.DtypeId,
 ): { stored: Float32Array | Uint16Array; values: Float64Array } {
   const stored = ref.encode(ref.randomF32(rand, n), dtype);
   return { stored, values: ref.decode(stored, dtype) };
@@ -584,7 +584,7 @@ interface AttentionCase {
   qRange?: number;
 }
 
-function runAttentionCase(b: Buffers, c: AttentionCase, dtype: DTypeId, seed: number): void {
+function runAttentionCase(b: Buffers, c: AttentionCase, dtype: ref.DtypeId, seed: number): void {
   const rand = ref.mulberry32(seed);
   const { numHeads, numKvHeads, headDim, blockSize } = c;
   const numSeqs = c.seqs.length;
@@ -885,9 +885,9 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
       /expected out to be non-NULL/,
     );
     assertNativeError(
-      () => backend.matmul({ ...matmul, out: out2, wDtype: 7 as DTypeId }),
+      () => backend.matmul({ ...matmul, out: out2, wDtype: 99 as DTypeId }),
       INVALID,
-      /expected w_dtype to be a dl_dtype.*found 7/,
+      /expected w_dtype to be a dl_dtype.*found 99/,
     );
     assertNativeError(
       () => backend.matmul({ ...matmul, out: out2, n: 0 }),
@@ -901,7 +901,7 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
     );
     assertNativeError(() => backend.matmul(matmul), INVALID, /expected out not to overlap x/);
     assertNativeError(
-      () => backend.convert(buf, 3 as DTypeId, buf, DType.F32, 4),
+      () => backend.convert(buf, 99 as DTypeId, buf, DType.F32, 4),
       INVALID,
       /expected dst_dtype to be a dl_dtype/,
     );
@@ -1002,7 +1002,7 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
       /expected slot_mapping\[1\] < num_blocks \* block_size \(15\) or negative, found 15/,
     );
     assertNativeError(
-      () => backend.kvWrite({ ...kvWrite, slotMapping: ints([0, 1]), cacheDtype: 9 as DTypeId }),
+      () => backend.kvWrite({ ...kvWrite, slotMapping: ints([0, 1]), cacheDtype: 99 as DTypeId }),
       INVALID,
       /expected cache_dtype to be a dl_dtype/,
     );

@@ -14,6 +14,7 @@ const SHAPE = {
   headDim: 16,
   blockSize: 4,
   maxBlocksPerSeq: 6,
+  maxMatmulK: 0,
 };
 const OUT_OF_MEMORY = 2;
 

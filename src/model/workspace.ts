@@ -153,6 +153,7 @@ export class ForwardWorkspace {
         headDim: c.headDim,
         blockSize: capacity.blockSize,
         maxBlocksPerSeq: w,
+        maxMatmulK: Math.max(c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize),
       });
     } catch (error) {
       this.release();

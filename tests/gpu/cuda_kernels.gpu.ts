@@ -34,7 +34,7 @@ const MODEL_DIR = `${
   Deno.env.get("DENOLLM_STORIES260K") ??
     new URL("../../../shared/models/stories260K", import.meta.url).pathname
 }/hf`;
-const DTYPES: DTypeId[] = [DType.F32, DType.F16, DType.BF16];
+const DTYPES: ref.DtypeId[] = [DType.F32, DType.F16, DType.BF16];
 const DTYPE_NAMES = ["f32", "f16", "bf16"];
 
 const cpu = NativeBackend.open({ backend: "cpu", numThreads: 0 });
@@ -90,11 +90,15 @@ function assertBits(actual: HostArray, expected: HostArray, label: string): void
 }
 
 /** Random values in [-1, 1) stored in `dtype`. */
-function randomStored(rand: () => number, n: number, dtype: DTypeId): Float32Array | Uint16Array {
+function randomStored(
+  rand: () => number,
+  n: number,
+  dtype: ref.DtypeId,
+): Float32Array | Uint16Array {
   return ref.encode(ref.randomF32(rand, n), dtype);
 }
 
-function dtypeBytes(dtype: DTypeId): number {
+function dtypeBytes(dtype: ref.DtypeId): number {
   return tensorBytes(dtype, 1);
 }
 
@@ -369,6 +373,7 @@ Deno.test("reserved workspace: decode and prefill attention allocate nothing, be
       headDim: 32,
       blockSize: 16,
       maxBlocksPerSeq: 32,
+      maxMatmulK: 0,
     };
     const { numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq } = shape;
     const rand = ref.mulberry32(62);
@@ -387,7 +392,7 @@ Deno.test("reserved workspace: decode and prefill attention allocate nothing, be
         Int32Array.from({ length: 64 * maxBlocksPerSeq }, (_, i) => i % numBlocks),
       );
       const seqLens = s.zeros(64 * 4), queryStart = s.zeros(65 * 4);
-      const attend = (numSeqs: number, newTokens: number, seqLen: number, dtype: DTypeId) => {
+      const attend = (numSeqs: number, newTokens: number, seqLen: number, dtype: ref.DtypeId) => {
         const cache = caches[dtype];
         s.backend.upload(seqLens, new Int32Array(numSeqs).fill(seqLen));
         s.backend.upload(
@@ -607,7 +612,11 @@ interface AttentionInputs {
   numBlocks: number;
 }
 
-function attentionInputs(c: AttentionCase, dtype: DTypeId, rand: () => number): AttentionInputs {
+function attentionInputs(
+  c: AttentionCase,
+  dtype: ref.DtypeId,
+  rand: () => number,
+): AttentionInputs {
   const { numHeads, numKvHeads, headDim, blockSize } = c;
   const numSeqs = c.seqs.length;
   const seqLens = Int32Array.from(c.seqs, (s) => s.prefix + s.numNew);
@@ -653,7 +662,7 @@ function attentionInputs(c: AttentionCase, dtype: DTypeId, rand: () => number): 
 }
 
 /** Runs dl_paged_attention on one side; returns out [numTokens, numHeads * headDim]. */
-function attend(s: Side, a: AttentionInputs, dtype: DTypeId): Float32Array {
+function attend(s: Side, a: AttentionInputs, dtype: ref.DtypeId): Float32Array {
   const outLength = a.numTokens * a.numHeads * a.headDim;
   const out = s.zeros(outLength * 4);
   s.backend.pagedAttention({
@@ -679,14 +688,14 @@ function attend(s: Side, a: AttentionInputs, dtype: DTypeId): Float32Array {
   return s.f32(out, outLength);
 }
 
-function attentionLabel(c: AttentionCase, dtype: DTypeId): string {
+function attentionLabel(c: AttentionCase, dtype: ref.DtypeId): string {
   const seqs = c.seqs.map((s) => `${s.prefix}+${s.numNew}`).join(",");
   return `attention ${DTYPE_NAMES[dtype]} heads ${c.numHeads}/${c.numKvHeads} hd ${c.headDim} ` +
     `block ${c.blockSize}${c.maxBlocksPerSeq ? ` max_blocks ${c.maxBlocksPerSeq}` : ""} ` +
     `seqs [${seqs}]`;
 }
 
-function runAttention(c: AttentionCase, dtype: DTypeId, rand: () => number): number {
+function runAttention(c: AttentionCase, dtype: ref.DtypeId, rand: () => number): number {
   const inputs = attentionInputs(c, dtype, rand);
   const [a, b] = onBoth((s) => attend(s, inputs, dtype));
   return assertClose(b, a, (i) => 2e-5 * Math.abs(a[i]) + 2e-5, attentionLabel(c, dtype));
@@ -1135,7 +1144,7 @@ Deno.test("argument errors match the CPU build", () => {
     const found: string[] = [];
     const buf = s.zeros(64);
     const attempts: (() => void)[] = [
-      () => s.backend.matmul({ out: buf, x: buf, w: buf, wDtype: 7 as DTypeId, m: 1, n: 1, k: 1 }),
+      () => s.backend.matmul({ out: buf, x: buf, w: buf, wDtype: 99 as DTypeId, m: 1, n: 1, k: 1 }),
       () => s.backend.matmul({ out: buf, x: buf, w: buf, wDtype: DType.F32, m: 1, n: 1, k: 1 }),
       () => s.backend.rmsnorm({ out: buf, x: buf, weight: buf, numTokens: 1, dim: 0, eps: 1e-5 }),
       () =>

@@ -397,7 +397,7 @@ export function llama3RopeFactors(config: HfConfigJson): Float32Array | null {
 }
 
 // llama.cpp's LlamaFileType: ALL_F32, MOSTLY_F16, MOSTLY_BF16.
-const GGUF_FILE_TYPES: Record<DType, number> = { F32: 0, F16: 1, BF16: 32 };
+const GGUF_FILE_TYPES: Partial<Record<DType, number>> = { F32: 0, F16: 1, BF16: 32 };
 
 function ggufMetadata(
   config: HfConfigJson,
@@ -424,7 +424,7 @@ function ggufMetadata(
     kv.push([`${arch}.attention.key_length`, gguf.u32(config.head_dim)]);
     kv.push([`${arch}.attention.value_length`, gguf.u32(config.head_dim)]);
   }
-  kv.push(["general.file_type", gguf.u32(GGUF_FILE_TYPES[dtype])]);
+  kv.push(["general.file_type", gguf.u32(GGUF_FILE_TYPES[dtype] ?? 0)]);
   if (arch === "llama") {
     kv.push([`${arch}.vocab_size`, gguf.u32(config.vocab_size)]);
     kv.push([`${arch}.rope.dimension_count`, gguf.u32(headDimOf(config))]);

@@ -57,7 +57,7 @@ struct WLoad<DL_DTYPE_BF16> {
     return v;
   }
 };
-#include "matmul_tile.h"
+#include "float_tile.h"
 }  // namespace generic
 
 #ifdef DL_X86
@@ -97,7 +97,7 @@ struct WLoad<DL_DTYPE_BF16> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
 };
-#include "matmul_tile.h"
+#include "float_tile.h"
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -131,7 +131,7 @@ struct WLoad<DL_DTYPE_BF16> {
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
   }
 };
-#include "matmul_tile.h"
+#include "float_tile.h"
 }  // namespace avx512
 #pragma GCC pop_options
 
