@@ -324,6 +324,48 @@ export class NativeBackend {
     );
   }
 
+  /** Quantizes a [rows, cols] f32 matrix into a blocked format or INT8 (dl_quantize). */
+  quantize(
+    dst: DevicePtr,
+    dstDtype: DTypeId,
+    src: DevicePtr,
+    shape: { rows: number; cols: number },
+    importance: DevicePtr | null = null,
+  ): void {
+    this.#check(
+      "dl_quantize",
+      this.#lib.dl_quantize(
+        this.#ctx,
+        dst,
+        dstDtype,
+        src,
+        BigInt(shape.rows),
+        BigInt(shape.cols),
+        importance,
+      ),
+    );
+  }
+
+  /** Expands a [rows, cols] matrix of any format to f32 (dl_dequantize). */
+  dequantize(
+    dst: DevicePtr,
+    src: DevicePtr,
+    srcDtype: DTypeId,
+    shape: { rows: number; cols: number },
+  ): void {
+    this.#check(
+      "dl_dequantize",
+      this.#lib.dl_dequantize(
+        this.#ctx,
+        dst,
+        src,
+        srcDtype,
+        BigInt(shape.rows),
+        BigInt(shape.cols),
+      ),
+    );
+  }
+
   embedding(
     args: {
       out: DevicePtr;

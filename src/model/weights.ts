@@ -1,7 +1,7 @@
 // Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
 // gate/up fused into one projection each (one matrix when their formats agree, else one part per
 // format run), norms and biases in f32, weights otherwise in their own format.
-import { formatByGgufName, tensorBytes } from "../../ffi/formats.ts";
+import { formatByGgufName, matrixBytes, tensorBytes } from "../../ffi/formats.ts";
 import {
   type DevicePtr,
   DType,
@@ -70,9 +70,21 @@ function formatIdOf(info: TensorInfo): DTypeId {
   return format.id;
 }
 
+/**
+ * Stores chosen weight matrices in another format while loading (`--quantization`:
+ * src/model/quantize.ts's QuantizeOnLoad).
+ */
+export interface WeightTransform {
+  /** The device format of matrix `info`, or undefined to keep the file's. */
+  formatOf(info: TensorInfo): DTypeId | undefined;
+  /** Writes matrix `info` as rows [rowOffset, rowOffset + its rows) of `dst`, in dst's format. */
+  writeRows(info: TensorInfo, dst: DeviceMatrix, rowOffset: number): Promise<void>;
+}
+
 export interface LoadWeightsOptions {
   /** Called after each tensor with bytes read so far and in total. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  transform?: WeightTransform;
 }
 
 /** Loads and validates every tensor the config calls for. */
@@ -82,7 +94,7 @@ export async function loadWeights(
   tensors: Map<string, TensorInfo>,
   options: LoadWeightsOptions = {},
 ): Promise<ModelWeights> {
-  const loader = new WeightLoader(backend, tensors, options.onProgress);
+  const loader = new WeightLoader(backend, tensors, options.onProgress, options.transform);
   try {
     return await loader.loadAll(config);
   } catch (error) {
@@ -95,6 +107,7 @@ class WeightLoader {
   #backend: NativeBackend;
   #tensors: Map<string, TensorInfo>;
   #onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  #transform?: WeightTransform;
   #allocations: DevicePtr[] = [];
   #sizeBytes = 0;
   #loadedBytes = 0;
@@ -104,10 +117,12 @@ class WeightLoader {
     backend: NativeBackend,
     tensors: Map<string, TensorInfo>,
     onProgress?: (loadedBytes: number, totalBytes: number) => void,
+    transform?: WeightTransform,
   ) {
     this.#backend = backend;
     this.#tensors = tensors;
     this.#onProgress = onProgress;
+    this.#transform = transform;
     for (const info of tensors.values()) this.#totalBytes += info.byteLength;
   }
 
@@ -202,6 +217,10 @@ class WeightLoader {
     return ptr;
   }
 
+  #formatOf(info: TensorInfo): DTypeId {
+    return this.#transform?.formatOf(info) ?? formatIdOf(info);
+  }
+
   /** Copies one tensor into device memory at dst, converting to dstDtype if it differs. */
   async #copy(info: TensorInfo, dst: DevicePtr, dstDtype: DTypeId): Promise<void> {
     const srcDtype = formatIdOf(info);
@@ -236,7 +255,7 @@ class WeightLoader {
    */
   async #fused(names: string[], rows: number[], cols: number): Promise<Projection> {
     const infos = names.map((name, i) => this.#info(name, [rows[i], cols]));
-    const dtypes = infos.map(formatIdOf);
+    const dtypes = infos.map((info) => this.#formatOf(info));
     const parts: DeviceMatrix[] = [];
     for (let first = 0; first < infos.length;) {
       let end = first + 1;
@@ -257,18 +276,25 @@ class WeightLoader {
     dtype: DTypeId,
   ): Promise<DeviceMatrix> {
     const totalRows = rows.reduce((a, b) => a + b, 0);
-    const ptr = this.#alloc(tensorBytes(dtype, totalRows * cols));
+    const ptr = this.#alloc(matrixBytes(dtype, totalRows, cols));
+    const matrix = { ptr, dtype, rows: totalRows, cols };
     let rowOffset = 0;
     for (let i = 0; i < infos.length; i++) {
-      await this.#copy(infos[i], offset(ptr, tensorBytes(dtype, rowOffset * cols)), dtype);
+      if (this.#transform !== undefined && formatIdOf(infos[i]) !== dtype) {
+        await this.#transform.writeRows(infos[i], matrix, rowOffset);
+        this.#loadedBytes += infos[i].byteLength;
+        this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
+      } else {
+        await this.#copy(infos[i], offset(ptr, tensorBytes(dtype, rowOffset * cols)), dtype);
+      }
       rowOffset += rows[i];
     }
-    return { ptr, dtype, rows: totalRows, cols };
+    return matrix;
   }
 
   async #matrix(name: string, rows: number, cols: number): Promise<DeviceMatrix> {
     const info = this.#info(name, [rows, cols]);
-    return await this.#stack([info], [rows], cols, formatIdOf(info));
+    return await this.#stack([info], [rows], cols, this.#formatOf(info));
   }
 
   /** Concatenates 1-D tensors into one f32 vector. */
