@@ -324,6 +324,50 @@ export class NativeBackend {
     );
   }
 
+  /**
+   * Quantizes a [rows, cols] f32 matrix into dstDtype (a blocked format or INT8); importance, when
+   * given, is a device [cols] f32 weight of each column's squared error.
+   */
+  quantize(
+    dst: DevicePtr,
+    dstDtype: DTypeId,
+    src: DevicePtr,
+    shape: { rows: number; cols: number; importance?: DevicePtr | null },
+  ): void {
+    this.#check(
+      "dl_quantize",
+      this.#lib.dl_quantize(
+        this.#ctx,
+        dst,
+        dstDtype,
+        src,
+        BigInt(shape.rows),
+        BigInt(shape.cols),
+        shape.importance ?? null,
+      ),
+    );
+  }
+
+  /** Expands a [rows, cols] matrix of srcDtype (any format) into f32 at dst. */
+  dequantize(
+    dst: DevicePtr,
+    src: DevicePtr,
+    srcDtype: DTypeId,
+    shape: { rows: number; cols: number },
+  ): void {
+    this.#check(
+      "dl_dequantize",
+      this.#lib.dl_dequantize(
+        this.#ctx,
+        dst,
+        src,
+        srcDtype,
+        BigInt(shape.rows),
+        BigInt(shape.cols),
+      ),
+    );
+  }
+
   embedding(
     args: {
       out: DevicePtr;

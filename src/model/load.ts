@@ -15,7 +15,7 @@ import { randomHfTensors } from "../../tools/random_model/random_model.ts";
 import type { HfConfigJson } from "../../tools/random_model/presets.ts";
 import { LlamaModel } from "./llama.ts";
 import { ropeInvFreq } from "./rope.ts";
-import { loadWeights, releaseWeights } from "./weights.ts";
+import { loadWeights, type MatrixFormatHook, releaseWeights } from "./weights.ts";
 
 /** What a model path describes before any weight is read. */
 export interface ModelSource {
@@ -168,6 +168,11 @@ export interface LoadModelOptions extends OpenModelOptions {
   showProgress?: boolean;
   /** Called with (0, total) before the first tensor and after each one, for log lines. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  /**
+   * The device format of each weight matrix (default: the file's, quantized GGUF blocks
+   * included): the hook `--quantization` sets to quantize while loading.
+   */
+  matrixFormat?: MatrixFormatHook;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -185,6 +190,7 @@ export async function loadModel(
   for (const info of source.tensors.values()) totalBytes += info.byteLength;
   options.onProgress?.(0, totalBytes);
   const weights = await loadWeights(backend, source.config, source.tensors, {
+    matrixFormat: options.matrixFormat,
     onProgress: (loaded, total) => {
       options.onProgress?.(loaded, total);
       if (isTty) {

@@ -1,7 +1,10 @@
 // Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
 // gate/up fused into one projection each (one matrix when their formats agree, else one part per
-// format run), norms and biases in f32, weights otherwise in their own format.
-import { formatByGgufName, tensorBytes } from "../../ffi/formats.ts";
+// format run), norms and biases in f32, weights otherwise in their own format (GGUF's quantized
+// blocks as they are) unless the caller's matrixFormat hook picks another (--quantization).
+// Tensors stream one at a time from the file into their device matrix, so loading holds no more
+// than the weights plus one tensor's staging.
+import { formatByGgufName, formatInfo, isQuantized, matrixBytes } from "../../ffi/formats.ts";
 import {
   type DevicePtr,
   DType,
@@ -70,9 +73,28 @@ function formatIdOf(info: TensorInfo): DTypeId {
   return format.id;
 }
 
+/** Which weight matrix a {@link MatrixFormatHook} is asked about. */
+export interface MatrixRole {
+  /** Canonical (Hugging Face) tensor name: "model.layers.0.self_attn.q_proj.weight". */
+  name: string;
+  /** The tensor as the file stores it (its dtype is the file's format). */
+  info: TensorInfo;
+  /** True for model.embed_tokens.weight (also the LM head when embeddings are tied). */
+  isEmbedding: boolean;
+}
+
+/**
+ * Picks the device format of one weight matrix; undefined keeps the file's. The loader converts,
+ * dequantizes and quantizes as needed (through f32), so any format of ffi/formats.ts may be
+ * returned for any source: this is where `--quantization int8|int4` plugs in.
+ */
+export type MatrixFormatHook = (role: MatrixRole) => DTypeId | undefined;
+
 export interface LoadWeightsOptions {
   /** Called after each tensor with bytes read so far and in total. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  /** The device format of each weight matrix (default: the file's). Norms and biases stay f32. */
+  matrixFormat?: MatrixFormatHook;
 }
 
 /** Loads and validates every tensor the config calls for. */
@@ -82,7 +104,7 @@ export async function loadWeights(
   tensors: Map<string, TensorInfo>,
   options: LoadWeightsOptions = {},
 ): Promise<ModelWeights> {
-  const loader = new WeightLoader(backend, tensors, options.onProgress);
+  const loader = new WeightLoader(backend, tensors, options);
   try {
     return await loader.loadAll(config);
   } catch (error) {
@@ -95,6 +117,7 @@ class WeightLoader {
   #backend: NativeBackend;
   #tensors: Map<string, TensorInfo>;
   #onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  #matrixFormat?: MatrixFormatHook;
   #allocations: DevicePtr[] = [];
   #sizeBytes = 0;
   #loadedBytes = 0;
@@ -103,11 +126,12 @@ class WeightLoader {
   constructor(
     backend: NativeBackend,
     tensors: Map<string, TensorInfo>,
-    onProgress?: (loadedBytes: number, totalBytes: number) => void,
+    options: LoadWeightsOptions,
   ) {
     this.#backend = backend;
     this.#tensors = tensors;
-    this.#onProgress = onProgress;
+    this.#onProgress = options.onProgress;
+    this.#matrixFormat = options.matrixFormat;
     for (const info of tensors.values()) this.#totalBytes += info.byteLength;
   }
 
@@ -202,10 +226,12 @@ class WeightLoader {
     return ptr;
   }
 
-  /** Copies one tensor into device memory at dst, converting to dstDtype if it differs. */
+  /**
+   * Copies one tensor into device memory at dst in dstDtype: its own format, or f32 (from any
+   * format), or another plain format (from a plain one).
+   */
   async #copy(info: TensorInfo, dst: DevicePtr, dstDtype: DTypeId): Promise<void> {
     const srcDtype = formatIdOf(info);
-    const numElements = info.shape.reduce((a, b) => a * b, 1);
     if (srcDtype === dstDtype) {
       // The CPU build's device memory is host memory: read the file straight into it.
       const view = this.#backend.hostView(dst, info.byteLength);
@@ -217,11 +243,22 @@ class WeightLoader {
         this.#backend.upload(dst, staging);
       }
     } else {
+      const { rows, cols } = matrixShape(info);
+      if (isQuantized(srcDtype) && dstDtype !== DType.F32) {
+        throw new RangeError(
+          `Expected f32 or ${info.dtype} as the device format of ${info.name}, found ` +
+            formatInfo(dstDtype).ggufName,
+        );
+      }
       const staging = this.#backend.alloc(info.byteLength);
       try {
         await this.#copy(info, staging, srcDtype);
         this.#loadedBytes -= info.byteLength; // counted once, below
-        this.#backend.convert(dst, dstDtype, staging, srcDtype, numElements);
+        if (isQuantized(srcDtype)) {
+          this.#backend.dequantize(dst, staging, srcDtype, { rows, cols });
+        } else {
+          this.#backend.convert(dst, dstDtype, staging, srcDtype, rows * cols);
+        }
       } finally {
         this.#backend.free(staging);
       }
@@ -230,13 +267,19 @@ class WeightLoader {
     this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
   }
 
+  /** The device format of a weight matrix: the hook's choice, else the file's. */
+  #formatOf(info: TensorInfo): DTypeId {
+    const isEmbedding = info.name === "model.embed_tokens.weight";
+    return this.#matrixFormat?.({ name: info.name, info, isEmbedding }) ?? formatIdOf(info);
+  }
+
   /**
    * Stacks the row blocks of several [rows_i, cols] tensors into a projection, each in its own
    * format (never converted): neighbouring tensors of one format share a matrix.
    */
   async #fused(names: string[], rows: number[], cols: number): Promise<Projection> {
     const infos = names.map((name, i) => this.#info(name, [rows[i], cols]));
-    const dtypes = infos.map(formatIdOf);
+    const dtypes = infos.map((info) => this.#formatOf(info));
     const parts: DeviceMatrix[] = [];
     for (let first = 0; first < infos.length;) {
       let end = first + 1;
@@ -249,7 +292,7 @@ class WeightLoader {
     return { parts, rows: rows.reduce((a, b) => a + b, 0), cols };
   }
 
-  /** One matrix of the row blocks of tensors that share `dtype`. */
+  /** One matrix in `dtype` of the row blocks of several tensors. */
   async #stack(
     infos: TensorInfo[],
     rows: number[],
@@ -257,18 +300,54 @@ class WeightLoader {
     dtype: DTypeId,
   ): Promise<DeviceMatrix> {
     const totalRows = rows.reduce((a, b) => a + b, 0);
-    const ptr = this.#alloc(tensorBytes(dtype, totalRows * cols));
-    let rowOffset = 0;
-    for (let i = 0; i < infos.length; i++) {
-      await this.#copy(infos[i], offset(ptr, tensorBytes(dtype, rowOffset * cols)), dtype);
-      rowOffset += rows[i];
+    const ptr = this.#alloc(matrixBytes(dtype, totalRows, cols));
+    // Formats with per-row data after all rows (INT8) interleave across stacked parts, so those
+    // go through the f32 path, as does every change of format.
+    const isAsStored = infos.every((info) => formatIdOf(info) === dtype) &&
+      (infos.length === 1 || formatInfo(dtype).rowBytes === 0);
+    if (isAsStored) {
+      let rowOffset = 0;
+      for (let i = 0; i < infos.length; i++) {
+        await this.#copy(
+          infos[i],
+          offset(ptr, rowOffset === 0 ? 0 : matrixBytes(dtype, rowOffset, cols)),
+          dtype,
+        );
+        rowOffset += rows[i];
+      }
+    } else {
+      await this.#stackThroughF32(infos, rows, cols, { ptr, dtype, rows: totalRows, cols });
     }
     return { ptr, dtype, rows: totalRows, cols };
   }
 
+  /** Fills `dst` from tensors of any format: each expanded to f32, then stored as dst.dtype. */
+  async #stackThroughF32(
+    infos: TensorInfo[],
+    rows: number[],
+    cols: number,
+    dst: DeviceMatrix,
+  ): Promise<void> {
+    const f32 = dst.dtype === DType.F32 ? dst.ptr : this.#backend.alloc(dst.rows * cols * 4);
+    try {
+      let rowOffset = 0;
+      for (let i = 0; i < infos.length; i++) {
+        await this.#copy(infos[i], offset(f32, rowOffset * cols * 4), DType.F32);
+        rowOffset += rows[i];
+      }
+      if (isQuantized(dst.dtype)) {
+        this.#backend.quantize(dst.ptr, dst.dtype, f32, { rows: dst.rows, cols });
+      } else if (dst.dtype !== DType.F32) {
+        this.#backend.convert(dst.ptr, dst.dtype, f32, DType.F32, dst.rows * cols);
+      }
+    } finally {
+      if (f32 !== dst.ptr) this.#backend.free(f32);
+    }
+  }
+
   async #matrix(name: string, rows: number, cols: number): Promise<DeviceMatrix> {
     const info = this.#info(name, [rows, cols]);
-    return await this.#stack([info], [rows], cols, formatIdOf(info));
+    return await this.#stack([info], [rows], cols, this.#formatOf(info));
   }
 
   /** Concatenates 1-D tensors into one f32 vector. */
@@ -286,6 +365,13 @@ class WeightLoader {
   #vector(name: string, length: number): Promise<DevicePtr> {
     return this.#fusedVector([name], [length]);
   }
+}
+
+/** A tensor as a [rows, cols] matrix: its innermost dimension is a row (1-D: one row). */
+function matrixShape(info: TensorInfo): { rows: number; cols: number } {
+  const cols = info.shape.length === 0 ? 1 : info.shape[info.shape.length - 1];
+  const count = info.shape.reduce((a, b) => a * b, 1);
+  return { rows: cols === 0 ? 0 : count / cols, cols };
 }
 
 /** Frees every allocation of loaded weights. */
