@@ -324,15 +324,13 @@ export class NativeBackend {
     );
   }
 
-  /**
-   * Quantizes a [rows, cols] f32 matrix into dstDtype (a blocked format or INT8); importance, when
-   * given, is a device [cols] f32 weight of each column's squared error.
-   */
+  /** Quantizes a [rows, cols] f32 matrix into a blocked format or INT8 (dl_quantize). */
   quantize(
     dst: DevicePtr,
     dstDtype: DTypeId,
     src: DevicePtr,
-    shape: { rows: number; cols: number; importance?: DevicePtr | null },
+    shape: { rows: number; cols: number },
+    importance: DevicePtr | null = null,
   ): void {
     this.#check(
       "dl_quantize",
@@ -343,12 +341,12 @@ export class NativeBackend {
         src,
         BigInt(shape.rows),
         BigInt(shape.cols),
-        shape.importance ?? null,
+        importance,
       ),
     );
   }
 
-  /** Expands a [rows, cols] matrix of srcDtype (any format) into f32 at dst. */
+  /** Expands a [rows, cols] matrix of any format to f32 (dl_dequantize). */
   dequantize(
     dst: DevicePtr,
     src: DevicePtr,

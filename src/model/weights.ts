@@ -1,7 +1,7 @@
 // Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
 // gate/up fused into one projection each (one matrix when their formats agree, else one part per
 // format run), norms and biases in f32, weights otherwise in their own format (GGUF's quantized
-// blocks as they are) unless the caller's matrixFormat hook picks another (--quantization).
+// blocks as they are) unless the caller's transform picks another (--quantization).
 // Tensors stream one at a time from the file into their device matrix, so loading holds no more
 // than the weights plus one tensor's staging.
 import { formatByGgufName, formatInfo, isQuantized, matrixBytes } from "../../ffi/formats.ts";
@@ -73,28 +73,22 @@ function formatIdOf(info: TensorInfo): DTypeId {
   return format.id;
 }
 
-/** Which weight matrix a {@link MatrixFormatHook} is asked about. */
-export interface MatrixRole {
-  /** Canonical (Hugging Face) tensor name: "model.layers.0.self_attn.q_proj.weight". */
-  name: string;
-  /** The tensor as the file stores it (its dtype is the file's format). */
-  info: TensorInfo;
-  /** True for model.embed_tokens.weight (also the LM head when embeddings are tied). */
-  isEmbedding: boolean;
-}
-
 /**
- * Picks the device format of one weight matrix; undefined keeps the file's. The loader converts,
- * dequantizes and quantizes as needed (through f32), so any format of ffi/formats.ts may be
- * returned for any source: this is where `--quantization int8|int4` plugs in.
+ * Stores chosen weight matrices in another format while loading (`--quantization`:
+ * src/model/quantize.ts's QuantizeOnLoad).
  */
-export type MatrixFormatHook = (role: MatrixRole) => DTypeId | undefined;
+export interface WeightTransform {
+  /** The device format of matrix `info`, or undefined to keep the file's. */
+  formatOf(info: TensorInfo): DTypeId | undefined;
+  /** Writes matrix `info` as rows [rowOffset, rowOffset + its rows) of `dst`, in dst's format. */
+  writeRows(info: TensorInfo, dst: DeviceMatrix, rowOffset: number): Promise<void>;
+}
 
 export interface LoadWeightsOptions {
   /** Called after each tensor with bytes read so far and in total. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
-  /** The device format of each weight matrix (default: the file's). Norms and biases stay f32. */
-  matrixFormat?: MatrixFormatHook;
+  /** The device format of chosen weight matrices (default: the file's). Norms stay f32. */
+  transform?: WeightTransform;
 }
 
 /** Loads and validates every tensor the config calls for. */
@@ -117,7 +111,7 @@ class WeightLoader {
   #backend: NativeBackend;
   #tensors: Map<string, TensorInfo>;
   #onProgress?: (loadedBytes: number, totalBytes: number) => void;
-  #matrixFormat?: MatrixFormatHook;
+  #transform?: WeightTransform;
   #allocations: DevicePtr[] = [];
   #sizeBytes = 0;
   #loadedBytes = 0;
@@ -131,7 +125,7 @@ class WeightLoader {
     this.#backend = backend;
     this.#tensors = tensors;
     this.#onProgress = options.onProgress;
-    this.#matrixFormat = options.matrixFormat;
+    this.#transform = options.transform;
     for (const info of tensors.values()) this.#totalBytes += info.byteLength;
   }
 
@@ -267,10 +261,9 @@ class WeightLoader {
     this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
   }
 
-  /** The device format of a weight matrix: the hook's choice, else the file's. */
+  /** The device format of a weight matrix: the transform's choice, else the file's. */
   #formatOf(info: TensorInfo): DTypeId {
-    const isEmbedding = info.name === "model.embed_tokens.weight";
-    return this.#matrixFormat?.({ name: info.name, info, isEmbedding }) ?? formatIdOf(info);
+    return this.#transform?.formatOf(info) ?? formatIdOf(info);
   }
 
   /**
@@ -301,48 +294,29 @@ class WeightLoader {
   ): Promise<DeviceMatrix> {
     const totalRows = rows.reduce((a, b) => a + b, 0);
     const ptr = this.#alloc(matrixBytes(dtype, totalRows, cols));
-    // Formats with per-row data after all rows (INT8) interleave across stacked parts, so those
-    // go through the f32 path, as does every change of format.
-    const isAsStored = infos.every((info) => formatIdOf(info) === dtype) &&
-      (infos.length === 1 || formatInfo(dtype).rowBytes === 0);
-    if (isAsStored) {
-      let rowOffset = 0;
-      for (let i = 0; i < infos.length; i++) {
-        await this.#copy(
-          infos[i],
-          offset(ptr, rowOffset === 0 ? 0 : matrixBytes(dtype, rowOffset, cols)),
-          dtype,
-        );
-        rowOffset += rows[i];
+    const matrix = { ptr, dtype, rows: totalRows, cols };
+    // Parts kept in their file's format are read straight into place; formats with per-row data
+    // after all rows (INT8) interleave across parts, so only the transform may stack those.
+    let rowOffset = 0;
+    for (let i = 0; i < infos.length; i++) {
+      if (this.#transform !== undefined && formatIdOf(infos[i]) !== dtype) {
+        await this.#transform.writeRows(infos[i], matrix, rowOffset);
+        this.#loadedBytes += infos[i].byteLength;
+        this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
+      } else {
+        if (infos.length > 1 && formatInfo(dtype).rowBytes !== 0) {
+          throw new ModelFormatError(
+            infos[i].file,
+            `cannot stack ${infos[i].dtype} tensor ${infos[i].name} with others: its per-row ` +
+              "data follows all rows",
+          );
+        }
+        const at = rowOffset === 0 ? 0 : matrixBytes(dtype, rowOffset, cols);
+        await this.#copy(infos[i], offset(ptr, at), dtype);
       }
-    } else {
-      await this.#stackThroughF32(infos, rows, cols, { ptr, dtype, rows: totalRows, cols });
+      rowOffset += rows[i];
     }
-    return { ptr, dtype, rows: totalRows, cols };
-  }
-
-  /** Fills `dst` from tensors of any format: each expanded to f32, then stored as dst.dtype. */
-  async #stackThroughF32(
-    infos: TensorInfo[],
-    rows: number[],
-    cols: number,
-    dst: DeviceMatrix,
-  ): Promise<void> {
-    const f32 = dst.dtype === DType.F32 ? dst.ptr : this.#backend.alloc(dst.rows * cols * 4);
-    try {
-      let rowOffset = 0;
-      for (let i = 0; i < infos.length; i++) {
-        await this.#copy(infos[i], offset(f32, rowOffset * cols * 4), DType.F32);
-        rowOffset += rows[i];
-      }
-      if (isQuantized(dst.dtype)) {
-        this.#backend.quantize(dst.ptr, dst.dtype, f32, { rows: dst.rows, cols });
-      } else if (dst.dtype !== DType.F32) {
-        this.#backend.convert(dst.ptr, dst.dtype, f32, DType.F32, dst.rows * cols);
-      }
-    } finally {
-      if (f32 !== dst.ptr) this.#backend.free(f32);
-    }
+    return matrix;
   }
 
   async #matrix(name: string, rows: number, cols: number): Promise<DeviceMatrix> {
