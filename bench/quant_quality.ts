@@ -69,7 +69,7 @@ export function compareScores(ref: Scores, test: Scores): { kl: number; sameTop:
 }
 
 /** The text's windows: each [BOS] + the next window - 1 tokens, enough for minTokens scored. */
-async function textWindows(
+export async function textWindows(
   modelPath: string,
   window: number,
   minTokens: number,
@@ -136,7 +136,7 @@ async function ourScores(
 }
 
 /** llama.cpp's log-probs of the same positions. */
-async function llamaScores(
+export async function llamaScores(
   modelPath: string,
   windows: number[][],
   options: { vocab: number; threads: number },
@@ -157,7 +157,7 @@ async function llamaScores(
   return { logprobs: logSoftmaxRows(kept, vocab), vocab };
 }
 
-async function fileBitsPerWeight(path: string): Promise<number> {
+export async function fileBitsPerWeight(path: string): Promise<number> {
   const source = await openModelSource(path);
   let bytes = 0;
   let elements = 0;
