@@ -195,11 +195,18 @@ inline uint16_t dl_quantize_symmetric_f16(const float* x, const float* w, int n,
   int8_t trial[DL_QK_K];
   uint16_t best_h = h0;
   double best = INFINITY;
-  for (int s = -2; s <= 2; s++) {
-    const uint16_t h = dl_f16_step(h0, s);
+  auto consider = [&](uint16_t h) {
     const double err = dl_symmetric_error(x, w, n, qmin, qmax, dl_f16_to_f32(h), trial);
     if (err < best) best = err, best_h = h, std::memcpy(q, trial, (size_t)n);
+  };
+  for (int s = -2; s <= 2; s++) consider(dl_f16_step(h0, s));
+  // The largest value on either end of the range exactly (a constant group comes back exact).
+  float xm = 0;
+  for (int i = 0; i < n; i++) {
+    if (std::fabs(x[i]) > std::fabs(xm)) xm = x[i];
   }
+  consider(dl_f32_to_f16(xm / (float)qmin));
+  consider(dl_f32_to_f16(xm / (float)qmax));
   return best_h;
 }
 
