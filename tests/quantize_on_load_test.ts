@@ -43,7 +43,9 @@ function kernelsMissing(): string | null {
     const x = backend.alloc(128 * 4);
     const w = backend.alloc(matrixBytes(DType.INT8, 2, 128));
     const out = backend.alloc(2 * 4);
-    return probe(() => backend.quantize(w, DType.INT8, x, { rows: 1, cols: 128 })) ??
+    return probe(() =>
+      backend.quantize({ dst: w, dstDtype: DType.INT8, src: x, rows: 1, cols: 128 })
+    ) ??
       probe(() => backend.matmul({ out, x, w, wDtype: DType.INT8, m: 1, n: 2, k: 128 }));
   } finally {
     backend.close();

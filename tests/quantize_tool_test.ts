@@ -118,7 +118,7 @@ function quantizeMissing(): string | null {
   try {
     const x = backend.alloc(32 * 4);
     const w = backend.alloc(34);
-    backend.quantize(w, DType.Q8_0, x, { rows: 1, cols: 32 });
+    backend.quantize({ dst: w, dstDtype: DType.Q8_0, src: x, rows: 1, cols: 32 });
     return null;
   } catch (error) {
     if (error instanceof NativeError && (error.status === 3 || error.status === 5)) {

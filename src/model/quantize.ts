@@ -243,14 +243,14 @@ export function quantizeRowsInto(
 ): void {
   const { rows, cols } = shape;
   if (rowOffset === 0 && rows === dst.rows) {
-    backend.quantize(dst.ptr, dst.dtype, src, shape);
+    backend.quantize({ dst: dst.ptr, dstDtype: dst.dtype, src, rows, cols });
     return;
   }
   const format = formatInfo(dst.dtype);
   const blockRowBytes = (cols / format.blockLen) * format.blockBytes;
   const scratch = backend.alloc(matrixBytes(dst.dtype, rows, cols));
   try {
-    backend.quantize(scratch, dst.dtype, src, shape);
+    backend.quantize({ dst: scratch, dstDtype: dst.dtype, src, rows, cols });
     copyDevice(backend, offset(dst.ptr, rowOffset * blockRowBytes), scratch, rows * blockRowBytes);
     if (format.rowBytes > 0) {
       copyDevice(

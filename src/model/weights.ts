@@ -249,7 +249,7 @@ class WeightLoader {
         await this.#copy(info, staging, srcDtype);
         this.#loadedBytes -= info.byteLength; // counted once, below
         if (isQuantized(srcDtype)) {
-          this.#backend.dequantize(dst, staging, srcDtype, { rows, cols });
+          this.#backend.dequantize({ dst, src: staging, srcDtype, rows, cols });
         } else {
           this.#backend.convert(dst, dstDtype, staging, srcDtype, rows * cols);
         }

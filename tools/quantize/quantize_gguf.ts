@@ -63,8 +63,9 @@ async function encode(
     }
     const dst = backend.alloc(sizeBytes);
     try {
-      if (isQuantized(format.id)) backend.quantize(dst, format.id, f32, { rows, cols });
-      else backend.convert(dst, format.id, f32, DType.F32, rows * cols);
+      if (isQuantized(format.id)) {
+        backend.quantize({ dst, dstDtype: format.id, src: f32, rows, cols });
+      } else backend.convert(dst, format.id, f32, DType.F32, rows * cols);
       backend.download(out, dst);
     } finally {
       backend.free(dst);
