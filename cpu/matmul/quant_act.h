@@ -3,7 +3,8 @@
 // every ISA writes the same bytes.
 //
 // Per block: amax = max |x|, d = amax / 127, q = round-half-even(x * (127 / amax)), so |q| <= 127
-// (0 for an all-zero block). The rounding adds and subtracts 1.5 * 2^23, exact for |v| < 2^22.
+// (0 for an all-zero block). rint rounds in the default mode, to nearest even; unlike the
+// add-and-subtract-2^23 trick it has no sum that FMA contraction could fuse into one rounding.
 
 inline float act_amax(const float* x, int64_t len) {
   float amax = 0.0f;
@@ -19,8 +20,7 @@ inline int32_t act_round(const float* x, int64_t len, float amax, int8_t* q) {
   const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
   int32_t sum = 0;
   for (int64_t j = 0; j < len; j++) {
-    const float r = (x[j] * id + 12582912.0f) - 12582912.0f;
-    const int32_t v = (int32_t)r;
+    const int32_t v = (int32_t)__builtin_rintf(x[j] * id);
     q[j] = (int8_t)v;
     sum += v;
   }

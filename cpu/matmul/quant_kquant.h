@@ -141,7 +141,9 @@ struct KDot {
       for (int i = 0; i < RM; i++) {
         const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i][ib].bsums));
         const int32_t minsum = hsum_i32(_mm256_madd_epi16(bs, mn16));
-        facc[i] += a[i][ib].d * (d * (float)hsum_i32(isum[i]) - dmin * (float)minsum);
+        // Explicit fma: left to contraction, the rounding could differ between tile sizes.
+        const float t = std::fma(d, (float)hsum_i32(isum[i]), -(dmin * (float)minsum));
+        facc[i] = std::fma(a[i][ib].d, t, facc[i]);
       }
     }
 #pragma GCC unroll 8

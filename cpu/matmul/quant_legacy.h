@@ -103,7 +103,7 @@ struct LegacyDot {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a->qs));
         const __m256i p = dot_us(_mm256_setzero_si256(), qa, W::has_min ? xv : _mm256_sign_epi8(xv, q));
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a->d), acc[i]);
-        if (W::has_min) macc[i] += m * a->s;
+        if (W::has_min) macc[i] = std::fma(m, a->s, macc[i]);  // explicit: the same rounding in every tile
       }
     }
 #pragma GCC unroll 8

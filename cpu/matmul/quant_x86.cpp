@@ -2,6 +2,7 @@
 // quant_kquant.h) on 256-bit vectors, compiled twice: AVX2 (u8 x s8 products through maddubs and
 // madd) and AVX-512 VNNI (vpdpbusd and vpdpwssd, one instruction each; Zen 4 runs 512-bit vectors
 // as two 256-bit halves, so the narrower vectors lose nothing there and keep one code path).
+#include <cmath>
 #include <cstdint>
 
 #include "common.h"
