@@ -122,9 +122,9 @@ struct KDot {
       alignas(32) int16_t sc[16], mn[16];
       float d, dmin;
       W::scales(b, sc, mn, d, dmin);
-      __m256i isum[RM];
+      __m256i isum[2][RM];  // even and odd chunks: two dependency chains per row
 #pragma GCC unroll 8
-      for (int i = 0; i < RM; i++) isum[i] = _mm256_setzero_si256();
+      for (int i = 0; i < RM; i++) isum[0][i] = isum[1][i] = _mm256_setzero_si256();
 #pragma GCC unroll 8
       for (int c = 0; c < 8; c++) {
         const __m256i u = W::chunk(b, c);
@@ -133,7 +133,8 @@ struct KDot {
 #pragma GCC unroll 8
         for (int i = 0; i < RM; i++) {
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i][ib].qs + 32 * c));
-          isum[i] = is_signed ? dot_us(isum[i], ua, _mm256_sign_epi8(xv, u)) : madd_scaled(isum[i], u, xv, s16);
+          __m256i& acc = isum[c % 2][i];
+          acc = is_signed ? dot_us(acc, ua, _mm256_sign_epi8(xv, u)) : madd_scaled(acc, u, xv, s16);
         }
       }
       const __m256i mn16 = _mm256_load_si256(reinterpret_cast<const __m256i*>(mn));
@@ -142,7 +143,7 @@ struct KDot {
         const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i][ib].bsums));
         const int32_t minsum = hsum_i32(_mm256_madd_epi16(bs, mn16));
         // Explicit fma: left to contraction, the rounding could differ between tile sizes.
-        const float t = std::fma(d, (float)hsum_i32(isum[i]), -(dmin * (float)minsum));
+        const float t = std::fma(d, (float)hsum_i32(_mm256_add_epi32(isum[0][i], isum[1][i])), -(dmin * (float)minsum));
         facc[i] = std::fma(a[i][ib].d, t, facc[i]);
       }
     }

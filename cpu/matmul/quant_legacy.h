@@ -83,30 +83,45 @@ struct LegacyW<DL_DTYPE_INT4> {
   }
 };
 
+// Two accumulators per row, for even and odd sub-blocks: one chain of dependent FMAs per row would
+// bind decode (RM = 1) to the FMA latency. Which sub-block goes where depends only on its index, so a
+// row's sum is the same whatever RM is.
 template <int DT>
 struct LegacyDot {
   template <int RM>
   static void rows(const uint8_t* w, const uint8_t* act, int64_t act_row_bytes, int64_t k, float* res) {
-    using W = LegacyW<DT>;
-    __m256 acc[RM];
+    __m256 acc[2][RM];
     float macc[RM];
 #pragma GCC unroll 8
-    for (int i = 0; i < RM; i++) acc[i] = _mm256_setzero_ps(), macc[i] = 0.0f;
+    for (int i = 0; i < RM; i++) acc[0][i] = acc[1][i] = _mm256_setzero_ps(), macc[i] = 0.0f;
     const int64_t num_sub = (k + DL_QK - 1) / DL_QK;
-    for (int64_t sb = 0; sb < num_sub; sb++) {
-      float d, m = 0.0f;
-      const __m256i q = W::unpack(w, sb, k, d, m);
-      const __m256i qa = W::has_min ? q : _mm256_abs_epi8(q);
-#pragma GCC unroll 8
-      for (int i = 0; i < RM; i++) {
-        const dl_act_q8* a = reinterpret_cast<const dl_act_q8*>(act + i * act_row_bytes) + sb;
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a->qs));
-        const __m256i p = dot_us(_mm256_setzero_si256(), qa, W::has_min ? xv : _mm256_sign_epi8(xv, q));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a->d), acc[i]);
-        if (W::has_min) macc[i] = std::fma(m, a->s, macc[i]);  // explicit: the same rounding in every tile
-      }
+    int64_t sb = 0;
+    for (; sb + 2 <= num_sub; sb += 2) {
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) step<RM>(w, act, act_row_bytes, k, sb + h, acc[h], macc);
     }
+    if (sb < num_sub) step<RM>(w, act, act_row_bytes, k, sb, acc[0], macc);
 #pragma GCC unroll 8
-    for (int i = 0; i < RM; i++) res[i] = hsum_f32(acc[i]) + macc[i];
+    for (int i = 0; i < RM; i++) res[i] = hsum_f32(_mm256_add_ps(acc[0][i], acc[1][i])) + macc[i];
+  }
+
+  // Sub-block sb of the weight row against RM activation rows.
+  template <int RM>
+  static inline __attribute__((always_inline)) void step(const uint8_t* w, const uint8_t* act, int64_t act_row_bytes,
+                                                         int64_t k, int64_t sb, __m256* acc, float* macc) {
+    using W = LegacyW<DT>;
+    float d, m = 0.0f;
+    const __m256i q = W::unpack(w, sb, k, d, m);
+    const __m256i qa = W::has_min ? q : _mm256_abs_epi8(q);
+    const __m256 dv = _mm256_set1_ps(d);
+#pragma GCC unroll 8
+    for (int i = 0; i < RM; i++) {
+      const dl_act_q8* a = reinterpret_cast<const dl_act_q8*>(act + i * act_row_bytes) + sb;
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a->qs));
+      const __m256i p = dot_us(_mm256_setzero_si256(), qa, W::has_min ? xv : _mm256_sign_epi8(xv, q));
+      const __m256 scale = _mm256_mul_ps(dv, _mm256_broadcast_ss(&a->d));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i]);
+      if (W::has_min) macc[i] = std::fma(m, a->s, macc[i]);  // explicit: the same rounding in every tile
+    }
   }
 };
