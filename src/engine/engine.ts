@@ -193,6 +193,11 @@ export class LLMEngine {
     return outputs;
   }
 
+  /** Replaces how draft tokens are accepted (tests: showing that a wrong rule is caught). */
+  setAcceptanceRule(rule: AcceptanceRule): void {
+    this.#acceptanceRule = rule;
+  }
+
   /** One engine step. Returns the outputs it produced (possibly none). */
   step(): RequestOutput[] {
     this.#propose();

@@ -51,7 +51,7 @@ export class LLM {
     backend: NativeBackend,
     loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
     options: LocalEngineOptions,
-    parts: { draft?: Pick<LoadedModel, "config" | "model"> } = {},
+    parts: Parameters<typeof createLocalEngine>[3] = {},
   ): LLM {
     const local = createLocalEngine(backend, loaded, options, parts);
     return new LLM(local, local.release);

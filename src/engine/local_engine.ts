@@ -102,8 +102,11 @@ export function createLocalEngine(
   backend: NativeBackend,
   loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
   options: LocalEngineOptions,
-  /** The draft model, loaded, when `options.speculative.model` names one. */
-  parts: { draft?: Pick<LoadedModel, "config" | "model"> } = {},
+  /**
+   * The draft model, loaded, when `options.speculative.model` names one; or a proposer of the
+   * caller's own (tests), which `options.speculative` then only gives k and the threshold for.
+   */
+  parts: { draft?: Pick<LoadedModel, "config" | "model">; proposer?: Proposer } = {},
 ): LocalEngine {
   const modelMax = loaded.config.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
@@ -152,7 +155,7 @@ export function createLocalEngine(
   let proposer: Proposer | undefined;
   try {
     if (spec !== undefined) {
-      proposer = spec.model === "ngram"
+      proposer = parts.proposer ?? (spec.model === "ngram"
         ? new NgramProposer({
           maxN: spec.ngramPromptLookupMax ?? ENGINE_DEFAULTS.ngramPromptLookupMax,
           minN: spec.ngramPromptLookupMin ?? Math.min(
@@ -169,7 +172,7 @@ export function createLocalEngine(
           maxNumSeqs: Math.max(1, Math.min(maxNumSeqs, disableBySize)),
           maxModelLen,
           targetVocabSize: loaded.config.vocabSize,
-        }, spec.model);
+        }, spec.model));
       config.speculative = {
         proposer,
         numSpeculativeTokens: spec.numSpeculativeTokens,
