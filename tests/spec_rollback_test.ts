@@ -233,3 +233,71 @@ Deno.test("random accept/reject patterns leave every block free and the output u
   assert.ok(numVerifications > 2000, `thousands of patterns, got ${numVerifications}`);
   assert.ok(numPreemptions > 0, "some runs preempted");
 });
+
+Deno.test("KvCacheManager.truncate over random speculative steps, forks and frees", () => {
+  const rng = new Rng(99);
+  const pool = new BlockPool(64, { enablePrefixCaching: true });
+  const kv = new KvCacheManager(pool, BLOCK);
+  type Seq = { id: string; tokenIds: number[]; numComputedTokens: number };
+  const seqs = new Map<string, Seq>();
+  let next = 0;
+  let numTruncations = 0;
+  for (let op = 0; op < 5000; op++) {
+    const live = [...seqs.values()];
+    const choice = rng.next();
+    if (live.length === 0 || choice < 0.1) {
+      // A new sequence with a short prompt, often sharing a prefix with earlier ones.
+      const prompt = Array.from(
+        { length: 1 + Math.floor(rng.next() * 10) },
+        (_, i) => rng.next() < 0.7 ? 2 + i : 2 + Math.floor(rng.next() * 30),
+      );
+      const seq: Seq = { id: `s${next++}`, tokenIds: prompt, numComputedTokens: 0 };
+      const cached = kv.findCachedPrefix(seq);
+      if (!kv.allocateSlots(seq, prompt.length - cached.numTokens, cached)) continue;
+      seqs.set(seq.id, seq);
+      seq.numComputedTokens = prompt.length;
+      kv.commitComputed(seq, seq.numComputedTokens);
+    } else if (choice < 0.15) {
+      const parent = live[Math.floor(rng.next() * live.length)];
+      const child: Seq = { ...parent, id: `s${next++}`, tokenIds: [...parent.tokenIds] };
+      kv.fork(parent.id, child.id);
+      seqs.set(child.id, child);
+    } else if (choice < 0.25) {
+      const seq = live[Math.floor(rng.next() * live.length)];
+      kv.free(seq.id);
+      seqs.delete(seq.id);
+    } else {
+      // A speculative step: the last token plus k drafts computed, a of them accepted.
+      const seq = live[Math.floor(rng.next() * live.length)];
+      const start = seq.numComputedTokens - 1;
+      if (start < 0) continue;
+      kv.truncate(seq.id, start); // the last token is recomputed with the drafts
+      seq.numComputedTokens = start;
+      const k = Math.floor(rng.next() * 6);
+      if (!kv.allocateSlots(seq, 1 + k)) {
+        kv.free(seq.id);
+        seqs.delete(seq.id);
+        continue;
+      }
+      kv.takePendingCopies();
+      const a = Math.floor(rng.next() * (k + 1));
+      for (let j = 0; j <= a; j++) seq.tokenIds.push(2 + Math.floor(rng.next() * 30));
+      seq.numComputedTokens = start + 1 + a;
+      kv.commitComputed(seq, seq.numComputedTokens);
+      kv.truncate(seq.id, seq.numComputedTokens);
+      numTruncations++;
+      assert.equal(kv.blockTable(seq.id).length, Math.ceil(seq.numComputedTokens / BLOCK));
+    }
+    // Every held block's count is the number of tables holding it.
+    const holders = new Map<number, number>();
+    for (const s of seqs.values()) {
+      for (const id of kv.blockTable(s.id)) holders.set(id, (holders.get(id) ?? 0) + 1);
+    }
+    for (let id = 1; id < pool.numBlocks; id++) {
+      assert.equal(pool.block(id).refCount, holders.get(id) ?? 0, `op ${op}: block ${id}`);
+    }
+  }
+  for (const id of seqs.keys()) kv.free(id);
+  assert.equal(pool.numFreeBlocks, pool.numUsableBlocks, "every block is free");
+  assert.ok(numTruncations > 2000, `thousands of rollbacks, got ${numTruncations}`);
+});
