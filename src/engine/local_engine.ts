@@ -20,6 +20,8 @@ export const ENGINE_DEFAULTS = {
   kvCacheDtype: "f32" as KvCacheDtype,
   maxNumSeqs: 64,
   maxNumBatchedTokens: 2048,
+  /** k when --speculative-model is given without --num-speculative-tokens. */
+  numSpeculativeTokens: 4,
   /** n-gram lengths tried (vLLM's prompt_lookup_max / min). */
   ngramPromptLookupMax: 4,
   ngramPromptLookupMin: 2,
