@@ -221,7 +221,9 @@ export class LLMEngine {
    */
   #propose(): void {
     const spec = this.#spec;
-    if (spec === undefined) return;
+    // The static baseline reserves each request's whole length up front; rolling back into that
+    // reservation would undo it, so it never speculates.
+    if (spec === undefined || this.scheduler.config.mode === "static") return;
     const candidates: EngineRequest[] = [];
     let numRunning = 0;
     for (const request of this.#requests.values()) {
