@@ -128,7 +128,7 @@ function runEngine(seed: number, speculate: boolean, numKvBlocks: number): Run {
     maxModelLen: 160,
     ...(speculate
       ? {
-        speculative: {
+        speculativeDecoding: {
           proposer: new RandomProposer(seed, 0.3),
           numSpeculativeTokens: k,
           disableBySize: 64,

@@ -17,7 +17,7 @@ import { type AcceptanceRule, rejectionSample } from "./spec/verify.ts";
 export interface EngineConfig extends SchedulerConfig {
   enablePrefixCaching?: boolean;
   /** Speculative decoding: a proposer, k, and when to turn it off. */
-  speculative?: SpeculativeConfig;
+  speculativeDecoding?: SpeculativeConfig;
 }
 
 /** Speculative decoding counters since the engine started, as vLLM's metrics count them. */
@@ -92,15 +92,15 @@ export class LLMEngine {
       );
     }
     this.#executor = executor;
-    if (config.speculative !== undefined) {
-      checkSpeculativeConfig(config.speculative);
-      this.#spec = config.speculative;
-      this.#acceptanceRule = config.speculative.acceptanceRule ?? rejectionSample;
+    if (config.speculativeDecoding !== undefined) {
+      checkSpeculativeConfig(config.speculativeDecoding);
+      this.#spec = config.speculativeDecoding;
+      this.#acceptanceRule = config.speculativeDecoding.acceptanceRule ?? rejectionSample;
       this.#specStats = {
         numDrafts: 0,
         numDraftTokens: 0,
         numAcceptedTokens: 0,
-        numAcceptedTokensPerPos: new Array(config.speculative.numSpeculativeTokens).fill(0),
+        numAcceptedTokensPerPos: new Array(config.speculativeDecoding.numSpeculativeTokens).fill(0),
         numTurnedDownSteps: 0,
       };
     }

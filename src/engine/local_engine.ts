@@ -43,7 +43,7 @@ export interface SpeculativeOptions {
 
 /** How to size and schedule an engine over an already loaded model. */
 export interface LocalEngineOptions
-  extends Partial<Omit<EngineConfig, "maxModelLen" | "speculative">> {
+  extends Partial<Omit<EngineConfig, "maxModelLen" | "speculativeDecoding">> {
   /** Longest prompt + output; default and upper bound: the model's context length. */
   maxModelLen?: number;
   blockSize?: number;
@@ -175,7 +175,7 @@ export function createLocalEngine(
           maxModelLen,
           targetVocabSize: loaded.config.vocabSize,
         }, spec.model));
-      config.speculative = {
+      config.speculativeDecoding = {
         proposer,
         numSpeculativeTokens: spec.numSpeculativeTokens,
         disableBySize,
