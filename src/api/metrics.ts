@@ -406,6 +406,24 @@ export class Metrics {
     name: "denollm_num_preemptions",
     help: "Requests preempted by the scheduler.",
   });
+  // Speculative decoding, named as vLLM names them (vllm:spec_decode_… under --metrics-names vllm).
+  readonly specDecodeNumDrafts = this.registry.counter({
+    name: "denollm_spec_decode_num_drafts",
+    help: "Speculative verification steps of a request with at least one proposed token.",
+  });
+  readonly specDecodeNumDraftTokens = this.registry.counter({
+    name: "denollm_spec_decode_num_draft_tokens",
+    help: "Tokens proposed by the speculative proposer.",
+  });
+  readonly specDecodeNumAcceptedTokens = this.registry.counter({
+    name: "denollm_spec_decode_num_accepted_tokens",
+    help: "Proposed tokens the target model accepted.",
+  });
+  readonly specDecodeNumAcceptedTokensPerPos = this.registry.counter({
+    name: "denollm_spec_decode_num_accepted_tokens_per_pos",
+    help: "Accepted tokens by their position among a step's proposals (0 = the first).",
+    labelNames: ["position"],
+  });
 
   /** Copies the engine's stats into the gauges and mirrored counters. */
   updateFromEngine(stats: EngineStats): void {
@@ -416,6 +434,15 @@ export class Metrics {
     this.prefixCacheQueries.setTotal(stats.prefixCacheQueries);
     this.prefixCacheHits.setTotal(stats.prefixCacheHits);
     this.numPreemptions.setTotal(stats.numPreemptions);
+    const spec = stats.specDecode;
+    if (spec !== undefined) {
+      this.specDecodeNumDrafts.setTotal(spec.numDrafts);
+      this.specDecodeNumDraftTokens.setTotal(spec.numDraftTokens);
+      this.specDecodeNumAcceptedTokens.setTotal(spec.numAcceptedTokens);
+      for (const [position, n] of spec.numAcceptedTokensPerPos.entries()) {
+        this.specDecodeNumAcceptedTokensPerPos.setTotal(n, { position: String(position) });
+      }
+    }
   }
 
   render(): string {

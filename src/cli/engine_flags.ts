@@ -1,6 +1,10 @@
 // The engine flags the offline commands (`batch`, `distill-export`) share, with serve's names and
 // defaults, parsed into EngineOptions.
-import { ENGINE_DEFAULTS, type EngineOptions } from "../engine/local_engine.ts";
+import {
+  ENGINE_DEFAULTS,
+  type EngineOptions,
+  type SpeculativeOptions,
+} from "../engine/local_engine.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseByteSize } from "../server/config.ts";
@@ -16,7 +20,21 @@ export const ENGINE_FLAG_OPTIONS = {
   quantization: { type: "string" },
   threads: { type: "string" },
   library: { type: "string" },
+  "speculative-model": { type: "string" },
+  "num-speculative-tokens": { type: "string" },
+  "ngram-prompt-lookup-max": { type: "string" },
+  "ngram-prompt-lookup-min": { type: "string" },
+  "speculative-disable-by-batch-size": { type: "string" },
 } as const;
+
+/** The speculative-decoding flags' lines in a usage text (serve lists the same). */
+export const SPECULATIVE_FLAGS_USAGE =
+  `  --speculative-model M        ngram (prompt lookup) or a draft model path, same vocabulary
+  --num-speculative-tokens K   tokens proposed per step (default ${ENGINE_DEFAULTS.numSpeculativeTokens})
+  --ngram-prompt-lookup-max N  longest n-gram looked up (default ${ENGINE_DEFAULTS.ngramPromptLookupMax})
+  --ngram-prompt-lookup-min N  shortest n-gram looked up (default ${ENGINE_DEFAULTS.ngramPromptLookupMin})
+  --speculative-disable-by-batch-size N
+                               no speculation while more requests run (default ${ENGINE_DEFAULTS.speculativeDisableBySize})`;
 
 /** Their lines in a usage text. */
 export const ENGINE_FLAGS_USAGE =
@@ -27,7 +45,8 @@ export const ENGINE_FLAGS_USAGE =
   --kv-cache-memory B          KV cache bytes, suffixes K, M, G (default 1G)
   --quantization Q             quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, …
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
-  --library PATH               native library to load (default build/libdenollm_cpu.so)`;
+  --library PATH               native library to load (default build/libdenollm_cpu.so)
+${SPECULATIVE_FLAGS_USAGE}`;
 
 /** A whole number of at least `min`, or `fallback` when the flag is absent. */
 export function integerFlag(
@@ -55,6 +74,63 @@ export function quantizationFlag(value: string): string {
 
 export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAG_OPTIONS]?: string };
 
+/** The speculative-decoding options of the flags (vLLM's names), or undefined when off. */
+export function speculativeOptions(
+  values: { [K in keyof SpeculativeFlagValues]?: string },
+): SpeculativeOptions | undefined {
+  const model = values["speculative-model"];
+  if (model === undefined || model === "") {
+    const stray = SPECULATIVE_FLAGS.find((f) => values[f] !== undefined);
+    if (stray !== undefined) {
+      throw new UsageError(`--${stray} needs --speculative-model (ngram or a draft model path)`);
+    }
+    return undefined;
+  }
+  const max = integerFlag(
+    "ngram-prompt-lookup-max",
+    values["ngram-prompt-lookup-max"],
+    ENGINE_DEFAULTS.ngramPromptLookupMax,
+  );
+  const min = integerFlag(
+    "ngram-prompt-lookup-min",
+    values["ngram-prompt-lookup-min"],
+    Math.min(ENGINE_DEFAULTS.ngramPromptLookupMin, max),
+  );
+  if (min > max) {
+    throw new UsageError(
+      `--ngram-prompt-lookup-min (${min}) must not exceed --ngram-prompt-lookup-max (${max})`,
+    );
+  }
+  return {
+    model,
+    numSpeculativeTokens: integerFlag(
+      "num-speculative-tokens",
+      values["num-speculative-tokens"],
+      ENGINE_DEFAULTS.numSpeculativeTokens,
+    ),
+    ngramPromptLookupMax: max,
+    ngramPromptLookupMin: min,
+    disableBySize: integerFlag(
+      "speculative-disable-by-batch-size",
+      values["speculative-disable-by-batch-size"],
+      ENGINE_DEFAULTS.speculativeDisableBySize,
+      0,
+    ),
+  };
+}
+
+const SPECULATIVE_FLAGS = [
+  "num-speculative-tokens",
+  "ngram-prompt-lookup-max",
+  "ngram-prompt-lookup-min",
+  "speculative-disable-by-batch-size",
+] as const;
+
+type SpeculativeFlagValues = Record<
+  "speculative-model" | (typeof SPECULATIVE_FLAGS)[number],
+  string
+>;
+
 /** EngineOptions from the parsed flags; --model is required. */
 export function engineOptions(values: EngineFlagValues): EngineOptions {
   if (!values.model) throw new UsageError("--model is required");
@@ -64,6 +140,7 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     throw new UsageError(`--kv-cache-memory expects a size such as 512M or 2G, got "${memory}"`);
   }
   const maxModelLen = values["max-model-len"];
+  const speculative = speculativeOptions(values);
   return {
     modelPath: values.model,
     maxNumSeqs: integerFlag("max-num-seqs", values["max-num-seqs"], ENGINE_DEFAULTS.maxNumSeqs),
@@ -81,5 +158,6 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...(values.quantization === undefined
       ? {}
       : { quantization: quantizationFlag(values.quantization) }),
+    ...(speculative === undefined ? {} : { speculative }),
   };
 }

@@ -8,6 +8,9 @@ import { type LoadedModel, type LoadFormat, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
 import { defaultNumThreads } from "./threads.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
+import { DraftModelProposer } from "./spec/draft_model.ts";
+import { NgramProposer } from "./spec/ngram_proposer.ts";
+import type { Proposer, SpeculativeConfig } from "./spec/proposer.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -17,10 +20,30 @@ export const ENGINE_DEFAULTS = {
   kvCacheDtype: "f32" as KvCacheDtype,
   maxNumSeqs: 64,
   maxNumBatchedTokens: 2048,
+  /** k when --speculative-model is given without --num-speculative-tokens. */
+  numSpeculativeTokens: 4,
+  /** n-gram lengths tried (vLLM's prompt_lookup_max / min). */
+  ngramPromptLookupMax: 4,
+  ngramPromptLookupMin: 2,
+  /** Running requests above which speculation turns off (measured: docs/speculative.md). */
+  speculativeDisableBySize: 8,
 } as const;
 
+/** Speculative decoding, as the flags state it. */
+export interface SpeculativeOptions {
+  /** "ngram" (prompt lookup), or a draft model: an HF directory or GGUF with the same vocabulary. */
+  model: string;
+  /** k: tokens proposed per step (--num-speculative-tokens). */
+  numSpeculativeTokens: number;
+  ngramPromptLookupMax?: number;
+  ngramPromptLookupMin?: number;
+  /** Speculation turns off while more requests than this are running. */
+  disableBySize?: number;
+}
+
 /** How to size and schedule an engine over an already loaded model. */
-export interface LocalEngineOptions extends Partial<Omit<EngineConfig, "maxModelLen">> {
+export interface LocalEngineOptions
+  extends Partial<Omit<EngineConfig, "maxModelLen" | "speculativeDecoding">> {
   /** Longest prompt + output; default and upper bound: the model's context length. */
   maxModelLen?: number;
   blockSize?: number;
@@ -28,6 +51,7 @@ export interface LocalEngineOptions extends Partial<Omit<EngineConfig, "maxModel
   /** The KV cache as a byte budget, or as a block count (block 0 included); one of the two. */
   kvCacheMemoryBytes?: number;
   numKvBlocks?: number;
+  speculative?: SpeculativeOptions;
 }
 
 /** Everything that shapes an engine, stated once: server flags, worker init, in-process LLM. */
@@ -57,6 +81,8 @@ export interface LocalEngine {
   /** Device bytes reserved for steps, and held by the KV cache. */
   reservedBytes: number;
   kvCacheBytes: number;
+  /** The speculative proposer, when speculation is on. */
+  proposer?: Proposer;
   release(): void;
 }
 
@@ -83,6 +109,11 @@ export function createLocalEngine(
   backend: NativeBackend,
   loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
   options: LocalEngineOptions,
+  /**
+   * The draft model, loaded, when `options.speculative.model` names one; or a proposer of the
+   * caller's own (tests), which `options.speculative` then only gives k and the threshold for.
+   */
+  parts: { draft?: Pick<LoadedModel, "config" | "model">; proposer?: Proposer } = {},
 ): LocalEngine {
   const modelMax = loaded.config.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
@@ -104,13 +135,21 @@ export function createLocalEngine(
       bytesPerBlock,
     );
   }
+  const spec = options.speculative;
+  const maxNumSeqs = options.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
+  const maxNumBatchedTokens = options.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
+  const disableBySize = spec?.disableBySize ?? ENGINE_DEFAULTS.speculativeDisableBySize;
+  // Verification returns logits for every proposed row: 1 + k per request while speculating
+  // (at most disableBySize requests), 1 per request otherwise.
+  const specRows = spec === undefined ? undefined : Math.min(
+    maxNumBatchedTokens,
+    Math.max(maxNumSeqs, Math.min(maxNumSeqs, disableBySize) * (1 + spec.numSpeculativeTokens)),
+  );
   const config: EngineConfig = {
-    maxNumBatchedTokens: ENGINE_DEFAULTS.maxNumBatchedTokens,
-    maxNumSeqs: ENGINE_DEFAULTS.maxNumSeqs,
+    maxNumBatchedTokens,
+    maxNumSeqs,
     ...withoutUndefined({
-      maxNumBatchedTokens: options.maxNumBatchedTokens,
-      maxNumSeqs: options.maxNumSeqs,
-      maxNumLogitRows: options.maxNumLogitRows,
+      maxNumLogitRows: options.maxNumLogitRows ?? specRows,
       enableChunkedPrefill: options.enableChunkedPrefill,
       policy: options.policy,
       mode: options.mode,
@@ -120,7 +159,33 @@ export function createLocalEngine(
   };
   const kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
   let executor: LocalExecutor | undefined;
+  let proposer: Proposer | undefined;
   try {
+    if (spec !== undefined) {
+      proposer = parts.proposer ?? (spec.model === "ngram"
+        ? new NgramProposer({
+          maxN: spec.ngramPromptLookupMax ?? ENGINE_DEFAULTS.ngramPromptLookupMax,
+          minN: spec.ngramPromptLookupMin ?? Math.min(
+            ENGINE_DEFAULTS.ngramPromptLookupMin,
+            spec.ngramPromptLookupMax ?? ENGINE_DEFAULTS.ngramPromptLookupMax,
+          ),
+        })
+        : newDraftProposer(backend, parts.draft, {
+          blockSize,
+          // As many tokens as the target's cache: the draft never holds more sequences.
+          numKvBlocks: numBlocks,
+          kvCacheDtype: dtype,
+          maxNumBatchedTokens,
+          maxNumSeqs: Math.max(1, Math.min(maxNumSeqs, disableBySize)),
+          maxModelLen,
+          targetVocabSize: loaded.config.vocabSize,
+        }, spec.model));
+      config.speculativeDecoding = {
+        proposer,
+        numSpeculativeTokens: spec.numSpeculativeTokens,
+        disableBySize,
+      } satisfies SpeculativeConfig;
+    }
     executor = new LocalExecutor(
       backend,
       { model: loaded.model, kvCache },
@@ -128,23 +193,42 @@ export function createLocalEngine(
     );
     const engine = new LLMEngine({ executor, tokenizer: loaded.tokenizer }, config);
     const held = executor;
+    const draftBytes = proposer instanceof DraftModelProposer ? proposer.reservedBytes : 0;
     return {
       engine,
       numKvBlocks: numBlocks - 1,
       blockSize,
       maxModelLen,
-      reservedBytes: executor.reservedBytes,
+      reservedBytes: executor.reservedBytes + draftBytes,
       kvCacheBytes: numBlocks * bytesPerBlock,
+      ...(proposer === undefined ? {} : { proposer }),
       release() {
+        proposer?.release();
         held.release();
         kvCache.release();
       },
     };
   } catch (error) {
+    proposer?.release();
     executor?.release();
     kvCache.release();
     throw error;
   }
+}
+
+function newDraftProposer(
+  backend: NativeBackend,
+  draft: Pick<LoadedModel, "config" | "model"> | undefined,
+  options: ConstructorParameters<typeof DraftModelProposer>[2],
+  path: string,
+): DraftModelProposer {
+  if (draft === undefined) {
+    throw new RangeError(
+      `--speculative-model ${JSON.stringify(path)} names a draft model, but none was loaded ` +
+        `(startLocalEngine loads it; LLM.over takes it as parts.draft)`,
+    );
+  }
+  return new DraftModelProposer(backend, draft, options);
 }
 
 function withoutUndefined<T extends object>(o: T): Partial<T> {
@@ -165,6 +249,7 @@ export async function startLocalEngine(
     numThreads: options.numThreads ?? defaultNumThreads(),
   });
   let loaded: LoadedModel | undefined;
+  let draft: LoadedModel | undefined;
   try {
     loaded = await loadModel(backend, options.modelPath, {
       showProgress,
@@ -173,19 +258,26 @@ export async function startLocalEngine(
       seed: options.loadSeed,
       quantization: options.quantization,
     });
-    const local = createLocalEngine(backend, loaded, options);
+    const draftPath = options.speculative?.model;
+    if (draftPath !== undefined && draftPath !== "ngram") {
+      draft = await loadModel(backend, draftPath, { showProgress });
+    }
+    const local = createLocalEngine(backend, loaded, options, draft ? { draft } : {});
     const model = loaded;
+    const draftModel = draft;
     return {
       ...local,
       loaded,
       backend,
       release() {
         local.release();
+        draftModel?.release();
         model.release();
         backend.close();
       },
     };
   } catch (error) {
+    draft?.release();
     loaded?.release();
     backend.close();
     throw error;

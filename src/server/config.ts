@@ -3,7 +3,8 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { TOOL_CALL_PARSERS, type ToolCallParser } from "../api/tools.ts";
-import { ENGINE_DEFAULTS } from "../engine/local_engine.ts";
+import { ENGINE_DEFAULTS, type SpeculativeOptions } from "../engine/local_engine.ts";
+import { speculativeOptions } from "../cli/engine_flags.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseQuantization } from "../model/quantize.ts";
@@ -45,6 +46,8 @@ export interface ServeConfig {
   hfCacheDir: string;
   /** The tool-call format to parse (vLLM's --tool-call-parser); unset: the chat template's. */
   toolCallParser?: ToolCallParser;
+  /** Speculative decoding (--speculative-model and the flags with it); unset: off. */
+  speculative?: SpeculativeOptions;
 }
 
 /** What the server holds its clients to: deadlines, queue bounds and cross-origin access. */
@@ -310,6 +313,37 @@ const OPTIONS = [
     help: "hermes, llama3_json or mistral: the tool-call format to parse",
     defaultText: "the one the chat template shows",
   },
+  {
+    flag: "speculative-model",
+    arg: "MODEL",
+    help:
+      "speculative decoding: ngram (prompt lookup) or a draft model path with the same vocabulary",
+    defaultText: "off",
+  },
+  {
+    flag: "num-speculative-tokens",
+    arg: "K",
+    help: "tokens proposed per step and request",
+    defaultText: String(ENGINE_DEFAULTS.numSpeculativeTokens),
+  },
+  {
+    flag: "ngram-prompt-lookup-max",
+    arg: "N",
+    help: "longest n-gram looked up by --speculative-model ngram",
+    defaultText: String(ENGINE_DEFAULTS.ngramPromptLookupMax),
+  },
+  {
+    flag: "ngram-prompt-lookup-min",
+    arg: "N",
+    help: "shortest n-gram looked up by --speculative-model ngram",
+    defaultText: String(ENGINE_DEFAULTS.ngramPromptLookupMin),
+  },
+  {
+    flag: "speculative-disable-by-batch-size",
+    arg: "N",
+    help: "no speculation while more requests than this are running",
+    defaultText: String(ENGINE_DEFAULTS.speculativeDisableBySize),
+  },
   { flag: "log-format", arg: "FMT", help: "text or json (JSON lines)", defaultText: "text" },
   // Operator flags as `vllm serve` has them (see OperatorSettings).
   {
@@ -356,9 +390,9 @@ function usage(): string {
     const left = `  --${o.flag}${o.arg ? ` ${o.arg}` : ""}`;
     const fallback = o.defaultText === undefined ? "" : `default ${o.defaultText}, `;
     const required = o.flag === "model" ? "default demo (built-in, random weights: noise), " : "";
-    return `${left.padEnd(30)}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${
-      envName(o.flag)
-    }`;
+    // A flag too long for the column gets its help on the next line.
+    const head = left.length < 30 ? left.padEnd(30) : `${left}\n${" ".repeat(30)}`;
+    return `${head}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${envName(o.flag)}`;
   });
   return `Usage: denollm serve [MODEL] [options]
        denollm serve --model PATH|ORG/NAME [options]
@@ -461,6 +495,11 @@ const SCHEMAS = {
   }),
   "shutdown-timeout": seconds(),
   "tool-call-parser": choice(TOOL_CALL_PARSERS),
+  "speculative-model": nonEmpty,
+  "num-speculative-tokens": integer(1, 64),
+  "ngram-prompt-lookup-max": integer(1, 64),
+  "ngram-prompt-lookup-min": integer(1, 64),
+  "speculative-disable-by-batch-size": integer(0),
   "log-format": choice(["text", "json"]),
   "log-level": choice(["debug", "info", "warn", "error"]),
   seed: integer(0, 2 ** 32 - 1),
@@ -559,6 +598,17 @@ export function parseServeConfig(
   }
   checkThreads(values.threads, sources.threads);
   const enablePrefixCaching = prefixCaching(values, sources);
+  const speculative = speculativeOptions({
+    "speculative-model": values["speculative-model"],
+    ...Object.fromEntries(
+      ([
+        "num-speculative-tokens",
+        "ngram-prompt-lookup-max",
+        "ngram-prompt-lookup-min",
+        "speculative-disable-by-batch-size",
+      ] as const).flatMap((f) => values[f] === undefined ? [] : [[f, String(values[f])]]),
+    ),
+  });
   return {
     help: false,
     limits: {
@@ -593,6 +643,7 @@ export function parseServeConfig(
       ...(values["tool-call-parser"] === undefined
         ? {}
         : { toolCallParser: values["tool-call-parser"] }),
+      ...(speculative === undefined ? {} : { speculative }),
     },
     operator: {
       ...(values.seed === undefined ? {} : { seed: values.seed }),

@@ -292,6 +292,7 @@ async function startEngine(
       maxNumSeqs: config.maxNumSeqs,
       enablePrefixCaching: config.enablePrefixCaching,
       mode: config.scheduler,
+      ...(config.speculative === undefined ? {} : { speculative: config.speculative }),
     }, { onLoadProgress: loadProgressLog(log) });
   try {
     return { engine: await start(device.backend), device: device.description };

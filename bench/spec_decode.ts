@@ -1,0 +1,172 @@
+// Benchmark (not a test): what speculative decoding buys. Batch-1 decode tok/s and acceptance
+// with and without speculation (n-gram, draft model), on a repetitive workload (a prompt that
+// holds a long text and starts repeating it) and a plain one; then 16 concurrent streams with and
+// without; then the batch sizes where speculation stops paying (the turn-down threshold). All in
+// one process through `LLM` (the serving engine stepped in-process), alternating configurations
+// run by run, medians of --runs, the load average printed before and after.
+//
+//   deno task bench:spec [--model PATH] [--draft PATH] [--threads 1] [--tokens 128] [--runs 3]
+//                        [--k 4] [--sweep 1,2,4,8,16]
+//
+// --draft defaults to the target itself (a model drafting for itself: acceptance ~1, the cost of a
+// draft as large as the target). Greedy throughout, EOS ignored, so every run makes --tokens.
+import { parseArgs } from "node:util";
+import { NativeBackend } from "../ffi/native.ts";
+import { LLM } from "../src/engine/llm.ts";
+import type { SpeculativeOptions } from "../src/engine/local_engine.ts";
+import { type LoadedModel, loadModel } from "../src/model/load.ts";
+import { GREEDY } from "../src/sampling.ts";
+import { median } from "./common.ts";
+
+const { values: v } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string", default: "../shared/models/stories260K/hf" },
+    draft: { type: "string" },
+    threads: { type: "string", default: "1" },
+    tokens: { type: "string", default: "128" },
+    runs: { type: "string", default: "3" },
+    k: { type: "string", default: "4" },
+    sweep: { type: "string", default: "1,2,4,8,16" },
+  },
+});
+const numTokens = Number(v.tokens);
+const numRuns = Number(v.runs);
+const k = Number(v.k);
+const loadavg = () => Deno.loadavg().map((x) => x.toFixed(2)).join(" ");
+
+const backend = NativeBackend.open({ numThreads: Number(v.threads) });
+const target = await loadModel(backend, v.model, { showProgress: false });
+const draft: LoadedModel = v.draft === undefined
+  ? target
+  : await loadModel(backend, v.draft, { showProgress: false });
+const ctx = Math.min(target.config.maxPositionEmbeddings, 1024);
+
+// The model's own greedy text after "Once upon a time": the repetitive prompt holds it whole,
+// then starts it again, so a copying continuation is what the model itself would write.
+const base = target.tokenizer.encode("Once upon a time");
+const textLen = Math.min(160, Math.floor((ctx - numTokens - 2 * base.length) / 2) - 8);
+const own = run([{ promptIds: base }], undefined, textLen).results[0].tokenIds;
+const WORKLOADS: Record<string, number[]> = {
+  repeat: [...base, ...own, ...base.slice(1), ...own.slice(0, 8)],
+  plain: base,
+};
+
+const NGRAM: SpeculativeOptions = { model: "ngram", numSpeculativeTokens: k, disableBySize: 64 };
+const DRAFT: SpeculativeOptions = { model: "draft", numSpeculativeTokens: k, disableBySize: 64 };
+
+function run(
+  prompts: { promptIds: number[] }[],
+  spec: SpeculativeOptions | undefined,
+  maxTokens = numTokens,
+) {
+  const llm = LLM.over(backend, target, {
+    blockSize: 16,
+    maxModelLen: ctx,
+    numKvBlocks: Math.ceil(ctx / 16) * prompts.length + 1,
+    maxNumSeqs: Math.max(prompts.length, 1),
+    maxNumBatchedTokens: 2048,
+    enablePrefixCaching: false,
+    ...(spec === undefined ? {} : { speculative: spec }),
+  }, spec?.model === "draft" ? { draft } : {});
+  try {
+    const started = performance.now();
+    const results = llm.generateBatch(
+      prompts.map((p) => ({ ...p, maxTokens, sampling: GREEDY, ignoreEos: true })),
+    );
+    const wallMs = performance.now() - started;
+    const s = llm.engine.stats().specDecode;
+    return {
+      results,
+      wallMs,
+      acceptance: s === undefined || s.numDraftTokens === 0
+        ? undefined
+        : s.numAcceptedTokens / s.numDraftTokens,
+    };
+  } finally {
+    llm.release();
+  }
+}
+
+/** Medians over alternating runs of each config: decode tok/s, and acceptance. */
+function measure(
+  prompts: { promptIds: number[] }[],
+  configs: Record<string, SpeculativeOptions | undefined>,
+  rate: (r: ReturnType<typeof run>) => number,
+): Record<string, { tokPerS: number; acceptance?: number }> {
+  const samples: Record<string, { rates: number[]; acc: number[] }> = {};
+  for (let round = 0; round < numRuns; round++) {
+    for (const [name, spec] of Object.entries(configs)) {
+      const r = run(prompts, spec);
+      (samples[name] ??= { rates: [], acc: [] }).rates.push(rate(r));
+      if (r.acceptance !== undefined) samples[name].acc.push(r.acceptance);
+    }
+  }
+  return Object.fromEntries(
+    Object.entries(samples).map(([name, s]) => [
+      name,
+      { tokPerS: median(s.rates), ...(s.acc.length ? { acceptance: median(s.acc) } : {}) },
+    ]),
+  );
+}
+
+// Batch 1: decode tok/s from the first token to the last (the prefill is the same either way).
+const batch1 = (r: ReturnType<typeof run>) => {
+  const x = r.results[0];
+  return (x.tokenIds.length - 1) / (x.decodeMs / 1000);
+};
+// Many streams: generated tokens over the whole wall time (all start together).
+const aggregate = (r: ReturnType<typeof run>) =>
+  r.results.reduce((n, x) => n + x.tokenIds.length, 0) / (r.wallMs / 1000);
+
+const c = target.config;
+console.log(
+  `target ${v.model} (${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}), ` +
+    `draft ${v.draft ?? "the target itself"}, k ${k}, ${numTokens} tokens, ${numRuns} runs, ` +
+    `threads ${v.threads}`,
+);
+console.log(`load average before: ${loadavg()}`);
+console.log("\n| workload | streams | config | tok/s | vs plain | acceptance |");
+console.log("| --- | --- | --- | --- | --- | --- |");
+const row = (w: string, n: number, out: ReturnType<typeof measure>) => {
+  for (const [name, m] of Object.entries(out)) {
+    console.log(
+      `| ${w} | ${n} | ${name} | ${m.tokPerS.toFixed(1)} | ` +
+        `${(m.tokPerS / out.plain.tokPerS).toFixed(2)}x | ${m.acceptance?.toFixed(2) ?? "-"} |`,
+    );
+  }
+};
+for (const [w, promptIds] of Object.entries(WORKLOADS)) {
+  row(w, 1, measure([{ promptIds }], { plain: undefined, ngram: NGRAM, draft: DRAFT }, batch1));
+}
+// 16 streams, each its own prompt (the repeat text shifted by a token so none share a prefix),
+// speculation at the default turn-down (off above 8 running) and forced on.
+const streams = Array.from({ length: 16 }, (_, i) => ({
+  promptIds: [...WORKLOADS.repeat.slice(0, 1), 3 + i, ...WORKLOADS.repeat.slice(1)],
+}));
+row(
+  "repeat",
+  16,
+  measure(streams, {
+    plain: undefined,
+    "ngram (default turn-down)": { ...NGRAM, disableBySize: 8 },
+    "ngram forced on": NGRAM,
+  }, aggregate),
+);
+
+console.log("\nTurn-down sweep (n-gram forced on vs off, repeat workload, aggregate tok/s):");
+console.log("| streams | plain tok/s | ngram tok/s | ngram / plain | acceptance |");
+console.log("| --- | --- | --- | --- | --- |");
+for (const n of v.sweep.split(",").map(Number)) {
+  const out = measure(streams.slice(0, n), { plain: undefined, ngram: NGRAM }, aggregate);
+  console.log(
+    `| ${n} | ${out.plain.tokPerS.toFixed(1)} | ${out.ngram.tokPerS.toFixed(1)} | ` +
+      `${(out.ngram.tokPerS / out.plain.tokPerS).toFixed(2)}x | ${
+        out.ngram.acceptance?.toFixed(2) ?? "-"
+      } |`,
+  );
+}
+console.log(`\nload average after: ${loadavg()}`);
+if (draft !== target) draft.release();
+target.release();
+backend.close();
