@@ -160,6 +160,9 @@ struct LegacyZ {
       __m512 wd[NC];
 #pragma GCC unroll 16
       for (int j = 0; j < NC; j++) {
+        // NC interleaved row streams: a software prefetch 1 KiB ahead measured faster than leaving
+        // them to the hardware prefetchers (decode Q8_0 0.66x -> 1.09x of F16).
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * w_row_bytes + sb * W::size + 1024), _MM_HINT_T0);
         wp[j] = W::load(w + j * w_row_bytes + sb * W::size, two);
         wd[j] = pair_lanes(wp[j].d, W::alt);
       }
@@ -270,7 +273,11 @@ struct KDotZ {
     for (int64_t ib = 0; ib < k / DL_QK_K; ib++) {
       KSuper s[NC];
 #pragma GCC unroll 16
-      for (int j = 0; j < NC; j++) W::scales(reinterpret_cast<const typename W::B*>(w + j * w_row_bytes)[ib], s[j]);
+      for (int j = 0; j < NC; j++) {
+        const char* next = reinterpret_cast<const char*>(w + j * w_row_bytes) + (ib + 4) * sizeof(typename W::B);
+        _mm_prefetch(next, _MM_HINT_T0), _mm_prefetch(next + 64, _MM_HINT_T0), _mm_prefetch(next + 128, _MM_HINT_T0);
+        W::scales(reinterpret_cast<const typename W::B*>(w + j * w_row_bytes)[ib], s[j]);
+      }
       __m512i isum[RM][NC];
 #pragma GCC unroll 16
       for (int i = 0; i < RM; i++) {
@@ -316,25 +323,24 @@ struct KDotZ {
 
 constexpr int RM_MAX = 4, NC = 4;
 
+template <class F, int RM, int TNC>
+static void tile_cols(const DlQuantGemm& g, const uint8_t* act, float* out, int64_t& c, int64_t b1) {
+  float res[RM * TNC];
+  for (; c + TNC <= b1; c += TNC) {
+    F::template tile<RM, TNC>(g.w + c * g.w_row_bytes, g.w_row_bytes, act, g.act_row_bytes, g.k, res);
+    for (int j = 0; j < TNC; j++) {
+      const float scale = g.row_scale != nullptr ? g.row_scale[c + j] : 1.0f;
+      const float bias = g.bias != nullptr ? g.bias[c + j] : 0.0f;
+      for (int i = 0; i < RM; i++) out[i * g.ldo + c + j] = res[i * TNC + j] * scale + bias;
+    }
+  }
+}
+
 template <class F, int RM>
 static void tile_row(const DlQuantGemm& g, const uint8_t* act, float* out, int64_t b0, int64_t b1) {
   int64_t c = b0;
-  float res[RM * NC];
-  const auto store = [&](int nc) {
-    for (int j = 0; j < nc; j++) {
-      const float scale = g.row_scale != nullptr ? g.row_scale[c + j] : 1.0f;
-      const float bias = g.bias != nullptr ? g.bias[c + j] : 0.0f;
-      for (int i = 0; i < RM; i++) out[i * g.ldo + c + j] = res[i * nc + j] * scale + bias;
-    }
-  };
-  for (; c + NC <= b1; c += NC) {
-    F::template tile<RM, NC>(g.w + c * g.w_row_bytes, g.w_row_bytes, act, g.act_row_bytes, g.k, res);
-    store(NC);
-  }
-  for (; c < b1; c++) {
-    F::template tile<RM, 1>(g.w + c * g.w_row_bytes, g.w_row_bytes, act, g.act_row_bytes, g.k, res);
-    store(1);
-  }
+  tile_cols<F, RM, NC>(g, act, out, c, b1);
+  tile_cols<F, RM, 1>(g, act, out, c, b1);
 }
 
 // Columns [c0, c1) for all rows, blocked as quant_tile.h's gemm_cols: weight rows that stay in L2
