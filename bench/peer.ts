@@ -4,12 +4,16 @@
 //
 //   deno task bench:peer [--models stories15m,smollm-135m,qwen2.5-0.5b] [--dtypes f32,f16]
 //     [--threads 1] [--runs 3] [--prompt-tokens 512] [--gen-tokens 128] [--sequences 16]
-//     [--multi-prompt-tokens 16] [--warmup-gen-tokens 8] [--rows pp,tg,multi] [--models-dir .bench/models]
-//     [--ours-format gguf|hf] [--skip-llamacpp]
+//     [--multi-prompt-tokens 16] [--warmup-gen-tokens 8] [--rows load,pp,tg,multi]
+//     [--models-dir .bench/models] [--ours-format gguf|hf] [--skip-llamacpp] [--quants Q4_0,Q8_0,Q4_K_M]
 //
 // Quick run (a few minutes): --models stories15m,smollm-135m --dtypes f16 --runs 3
+// Quantized (issue 10): --models smollm-135m,qwen2.5-0.5b --dtypes f16 --quants Q4_0,Q8_0,Q4_K_M:
+// each --dtypes GGUF is quantized by llama.cpp's own quantizer (tools/llamacpp/quantize.sh) and
+// both engines run that same file (--quants none: the --dtypes files themselves).
 //
 // Rows, per model file:
+//   load   peak RSS of a process that only loads the model (ours), against the file's size.
 //   pp     prompt processing tok/s: one prompt of --prompt-tokens in one pass (first token out).
 //   tg     batch-1 decode tok/s: --gen-tokens greedy tokens after that prompt, EOS masked.
 //   multi  aggregate decode tok/s with --sequences concurrent sequences (ours: LLMEngine with that
@@ -20,10 +24,14 @@
 // outputs, default 8), then one timed pass. Medians over --runs.
 // The "multi / llama.cpp tg" column is the goal metric: 16-sequence throughput against llama.cpp's
 // batch-1 decode (goal >= 3x); "ours / llama.cpp" on the tg row is the batch-1 goal (>= 1.0x).
+// The tg row's "% bandwidth" is weight bytes per token (every matrix once; the LM head is the
+// embedding when tied) times tok/s, against a read loop over 512 MiB timed in the same run.
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../ffi/native.ts";
 import { LLM } from "../src/engine/llm.ts";
+import { readGguf } from "../src/formats/gguf.ts";
 import { loadModel } from "../src/model/load.ts";
+import { quantizeWithLlamaCpp, type QuantPreset } from "../tools/llamacpp/quant_fixtures.ts";
 import { getPreset } from "../tools/random_model/presets.ts";
 import { generateRandomModel } from "../tools/random_model/random_model.ts";
 import { GREEDY } from "../src/sampling.ts";
@@ -40,7 +48,7 @@ interface Measurement {
   peakRssMiB: number;
 }
 
-type RowKind = "pp" | "tg" | "multi";
+type RowKind = "load" | "pp" | "tg" | "multi";
 
 /** Peak resident set of this process (VmHWM), the number node reports as maxRSS. */
 function peakRssMiB(): number {
@@ -52,7 +60,7 @@ function peakRssMiB(): number {
 // --- child: one engine process, prints one JSON Measurement
 
 interface ChildArgs {
-  kind: "single" | "multi";
+  kind: "load" | "single" | "multi";
   model: string;
   threads: number;
   promptTokens: number;
@@ -65,6 +73,12 @@ interface ChildArgs {
 async function runChild(a: ChildArgs): Promise<Measurement> {
   const backend = NativeBackend.open({ numThreads: a.threads });
   const loaded = await loadModel(backend, a.model, { showProgress: false });
+  if (a.kind === "load") {
+    const peak = peakRssMiB();
+    loaded.release();
+    backend.close();
+    return { peakRssMiB: peak };
+  }
   const tok = loaded.tokenizer;
   const prompt = (seed: number) =>
     benchPromptIds(
@@ -220,6 +234,63 @@ async function ensureModel(modelsDir: string, preset: string, dtype: string) {
   return made;
 }
 
+/** `gguf` quantized by llama.cpp's quantizer as `quant`, made once next to it. */
+async function ensureQuantized(gguf: string, quant: QuantPreset): Promise<string> {
+  const out = gguf.replace(/\.gguf$/, `-${quant}.gguf`);
+  const stamp = `${out}.complete`;
+  try {
+    await Deno.stat(stamp);
+    return out;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  console.error(`quantizing ${gguf} to ${quant} with llama.cpp's quantizer`);
+  await quantizeWithLlamaCpp(gguf, out, quant);
+  await Deno.writeTextFile(stamp, new Date().toISOString() + "\n");
+  return out;
+}
+
+/**
+ * Bytes of weights one decode step reads: every 2-D tensor once (the embedding only as a tied LM
+ * head; an untied embedding reads one row).
+ */
+async function weightBytesPerToken(gguf: string): Promise<number> {
+  const g = await readGguf(gguf);
+  let bytes = 0;
+  for (const info of g.tensors.values()) {
+    if (info.shape.length !== 2) continue;
+    if (info.name === "token_embd.weight" && g.tensors.has("output.weight")) continue;
+    bytes += info.byteLength;
+  }
+  return bytes;
+}
+
+/**
+ * Read bandwidth of one thread in GB/s: best of 5 sums over a 512 MiB buffer (far beyond any
+ * cache), four accumulators so the loop is bound by loads, not by the add chain.
+ */
+function readBandwidthGBs(): number {
+  const words = new Float64Array(64 * 2 ** 20);
+  for (let i = 0; i < words.length; i += 512) words[i] = i; // touch every page
+  let best = 0;
+  let sink = 0;
+  for (let run = 0; run < 5; run++) {
+    const t0 = performance.now();
+    let a = 0, b = 0, c = 0, d = 0;
+    for (let i = 0; i < words.length; i += 4) {
+      a += words[i];
+      b += words[i + 1];
+      c += words[i + 2];
+      d += words[i + 3];
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    sink += a + b + c + d;
+    best = Math.max(best, words.byteLength / seconds / 1e9);
+  }
+  if (Number.isNaN(sink)) throw new Error("unreachable: keeps the sums alive");
+  return best;
+}
+
 async function ensureLlamaCpp(): Promise<void> {
   const { code } = await new Deno.Command("bash", {
     args: [`${ROOT}tools/llamacpp/install.sh`],
@@ -253,10 +324,11 @@ async function main(): Promise<void> {
       sequences: { type: "string", default: "16" },
       "warmup-gen-tokens": { type: "string", default: "8" },
       "multi-prompt-tokens": { type: "string", default: "16" },
-      rows: { type: "string", default: "pp,tg,multi" },
+      rows: { type: "string", default: "load,pp,tg,multi" },
       "models-dir": { type: "string", default: `${ROOT}.bench/models` },
       "ours-format": { type: "string", default: "gguf" },
       "skip-llamacpp": { type: "boolean", default: false },
+      quants: { type: "string", default: "none" },
     },
   });
   const int = (name: keyof typeof v) => {
@@ -267,8 +339,8 @@ async function main(): Promise<void> {
     return n;
   };
   if (v.child !== undefined) {
-    if (v.child !== "single" && v.child !== "multi") {
-      throw new TypeError(`Expected --child single or multi, found ${v.child}`);
+    if (v.child !== "load" && v.child !== "single" && v.child !== "multi") {
+      throw new TypeError(`Expected --child load, single or multi, found ${v.child}`);
     }
     const m = await runChild({
       kind: v.child,
@@ -287,82 +359,122 @@ async function main(): Promise<void> {
   const runs = int("runs");
   const rows = new Set(v.rows!.split(",") as RowKind[]);
   const withLlama = !v["skip-llamacpp"];
-  if (withLlama) await ensureLlamaCpp();
+  const quants = v.quants === "none" ? [] : v.quants!.split(",") as QuantPreset[];
+  if (withLlama || quants.length > 0) await ensureLlamaCpp();
+  if (quants.length > 0 && v["ours-format"] === "hf") {
+    throw new RangeError(
+      "Expected --ours-format gguf with --quants: HF directories are not quantized",
+    );
+  }
   const single = rows.has("pp") || rows.has("tg");
   console.error(`load average before: ${loadAverage()}`);
+  const bandwidth = readBandwidthGBs();
+  console.error(`read bandwidth (1 thread, 512 MiB): ${bandwidth.toFixed(1)} GB/s`);
   const table: string[] = [];
+  const variants: { preset: string; dtype: string; quant?: QuantPreset }[] = [];
   for (const preset of v.models!.split(",")) {
     for (const dtype of v.dtypes!.split(",")) {
-      const files = await ensureModel(v["models-dir"]!, preset, dtype);
-      const oursPath = v["ours-format"] === "hf" ? files.hfDir : files.ggufPath;
-      // A prompt must fit the model's context with the outputs (stories15m has only 256 positions).
-      const maxLen = getPreset(preset).config.max_position_embeddings;
-      const singleArgs: ChildArgs = {
-        kind: "single",
-        model: oursPath,
-        threads,
-        promptTokens: Math.min(int("prompt-tokens"), maxLen - int("gen-tokens") - 1),
-        genTokens: int("gen-tokens"),
-        warmupGenTokens: int("warmup-gen-tokens"),
-        sequences: 1,
-      };
-      const multiArgs: ChildArgs = {
-        ...singleArgs,
-        kind: "multi",
-        promptTokens: int("multi-prompt-tokens"),
-        sequences: int("sequences"),
-      };
-      const ours: Measurement[] = [];
-      const theirs: Measurement[] = [];
-      const oursMulti: Measurement[] = [];
-      const theirsMulti: Measurement[] = [];
-      // Alternate engines run by run so slow drifts in machine load hit both alike.
-      for (let r = 0; r < runs; r++) {
-        if (single) {
-          ours.push(await oursProcess(singleArgs));
-          if (withLlama) {
-            theirs.push(await llamaCppProcess({ ...singleArgs, model: files.ggufPath }));
-          }
+      if (quants.length === 0) variants.push({ preset, dtype });
+      for (const quant of quants) variants.push({ preset, dtype, quant });
+    }
+  }
+  for (const { preset, dtype, quant } of variants) {
+    const made = await ensureModel(v["models-dir"]!, preset, dtype);
+    const files = quant === undefined
+      ? made
+      : { ...made, ggufPath: await ensureQuantized(made.ggufPath, quant) };
+    const oursPath = v["ours-format"] === "hf" ? files.hfDir : files.ggufPath;
+    const fileMiB = (await Deno.stat(files.ggufPath)).size / 2 ** 20;
+    const bytesPerToken = await weightBytesPerToken(files.ggufPath);
+    // A prompt must fit the model's context with the outputs (stories15m has only 256 positions).
+    const maxLen = getPreset(preset).config.max_position_embeddings;
+    const singleArgs: ChildArgs = {
+      kind: "single",
+      model: oursPath,
+      threads,
+      promptTokens: Math.min(int("prompt-tokens"), maxLen - int("gen-tokens") - 1),
+      genTokens: int("gen-tokens"),
+      warmupGenTokens: int("warmup-gen-tokens"),
+      sequences: 1,
+    };
+    const multiArgs: ChildArgs = {
+      ...singleArgs,
+      kind: "multi",
+      promptTokens: int("multi-prompt-tokens"),
+      sequences: int("sequences"),
+    };
+    const oursLoad: Measurement[] = [];
+    const ours: Measurement[] = [];
+    const theirs: Measurement[] = [];
+    const oursMulti: Measurement[] = [];
+    const theirsMulti: Measurement[] = [];
+    // Alternate engines run by run so slow drifts in machine load hit both alike.
+    for (let r = 0; r < runs; r++) {
+      if (rows.has("load")) oursLoad.push(await oursProcess({ ...singleArgs, kind: "load" }));
+      if (single) {
+        ours.push(await oursProcess(singleArgs));
+        if (withLlama) {
+          theirs.push(await llamaCppProcess({ ...singleArgs, model: files.ggufPath }));
         }
-        if (rows.has("multi")) {
-          oursMulti.push(await oursProcess(multiArgs));
-          if (withLlama) {
-            theirsMulti.push(await llamaCppProcess({ ...multiArgs, model: files.ggufPath }));
-          }
-        }
-        console.error(`${preset} ${dtype}: run ${r + 1}/${runs}, load ${loadAverage()}`);
-      }
-      const med = (ms: Measurement[], key: keyof Measurement) =>
-        ms.length ? median(ms.map((m) => m[key]!)) : undefined;
-      const name = `${preset} ${dtype.toUpperCase()}`;
-      const line = (
-        what: string,
-        a: Measurement[],
-        b: Measurement[],
-        key: keyof Measurement,
-        extra = "-",
-      ) => {
-        const x = med(a, key);
-        const y = med(b, key);
-        table.push(
-          `| ${name} | ${what} | ${fmt(x)} | ${fmt(y)} | ${ratio(x, y)} | ${extra} | ${
-            fmt(med(a, "peakRssMiB"), 0)
-          } | ${fmt(med(b, "peakRssMiB"), 0)} |`,
-        );
-      };
-      if (rows.has("pp")) line(`pp ${singleArgs.promptTokens}`, ours, theirs, "promptTokPerS");
-      if (rows.has("tg")) {
-        line(`tg ${singleArgs.genTokens}, batch 1`, ours, theirs, "decodeTokPerS");
       }
       if (rows.has("multi")) {
-        line(
-          `tg ${multiArgs.genTokens} x ${multiArgs.sequences} seqs`,
-          oursMulti,
-          theirsMulti,
-          "multiTokPerS",
-          ratio(med(oursMulti, "multiTokPerS"), med(theirs, "decodeTokPerS")),
-        );
+        oursMulti.push(await oursProcess(multiArgs));
+        if (withLlama) {
+          theirsMulti.push(await llamaCppProcess({ ...multiArgs, model: files.ggufPath }));
+        }
       }
+      console.error(`${preset} ${dtype}: run ${r + 1}/${runs}, load ${loadAverage()}`);
+    }
+    const med = (ms: Measurement[], key: keyof Measurement) =>
+      ms.length ? median(ms.map((m) => m[key]!)) : undefined;
+    const name = `${preset} ${quant ?? dtype.toUpperCase()} (${fileMiB.toFixed(0)} MiB file)`;
+    const percentOfBandwidth = (ms: Measurement[]) => {
+      const tokPerS = med(ms, "decodeTokPerS");
+      return tokPerS === undefined
+        ? "-"
+        : `${(100 * bytesPerToken * tokPerS / 1e9 / bandwidth).toFixed(0)}%`;
+    };
+    const line = (
+      what: string,
+      a: Measurement[],
+      b: Measurement[],
+      key: keyof Measurement,
+      extra = "-",
+    ) => {
+      const x = med(a, key);
+      const y = med(b, key);
+      table.push(
+        `| ${name} | ${what} | ${fmt(x)} | ${fmt(y)} | ${ratio(x, y)} | ${extra} | ${
+          fmt(med(a, "peakRssMiB"), 0)
+        } | ${fmt(med(b, "peakRssMiB"), 0)} |`,
+      );
+    };
+    if (rows.has("load")) {
+      const rss = med(oursLoad, "peakRssMiB");
+      table.push(
+        `| ${name} | load only: peak RSS / file size ${
+          rss === undefined ? "-" : (rss / fileMiB).toFixed(2)
+        } | - | - | - | - | ${fmt(rss, 0)} | - |`,
+      );
+    }
+    if (rows.has("pp")) line(`pp ${singleArgs.promptTokens}`, ours, theirs, "promptTokPerS");
+    if (rows.has("tg")) {
+      line(
+        `tg ${singleArgs.genTokens}, batch 1 (% bandwidth: ours ${percentOfBandwidth(ours)}, ` +
+          `llama.cpp ${percentOfBandwidth(theirs)})`,
+        ours,
+        theirs,
+        "decodeTokPerS",
+      );
+    }
+    if (rows.has("multi")) {
+      line(
+        `tg ${multiArgs.genTokens} x ${multiArgs.sequences} seqs`,
+        oursMulti,
+        theirsMulti,
+        "multiTokPerS",
+        ratio(med(oursMulti, "multiTokPerS"), med(theirs, "decodeTokPerS")),
+      );
     }
   }
   console.log(
@@ -370,7 +482,8 @@ async function main(): Promise<void> {
       `median of ${runs} alternating runs, random-weight models, ours loads the ${
         v["ours-format"]
       } ` +
-      `file; ${navigator.hardwareConcurrency} CPUs, load average after: ${loadAverage()}`,
+      `file; ${navigator.hardwareConcurrency} CPUs, read bandwidth ${bandwidth.toFixed(1)} GB/s ` +
+      `(1 thread), load average after: ${loadAverage()}`,
   );
   console.log("");
   console.log(

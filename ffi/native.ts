@@ -110,6 +110,26 @@ export interface MatmulArgs {
   outRowStride?: number;
 }
 
+/** dl_quantize's arguments: src is [rows, cols] f32, dst that matrix in dstDtype's layout. */
+export interface QuantizeArgs {
+  dst: DevicePtr;
+  dstDtype: DTypeId;
+  src: DevicePtr;
+  rows: number;
+  cols: number;
+  /** [cols] f32 weights of each column's squared error (ggml's imatrix idea); default all alike. */
+  importance?: DevicePtr | null;
+}
+
+/** dl_dequantize's arguments: src is [rows, cols] in srcDtype's layout, dst [rows, cols] f32. */
+export interface DequantizeArgs {
+  dst: DevicePtr;
+  src: DevicePtr;
+  srcDtype: DTypeId;
+  rows: number;
+  cols: number;
+}
+
 /** The largest step the engine will run, for {@link NativeBackend.reserveWorkspace}. */
 export interface WorkspaceShape {
   maxNumTokens: number;
@@ -321,6 +341,36 @@ export class NativeBackend {
     this.#check(
       "dl_convert",
       this.#lib.dl_convert(this.#ctx, dst, dstDtype, src, srcDtype, BigInt(n)),
+    );
+  }
+
+  /**
+   * Quantizes a [rows, cols] f32 matrix into dstDtype (a blocked format, INT8, or a plain one by
+   * conversion; cols a multiple of its block length). `importance` ([cols] f32, optional) weighs
+   * each column's squared error in the formats whose quantizer searches for scales.
+   */
+  quantize(args: QuantizeArgs): void {
+    const a = args;
+    this.#check(
+      "dl_quantize",
+      this.#lib.dl_quantize(
+        this.#ctx,
+        a.dst,
+        a.dstDtype,
+        a.src,
+        BigInt(a.rows),
+        BigInt(a.cols),
+        a.importance ?? null,
+      ),
+    );
+  }
+
+  /** Expands a [rows, cols] matrix of any format to f32 (GGUF types: ggml's floats, bit for bit). */
+  dequantize(args: DequantizeArgs): void {
+    const a = args;
+    this.#check(
+      "dl_dequantize",
+      this.#lib.dl_dequantize(this.#ctx, a.dst, a.src, a.srcDtype, BigInt(a.rows), BigInt(a.cols)),
     );
   }
 

@@ -1,7 +1,15 @@
 // Scalar per-block dequantizers of every quantized format (native/dl_quant.h layouts), shared by the
 // CPU build's reference paths and CUDA device code, so both expand a block to the same floats. For
 // GGUF's types they follow ggml's element order and arithmetic (each product written in ggml's
-// order, so they round alike); tests/quant_blocks_test.ts checks them against llama.cpp's output.
+// order); tests/quant_blocks_test.ts checks them bit for bit against the floats of llama.cpp's own
+// dequantize_row_* (tests/fixtures/quant/blocks.json).
+//
+// Contraction: ggml's prebuilt x86-64 libggml-base (node-llama-cpp 3.21.1) has no FMA (each
+// `q * d + m` is a mulss then an addss), while nvcc, and GCC in AVX2/FMA target_clones code, may
+// fuse ours into one FMA. That cannot change a bit here: every product that meets an add is exact
+// in f32 (an f16 scale has 11 significant bits, a sub-block scale at most 6, q at most 5: at most
+// 22 bits), so the add is the only rounding either way. Q6_K's d * sc * q (11 + 8 + 6 bits) has no
+// add, and d * sc is exact, so it rounds once in any order.
 #pragma once
 
 #include <cstdint>

@@ -68,8 +68,22 @@ constexpr uint32_t dl_dtype_bit(int32_t dtype) { return 1u << dtype; }
 constexpr uint32_t DL_FLOAT_DTYPES = dl_dtype_bit(DL_DTYPE_F32) | dl_dtype_bit(DL_DTYPE_F16) |
                                      dl_dtype_bit(DL_DTYPE_BF16);
 // Weight matrices read by dl_matmul and embedding tables read by dl_embedding.
-constexpr uint32_t DL_MATMUL_DTYPES = DL_FLOAT_DTYPES;
-constexpr uint32_t DL_EMBEDDING_DTYPES = DL_FLOAT_DTYPES;
+// The quantized formats: every block format of the table and INT8.
+constexpr uint32_t DL_QUANTIZED_DTYPES =
+    dl_dtype_bit(DL_DTYPE_Q4_0) | dl_dtype_bit(DL_DTYPE_Q4_1) | dl_dtype_bit(DL_DTYPE_Q5_0) |
+    dl_dtype_bit(DL_DTYPE_Q5_1) | dl_dtype_bit(DL_DTYPE_Q8_0) | dl_dtype_bit(DL_DTYPE_Q2_K) |
+    dl_dtype_bit(DL_DTYPE_Q3_K) | dl_dtype_bit(DL_DTYPE_Q4_K) | dl_dtype_bit(DL_DTYPE_Q5_K) |
+    dl_dtype_bit(DL_DTYPE_Q6_K) | dl_dtype_bit(DL_DTYPE_Q8_K) | dl_dtype_bit(DL_DTYPE_INT8) |
+    dl_dtype_bit(DL_DTYPE_INT4);
+// Those this build has matmul and embedding kernels for: all on the CPU; none yet under nvcc, whose
+// launchers would otherwise read quantized blocks as BF16.
+#ifdef __CUDACC__
+constexpr uint32_t DL_BUILD_QUANTIZED_DTYPES = 0;
+#else
+constexpr uint32_t DL_BUILD_QUANTIZED_DTYPES = DL_QUANTIZED_DTYPES;
+#endif
+constexpr uint32_t DL_MATMUL_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES;
+constexpr uint32_t DL_EMBEDDING_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES;
 // dl_convert, on either side.
 constexpr uint32_t DL_CONVERT_DTYPES = DL_FLOAT_DTYPES;
 // KV cache formats of dl_kv_write and dl_paged_attention.

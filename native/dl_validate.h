@@ -272,3 +272,49 @@ inline int32_t dl_validate_reserve_workspace(const char* fn, const dl_context* c
   DL_TRY(dl_check_ptr(fn, "out_bytes", out_bytes));
   return DL_OK;
 }
+
+// --- Quantized formats
+
+// dl_dequantize reads every format of the table; dl_quantize writes the block-quantized ones and
+// INT8, plus the plain ones by conversion.
+constexpr uint32_t DL_DEQUANTIZE_DTYPES = (uint32_t)((1ull << DL_DTYPE_COUNT) - 1);
+constexpr uint32_t DL_QUANTIZE_DTYPES = DL_DEQUANTIZE_DTYPES;
+
+// The [rows, cols] shape of a matrix of `dtype` and the two buffers' bounds; shared by both
+// directions (`matrix` is the buffer of that dtype, `floats` the f32 one).
+inline int32_t dl_check_quant_shape(const char* fn, int32_t dtype, const char* matrix_name, const void* matrix,
+                                    const char* floats_name, const float* floats, int64_t rows, int64_t cols) {
+  DL_TRY(dl_check_non_negative(fn, "rows", rows));
+  DL_TRY(dl_check_positive(fn, "cols", cols));
+  DL_TRY(dl_check_whole_blocks(fn, "cols", cols, dtype));
+  if (rows > INT64_MAX / 4 / cols) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: rows * cols (%lld * %lld) is too large", fn, (long long)rows,
+                   (long long)cols);
+  }
+  if (rows == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, floats_name, floats));
+  DL_TRY(dl_check_ptr(fn, matrix_name, matrix));
+  const auto f_begin = (uintptr_t)floats, f_end = f_begin + (uintptr_t)(rows * cols) * sizeof(float);
+  const auto m_begin = (uintptr_t)matrix, m_end = m_begin + (uintptr_t)dl_matrix_bytes(dtype, rows, cols);
+  if (f_begin < m_end && m_begin < f_end) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected %s not to overlap %s, found overlapping buffers", fn,
+                   matrix_name, floats_name);
+  }
+  return DL_OK;
+}
+
+inline int32_t dl_validate_dequantize(const char* fn, const dl_context* ctx, const float* dst, const void* src,
+                                      int32_t src_dtype, int64_t rows, int64_t cols) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype, DL_DEQUANTIZE_DTYPES));
+  return dl_check_quant_shape(fn, src_dtype, "src", src, "dst", dst, rows, cols);
+}
+
+// The values of src and importance (finite, importance >= 0) are checked by the host quantizer
+// (native/dl_quantize.h), which both builds run on host memory.
+inline int32_t dl_validate_quantize(const char* fn, const dl_context* ctx, const void* dst, int32_t dst_dtype,
+                                    const float* src, int64_t rows, int64_t cols) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype, DL_QUANTIZE_DTYPES));
+  return dl_check_quant_shape(fn, dst_dtype, "dst", dst, "src", src, rows, cols);
+}

@@ -4,7 +4,9 @@
 #include <cstring>
 
 #include "common.h"
+#include "dl_dtype.h"
 #include "dl_half.h"
+#include "quant.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12.2's AVX-512 intrinsics initialize _mm512_undefined_ps() from itself and trip
@@ -144,6 +146,7 @@ extern "C" DL_API int32_t dl_matmul(dl_context* ctx, float* out, const float* x,
   const char* fn = "dl_matmul";
   DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
   if (m == 0) return DL_OK;
+  if (dl_dtype_is_quantized(w_dtype)) return dl_matmul_quant(ctx, out, out_row_stride, x, w, w_dtype, bias, m, n, k);
   const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
   const int64_t ldo = out_row_stride;
   switch (dl_cpu_isa()) {

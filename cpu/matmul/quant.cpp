@@ -1,26 +1,92 @@
-// Quantized formats on the CPU: dl_quantize, dl_dequantize and the scratch of quantized dl_matmul.
-// (Wave 2 placeholder: the kernels land with the quantized-weights issue.)
+// Quantized formats on the CPU: the driver of quantized dl_matmul (activation quantization into the
+// workspace, then the format's kernel over column ranges). dl_quantize and dl_dequantize are in
+// cpu/quant/.
+#include <algorithm>
 #include <cstring>
 
 #include "common.h"
 #include "dl_dtype.h"
 #include "dl_quant.h"
+#include "quant.h"
 
+// --- Quantized matmul
+
+// The activation layout of each weight format (ggml's vec_dot_type column): blocks of 256 for the
+// K formats, blocks of 32 for the rest.
+static DlActKind act_kind(int32_t w_dtype) {
+  return DL_DTYPES[w_dtype].block_len == DL_QK_K ? DlActKind::q8_k : DlActKind::q8;
+}
+
+// The quantized rows of the largest call: q8 rows are the larger layout for every k (40 bytes per
+// 32 values against 292 per 256), so they bound both.
 size_t dl_matmul_workspace_bytes(int64_t max_rows, int64_t max_k) {
   if (max_rows <= 0 || max_k <= 0) return 0;
-  // One q8_K row (the largest activation layout: 292 bytes per 256) plus per-block sums.
-  const int64_t blocks = (max_k + DL_QK - 1) / DL_QK;
-  return dl_align64((size_t)max_rows * (size_t)(blocks * 48 + 64));
+  return dl_align64((size_t)max_rows * (size_t)dl_act_row_bytes(DlActKind::q8, max_k));
+}
+static_assert(sizeof(dl_act_q8) * DL_QK_K / DL_QK >= sizeof(dl_block_q8_k), "q8 rows bound q8_k rows");
+
+// The kernel set for this CPU: the AVX-512 path needs VNNI with BW and VL (Zen 4, Ice Lake and
+// later); a plain AVX-512F CPU takes the AVX2 kernels. DENOLLM_CPU_ISA lowers it via dl_cpu_isa().
+static const DlQuantIsa& quant_isa() {
+  static const DlQuantIsa* isa = [] {
+    const DlQuantIsa* best = &dl_quant_generic;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw");
+    if (dl_cpu_isa() == DlIsa::avx512 && vnni && dl_quant_avx512_vnni() != nullptr) {
+      best = dl_quant_avx512_vnni();
+    } else if (dl_cpu_isa() != DlIsa::generic && dl_quant_avx2() != nullptr) {
+      best = dl_quant_avx2();
+    }
+#endif
+    return best;
+  }();
+  return *isa;
 }
 
-extern "C" DL_API int32_t dl_quantize(dl_context* ctx, void* dst, int32_t dst_dtype, const float* src, int64_t rows,
-                                      int64_t cols, const float* importance) {
-  (void)ctx, (void)dst, (void)src, (void)rows, (void)cols, (void)importance;
-  return dl_fail(DL_ERR_NOT_IMPLEMENTED, "dl_quantize: no quantizer for %s yet", dl_dtype_name(dst_dtype));
-}
+int32_t dl_matmul_quant(dl_context* ctx, float* out, int64_t ldo, const float* x, const void* w, int32_t w_dtype,
+                        const float* bias, int32_t m, int32_t n, int32_t k) {
+  const char* fn = "dl_matmul";
+  const DlQuantIsa& isa = quant_isa();
+  const DlQuantKernel kernel = isa.kernel[w_dtype];
+  if (kernel == nullptr) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: no %s kernel for w_dtype %s", fn, isa.name, dl_dtype_name(w_dtype));
+  }
+  const DlActKind kind = act_kind(w_dtype);
+  const int64_t act_row_bytes = dl_act_row_bytes(kind, k);
+  void* scratch = nullptr;
+  DL_TRY(dl_workspace(fn, ctx, (size_t)(m * act_row_bytes), &scratch));
+  const DlQuantizeRow quantize = kind == DlActKind::q8 ? isa.quantize_q8 : isa.quantize_q8_k;
 
-extern "C" DL_API int32_t dl_dequantize(dl_context* ctx, float* dst, const void* src, int32_t src_dtype, int64_t rows,
-                                        int64_t cols) {
-  (void)ctx, (void)dst, (void)src, (void)rows, (void)cols;
-  return dl_fail(DL_ERR_NOT_IMPLEMENTED, "dl_dequantize: no dequantizer for %s yet", dl_dtype_name(src_dtype));
+  const int64_t w_row_bytes = (int64_t)dl_dtype_bytes(w_dtype, (uint64_t)k);
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const DlQuantGemm g{wb,
+                      w_row_bytes,
+                      w_dtype == DL_DTYPE_INT8 ? reinterpret_cast<const float*>(wb + (int64_t)n * w_row_bytes) : nullptr,
+                      static_cast<uint8_t*>(scratch),
+                      act_row_bytes,
+                      m,
+                      k,
+                      out,
+                      ldo,
+                      bias};
+  // Columns go to threads in whole cache lines of output where n allows, so threads never share
+  // the lines they write; each weight row is read by one thread.
+  const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+    const int64_t nt = 1, tid = 0;
+#endif
+    for (int64_t r = tid; r < m; r += nt) quantize(x + r * k, k, static_cast<uint8_t*>(scratch) + r * act_row_bytes);
+#pragma omp barrier
+    const int64_t units = (n + 15) / 16;
+    const int64_t c0 = std::min<int64_t>(n, units * tid / nt * 16);
+    const int64_t c1 = std::min<int64_t>(n, units * (tid + 1) / nt * 16);
+    if (c0 < c1) kernel(g, c0, c1);
+  }
+  return DL_OK;
 }

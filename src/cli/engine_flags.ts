@@ -4,6 +4,7 @@ import { ENGINE_DEFAULTS, type EngineOptions } from "../engine/local_engine.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseByteSize } from "../server/config.ts";
+import { parseQuantization } from "../model/quantize.ts";
 
 /** parseArgs option definitions for the flags below. */
 export const ENGINE_FLAG_OPTIONS = {
@@ -12,6 +13,7 @@ export const ENGINE_FLAG_OPTIONS = {
   "max-num-batched-tokens": { type: "string" },
   "max-model-len": { type: "string" },
   "kv-cache-memory": { type: "string" },
+  quantization: { type: "string" },
   threads: { type: "string" },
   library: { type: "string" },
 } as const;
@@ -23,6 +25,7 @@ export const ENGINE_FLAGS_USAGE =
   --max-num-batched-tokens N   tokens in one step (default ${ENGINE_DEFAULTS.maxNumBatchedTokens})
   --max-model-len N            longest prompt + output (default: the model's context length)
   --kv-cache-memory B          KV cache bytes, suffixes K, M, G (default 1G)
+  --quantization Q             quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, …
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
   --library PATH               native library to load (default build/libdenollm_cpu.so)`;
 
@@ -39,6 +42,15 @@ export function integerFlag(
     throw new UsageError(`--${flag} expects an integer of at least ${min}, got "${value}"`);
   }
   return n;
+}
+
+/** The --quantization value, checked (the format's name), or a UsageError listing the choices. */
+export function quantizationFlag(value: string): string {
+  try {
+    return parseQuantization(value).name;
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
 }
 
 export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAG_OPTIONS]?: string };
@@ -66,5 +78,8 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     kvCacheMemoryBytes,
     numThreads: integerFlag("threads", values.threads, defaultNumThreads(), 0),
     ...(values.library === undefined ? {} : { libraryPath: values.library }),
+    ...(values.quantization === undefined
+      ? {}
+      : { quantization: quantizationFlag(values.quantization) }),
   };
 }

@@ -5,6 +5,8 @@ import { type GenerationRequest, LLM } from "../engine/llm.ts";
 import { applyOmpEnvDefaults, defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
+import { describeQuantization } from "../model/quantize.ts";
+import { quantizationFlag } from "./engine_flags.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import { renderChat } from "../tokenizer/chat_template.ts";
 import { downloadSnapshot, parseRepoRef } from "../hub/download.ts";
@@ -31,6 +33,7 @@ export const GENERATE_USAGE = `Usage: denollm generate --model MODEL --prompt TE
   --threads N          CPU threads (default: CPUs - 1; 0 = all cores)
   --kv-cache-memory B  KV cache bytes (default: just enough for the prompt and --max-tokens)
   --library PATH       native library to load (default build/libdenollm_cpu.so)
+  --quantization Q     quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, …
 `;
 
 function parseNumber(flag: string, value: string | undefined, fallback: number, integer = false) {
@@ -66,6 +69,7 @@ export async function runGenerate(args: string[]): Promise<void> {
         threads: { type: "string" },
         "kv-cache-memory": { type: "string" },
         library: { type: "string" },
+        quantization: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -102,7 +106,10 @@ export async function runGenerate(args: string[]): Promise<void> {
   const backend = NativeBackend.open({ numThreads: threads, libraryPath: v.library });
   try {
     const modelPath = await resolveModel(v.model, v.revision ?? "main", v["hf-cache"]);
-    const loaded = await loadModel(backend, modelPath);
+    const loaded = await loadModel(backend, modelPath, {
+      ...(v.quantization === undefined ? {} : { quantization: quantizationFlag(v.quantization) }),
+    });
+    if (loaded.quantization !== undefined) console.error(describeQuantization(loaded.quantization));
     try {
       const c = loaded.config;
       console.error(

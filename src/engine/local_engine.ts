@@ -37,6 +37,11 @@ export interface EngineOptions extends LocalEngineOptions {
   loadFormat?: LoadFormat;
   /** The seed of dummy weights (default 0). */
   loadSeed?: number;
+  /**
+   * Quantize F32/F16/BF16 weights while loading: "int8", "int4" or a GGUF block format ("q4_k");
+   * src/model/quantize.ts says which tensors and what happens to rows that do not fit.
+   */
+  quantization?: string;
   backend?: "cpu" | "cuda";
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
@@ -166,6 +171,7 @@ export async function startLocalEngine(
       onProgress: onLoadProgress,
       loadFormat: options.loadFormat,
       seed: options.loadSeed,
+      quantization: options.quantization,
     });
     const local = createLocalEngine(backend, loaded, options);
     const model = loaded;

@@ -1,14 +1,14 @@
-// Reads and writes GGUF v2/v3 model files (little endian; F32, F16 and BF16 tensors only).
+// Reads and writes GGUF v2/v3 model files (little endian; the tensor types of ffi/formats.ts,
+// quantized blocks included, kept as they are).
 
 import { formatByGgmlType, formatByGgufName } from "../../ffi/formats.ts";
 import { ModelFormatError } from "./errors.ts";
 import {
   type DType,
-  dtypeBytes,
-  numElements,
   openModelFile,
   readFileAt,
-  supportedDTypes,
+  shapeBytes,
+  supportedGgufTypes,
   type TensorInfo,
   writeAll,
 } from "./tensor.ts";
@@ -95,7 +95,7 @@ const MIN_ENCODED_BYTES: Record<GgufItemType, number> = {
   arr: 12,
 };
 
-// ggml tensor type ids (ggml.h, enum ggml_type); only the first three are loadable here.
+// ggml tensor type ids (ggml.h, enum ggml_type), to name the ones we cannot load in errors.
 const GGML_TYPE_NAMES: Record<number, string> = {
   0: "F32",
   1: "F16",
@@ -130,11 +130,11 @@ const GGML_TYPE_NAMES: Record<number, string> = {
   35: "TQ2_0",
   39: "MXFP4",
 };
-/** The ggml type id of a supported dtype (the formats table's ggmlType column). */
+/** The ggml type id of a dtype GGUF can hold (the formats table's ggmlType column). */
 function ggmlTypeOf(dtype: DType): number {
   const info = formatByGgufName(dtype);
-  if (info === undefined) {
-    throw new TypeError(`Expected a dtype of ${supportedDTypes()}, found ${dtype}`);
+  if (info === undefined || info.ggmlType < 0) {
+    throw new TypeError(`Expected a GGUF tensor type of ${supportedGgufTypes()}, found ${dtype}`);
   }
   return info.ggmlType;
 }
@@ -457,26 +457,50 @@ async function readTensorInfo(r: HeaderReader, path: string) {
     ne.push(Number(dim));
   }
   const typeId = await r.u32(`type of tensor ${name}`);
+  // GGUF lists ne[] innermost first; PyTorch order puts rows first.
+  const shape = ne.reverse();
   const format = formatByGgmlType(typeId);
-  if (format === undefined) {
+  if (format === undefined || format.ggmlType < 0) {
     throw r.error(
-      `unsupported tensor type ${ggmlTypeName(typeId)} (id ${typeId}) for tensor ${name}; ` +
-        `expected ${supportedDTypes()}`,
+      `unsupported tensor type ${ggmlTypeName(typeId)} (id ${typeId}) for tensor ${name} ` +
+        `[${shape}]; supported types: ${supportedGgufTypes()}`,
     );
   }
   const dtype: DType = format.ggufName;
   const offset = await r.u64(`data offset of tensor ${name}`);
-  // GGUF lists ne[] innermost first; PyTorch order puts rows first.
-  const shape = ne.reverse();
   let byteLength: number;
   try {
-    byteLength = dtypeBytes(dtype, numElements(shape));
+    byteLength = shapeBytes(dtype, shape);
   } catch (err) {
-    throw new ModelFormatError(path, `tensor ${name} has an absurd shape [${shape}]`, {
-      cause: err,
-    });
+    throw new ModelFormatError(
+      path,
+      `tensor ${name} has a shape [${shape}] its type ${dtype} cannot store ` +
+        `(rows must be whole ${format.blockLen}-element blocks): ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   return { name, dtype, shape, offset, byteLength };
+}
+
+/**
+ * GGUF stores no byte size per tensor: its type and shape imply one, and llama.cpp lays tensors
+ * out back to back, each padded to the alignment. The gap to the next tensor is the size the
+ * writer meant, so a type or shape that disagrees with the data shows up here (a Q4_0 tensor
+ * whose data is F16-sized, a shape with the wrong row length) instead of as garbage weights.
+ */
+function checkTensorSizes(r: HeaderReader, infos: TensorInfo[], alignment: number): void {
+  const sorted = infos.filter((t) => t.byteLength > 0).sort((a, b) => a.byteOffset - b.byteOffset);
+  for (let i = 0; i + 1 < sorted.length; i++) {
+    const t = sorted[i];
+    const found = sorted[i + 1].byteOffset - t.byteOffset;
+    if (found < t.byteLength || found > alignUp(t.byteLength, alignment)) {
+      throw r.error(
+        `tensor ${t.name} is ${t.dtype} [${t.shape}] so expected ${t.byteLength} bytes ` +
+          `(${alignUp(t.byteLength, alignment)} with padding), found ${found} before the next ` +
+          `tensor ${sorted[i + 1].name}`,
+      );
+    }
+  }
 }
 
 function alignUp(n: number, alignment: number): number {
@@ -538,9 +562,11 @@ export async function readGguf(path: string): Promise<GgufFile> {
     }
     const byteOffset = BigInt(dataOffset) + offset;
     if (byteOffset + BigInt(byteLength) > BigInt(fileSize)) {
+      const found = byteOffset < BigInt(fileSize) ? BigInt(fileSize) - byteOffset : 0n;
       throw r.error(
-        `tensor data beyond file end: tensor ${name} needs bytes ${byteOffset}..` +
-          `${byteOffset + BigInt(byteLength)}, but the file has ${fileSize} bytes`,
+        `tensor data beyond file end: tensor ${name}, ${dtype} [${shape}], needs ` +
+          `${byteLength} bytes from offset ${byteOffset}, found ${found} before the end of the ` +
+          `file (${fileSize} bytes): truncated?`,
       );
     }
     tensors.set(name, {
@@ -552,6 +578,7 @@ export async function readGguf(path: string): Promise<GgufFile> {
       byteLength,
     });
   }
+  checkTensorSizes(r, [...tensors.values()], alignment);
   return { path, version, metadata, tensors, alignment, dataOffset };
 }
 
@@ -769,7 +796,7 @@ export async function writeGguf(path: string, options: GgufWriteOptions): Promis
     if (t.shape.length > MAX_DIMS) {
       throw new RangeError(`Expected at most ${MAX_DIMS} dims for ${t.name}, found [${t.shape}]`);
     }
-    const expected = dtypeBytes(t.dtype, numElements(t.shape));
+    const expected = shapeBytes(t.dtype, t.shape);
     if (!(t.data instanceof Uint8Array) || t.data.byteLength !== expected) {
       throw new RangeError(
         `Expected ${expected} bytes for ${t.dtype} tensor ${t.name} [${t.shape}], ` +

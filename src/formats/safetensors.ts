@@ -3,11 +3,11 @@
 import { ModelFormatError } from "./errors.ts";
 import {
   type DType,
-  dtypeBytes,
   isDType,
   numElements,
   openModelFile,
   readFileAt,
+  shapeBytes,
   supportedDTypes,
   type TensorInfo,
   writeAll,
@@ -126,7 +126,7 @@ function parseEntry(
   }
   let expected: number;
   try {
-    expected = dtypeBytes(dtype, numElements(shape));
+    expected = shapeBytes(dtype, shape);
   } catch (err) {
     throw new ModelFormatError(path, `tensor ${name} has an invalid shape`, { cause: err });
   }
@@ -289,7 +289,7 @@ function checkTensorData(tensors: readonly TensorData[]): void {
     }
     names.add(t.name);
     const count = numElements(t.shape);
-    const expected = t.dtype === "I32" ? 4 * count : dtypeBytes(t.dtype, count);
+    const expected = t.dtype === "I32" ? 4 * count : shapeBytes(t.dtype, t.shape);
     if (!(t.data instanceof Uint8Array) || t.data.byteLength !== expected) {
       throw new RangeError(
         `Expected ${expected} bytes for ${t.dtype} tensor ${t.name} [${t.shape}], ` +

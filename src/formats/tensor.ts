@@ -1,10 +1,13 @@
 // Tensor descriptors shared by the safetensors and GGUF readers, and reading tensor bytes from disk.
 
 import {
+  type Format,
   formatByGgufName,
   formatNames,
+  FORMATS,
   type GgufName,
   isGgufName,
+  matrixBytes,
   tensorBytes,
 } from "../../ffi/formats.ts";
 import { ModelFormatError } from "./errors.ts";
@@ -46,9 +49,33 @@ export function supportedDTypes(): string {
   return formatNames("ggufName").replace(/, ([^,]*)$/, " or $1");
 }
 
+/** The formats a GGUF file can hold: the table's rows with a ggml type id. */
+export const GGUF_FORMATS: readonly Format[] = FORMATS.filter((f) => f.ggmlType >= 0);
+
+/** "F32, F16, BF16, Q4_0, …, Q8_K": the types a GGUF file may use, for error messages. */
+export function supportedGgufTypes(): string {
+  return GGUF_FORMATS.map((f) => f.ggufName).join(", ");
+}
+
 /**
- * Bytes that `count` elements of `dtype` take; throws RangeError when count is not a multiple of
- * the format's block length.
+ * Bytes of a tensor of `dtype` and `shape`, the innermost dimension being a row (as ggml and the
+ * kernels store matrices), per-row data included. Throws RangeError when a row is not a whole
+ * number of the format's blocks.
+ */
+export function shapeBytes(dtype: DType, shape: readonly number[]): number {
+  const info = formatByGgufName(dtype);
+  if (info === undefined) {
+    throw new TypeError(`Expected a dtype of ${supportedDTypes()}, found ${JSON.stringify(dtype)}`);
+  }
+  const count = numElements(shape);
+  const cols = shape.length === 0 ? 1 : shape[shape.length - 1];
+  if (count === 0) return 0;
+  return matrixBytes(info.id, count / cols, cols);
+}
+
+/**
+ * Bytes that `count` elements of `dtype` take as one row; throws RangeError when count is not a
+ * multiple of the format's block length. Prefer {@link shapeBytes} for matrices.
  */
 export function dtypeBytes(dtype: DType, count: number): number {
   const info = formatByGgufName(dtype);

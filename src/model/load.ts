@@ -16,6 +16,12 @@ import type { HfConfigJson } from "../../tools/random_model/presets.ts";
 import { LlamaModel } from "./llama.ts";
 import { ropeInvFreq } from "./rope.ts";
 import { loadWeights, releaseWeights } from "./weights.ts";
+import {
+  checkNotQuantized,
+  parseQuantization,
+  type QuantizationSummary,
+  QuantizeOnLoad,
+} from "./quantize.ts";
 
 /** What a model path describes before any weight is read. */
 export interface ModelSource {
@@ -30,6 +36,8 @@ export interface ModelSource {
 export interface LoadedModel extends ModelSource {
   model: LlamaModel;
   loadMs: number;
+  /** What --quantization did, when it was given. */
+  quantization?: QuantizationSummary;
   release(): void;
 }
 
@@ -168,6 +176,8 @@ export interface LoadModelOptions extends OpenModelOptions {
   showProgress?: boolean;
   /** Called with (0, total) before the first tensor and after each one, for log lines. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  /** Quantize F32/F16/BF16 weights while loading: int8, int4 or a GGUF format (src/model/quantize.ts). */
+  quantization?: string;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -184,7 +194,15 @@ export async function loadModel(
   let totalBytes = 0;
   for (const info of source.tensors.values()) totalBytes += info.byteLength;
   options.onProgress?.(0, totalBytes);
+  let transform: QuantizeOnLoad | undefined;
+  if (options.quantization !== undefined) {
+    const target = parseQuantization(options.quantization);
+    checkNotQuantized(path, source.tensors, target);
+    const isTied = !source.tensors.has("lm_head.weight") && source.config.tieWordEmbeddings;
+    transform = new QuantizeOnLoad(backend, target, { isTied });
+  }
   const weights = await loadWeights(backend, source.config, source.tensors, {
+    transform,
     onProgress: (loaded, total) => {
       options.onProgress?.(loaded, total);
       if (isTty) {
@@ -215,6 +233,7 @@ export async function loadModel(
     ...source,
     model,
     loadMs: performance.now() - started,
+    ...(transform === undefined ? {} : { quantization: transform.summary() }),
     release() {
       model.release();
       releaseWeights(backend, weights);

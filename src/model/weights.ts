@@ -1,7 +1,10 @@
 // Loads a checkpoint's tensors onto the device in the layout the forward pass wants: Q/K/V and
 // gate/up fused into one projection each (one matrix when their formats agree, else one part per
-// format run), norms and biases in f32, weights otherwise in their own format.
-import { formatByGgufName, tensorBytes } from "../../ffi/formats.ts";
+// format run), norms and biases in f32, weights otherwise in their own format (GGUF's quantized
+// blocks as they are) unless the caller's transform picks another (--quantization).
+// Tensors stream one at a time from the file into their device matrix, so loading holds no more
+// than the weights plus one tensor's staging.
+import { formatByGgufName, formatInfo, isQuantized, matrixBytes } from "../../ffi/formats.ts";
 import {
   type DevicePtr,
   DType,
@@ -70,9 +73,22 @@ function formatIdOf(info: TensorInfo): DTypeId {
   return format.id;
 }
 
+/**
+ * Stores chosen weight matrices in another format while loading (`--quantization`:
+ * src/model/quantize.ts's QuantizeOnLoad).
+ */
+export interface WeightTransform {
+  /** The device format of matrix `info`, or undefined to keep the file's. */
+  formatOf(info: TensorInfo): DTypeId | undefined;
+  /** Writes matrix `info` as rows [rowOffset, rowOffset + its rows) of `dst`, in dst's format. */
+  writeRows(info: TensorInfo, dst: DeviceMatrix, rowOffset: number): Promise<void>;
+}
+
 export interface LoadWeightsOptions {
   /** Called after each tensor with bytes read so far and in total. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  /** The device format of chosen weight matrices (default: the file's). Norms stay f32. */
+  transform?: WeightTransform;
 }
 
 /** Loads and validates every tensor the config calls for. */
@@ -82,7 +98,7 @@ export async function loadWeights(
   tensors: Map<string, TensorInfo>,
   options: LoadWeightsOptions = {},
 ): Promise<ModelWeights> {
-  const loader = new WeightLoader(backend, tensors, options.onProgress);
+  const loader = new WeightLoader(backend, tensors, options);
   try {
     return await loader.loadAll(config);
   } catch (error) {
@@ -95,6 +111,7 @@ class WeightLoader {
   #backend: NativeBackend;
   #tensors: Map<string, TensorInfo>;
   #onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  #transform?: WeightTransform;
   #allocations: DevicePtr[] = [];
   #sizeBytes = 0;
   #loadedBytes = 0;
@@ -103,11 +120,12 @@ class WeightLoader {
   constructor(
     backend: NativeBackend,
     tensors: Map<string, TensorInfo>,
-    onProgress?: (loadedBytes: number, totalBytes: number) => void,
+    options: LoadWeightsOptions,
   ) {
     this.#backend = backend;
     this.#tensors = tensors;
-    this.#onProgress = onProgress;
+    this.#onProgress = options.onProgress;
+    this.#transform = options.transform;
     for (const info of tensors.values()) this.#totalBytes += info.byteLength;
   }
 
@@ -202,10 +220,12 @@ class WeightLoader {
     return ptr;
   }
 
-  /** Copies one tensor into device memory at dst, converting to dstDtype if it differs. */
+  /**
+   * Copies one tensor into device memory at dst in dstDtype: its own format, or f32 (from any
+   * format), or another plain format (from a plain one).
+   */
   async #copy(info: TensorInfo, dst: DevicePtr, dstDtype: DTypeId): Promise<void> {
     const srcDtype = formatIdOf(info);
-    const numElements = info.shape.reduce((a, b) => a * b, 1);
     if (srcDtype === dstDtype) {
       // The CPU build's device memory is host memory: read the file straight into it.
       const view = this.#backend.hostView(dst, info.byteLength);
@@ -217,11 +237,22 @@ class WeightLoader {
         this.#backend.upload(dst, staging);
       }
     } else {
+      const { rows, cols } = matrixShape(info);
+      if (isQuantized(srcDtype) && dstDtype !== DType.F32) {
+        throw new RangeError(
+          `Expected f32 or ${info.dtype} as the device format of ${info.name}, found ` +
+            formatInfo(dstDtype).ggufName,
+        );
+      }
       const staging = this.#backend.alloc(info.byteLength);
       try {
         await this.#copy(info, staging, srcDtype);
         this.#loadedBytes -= info.byteLength; // counted once, below
-        this.#backend.convert(dst, dstDtype, staging, srcDtype, numElements);
+        if (isQuantized(srcDtype)) {
+          this.#backend.dequantize({ dst, src: staging, srcDtype, rows, cols });
+        } else {
+          this.#backend.convert(dst, dstDtype, staging, srcDtype, rows * cols);
+        }
       } finally {
         this.#backend.free(staging);
       }
@@ -230,13 +261,18 @@ class WeightLoader {
     this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
   }
 
+  /** The device format of a weight matrix: the transform's choice, else the file's. */
+  #formatOf(info: TensorInfo): DTypeId {
+    return this.#transform?.formatOf(info) ?? formatIdOf(info);
+  }
+
   /**
    * Stacks the row blocks of several [rows_i, cols] tensors into a projection, each in its own
    * format (never converted): neighbouring tensors of one format share a matrix.
    */
   async #fused(names: string[], rows: number[], cols: number): Promise<Projection> {
     const infos = names.map((name, i) => this.#info(name, [rows[i], cols]));
-    const dtypes = infos.map(formatIdOf);
+    const dtypes = infos.map((info) => this.#formatOf(info));
     const parts: DeviceMatrix[] = [];
     for (let first = 0; first < infos.length;) {
       let end = first + 1;
@@ -249,7 +285,7 @@ class WeightLoader {
     return { parts, rows: rows.reduce((a, b) => a + b, 0), cols };
   }
 
-  /** One matrix of the row blocks of tensors that share `dtype`. */
+  /** One matrix in `dtype` of the row blocks of several tensors. */
   async #stack(
     infos: TensorInfo[],
     rows: number[],
@@ -257,18 +293,35 @@ class WeightLoader {
     dtype: DTypeId,
   ): Promise<DeviceMatrix> {
     const totalRows = rows.reduce((a, b) => a + b, 0);
-    const ptr = this.#alloc(tensorBytes(dtype, totalRows * cols));
+    const ptr = this.#alloc(matrixBytes(dtype, totalRows, cols));
+    const matrix = { ptr, dtype, rows: totalRows, cols };
+    // Parts kept in their file's format are read straight into place; formats with per-row data
+    // after all rows (INT8) interleave across parts, so only the transform may stack those.
     let rowOffset = 0;
     for (let i = 0; i < infos.length; i++) {
-      await this.#copy(infos[i], offset(ptr, tensorBytes(dtype, rowOffset * cols)), dtype);
+      if (this.#transform !== undefined && formatIdOf(infos[i]) !== dtype) {
+        await this.#transform.writeRows(infos[i], matrix, rowOffset);
+        this.#loadedBytes += infos[i].byteLength;
+        this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
+      } else {
+        if (infos.length > 1 && formatInfo(dtype).rowBytes !== 0) {
+          throw new ModelFormatError(
+            infos[i].file,
+            `cannot stack ${infos[i].dtype} tensor ${infos[i].name} with others: its per-row ` +
+              "data follows all rows",
+          );
+        }
+        const at = rowOffset === 0 ? 0 : matrixBytes(dtype, rowOffset, cols);
+        await this.#copy(infos[i], offset(ptr, at), dtype);
+      }
       rowOffset += rows[i];
     }
-    return { ptr, dtype, rows: totalRows, cols };
+    return matrix;
   }
 
   async #matrix(name: string, rows: number, cols: number): Promise<DeviceMatrix> {
     const info = this.#info(name, [rows, cols]);
-    return await this.#stack([info], [rows], cols, formatIdOf(info));
+    return await this.#stack([info], [rows], cols, this.#formatOf(info));
   }
 
   /** Concatenates 1-D tensors into one f32 vector. */
@@ -286,6 +339,13 @@ class WeightLoader {
   #vector(name: string, length: number): Promise<DevicePtr> {
     return this.#fusedVector([name], [length]);
   }
+}
+
+/** A tensor as a [rows, cols] matrix: its innermost dimension is a row (1-D: one row). */
+function matrixShape(info: TensorInfo): { rows: number; cols: number } {
+  const cols = info.shape.length === 0 ? 1 : info.shape[info.shape.length - 1];
+  const count = info.shape.reduce((a, b) => a * b, 1);
+  return { rows: cols === 0 ? 0 : count / cols, cols };
 }
 
 /** Frees every allocation of loaded weights. */

@@ -6,6 +6,7 @@ import { TOOL_CALL_PARSERS, type ToolCallParser } from "../api/tools.ts";
 import { ENGINE_DEFAULTS } from "../engine/local_engine.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
+import { parseQuantization } from "../model/quantize.ts";
 
 export type Device = { kind: "auto" } | { kind: "cpu" } | { kind: "cuda"; ordinal?: number };
 
@@ -18,6 +19,8 @@ export interface ServeConfig {
    * config.json's shape in memory (seeded by --seed, or 0), for benchmarks.
    */
   loadFormat?: "auto" | "dummy";
+  /** Quantize F32/F16/BF16 weights on load: a format name (src/model/quantize.ts). */
+  quantization?: string;
   host: string;
   /** 0 picks a free port (logged once listening). */
   port: number;
@@ -182,6 +185,12 @@ const OPTIONS = [
     arg: "FMT",
     help: "auto, or dummy: random weights of config.json's shape from --seed (noise)",
     defaultText: "auto",
+  },
+  {
+    flag: "quantization",
+    arg: "Q",
+    help: "quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, … (docs/quantization.md)",
+    defaultText: "none",
   },
   { flag: "host", arg: "HOST", help: "address to listen on", defaultText: "127.0.0.1" },
   { flag: "port", arg: "N", help: "port to listen on (0 = any free port)", defaultText: "8000" },
@@ -410,6 +419,14 @@ const SCHEMAS = {
   model: nonEmpty,
   revision: nonEmpty,
   "load-format": choice(["auto", "dummy"]),
+  quantization: z.string().trim().transform((v, ctx) => {
+    try {
+      return parseQuantization(v).name;
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: (error as Error).message });
+      return z.NEVER;
+    }
+  }),
   host: hostSchema,
   port: integer(0, 65535),
   "served-model-name": nonEmpty,
@@ -554,6 +571,7 @@ export function parseServeConfig(
       model: values.model,
       revision: values.revision ?? "main",
       ...(values["load-format"] === undefined ? {} : { loadFormat: values["load-format"] }),
+      ...(values.quantization === undefined ? {} : { quantization: values.quantization }),
       host: values.host ?? "127.0.0.1",
       port: values.port ?? 8000,
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),

@@ -274,12 +274,14 @@ async function startEngine(
     model: modelPath,
     device: device.description,
     load_format: config.loadFormat ?? "auto",
+    quantization: config.quantization ?? "none",
   });
   const start = (backend: "cpu" | "cuda") =>
     AsyncEngine.start({
       modelPath,
       loadFormat: config.loadFormat,
       loadSeed,
+      quantization: config.quantization,
       backend,
       numThreads: config.numThreads,
       blockSize: config.blockSize,
