@@ -133,10 +133,6 @@ async function buildCuda(): Promise<void> {
       "-fPIC,-fvisibility=hidden",
       "-cudart",
       "static",
-      // Device code rounds as it is written, like the host compilers: no implicit a * b + c
-      // contraction, so the per-block dequantizers shared with the CPU build (native/dl_dequant.h)
-      // give the same floats on both. Kernels that want FMAs call fmaf.
-      "-fmad=false",
       ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
     ],
   });

@@ -60,27 +60,11 @@ __global__ void embedding_quant_kernel(float* __restrict__ out,            // [T
 
 // --- Launcher
 
-// dl_validate_embedding's checks. The quantized formats this build has kernels for
-// (DL_CUDA_QUANT_DTYPES) pass even while the shared DL_EMBEDDING_DTYPES does not list them yet:
-// checked as an f32 table, then dim for whole blocks.
-static int32_t validate_embedding(const char* fn, dl_context* ctx, float* out, const void* table,
-                                  int32_t table_dtype, const int32_t* token_ids, int32_t num_tokens,
-                                  int32_t vocab_size, int32_t dim) {
-  const bool cuda_only = dl_dtype_find(table_dtype) != nullptr &&
-                         (DL_EMBEDDING_DTYPES & dl_dtype_bit(table_dtype)) == 0 &&
-                         (DL_CUDA_QUANT_DTYPES & dl_dtype_bit(table_dtype)) != 0;
-  if (!cuda_only) {
-    return dl_validate_embedding(fn, ctx, out, table, table_dtype, token_ids, num_tokens, vocab_size, dim);
-  }
-  DL_TRY(dl_validate_embedding(fn, ctx, out, table, DL_DTYPE_F32, token_ids, num_tokens, vocab_size, dim));
-  return dl_check_whole_blocks(fn, "dim", dim, table_dtype);
-}
-
 extern "C" int32_t dl_embedding(dl_context* ctx, float* out, const void* table,
                                 int32_t table_dtype, const int32_t* token_ids, int32_t num_tokens,
                                 int32_t vocab_size, int32_t dim) {
   const char* fn = "dl_embedding";
-  DL_TRY(validate_embedding(fn, ctx, out, table, table_dtype, token_ids, num_tokens, vocab_size, dim));
+  DL_TRY(dl_validate_embedding(fn, ctx, out, table, table_dtype, token_ids, num_tokens, vocab_size, dim));
   if (num_tokens == 0) return DL_OK;
   const int threads = dim >= 256 ? 256 : ((dim + 31) / 32) * 32;
   cudaStream_t s = ctx->stream;

@@ -330,25 +330,12 @@ static void launch_wmma(cudaStream_t s, float* out, const float* x, const void* 
   }
 }
 
-// dl_validate_matmul's checks. The quantized formats this build has kernels for
-// (DL_CUDA_QUANT_DTYPES) pass even while the shared DL_MATMUL_DTYPES does not list them yet: their
-// shapes are checked as f32's, then k for whole blocks.
-static int32_t validate_matmul(const char* fn, const dl_context* ctx, const float* out, const float* x,
-                               const void* w, int32_t w_dtype, int32_t m, int32_t n, int32_t k,
-                               int32_t out_row_stride) {
-  const bool cuda_only = dl_dtype_find(w_dtype) != nullptr && (DL_MATMUL_DTYPES & dl_dtype_bit(w_dtype)) == 0 &&
-                         (DL_CUDA_QUANT_DTYPES & dl_dtype_bit(w_dtype)) != 0;
-  if (!cuda_only) return dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride);
-  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, DL_DTYPE_F32, m, n, k, out_row_stride));
-  return dl_check_whole_blocks(fn, "k", k, w_dtype);
-}
-
-// w_dtype is one of DL_MATMUL_DTYPES or DL_CUDA_QUANT_DTYPES (checked by validate_matmul).
+// w_dtype is one of DL_MATMUL_DTYPES (checked by dl_validate_matmul).
 extern "C" int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w,
                              int32_t w_dtype, const float* bias, int32_t m, int32_t n, int32_t k,
                              int32_t out_row_stride) {
   const char* fn = "dl_matmul";
-  DL_TRY(validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
+  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
   if (m == 0) return DL_OK;
   if ((int64_t)(m + TILE_M - 1) / TILE_M > 65535) {
     return dl_fail(DL_ERR_UNSUPPORTED, "%s: m = %d is larger than this build supports", fn, m);

@@ -1,6 +1,11 @@
 // Quantized formats on CUDA: dl_dequantize (a kernel over the blocks of a matrix, through the
-// per-block dequantizers the CPU build uses, native/dl_dequant.h) and dl_quantize.
+// per-block dequantizers the CPU build uses, native/dl_dequant.h) and dl_quantize (the CPU build's
+// host quantizers, native/dl_quantize.h, on a host copy).
+#include <new>
+#include <vector>
+
 #include "common.cuh"
+#include "dl_quantize.h"
 #include "half.cuh"
 #include "quant.cuh"
 
@@ -52,27 +57,43 @@ __global__ void dequantize_plain_kernel(float* __restrict__ dst,
 
 extern "C" int32_t dl_quantize(dl_context* ctx, void* dst, int32_t dst_dtype, const float* src, int64_t rows,
                                int64_t cols, const float* importance) {
-  // Meant to copy to the host and run the CPU build's quantizers (native/dl_quantize.h), so both
-  // builds write the same bytes; that header has not landed yet.
-  (void)ctx, (void)dst, (void)src, (void)rows, (void)cols, (void)importance;
-  return dl_fail(DL_ERR_NOT_IMPLEMENTED, "dl_quantize: no quantizer for %s yet", dl_dtype_name(dst_dtype));
+  // Through the host, with the CPU build's quantizers: the same bytes from both builds, and the
+  // scale searches are branchy scalar code that a GPU would not speed up much (it runs once, at
+  // load or offline).
+  const char* fn = "dl_quantize";
+  DL_TRY(dl_validate_quantize(fn, ctx, dst, dst_dtype, src, rows, cols));
+  if (rows == 0) return DL_OK;
+  const size_t num_src = (size_t)(rows * cols), dst_bytes = (size_t)dl_matrix_bytes(dst_dtype, rows, cols);
+  std::vector<float> h_src, h_importance;
+  std::vector<uint8_t> h_dst;
+  try {
+    h_src.resize(num_src);
+    h_dst.resize(dst_bytes);
+    if (importance != nullptr) h_importance.resize((size_t)cols);
+  } catch (const std::bad_alloc&) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of host staging", fn,
+                   num_src * sizeof(float) + dst_bytes);
+  }
+  cudaStream_t s = ctx->stream;
+  DL_CUDA_CHECK(cudaMemcpyAsync(h_src.data(), src, num_src * sizeof(float), cudaMemcpyDeviceToHost, s));
+  if (importance != nullptr) {
+    DL_CUDA_CHECK(cudaMemcpyAsync(h_importance.data(), importance, (size_t)cols * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s));
+  }
+  DL_CUDA_CHECK(cudaStreamSynchronize(s));
+  // One host thread: the CUDA build has no OpenMP.
+  DL_TRY(dl_quantize_host(fn, 1, h_dst.data(), dst_dtype, h_src.data(), rows, cols,
+                          importance != nullptr ? h_importance.data() : nullptr));
+  DL_CUDA_CHECK(cudaMemcpyAsync(dst, h_dst.data(), dst_bytes, cudaMemcpyHostToDevice, s));
+  DL_CUDA_CHECK(cudaStreamSynchronize(s));  // h_dst must outlive the copy
+  return DL_OK;
 }
 
 extern "C" int32_t dl_dequantize(dl_context* ctx, float* dst, const void* src, int32_t src_dtype, int64_t rows,
                                  int64_t cols) {
   const char* fn = "dl_dequantize";
-  DL_TRY(dl_check_ctx(fn, ctx));
-  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype, DL_FLOAT_DTYPES | DL_CUDA_QUANT_DTYPES));
-  DL_TRY(dl_check_non_negative(fn, "rows", rows));
-  DL_TRY(dl_check_positive(fn, "cols", cols));
-  DL_TRY(dl_check_whole_blocks(fn, "cols", cols, src_dtype));
+  DL_TRY(dl_validate_dequantize(fn, ctx, dst, src, src_dtype, rows, cols));
   if (rows == 0) return DL_OK;
-  if (rows > INT64_MAX / cols) {
-    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected rows * cols to fit in 64 bits, found %lld * %lld", fn,
-                   (long long)rows, (long long)cols);
-  }
-  DL_TRY(dl_check_ptr(fn, "dst", dst));
-  DL_TRY(dl_check_ptr(fn, "src", src));
   const int threads = 256;
   cudaStream_t s = ctx->stream;
   const uint8_t* bytes = static_cast<const uint8_t*>(src);

@@ -4,7 +4,8 @@
 // A chunk is one block of the legacy formats, a quarter of an INT4 group and an eighth of a K
 // super-block. The legacy formats call native/dl_dequant.h's per-block functions; the others
 // decode their eighth (quarter) with the same element order and the same expressions, operand for
-// operand, so with -fmad=false (build.ts) a chunk holds exactly the floats dl_dequantize writes.
+// operand, so a chunk holds exactly the floats dl_dequantize writes (native/dl_dequant.h says why
+// FMA contraction cannot change them).
 #pragma once
 
 #include <cstdint>
@@ -15,14 +16,6 @@
 #include "dl_quant.h"
 
 constexpr int DL_CHUNK = 32;  // elements per decoded chunk
-
-// The quantized formats the CUDA kernels decode (every quantized row of DL_DTYPE_TABLE).
-constexpr uint32_t DL_CUDA_QUANT_DTYPES =
-    dl_dtype_bit(DL_DTYPE_Q4_0) | dl_dtype_bit(DL_DTYPE_Q4_1) | dl_dtype_bit(DL_DTYPE_Q5_0) |
-    dl_dtype_bit(DL_DTYPE_Q5_1) | dl_dtype_bit(DL_DTYPE_Q8_0) | dl_dtype_bit(DL_DTYPE_Q2_K) |
-    dl_dtype_bit(DL_DTYPE_Q3_K) | dl_dtype_bit(DL_DTYPE_Q4_K) | dl_dtype_bit(DL_DTYPE_Q5_K) |
-    dl_dtype_bit(DL_DTYPE_Q6_K) | dl_dtype_bit(DL_DTYPE_Q8_K) | dl_dtype_bit(DL_DTYPE_INT8) |
-    dl_dtype_bit(DL_DTYPE_INT4);
 
 // Elements and bytes of one block of DT, from the one table.
 template <int DT>
@@ -161,7 +154,7 @@ __device__ __forceinline__ void dl_decode_int8_chunk(const uint8_t* row, float s
 }
 
 // Calls body(DtypeTag<DT>{}) with the dtype as a compile-time constant (tag.value) for a format
-// of DL_CUDA_QUANT_DTYPES; returns false for any other dtype. One switch for every launcher.
+// of DL_QUANTIZED_DTYPES; returns false for any other dtype. One switch for every launcher.
 template <int DT>
 struct DtypeTag {
   static constexpr int value = DT;
@@ -187,6 +180,6 @@ inline bool dl_dispatch_quant(int32_t dtype, F&& body) {
 }
 
 // Quantized dl_matmul (cuda/matmul_quant.cu), called by dl_matmul's launcher after validation:
-// w_dtype is one of DL_CUDA_QUANT_DTYPES, m > 0.
+// w_dtype is one of DL_QUANTIZED_DTYPES, m > 0.
 int32_t dl_matmul_quant(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
                         const float* bias, int32_t m, int32_t n, int32_t k, int32_t ldo);

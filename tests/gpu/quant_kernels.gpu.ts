@@ -1,5 +1,6 @@
-// The CUDA build's quantized-weight kernels (dl_dequantize, dl_embedding and dl_matmul over every
-// quantized format) against a plain TypeScript dequantizer and the CPU build, on random blocks.
+// The CUDA build's quantized-weight kernels (dl_dequantize, dl_quantize, dl_embedding and dl_matmul
+// over every quantized format) against a plain TypeScript dequantizer and the CPU build, on random
+// blocks.
 //
 // Not picked up by `deno task test` (no _test suffix); tests/gpu/emu.sh runs it under the dl_emu
 // shim (in CI) and tests/gpu/run.sh on a GPU:
@@ -10,7 +11,8 @@
 // The reference here, dequantRef, is written from ggml's block layouts (native/dl_quant.h) with each
 // f32 operation rounded as C rounds it, independently of native/dl_dequant.h and cuda/quant.cuh.
 // Tolerances, |device - expected| must not exceed:
-// - bit for bit: dl_dequantize and dl_embedding, against dequantRef and the CPU build
+// - bit for bit: dl_dequantize and dl_embedding, against dequantRef and the CPU build; dl_quantize's
+//   bytes against the CPU build's
 // - matmul against the f32 matmul of dequantRef's weights (the CPU build's f32 dl_matmul), with
 //   scale = sum_k |x w| + |bias|: gemv (m <= 8) 4e-5 * scale + 1e-6 (f32 FMAs, only the order
 //   differs); tiled WMMA (m > 8) 6e-4 * scale + 1e-6 (weights rounded to f16: 2^-11 relative; x
@@ -47,101 +49,9 @@ const QUANT_DTYPES: DTypeId[] = [
   DType.INT4,
 ];
 
-// --- dl_dequantize through a second handle on each library: NativeBackend has no wrapper for it
-// yet. Device pointers of one process are valid in any context of it; each call waits for the
-// backend's stream before and for its own after.
-
-const DEQUANTIZE_SYMBOLS = {
-  dl_context_create: { parameters: ["i32", "i32", "buffer"], result: "i32" },
-  dl_context_destroy: { parameters: ["pointer"], result: "i32" },
-  dl_synchronize: { parameters: ["pointer"], result: "i32" },
-  dl_dequantize: {
-    parameters: ["pointer", "pointer", "pointer", "i32", "i64", "i64"],
-    result: "i32",
-  },
-  dl_last_error: { parameters: [], result: "pointer" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-class Dequantizer {
-  #lib: Deno.DynamicLibrary<typeof DEQUANTIZE_SYMBOLS>;
-  #ctx: Deno.PointerValue;
-  readonly backend: NativeBackend;
-
-  constructor(backend: NativeBackend) {
-    this.backend = backend;
-    this.#lib = Deno.dlopen(backend.libraryPath, DEQUANTIZE_SYMBOLS);
-    const out = new BigUint64Array(1);
-    this.#check(this.#lib.symbols.dl_context_create(0, 1, out), "dl_context_create");
-    this.#ctx = Deno.UnsafePointer.create(out[0]);
-  }
-
-  /** The status of dl_dequantize (0 when it worked), throwing on anything but NOT_IMPLEMENTED. */
-  run(
-    dst: Deno.PointerObject,
-    src: Deno.PointerObject | null,
-    dtype: number,
-    rows: number,
-    cols: number,
-  ) {
-    this.backend.synchronize();
-    const status = this.#lib.symbols.dl_dequantize(
-      this.#ctx,
-      dst,
-      src,
-      dtype,
-      BigInt(rows),
-      BigInt(cols),
-    );
-    if (status === 0) this.#check(this.#lib.symbols.dl_synchronize(this.#ctx), "dl_synchronize");
-    return { status, message: this.lastError() };
-  }
-
-  lastError(): string {
-    const p = this.#lib.symbols.dl_last_error();
-    return p === null ? "" : Deno.UnsafePointerView.getCString(p);
-  }
-
-  #check(status: number, fn: string): void {
-    if (status !== 0) throw new Error(`${fn} failed with status ${status}: ${this.lastError()}`);
-  }
-
-  close(): void {
-    this.#lib.symbols.dl_context_destroy(this.#ctx);
-    this.#lib.close();
-  }
-}
-
-const cpuDequant = new Dequantizer(cpu);
-const gpuDequant = new Dequantizer(gpu);
 globalThis.addEventListener("unload", () => {
-  cpuDequant.close();
-  gpuDequant.close();
   gpu.close();
   cpu.close();
-});
-
-/** Whether the CPU build has a dl_dequantize yet (a placeholder answers NOT_IMPLEMENTED). */
-const CPU_DEQUANTIZES = withDeviceBuffers(cpu, (s) => {
-  const { status } = cpuDequant.run(s.zeros(4 * 32), s.zeros(64), DType.Q8_0, 1, 32);
-  return status === 0;
-});
-/** Whether the CPU build's dl_matmul takes quantized weights yet. */
-const CPU_QUANT_MATMUL = withDeviceBuffers(cpu, (s) => {
-  try {
-    cpu.matmul({
-      out: s.zeros(4),
-      x: s.zeros(4 * 32),
-      w: s.zeros(64),
-      wDtype: DType.Q8_0,
-      m: 1,
-      n: 1,
-      k: 32,
-    });
-    return true;
-  } catch (e) {
-    if (e instanceof NativeError) return false;
-    throw e;
-  }
 });
 
 // --- Random blocks and the reference dequantizer
@@ -352,21 +262,17 @@ function name(dtype: DTypeId): string {
 }
 
 function dequantizeOn(
-  d: Dequantizer,
-  s: DeviceBuffers,
+  backend: NativeBackend,
   dtype: DTypeId,
   w: Uint8Array,
   rows: number,
   cols: number,
 ) {
-  const out = s.zeros(rows * cols * 4);
-  const { status, message } = d.run(out, s.from(w), dtype, rows, cols);
-  if (status !== 0) {
-    throw new Error(
-      `dl_dequantize ${name(dtype)} on ${d.backend.name}: status ${status}: ${message}`,
-    );
-  }
-  return s.f32(out, rows * cols);
+  return withDeviceBuffers(backend, (s) => {
+    const dst = s.zeros(rows * cols * 4);
+    backend.dequantize({ dst, src: s.from(w), srcDtype: dtype, rows, cols });
+    return s.f32(dst, rows * cols);
+  });
 }
 
 /** out = x · wᵀ (+ bias) of f32 values on the CPU build's f32 path. */
@@ -402,7 +308,7 @@ Deno.test("dequantize: every quantized format, odd rows, bit for bit with the re
     for (const cols of colsFor(dtype)) {
       const rows = 7;
       const w = randomQuantized(rand, dtype, rows, cols);
-      const got = withDeviceBuffers(gpu, (s) => dequantizeOn(gpuDequant, s, dtype, w, rows, cols));
+      const got = dequantizeOn(gpu, dtype, w, rows, cols);
       assertBits(
         got,
         dequantRef(dtype, w, rows, cols),
@@ -412,44 +318,34 @@ Deno.test("dequantize: every quantized format, odd rows, bit for bit with the re
   }
 });
 
-Deno.test({
-  name: "dequantize: every quantized format bit for bit with the CPU build's dl_dequantize",
-  ignore: !CPU_DEQUANTIZES,
-  fn() {
-    const rand = ref.mulberry32(102);
-    for (const dtype of QUANT_DTYPES) {
-      for (const cols of colsFor(dtype)) {
-        const rows = 5;
-        const w = randomQuantized(rand, dtype, rows, cols);
-        const want = withDeviceBuffers(
-          cpu,
-          (s) => dequantizeOn(cpuDequant, s, dtype, w, rows, cols),
-        );
-        const got = withDeviceBuffers(
-          gpu,
-          (s) => dequantizeOn(gpuDequant, s, dtype, w, rows, cols),
-        );
-        assertBits(got, want, `dequantize ${name(dtype)} [${rows}, ${cols}] against the CPU build`);
-      }
+Deno.test("dequantize: every quantized format bit for bit with the CPU build's dl_dequantize", () => {
+  const rand = ref.mulberry32(102);
+  for (const dtype of QUANT_DTYPES) {
+    for (const cols of colsFor(dtype)) {
+      const rows = 5;
+      const w = randomQuantized(rand, dtype, rows, cols);
+      assertBits(
+        dequantizeOn(gpu, dtype, w, rows, cols),
+        dequantizeOn(cpu, dtype, w, rows, cols),
+        `dequantize ${name(dtype)} [${rows}, ${cols}] against the CPU build`,
+      );
     }
-  },
+  }
 });
 
 Deno.test("dequantize: plain formats widen exactly; bad arguments name what was expected", () => {
   const rand = ref.mulberry32(103);
   const values = ref.randomF32(rand, 3 * 37);
+  for (const dtype of [DType.F32, DType.F16, DType.BF16] as const) {
+    const stored = ref.encode(values, dtype);
+    const bytes = new Uint8Array(stored.buffer);
+    assertBits(
+      dequantizeOn(gpu, dtype, bytes, 3, 37),
+      Float32Array.from(ref.decode(stored, dtype)),
+      `dequantize ${name(dtype)}`,
+    );
+  }
   withDeviceBuffers(gpu, (s) => {
-    for (const dtype of [DType.F32, DType.F16, DType.BF16] as const) {
-      const stored = ref.encode(values, dtype);
-      const out = s.zeros(values.length * 4);
-      const { status, message } = gpuDequant.run(out, s.from(stored), dtype, 3, 37);
-      assert.equal(status, 0, message);
-      assertBits(
-        s.f32(out, values.length),
-        Float32Array.from(ref.decode(stored, dtype)),
-        `dequantize ${dtype}`,
-      );
-    }
     const dst = s.zeros(4 * 256), src = s.zeros(256);
     const cases: [number, number, number, RegExp][] = [
       [
@@ -462,17 +358,58 @@ Deno.test("dequantize: plain formats widen exactly; bad arguments name what was 
       [99, 1, 32, /src_dtype/],
     ];
     for (const [dtype, rows, cols, pattern] of cases) {
-      const { status, message } = gpuDequant.run(dst, src, dtype, rows, cols);
-      assert.equal(
-        status,
-        1,
-        `dl_dequantize(${dtype}, ${rows}, ${cols}) must fail with INVALID_ARGUMENT`,
+      assert.throws(
+        () => gpu.dequantize({ dst, src, srcDtype: dtype as DTypeId, rows, cols }),
+        (e: unknown) =>
+          e instanceof NativeError && /DL_ERR_INVALID_ARGUMENT/.test(e.message) &&
+          pattern.test(e.message),
       );
-      assert.match(message, pattern);
     }
-    const { status, message } = gpuDequant.run(dst, null, DType.Q8_0, 1, 32);
-    assert.equal(status, 1);
-    assert.match(message, /src/);
+  });
+});
+
+// --- Quantize
+
+Deno.test("quantize: every format writes the CPU build's bytes, with and without importance", () => {
+  const rand = ref.mulberry32(107);
+  for (const dtype of QUANT_DTYPES) {
+    const cols = colsFor(dtype)[0], rows = 3;
+    const src = ref.randomF32(rand, rows * cols);
+    const importance = dtype % 2 === 0 ? ref.randomF32(rand, cols, 0, 2) : null;
+    const [want, got] = [cpu, gpu].map((backend) =>
+      withDeviceBuffers(backend, (s) => {
+        const size = matrixBytes(dtype, rows, cols);
+        const dst = s.zeros(size);
+        backend.quantize({
+          dst,
+          dstDtype: dtype,
+          src: s.from(src),
+          rows,
+          cols,
+          importance: importance ? s.from(importance) : null,
+        });
+        return s.bytes(dst, size);
+      })
+    );
+    assert.deepEqual(
+      got,
+      want,
+      `quantize ${name(dtype)} [${rows}, ${cols}]${importance ? " importance" : ""}`,
+    );
+  }
+  withDeviceBuffers(gpu, (s) => {
+    const bad = Float32Array.from({ length: 32 }, (_, i) => (i === 5 ? NaN : 0));
+    assert.throws(
+      () =>
+        gpu.quantize({
+          dst: s.zeros(64),
+          dstDtype: DType.Q8_0,
+          src: s.from(bad),
+          rows: 1,
+          cols: 32,
+        }),
+      /expected finite values in src, found nan at row 0, column 5/,
+    );
   });
 });
 
@@ -608,7 +545,6 @@ Deno.test("matmul: every quantized format, gemv and tiled WMMA, against f32 on t
 
 Deno.test({
   name: "matmul: every quantized format within the int8-activation tolerance of the CPU build's",
-  ignore: !CPU_QUANT_MATMUL,
   fn() {
     const rand = ref.mulberry32(106);
     for (const dtype of QUANT_DTYPES) {
