@@ -20,7 +20,7 @@
 // - matmul against the CPU build's quantized dl_matmul, which quantizes x to int8 per block:
 //   1e-2 * scale + 1e-5 (an int8 step of x is 1/254 of its block's largest |x|)
 import { assertClose } from "../assert_close.ts";
-import { type DeviceBuffers, withDeviceBuffers } from "../device_buffers.ts";
+import { withDeviceBuffers } from "../device_buffers.ts";
 import { formatInfo, matrixBytes } from "../../ffi/formats.ts";
 import { DType, type DTypeId, NativeBackend, NativeError, offset } from "../../ffi/native.ts";
 import * as ref from "../kernel_reference.ts";
