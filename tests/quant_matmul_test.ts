@@ -2,7 +2,8 @@
 // here: the weights dequantized by a TypeScript port of native/dl_dequant.h (blocks of random bytes
 // with sane scales, so every bit pattern of the values occurs), times the activations quantized as
 // the kernel's contract says (per block of 32, or 256 for the K formats: d = amax / 127 and
-// q = round-half-even(x * (127 / amax)), emulated in f32), summed in f64.
+// q = round-half-even(x * (127 / amax)), emulated in f32; blocks of 32 keep d and s = d * sum(q)
+// rounded to f16, as ggml's q8_0 / q8_1), summed in f64.
 //
 // Tolerance: |native - reference| <= 2e-6 * (nb + 4) * sum_k mag_k |xq_k|, where nb is the number
 // of blocks and mag_k the magnitude of weight k's parts (|d * sc * q| + |dmin * m|, so cancelling
@@ -87,7 +88,11 @@ function randomWeights(rand: () => number, dtype: DTypeId, n: number, k: number)
 interface Dequantized {
   w: Float64Array; // [n, k]
   mag: Float64Array; // [n, k]: |scaled value| + |min| of each weight
+  min: Float64Array; // [n, k]: the min (offset) part of each weight
 }
+
+// The min parts of the block being dequantized (dequantBlock's put writes them here).
+let blockMins = new Float64Array(0);
 
 function q3kScales(p: Uint8Array, at: number): number[] {
   const scales: number[] = [];
@@ -120,6 +125,7 @@ function dequantBlock(
   const put = (e: number, scaled: number, min: number) => {
     y[o + e] = scaled + min;
     mag[o + e] = Math.abs(scaled) + Math.abs(min);
+    blockMins[o + e] = min;
   };
   switch (dtype) {
     case DType.Q4_0: {
@@ -257,7 +263,8 @@ function dequantBlock(
 
 function dequantize(dtype: DTypeId, bytes: Uint8Array, n: number, k: number): Dequantized {
   const info = formatInfo(dtype);
-  const w = new Float64Array(n * k), mag = new Float64Array(n * k);
+  const w = new Float64Array(n * k), mag = new Float64Array(n * k), min = new Float64Array(n * k);
+  blockMins = min;
   if (dtype === DType.INT8) {
     const v = new DataView(bytes.buffer, bytes.byteOffset);
     for (let r = 0; r < n; r++) {
@@ -265,35 +272,48 @@ function dequantize(dtype: DTypeId, bytes: Uint8Array, n: number, k: number): De
       for (let j = 0; j < k; j++) w[r * k + j] = scale * v.getInt8(r * k + j);
     }
     for (let i = 0; i < w.length; i++) mag[i] = Math.abs(w[i]);
-    return { w, mag };
+    return { w, mag, min };
   }
   for (let b = 0; b < (n * k) / info.blockLen; b++) {
     dequantBlock(dtype, bytes, b * info.blockBytes, w, mag, b * info.blockLen);
   }
-  return { w, mag };
+  return { w, mag, min };
 }
 
 // --- Activation quantization (the kernels' contract, in f32)
 
 const ROUND_MAGIC = 12582912; // 1.5 * 2^23: adding it in f32 rounds to an integer, ties to even
 
-/** x [m, k] as the kernel quantizes it, dequantized: d * q per element. */
-function quantizeActivations(x: Float32Array, m: number, k: number, block: number): Float64Array {
+/**
+ * x [m, k] as the kernel quantizes it, dequantized: d * q per element, and per block of 32 the s
+ * the min term uses. Blocks of 32 keep d and s = d * sum(q) rounded to f16 (ggml's q8_0 / q8_1).
+ */
+function quantizeActivations(
+  x: Float32Array,
+  m: number,
+  k: number,
+  block: number,
+): { xq: Float64Array; s: Float64Array } {
   const f = Math.fround;
-  const out = new Float64Array(m * k);
+  const f16 = (v: number) => ref.f16BitsToF32(ref.f32ToF16Bits(v));
+  const out = new Float64Array(m * k), s = new Float64Array(m * Math.ceil(k / block));
   for (let r = 0; r < m; r++) {
     for (let b0 = 0; b0 < k; b0 += block) {
       const b1 = Math.min(k, b0 + block);
       let amax = 0;
       for (let j = b0; j < b1; j++) amax = Math.max(amax, Math.abs(x[r * k + j]));
       const d = f(amax / 127), id = amax > 0 ? f(127 / amax) : 0;
+      const dq = block === 32 ? f16(d) : d;
+      let sum = 0;
       for (let j = b0; j < b1; j++) {
         const q = f(f(x[r * k + j] * id) + ROUND_MAGIC) - ROUND_MAGIC;
-        out[r * k + j] = d * q;
+        out[r * k + j] = dq * q;
+        sum += q;
       }
+      s[r * Math.ceil(k / block) + b0 / block] = block === 32 ? f16(f(d * sum)) : dq * sum;
     }
   }
-  return out;
+  return { xq: out, s };
 }
 
 // --- One matmul case
@@ -321,14 +341,17 @@ function makeProblem(rand: () => number, c: Case): Problem {
   const w = randomWeights(rand, dtype, n, k);
   const bias = c.hasBias ? ref.randomF32(rand, n) : null;
   const deq = dequantize(dtype, w, n, k);
-  const xq = quantizeActivations(x, m, k, actBlock);
+  const { xq, s } = quantizeActivations(x, m, k, actBlock);
   const expected = new Float64Array(m * n), scale = new Float64Array(m * n);
   const numBlocks = Math.ceil(k / actBlock);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
       let sum = bias ? bias[j] : 0, abs = 0;
       for (let e = 0; e < k; e++) {
-        sum += deq.w[j * k + e] * xq[i * k + e];
+        // Blocks of 32: a weight's min times the block's f16 s, as the kernel sums it.
+        const min = actBlock === 32 ? deq.min[j * k + e] : 0;
+        sum += (deq.w[j * k + e] - min) * xq[i * k + e];
+        if (e % actBlock === 0) sum += min * s[i * numBlocks + e / actBlock];
         abs += deq.mag[j * k + e] * Math.abs(xq[i * k + e]);
       }
       expected[i * n + j] = sum;

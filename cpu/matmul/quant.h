@@ -2,7 +2,8 @@
 // that the driver (quant.cpp) picks from.
 //
 // Every format's dot product runs on int8 activations: each activation row is first quantized per
-// block (round to nearest even of x * 127 / amax, so |q| <= 127) into the workspace, then each
+// block (round to nearest even of x * 127 / amax, so |q| <= 127; blocks of 32 keep d and s in f16
+// precision, as ggml's q8_0 / q8_1 do) into the workspace, then each
 // weight block is unpacked once and dotted with up to TILE_M activation rows in integers, and the
 // block results are scaled and summed in f32.
 #pragma once

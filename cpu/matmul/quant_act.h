@@ -35,9 +35,12 @@ static void quantize_row_q8(const float* x, int64_t k, uint8_t* dst) {
     const float* xb = x + b * DL_QK;
     dl_act_q8& a = blocks[b];
     const float amax = act_amax(xb, len);
-    a.d = amax / 127.0f;
+    const float d = amax / 127.0f;
     if (len < DL_QK) __builtin_memset(a.qs, 0, sizeof a.qs);
-    a.s = a.d * (float)act_round(xb, len, amax, a.qs);
+    const int32_t sum = act_round(xb, len, amax, a.qs);
+    // d and s rounded to f16, as ggml's q8_0 / q8_1 store them: llama.cpp's sums on the same file.
+    a.d = dl_f16_to_f32(dl_f32_to_f16(d));
+    a.s = dl_f16_to_f32(dl_f32_to_f16(d * (float)sum));
   }
 }
 
