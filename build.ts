@@ -108,6 +108,43 @@ function buildCpu(): Promise<void> {
   });
 }
 
+/**
+ * The CPU build's collectives plugin (comm/gloo_comm.cpp against Debian's libgloo-dev), a library
+ * of its own that libdenollm_cpu.so opens on first use: without Gloo only parallel serving is lost.
+ */
+async function buildCommPlugin(): Promise<void> {
+  const output = "build/libdenollm_comm_gloo.so";
+  try {
+    Deno.statSync("/usr/include/gloo/allreduce.h");
+  } catch {
+    console.error(
+      `skipping ${output}: Gloo's headers are missing (apt-get install libgloo-dev); ` +
+        "--tensor-parallel-size and --pipeline-parallel-size will fail with that hint",
+    );
+    return;
+  }
+  const inputs = ["comm/gloo_comm.cpp", "native/dl_store.h", "build.ts"];
+  if (isUpToDate(output, inputs)) {
+    console.error(`${output} is up to date`);
+    return;
+  }
+  await run(Deno.env.get("CXX") ?? "g++", [
+    "-O2",
+    "-std=c++17",
+    "-fPIC",
+    "-shared",
+    "-fvisibility=hidden",
+    "-Wall",
+    "-Inative",
+    "comm/gloo_comm.cpp",
+    "-o",
+    output,
+    "-lgloo",
+    "-pthread",
+  ]);
+  console.error(`built ${output}`);
+}
+
 async function buildCuda(): Promise<void> {
   const nvcc = Deno.env.get("NVCC") ?? "nvcc";
   if (Deno.env.get("DENOLLM_SKIP_CUDA") === "1") {
@@ -140,7 +177,11 @@ async function buildCuda(): Promise<void> {
 
 /** The real `deno compile`; explains in one line when the denort runtime cannot be had. */
 async function compileExecutable(): Promise<void> {
-  const includes = ["build/libdenollm_cpu.so", "build/libdenollm_cuda.so"]
+  const includes = [
+    "build/libdenollm_cpu.so",
+    "build/libdenollm_cuda.so",
+    "build/libdenollm_comm_gloo.so",
+  ]
     .filter((path) => {
       try {
         return Deno.statSync(`${ROOT}${path}`).isFile;
@@ -157,6 +198,8 @@ async function compileExecutable(): Promise<void> {
     "--allow-ffi",
     "--allow-net",
     "--allow-sys",
+    // The daemon starts its local ranks as child processes (--tensor-parallel-size and friends).
+    "--allow-run",
     // request.signal then fires only when a client goes away, not after every response (Deno 2.9);
     // without it every served request logs a deprecation warning.
     "--unstable-no-legacy-abort",
@@ -199,6 +242,7 @@ if (import.meta.main) {
   Deno.mkdirSync(BUILD_DIR, { recursive: true });
   try {
     await buildCpu();
+    await buildCommPlugin();
     await buildCuda();
     if (Deno.args.includes("--compile")) await compileExecutable();
   } catch (error) {

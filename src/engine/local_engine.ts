@@ -8,6 +8,8 @@ import { type LoadedModel, type LoadFormat, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
 import { defaultNumThreads } from "./threads.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
+import { type ParallelOptions, worldSize } from "../parallel/plan.ts";
+import { startParallelEngine } from "../parallel/launch.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -41,6 +43,8 @@ export interface EngineOptions extends LocalEngineOptions {
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
   numThreads?: number;
+  /** Ranks across processes and hosts (src/parallel/); absent or 1×1: this process alone. */
+  parallel?: ParallelOptions;
 }
 
 export interface LocalEngine {
@@ -73,22 +77,23 @@ export function planKvBlocks(
   return numBlocks;
 }
 
-/** An engine over a loaded model, on the backend the model was loaded with. */
-export function createLocalEngine(
-  backend: NativeBackend,
-  loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
+/** The scheduler's configuration and the KV cache's shape for a model's config and the options. */
+export function engineShape(
+  modelConfig: LoadedModel["config"],
   options: LocalEngineOptions,
-): LocalEngine {
-  const modelMax = loaded.config.maxPositionEmbeddings;
+): {
+  config: EngineConfig;
+  maxModelLen: number;
+  blockSize: number;
+  dtype: ReturnType<typeof kvDtype>;
+  numBlocks: number;
+  bytesPerBlock: number;
+} {
+  const modelMax = modelConfig.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
   const blockSize = options.blockSize ?? ENGINE_DEFAULTS.blockSize;
-  const dtypeName = options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype;
-  const format = formatByName(dtypeName);
-  if (format === undefined) {
-    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(dtypeName)}`);
-  }
-  const dtype = format.id;
-  const bytesPerBlock = KvCache.bytesPerBlock(loaded.config, blockSize, dtype);
+  const dtype = kvDtype(options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype);
+  const bytesPerBlock = KvCache.bytesPerBlock(modelConfig, blockSize, dtype);
   let numBlocks = options.numKvBlocks;
   if (numBlocks === undefined) {
     if (options.kvCacheMemoryBytes === undefined) {
@@ -113,6 +118,27 @@ export function createLocalEngine(
     }),
     maxModelLen,
   };
+  return { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock };
+}
+
+function kvDtype(name: KvCacheDtype) {
+  const format = formatByName(name);
+  if (format === undefined) {
+    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(name)}`);
+  }
+  return format.id;
+}
+
+/** An engine over a loaded model, on the backend the model was loaded with. */
+export function createLocalEngine(
+  backend: NativeBackend,
+  loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
+  options: LocalEngineOptions,
+): LocalEngine {
+  const { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock } = engineShape(
+    loaded.config,
+    options,
+  );
   const kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
   let executor: LocalExecutor | undefined;
   try {
@@ -154,6 +180,9 @@ export async function startLocalEngine(
     onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
   } = {},
 ): Promise<LocalEngine & { loaded: LoadedModel; backend: NativeBackend }> {
+  if (options.parallel !== undefined && worldSize(options.parallel) > 1) {
+    return await startParallelEngine(options, { onLoadProgress });
+  }
   const backend = NativeBackend.open({
     backend: options.backend,
     libraryPath: options.libraryPath,
