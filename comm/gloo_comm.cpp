@@ -117,13 +117,13 @@ DLG_API int dlg_reduce_scatter(void* c, const float* send, float* recv, long lon
   auto* comm = static_cast<Comm*>(c);
   try {
     // Gloo's reduce-scatter works in place over the whole [size, count] buffer and leaves this
-    // rank's reduced chunk at its own offset.
+    // rank's reduced chunk at the start of it (gloo/reduce_scatter.h, distribution phase).
     std::vector<float> work(send, send + size_t(count) * comm->size);
     std::vector<float*> ptrs{work.data()};
     std::vector<int> counts(comm->size, int(count));
     gloo::ReduceScatterHalvingDoubling<float> algorithm(comm->context, ptrs, int(work.size()), counts);
     algorithm.run();
-    std::memcpy(recv, work.data() + size_t(count) * comm->rank, size_t(count) * sizeof(float));
+    std::memcpy(recv, work.data(), size_t(count) * sizeof(float));
     return 0;
   } catch (const std::exception& e) {
     return fail(err, err_len, "dl_comm_reduce_scatter", e);
