@@ -10,6 +10,7 @@ import { defaultNumThreads } from "./threads.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
 import { type ParallelOptions, worldSize } from "../parallel/plan.ts";
 import { startParallelEngine } from "../parallel/launch.ts";
+import type { RankStats } from "../parallel/executor.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -56,6 +57,8 @@ export interface LocalEngine {
   /** Device bytes reserved for steps, and held by the KV cache. */
   reservedBytes: number;
   kvCacheBytes: number;
+  /** With ranks: every rank's cost counters (src/parallel/executor.ts), for the cost bench. */
+  rankStats?: () => RankStats[];
   release(): void;
 }
 

@@ -263,6 +263,7 @@ export async function startParallelEngine(
       kvCacheBytes: numKvBlocks * shape.bytesPerBlock,
       loaded,
       backend,
+      rankStats: () => executor.rankStats(),
       release,
     };
   } catch (error) {
