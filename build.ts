@@ -82,6 +82,13 @@ async function buildLibrary(
   console.error(`built ${output}`);
 }
 
+/** A linker version script that exports the dl_* functions and hides everything else. */
+function exportMap(): string {
+  const path = `${BUILD_DIR}/export.map`;
+  Deno.writeTextFileSync(path, "{ global: dl_*; local: *; };\n");
+  return path;
+}
+
 function buildCpu(): Promise<void> {
   // Hot loops carry target_clones (AVX-512, AVX2+FMA, baseline), so one portable library picks
   // the best code path at load time instead of being tied to the build machine's CPU.
@@ -104,6 +111,9 @@ function buildCpu(): Promise<void> {
       "-Wl,-z,nodelete",
       // Keep the statically linked libstdc++ private: export the ABI and nothing else.
       "-Wl,--exclude-libs,ALL",
+      // Also the std template instantiations our own objects emit with default visibility (the
+      // comm code's std::thread, std::map): only dl_* leaves the library.
+      `-Wl,--version-script=${exportMap()}`,
     ],
   });
 }

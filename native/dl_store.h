@@ -30,6 +30,10 @@
 #include <string>
 #include <vector>
 
+// Internal linkage: the std::thread and std::vector instantiations over these classes must not be
+// exported from the libraries (which export the C ABI and nothing else).
+namespace {
+
 class DlStoreClient {
  public:
   // Connects, retrying until timeout_ms: ranks may start before rank 0 listens.
@@ -296,3 +300,5 @@ class DlStoreServer {
     }
   }
 };
+
+}  // namespace
