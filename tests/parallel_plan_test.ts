@@ -6,6 +6,8 @@ import type { TensorInfo } from "../src/formats/tensor.ts";
 import { decodeBatch, encodeBatch, splitBatch } from "../src/parallel/batch_codec.ts";
 import { evenSplit, headShare } from "../src/parallel/plan.ts";
 import { sliceTensor } from "../src/parallel/shard.ts";
+import { parseServeConfig } from "../src/server/config.ts";
+import { UsageError } from "../src/errors.ts";
 
 Deno.test("head shares cover every query head once, each with its own KV head", () => {
   const shapes = [
@@ -139,4 +141,38 @@ Deno.test("micro-batches split whole sequences and keep logit rows in order", ()
   assert.deepEqual(rows, [...batch.logitRows]);
   assert.equal(parts.reduce((n, p) => n + p.numLmHeadRows!, 0), 2);
   assert.equal(splitBatch(batch, 8).length, 3, "never more parts than sequences");
+});
+
+Deno.test("serve's rank flags parse into ParallelOptions and bad ones are refused", () => {
+  const parse = (args: string[]) => {
+    const parsed = parseServeConfig(["--model", "m", ...args], { env: {} });
+    if (parsed.help || parsed.version) throw new Error("expected a configuration");
+    return parsed;
+  };
+  const parsed = parse([
+    "--tensor-parallel-size",
+    "2",
+    "--sequence-parallel",
+    "--rank-timeout",
+    "5",
+  ]);
+  assert.deepEqual(parsed.config.parallel, {
+    tensorParallelSize: 2,
+    pipelineParallelSize: 1,
+    sequenceParallel: true,
+    nnodes: 1,
+    nodeRank: 0,
+    rankTimeoutMs: 5000,
+  });
+  const single = parse([]);
+  assert.equal(single.config.parallel, undefined);
+  assert.throws(
+    () => parse(["--sequence-parallel"]),
+    /--sequence-parallel needs --tensor-parallel-size/,
+  );
+  assert.throws(
+    () => parse(["--tensor-parallel-size", "2", "--nnodes", "3"]),
+    /--nnodes 3 must divide the 2 ranks/,
+  );
+  assert.throws(() => parse(["--pipeline-parallel-size", "0"]), UsageError);
 });
