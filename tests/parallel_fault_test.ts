@@ -56,23 +56,14 @@ function startDaemon(args: string[]): Daemon {
   return { child, stderr, port: port.promise };
 }
 
-/** The daemon's child processes: its ranks. */
+/** The daemon's child processes: its ranks (`ps`, since Deno reads /proc only with --allow-all). */
 function childPids(pid: number): number[] {
-  const pids: number[] = [];
-  for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
-    const text = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/children`).trim();
-    if (text) pids.push(...text.split(/\s+/).map(Number));
-  }
-  return pids;
+  const out = new Deno.Command("ps", { args: ["--ppid", String(pid), "-o", "pid="] }).outputSync();
+  return new TextDecoder().decode(out.stdout).split(/\s+/).filter((s) => s !== "").map(Number);
 }
 
 function isAlive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
+  return new Deno.Command("ps", { args: ["-p", String(pid)], stdout: "null" }).outputSync().success;
 }
 
 async function exitWithin(child: Deno.ChildProcess, ms: number): Promise<Deno.CommandStatus> {
