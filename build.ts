@@ -180,6 +180,9 @@ async function buildCuda(): Promise<void> {
       "-fPIC,-fvisibility=hidden",
       "-cudart",
       "static",
+      // Only dl_* leaves the library (the comm code's std::thread instantiations would too).
+      "-Xlinker",
+      `--version-script=${exportMap()}`,
       ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
     ],
   });
