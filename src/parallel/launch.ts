@@ -14,7 +14,7 @@ import { loadWeights, type ModelWeights, releaseWeights } from "../model/weights
 import { LLMEngine } from "../engine/engine.ts";
 import { stepCapacity } from "../engine/executor.ts";
 import { type EngineOptions, engineShape, type LocalEngine } from "../engine/local_engine.ts";
-import { defaultNumThreads } from "../engine/threads.ts";
+import { applyOmpEnvDefaults, defaultNumThreads } from "../engine/threads.ts";
 import { CommLibrary, Communicator, ControlStore, StoreClient } from "./comm.ts";
 import { ParallelExecutor, type RankParts, serveRank } from "./executor.ts";
 import { SequenceParallelComm, TensorParallelComm } from "./model_comm.ts";
@@ -318,6 +318,8 @@ export async function runRankProcess(argv: string[]): Promise<number> {
       seed: options.loadSeed,
     });
     const plan = shardPlan(source.config, parallel, rank);
+    // libgomp reads its wait policy once, when the native library loads (src/engine/threads.ts).
+    applyOmpEnvDefaults(Deno.env);
     const backend = NativeBackend.open({
       backend: options.backend,
       libraryPath: options.libraryPath,
