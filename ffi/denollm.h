@@ -373,6 +373,88 @@ DL_API int32_t dl_paged_attention(
     int32_t num_blocks,
     float scale);
 
+// --- Collectives (dl_comm_*): ranks of one model across processes and hosts
+//
+// A communicator is a group of ranks that run the same model step together (docs/parallelism.md).
+// The collective algorithms are a library's, never ours: the CPU build forwards to Gloo (TCP
+// transport) through build/libdenollm_comm_gloo.so, opened at the first dl_comm_init so the CPU
+// library still loads where Gloo is absent (dl_comm_init then fails with DL_ERR_UNSUPPORTED naming
+// the missing file); the CUDA build opens libnccl.so.2 at run time. Ranks rendezvous through rank
+// 0's control store (dl_comm_store_start): Gloo exchanges its transport addresses there, NCCL its
+// ncclUniqueId. Buffers are device memory; reductions are sums of f32. A peer that dies makes the
+// pending call fail with DL_ERR_DEVICE naming it (never a hang past the timeout).
+
+typedef struct dl_comm dl_comm;
+typedef struct dl_comm_store dl_comm_store;
+
+// Starts the rendezvous store on host:port (port 0: any free port) in a background thread.
+DL_API int32_t dl_comm_store_start(
+    const char* host,        // NUL-terminated address to listen on, e.g. "0.0.0.0"
+    int32_t port,
+    int32_t* bound_port,     // [1] out: the port it listens on
+    dl_comm_store** out);
+
+DL_API int32_t dl_comm_store_stop(
+    dl_comm_store* store);
+
+// Joins the group `prefix` of world_size ranks as `rank`; blocks until every rank has joined or
+// timeout_ms passes. Collectives on the result fail after timeout_ms without progress.
+DL_API int32_t dl_comm_init(
+    int32_t rank,
+    int32_t world_size,
+    const char* store_host,  // NUL-terminated address of rank 0's store
+    int32_t store_port,
+    const char* prefix,      // NUL-terminated group name: several groups share one store
+    const char* bind_host,   // NUL-terminated address this rank's transport listens on
+    int32_t timeout_ms,
+    dl_comm** out);
+
+DL_API int32_t dl_comm_destroy(
+    dl_comm* comm);
+
+// buf = sum over ranks of buf, in place.
+DL_API int32_t dl_comm_all_reduce(
+    dl_comm* comm,
+    float* buf,              // [count]
+    int64_t count);
+
+// recv[r] = rank r's send.
+DL_API int32_t dl_comm_all_gather(
+    dl_comm* comm,
+    const float* send,       // [count]
+    float* recv,             // [world_size, count]
+    int64_t count);
+
+// recv = sum over ranks of their send[rank]: the reduced chunk that belongs to this rank.
+DL_API int32_t dl_comm_reduce_scatter(
+    dl_comm* comm,
+    const float* send,       // [world_size, count]
+    float* recv,             // [count]
+    int64_t count);
+
+// Root's bytes to every rank; timeout_ms here (0: the communicator's) lets an idle rank wait long
+// for its next step without loosening the other collectives.
+DL_API int32_t dl_comm_broadcast(
+    dl_comm* comm,
+    void* buf,               // [num_bytes]
+    int64_t num_bytes,
+    int32_t root,
+    int32_t timeout_ms);
+
+DL_API int32_t dl_comm_send(
+    dl_comm* comm,
+    const void* buf,         // [num_bytes]
+    int64_t num_bytes,
+    int32_t peer,
+    int32_t tag);
+
+DL_API int32_t dl_comm_recv(
+    dl_comm* comm,
+    void* buf,               // [num_bytes]
+    int64_t num_bytes,
+    int32_t peer,
+    int32_t tag);
+
 #ifdef __cplusplus
 }
 #endif

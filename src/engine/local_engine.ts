@@ -11,6 +11,9 @@ import { LocalExecutor, stepCapacity } from "./executor.ts";
 import { DraftModelProposer } from "./spec/draft_model.ts";
 import { NgramProposer } from "./spec/ngram_proposer.ts";
 import type { Proposer, SpeculativeConfig } from "./spec/proposer.ts";
+import { type ParallelOptions, worldSize } from "../parallel/plan.ts";
+import { startParallelEngine } from "../parallel/launch.ts";
+import type { RankStats } from "../parallel/executor.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -70,6 +73,8 @@ export interface EngineOptions extends LocalEngineOptions {
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
   numThreads?: number;
+  /** Ranks across processes and hosts (src/parallel/); absent or 1×1: this process alone. */
+  parallel?: ParallelOptions;
 }
 
 export interface LocalEngine {
@@ -83,6 +88,8 @@ export interface LocalEngine {
   kvCacheBytes: number;
   /** The speculative proposer, when speculation is on. */
   proposer?: Proposer;
+  /** With ranks: every rank's cost counters (src/parallel/executor.ts), for the cost bench. */
+  rankStats?: () => RankStats[];
   release(): void;
 }
 
@@ -104,27 +111,23 @@ export function planKvBlocks(
   return numBlocks;
 }
 
-/** An engine over a loaded model, on the backend the model was loaded with. */
-export function createLocalEngine(
-  backend: NativeBackend,
-  loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
+/** The scheduler's configuration and the KV cache's shape for a model's config and the options. */
+export function engineShape(
+  modelConfig: LoadedModel["config"],
   options: LocalEngineOptions,
-  /**
-   * The draft model, loaded, when `options.speculative.model` names one; or a proposer of the
-   * caller's own (tests), which `options.speculative` then only gives k and the threshold for.
-   */
-  parts: { draft?: Pick<LoadedModel, "config" | "model">; proposer?: Proposer } = {},
-): LocalEngine {
-  const modelMax = loaded.config.maxPositionEmbeddings;
+): {
+  config: EngineConfig;
+  maxModelLen: number;
+  blockSize: number;
+  dtype: ReturnType<typeof kvDtype>;
+  numBlocks: number;
+  bytesPerBlock: number;
+} {
+  const modelMax = modelConfig.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
   const blockSize = options.blockSize ?? ENGINE_DEFAULTS.blockSize;
-  const dtypeName = options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype;
-  const format = formatByName(dtypeName);
-  if (format === undefined) {
-    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(dtypeName)}`);
-  }
-  const dtype = format.id;
-  const bytesPerBlock = KvCache.bytesPerBlock(loaded.config, blockSize, dtype);
+  const dtype = kvDtype(options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype);
+  const bytesPerBlock = KvCache.bytesPerBlock(modelConfig, blockSize, dtype);
   let numBlocks = options.numKvBlocks;
   if (numBlocks === undefined) {
     if (options.kvCacheMemoryBytes === undefined) {
@@ -157,6 +160,35 @@ export function createLocalEngine(
     }),
     maxModelLen,
   };
+  return { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock };
+}
+
+function kvDtype(name: KvCacheDtype) {
+  const format = formatByName(name);
+  if (format === undefined) {
+    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(name)}`);
+  }
+  return format.id;
+}
+
+/** An engine over a loaded model, on the backend the model was loaded with. */
+export function createLocalEngine(
+  backend: NativeBackend,
+  loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
+  options: LocalEngineOptions,
+  /**
+   * The draft model, loaded, when `options.speculative.model` names one; or a proposer of the
+   * caller's own (tests), which `options.speculative` then only gives k and the threshold for.
+   */
+  parts: { draft?: Pick<LoadedModel, "config" | "model">; proposer?: Proposer } = {},
+): LocalEngine {
+  const { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock } = engineShape(
+    loaded.config,
+    options,
+  );
+  const spec = options.speculative;
+  const { maxNumSeqs, maxNumBatchedTokens } = config;
+  const disableBySize = spec?.disableBySize ?? ENGINE_DEFAULTS.speculativeDisableBySize;
   const kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
   let executor: LocalExecutor | undefined;
   let proposer: Proposer | undefined;
@@ -243,6 +275,23 @@ export async function startLocalEngine(
     onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
   } = {},
 ): Promise<LocalEngine & { loaded: LoadedModel; backend: NativeBackend }> {
+  if (options.parallel !== undefined && worldSize(options.parallel) > 1) {
+    // Neither has been built for ranks yet: the ranks' executor proposes nothing and shards only
+    // weights as the checkpoint stores them.
+    if (options.speculative !== undefined) {
+      throw new RangeError(
+        "--speculative-model cannot be combined with --tensor-parallel-size or " +
+          "--pipeline-parallel-size yet: run speculation on one rank",
+      );
+    }
+    if (options.quantization !== undefined) {
+      throw new RangeError(
+        "--quantization cannot be combined with --tensor-parallel-size or " +
+          "--pipeline-parallel-size yet: quantize offline with deno task quantize instead",
+      );
+    }
+    return await startParallelEngine(options, { onLoadProgress });
+  }
   const backend = NativeBackend.open({
     backend: options.backend,
     libraryPath: options.libraryPath,

@@ -8,6 +8,7 @@ import { speculativeOptions } from "../cli/engine_flags.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseQuantization } from "../model/quantize.ts";
+import { checkParallelOptions, type ParallelOptions } from "../parallel/plan.ts";
 
 export type Device = { kind: "auto" } | { kind: "cpu" } | { kind: "cuda"; ordinal?: number };
 
@@ -48,6 +49,8 @@ export interface ServeConfig {
   toolCallParser?: ToolCallParser;
   /** Speculative decoding (--speculative-model and the flags with it); unset: off. */
   speculative?: SpeculativeOptions;
+  /** Ranks across processes and hosts; unset: one process. */
+  parallel?: ParallelOptions;
 }
 
 /** What the server holds its clients to: deadlines, queue bounds and cross-origin access. */
@@ -376,6 +379,55 @@ const OPTIONS = [
     help: "Hugging Face hub cache",
     defaultText: "$HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub",
   },
+  // Ranks (docs/parallelism.md), with vLLM's and torchrun's names.
+  {
+    flag: "tensor-parallel-size",
+    arg: "N",
+    help: "ranks splitting every layer (processes over Gloo on CPU)",
+    defaultText: "1",
+  },
+  {
+    flag: "pipeline-parallel-size",
+    arg: "N",
+    help: "contiguous layer stages, micro-batched",
+    defaultText: "1",
+  },
+  {
+    flag: "sequence-parallel",
+    help: "norms and residual on token shards (with --tensor-parallel-size)",
+    isBoolean: true,
+  },
+  { flag: "nnodes", arg: "N", help: "hosts taking part", defaultText: "1" },
+  {
+    flag: "node-rank",
+    arg: "K",
+    help: "this host's index; K > 0 only runs its ranks",
+    defaultText: "0",
+  },
+  {
+    flag: "master-addr",
+    arg: "HOST",
+    help: "rank 0's address for the rendezvous store",
+    defaultText: "127.0.0.1",
+  },
+  {
+    flag: "master-port",
+    arg: "N",
+    help: "rendezvous store port",
+    defaultText: "29500 with --nnodes > 1, else any free port",
+  },
+  {
+    flag: "bind-addr",
+    arg: "HOST",
+    help: "this host's address for collectives",
+    defaultText: "--master-addr",
+  },
+  {
+    flag: "rank-timeout",
+    arg: "SECONDS",
+    help: "ranks must join, and collectives progress, within this",
+    defaultText: "60",
+  },
 ] as const satisfies readonly Option[];
 
 type Flag = (typeof OPTIONS)[number]["flag"];
@@ -506,6 +558,15 @@ const SCHEMAS = {
   "metrics-names": choice(["denollm", "vllm"]),
   "chat-template": z.string().min(1, { error: "expected a file or a template" }),
   "hf-cache": nonEmpty,
+  "tensor-parallel-size": integer(1, 1024),
+  "pipeline-parallel-size": integer(1, 1024),
+  "sequence-parallel": boolText,
+  nnodes: integer(1, 1024),
+  "node-rank": integer(0, 1023),
+  "master-addr": hostSchema,
+  "master-port": integer(0, 65535),
+  "bind-addr": hostSchema,
+  "rank-timeout": seconds({ isZeroAllowed: false }),
 } satisfies Record<Flag, z.ZodType>;
 
 type Values = { [K in Flag]?: z.output<(typeof SCHEMAS)[K]> };
@@ -644,6 +705,7 @@ export function parseServeConfig(
         ? {}
         : { toolCallParser: values["tool-call-parser"] }),
       ...(speculative === undefined ? {} : { speculative }),
+      ...parallelConfig(values),
     },
     operator: {
       ...(values.seed === undefined ? {} : { seed: values.seed }),
@@ -662,6 +724,32 @@ export function parseServeConfig(
 
 // Operator flags as `vllm serve` has them: the positional model, the prefix-caching spellings
 // and --chat-template.
+
+/** The ranks' flags; absent when every one is at its default. */
+function parallelConfig(values: Values): { parallel?: ParallelOptions } {
+  const parallel: ParallelOptions = {
+    tensorParallelSize: values["tensor-parallel-size"] ?? 1,
+    pipelineParallelSize: values["pipeline-parallel-size"] ?? 1,
+    sequenceParallel: values["sequence-parallel"] ?? false,
+    nnodes: values.nnodes ?? 1,
+    nodeRank: values["node-rank"] ?? 0,
+    ...(values["master-addr"] === undefined ? {} : { masterAddr: values["master-addr"] }),
+    ...(values["master-port"] === undefined ? {} : { masterPort: values["master-port"] }),
+    ...(values["bind-addr"] === undefined ? {} : { bindAddr: values["bind-addr"] }),
+    ...(values["rank-timeout"] === undefined
+      ? {}
+      : { rankTimeoutMs: values["rank-timeout"] * 1000 }),
+  };
+  const isSingle = parallel.tensorParallelSize * parallel.pipelineParallelSize === 1 &&
+    parallel.nnodes === 1 && !parallel.sequenceParallel;
+  if (isSingle) return {};
+  try {
+    checkParallelOptions(parallel);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  return { parallel };
+}
 
 /** `denollm serve MODEL`: the one positional argument, unless --model names the model already. */
 function modelArgument(positionals: string[], hasModelFlag: boolean): string | undefined {
