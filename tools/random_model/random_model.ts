@@ -536,11 +536,7 @@ export async function generateRandomModel(
   config.eos_token_id = eosId as number;
 
   const specs = tensorSpecs(config, peaked ? WRITER_GAIN : 1);
-  const structure = peaked
-    ? new SuccessorStructure(config, (out, name, mean, std) => {
-      fillRandomNormal(out, tensorSeed(seed, name), mean, std);
-    })
-    : null;
+  const structure = peaked ? peakedStructure(config, seed) : null;
   const ropeFactors = llama3RopeFactors(config);
   const numParams = specs.reduce((n, s) => n + numElements(s.shape), 0);
   // 1-D tensors stay F32 in GGUF, as the converter keeps norms and biases.
@@ -638,6 +634,13 @@ export async function generateRandomModel(
   } finally {
     for (const file of files.values()) file.close();
   }
+}
+
+/** The successor structure `generateRandomModel` plants with `peaked: true` for this seed. */
+export function peakedStructure(config: HfConfigJson, seed: number): SuccessorStructure {
+  return new SuccessorStructure(config, (out, name, mean, std) => {
+    fillRandomNormal(out, tensorSeed(seed, name), mean, std);
+  });
 }
 
 /** One tensor of `randomHfTensors`: its shape and dtype, and its bytes made on demand. */

@@ -17,9 +17,11 @@
 //   B holds ≈ SUCCESSOR_GAIN·x_t + x_{π⁻¹(t)} for the current token t. The other MLP units, all
 //   attention weights and the other layers stay random, their outputs scaled by WRITER_GAIN so
 //   they perturb the code without erasing it.
-// - The final norm gains B by HEAD_GAIN and A by SELF_GAIN (small), and the LM head (the tied
-//   embedding, or an untied head with the same rows) scores row u's B part x_{π⁻¹(u)} against
-//   x_t: the winner is u = π(t) by ~SUCCESSOR_GAIN·m·HEAD_GAIN, next best by ~√m of that.
+// - The final norm gains B so that the successor's logit is ≈ SUCCESSOR_LOGIT, A and the constant
+//   by much less, and the LM head (the tied embedding, or an untied head with the same rows)
+//   scores row u's B part x_{π⁻¹(u)} against x_t: the winner is u = π(t), the current token gets
+//   1/SUCCESSOR_GAIN of its logit and the others ±1/√m, so the margin is several logits (≈ 7 at
+//   hidden 64, ≈ 15 at hidden 576).
 // Greedy decoding then walks t, π(t), π(π(t)), ...: the next token depends on the current one
 // only (attention perturbs the margins but does not decide them), which is the limit of what this
 // model checks.
@@ -31,8 +33,11 @@ export type NamedRandom = (out: Float32Array, name: string, mean: number, std: n
 const CONSTANT = 4;
 const GATE = 2;
 const SUCCESSOR_GAIN = 4;
-const HEAD_GAIN = 0.05;
+/** The successor's logit, about: the final norm's gain on B is set from it and the code length. */
+const SUCCESSOR_LOGIT = 20;
+/** Gains of A and of the constant dim in the final norm, next to B's. */
 const SELF_GAIN = 0.1;
+const CONSTANT_GAIN = 0.01;
 /** Scale of the random sublayers' output projections next to the plain random model's. */
 export const WRITER_GAIN = 0.25;
 
@@ -86,9 +91,18 @@ export class SuccessorStructure {
       for (let u = 0; u < this.#vocab; u++) this.#writeRow(values.subarray(u * h, (u + 1) * h), u);
     } else if (hfName === "model.norm.weight") {
       // Random values around the preset's mean: keep their relative noise, set the level per dim.
+      // After layer 0 the residual's RMS is ≈ SUCCESSOR_GAIN/√2 (B dominates), so B's gain gives
+      // the successor a logit of ≈ gain·SUCCESSOR_GAIN·m/rms = gain·m·√2.
       const mean = values.reduce((a, b) => a + b, 0) / values.length;
+      const headGain = SUCCESSOR_LOGIT / (m * Math.SQRT2);
       for (let i = 0; i < h; i++) {
-        const level = i >= 1 && i <= m ? SELF_GAIN : i > m && i <= 2 * m ? HEAD_GAIN : 1;
+        const level = i === 0
+          ? CONSTANT_GAIN * headGain
+          : i <= m
+          ? SELF_GAIN * headGain
+          : i <= 2 * m
+          ? headGain
+          : 1;
         values[i] = (values[i] / mean) * level;
       }
     } else if (hfName === "model.layers.0.mlp.gate_proj.weight") {
