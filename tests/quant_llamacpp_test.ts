@@ -11,18 +11,20 @@ import { LLM } from "../src/engine/llm.ts";
 import { readGguf } from "../src/formats/gguf.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
+import { peakedStructure } from "../tools/random_model/random_model.ts";
 import {
   GREEDY_SKIPPED,
   hasLlamaCpp,
   QUANT_SOURCES,
   quantizeWithLlamaCpp,
+  randomSourcePreset,
   sha256File,
   sourceGguf,
 } from "../tools/llamacpp/quant_fixtures.ts";
 import type { QuantPreset } from "../tools/llamacpp/quant_fixtures.ts";
 
 interface QuantFixture {
-  source: { sha256: string };
+  source: { sha256: string; seed?: number; peaked?: boolean };
   generate: { prompt: string; n: number };
   files: {
     /** "F32": the unquantized source, as a baseline. */
@@ -87,6 +89,22 @@ for (const source of QUANT_SOURCES) {
                 ignoreEos: true,
               });
               assert.deepEqual(result.tokenIds, file.generatedIds);
+              if (fixture.source.peaked === true) {
+                // How much of llama.cpp's output the planted structure decides (tokens that are
+                // its successor walk): a measure of the margins, printed, not asserted.
+                const config = randomSourcePreset(source).config;
+                const structure = peakedStructure(config, fixture.source.seed!);
+                let prev = promptIds.at(-1)!;
+                let walked = 0;
+                for (const id of file.generatedIds) {
+                  if (id === structure.successorOf(prev)) walked++;
+                  prev = id;
+                }
+                console.log(
+                  `${source.name} ${file.preset}: ${walked}/${file.generatedIds.length} of ` +
+                    "llama.cpp's tokens are the planted successor of the one before",
+                );
+              }
             } finally {
               llm.release();
               loaded.release();

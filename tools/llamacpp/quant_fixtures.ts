@@ -2,7 +2,7 @@
 // F32 sources (stories260K, random-weight real-shaped models regenerated from a seed), the presets,
 // and how to make each one (tools/llamacpp/quantize.sh). Shared by make_quant_fixtures.ts, which
 // records llama.cpp's outputs, and tests/quant_llamacpp_test.ts, which remakes the files.
-import { getPreset } from "../random_model/presets.ts";
+import { getPreset, type ModelPreset } from "../random_model/presets.ts";
 import { generateRandomModel } from "../random_model/random_model.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -106,12 +106,20 @@ export const GREEDY_SKIPPED: Readonly<Record<string, Readonly<Record<string, str
 /** Greedy tokens compared per file. */
 export const NUM_TOKENS = 48;
 
+/** The model shape a random `source` is generated with. */
+export function randomSourcePreset(source: QuantSource): ModelPreset {
+  const r = source.random;
+  if (r === undefined) throw new TypeError(`Expected a random-model source, found ${source.name}`);
+  const preset = getPreset(r.preset, { numLayers: r.numLayers, vocabSize: r.vocabSize });
+  Object.assign(preset.config, r.widths ?? {});
+  return preset;
+}
+
 /** The F32 GGUF of `source`: the shared file, or the random model generated into `dir`. */
 export async function sourceGguf(source: QuantSource, dir: string): Promise<string> {
   if (source.sharedPath !== undefined) return `${ROOT}${source.sharedPath}`;
   const r = source.random!;
-  const preset = getPreset(r.preset, { numLayers: r.numLayers, vocabSize: r.vocabSize });
-  Object.assign(preset.config, r.widths ?? {});
+  const preset = randomSourcePreset(source);
   const made = await generateRandomModel(preset, {
     outDir: `${dir}/${source.name}`,
     seed: r.seed,
