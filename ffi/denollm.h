@@ -13,9 +13,10 @@
 //   then does. The CPU build reads the metadata on the host and fails with DL_ERR_INVALID_ARGUMENT
 //   naming the bad value: a debugging aid, not a promise the engine may rely on.
 // - Activations are f32. Weights are in one of the formats of DL_DTYPE_TABLE (dl_dtype); compute
-//   accumulates in f32. With quantized weights, dl_matmul first quantizes each activation row per
-//   block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with an f32 scale and, for the K formats,
-//   blocks of 256 with 16-element sums) and takes integer dot products block by block.
+//   accumulates in f32. With quantized weights, the CPU build's dl_matmul first quantizes each
+//   activation row per block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with f16-rounded scale
+//   and sum, and for the K formats blocks of 256 with 16-element sums) and takes integer dot
+//   products block by block; the CUDA build dequantizes weights in registers against f32 rows.
 // - Shapes are written outermost first, row-major: [rows, cols].
 // - The KV cache of one layer is two buffers (K and V), each [num_blocks, num_kv_heads, block_size,
 //   head_dim] in the cache dtype. A token's slot is block_id * block_size + offset_in_block.
@@ -154,7 +155,8 @@ DL_API int32_t dl_free(
 // to max_blocks_per_seq * block_size positions, and dl_matmul calls of up to max_num_tokens rows and
 // max_matmul_k columns. It covers every kernel's scratch (the CPU build: per-thread attention and
 // RoPE scratch for the context's thread count, the quantized activation rows of dl_matmul; the CUDA
-// build: split decode attention partials, and its quantized activation rows). Writes the workspace bytes now held to *out_bytes. Afterwards no
+// build: split decode attention partials — its quantized matmul keeps activations in f32 and
+// needs none). Writes the workspace bytes now held to *out_bytes. Afterwards no
 // kernel allocates: a call that would need more than the reservation fails with
 // DL_ERR_OUT_OF_MEMORY naming both sizes. Before any reservation kernels grow the workspace on
 // demand. Calling it again may grow the reservation (it never shrinks).
