@@ -141,7 +141,7 @@ inline APair act_pair(const uint8_t* act, int64_t sb, bool two) {
 template <int DT>
 struct LegacyZ {
   using W = LZ<DT>;
-  static constexpr int rm = 4, nc = 4;  // the wide tile (gemm_cols)
+  static constexpr int rm = 6, nc = 4;  // the wide tile (gemm_cols): Q4_0 prefill 0.71-0.89x -> 0.83-0.96x of F16
   // res[i * NC + j] = dot(activation row i, weight row j) for the RM rows from act on and the NC
   // weight rows from w on.
   template <int RM, int NC>
