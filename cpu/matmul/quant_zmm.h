@@ -1,7 +1,8 @@
 // 512-bit kernels of the AVX-512 VNNI set for the formats decode and prefill spend most time on
 // (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K), included once inside that target region (no guard).
 //
-// A pass computes a tile of RM activation rows x NC weight rows (columns) so that each unpacked
+// A pass computes a tile of RM activation rows x NC weight rows (columns; the sizes per m in the
+// driver below) so that each unpacked
 // weight vector is used RM times and each prepared activation vector NC times, keeps one vector
 // accumulator per (row, column) and reduces it horizontally once at the end (the 256-bit kernels
 // reduced per column and, for the K formats, per super-block). Every (row, column) pair runs the same
@@ -15,7 +16,9 @@
 //
 // K formats: one zmm holds two chunks of 32 of a super-block; vpmaddubsw then vpdpwssd apply the
 // 16-element sub-block scales in integers, and the mins (Q6_K's offset 32 folded in as for the
-// 256-bit kernels) come from the activation's 16-element sums, accumulated as vectors too.
+// 256-bit kernels) come from the activation's 16-element sums, folded into the same accumulator.
+// A weight row's super-block is unpacked once per row tile; for m > 4 the tile is 16 rows x 1
+// column (KDotZ::rm, nc) where those activation rows fit L1.
 
 namespace zmm {
 
