@@ -1,9 +1,9 @@
 // 512-bit kernels of the AVX-512 VNNI set for the formats decode and prefill spend most time on
 // (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K), included once inside that target region (no guard).
 //
-// A pass computes a tile of RM activation rows x NC weight rows (columns; the sizes per m in the
-// driver below) so that each unpacked
-// weight vector is used RM times and each prepared activation vector NC times, keeps one vector
+// A pass computes a tile of RM activation rows x NC weight rows (columns; the sizes per m are in
+// the driver below) so that each unpacked weight vector is used RM times and each prepared
+// activation vector NC times, keeps one vector
 // accumulator per (row, column) and reduces it horizontally once at the end (the 256-bit kernels
 // reduced per column and, for the K formats, per super-block). Every (row, column) pair runs the same
 // instruction sequence whatever RM and NC are, so a row's result does not depend on the batch.
