@@ -1,8 +1,9 @@
 // 512-bit kernels of the AVX-512 VNNI set for the formats decode and prefill spend most time on
 // (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K), included once inside that target region (no guard).
 //
-// A pass computes a tile of RM activation rows x NC weight rows (columns) so that each unpacked
-// weight vector is used RM times and each prepared activation vector NC times, keeps one vector
+// A pass computes a tile of RM activation rows x NC weight rows (columns; the sizes per m are in
+// the driver below) so that each unpacked weight vector is used RM times and each prepared
+// activation vector NC times, keeps one vector
 // accumulator per (row, column) and reduces it horizontally once at the end (the 256-bit kernels
 // reduced per column and, for the K formats, per super-block). Every (row, column) pair runs the same
 // instruction sequence whatever RM and NC are, so a row's result does not depend on the batch.
@@ -15,7 +16,9 @@
 //
 // K formats: one zmm holds two chunks of 32 of a super-block; vpmaddubsw then vpdpwssd apply the
 // 16-element sub-block scales in integers, and the mins (Q6_K's offset 32 folded in as for the
-// 256-bit kernels) come from the activation's 16-element sums, accumulated as vectors too.
+// 256-bit kernels) come from the activation's 16-element sums, folded into the same accumulator.
+// A weight row's super-block is unpacked once per row tile; for m > 4 the tile is 16 rows x 1
+// column (KDotZ::rm, nc) where those activation rows fit L1.
 
 namespace zmm {
 
@@ -141,6 +144,7 @@ inline APair act_pair(const uint8_t* act, int64_t sb, bool two) {
 template <int DT>
 struct LegacyZ {
   using W = LZ<DT>;
+  static constexpr int rm = 6, nc = 4;  // the wide tile (gemm_cols): Q4_0 prefill 0.71-0.89x -> 0.83-0.96x of F16
   // res[i * NC + j] = dot(activation row i, weight row j) for the RM rows from act on and the NC
   // weight rows from w on.
   template <int RM, int NC>
@@ -191,11 +195,13 @@ struct LegacyZ {
 
 // --- K formats
 
-// One super-block of a weight row: d and dmin, and per chunk pair p (values [64p, 64p + 64)) the
-// int16 scales of the 32 pair sums vpmaddubsw makes; the mins times the 16 bsums.
-struct KSuper {
-  __m512i sc[4];
-  __m256i mn;  // 16 int16 min coefficients, one per 16 values
+// One super-block of one weight row, unpacked: per chunk pair p (values [64p, 64p + 64)) the
+// unsigned values u and the int16 scales of the 32 pair sums vpmaddubsw makes of them; the 16 min
+// coefficients (one per 16 values, the upper half zero) that multiply the activation's bsums; d and
+// dmin. Unpacked once per row tile and used by each of its activation rows.
+struct KCol {
+  __m512i u[4], sc[4];
+  __m512i mn;
   float d, dmin;
 };
 
@@ -204,124 +210,122 @@ struct KZ;
 template <>
 struct KZ<DL_DTYPE_Q4_K> {
   using B = dl_block_q4_k;
-  static void scales(const B& b, KSuper& s) {
-    alignas(16) uint8_t sc8[16] = {}, mn8[16] = {};
-    for (int j = 0; j < 8; j++) dl_k4_scale_min(j, b.scales, &sc8[j], &mn8[j]);
+  static void unpack(const B& b, KCol& c) {
+    // The 12 bytes of 6-bit scales and mins (dl_k4_scale_min's layout) with 32-bit masks: scales and
+    // mins 0-3 are the low 6 bits of bytes 0-3 and 4-7; 4-7 take a nibble of bytes 8-11 and the top
+    // two bits of bytes 0-3 (scales) or 4-7 (mins).
+    const uint32_t a = dl_load_u32(b.scales), bm = dl_load_u32(b.scales + 4), hi = dl_load_u32(b.scales + 8);
+    const uint64_t sc8 = (uint64_t)(a & 0x3F3F3F3Fu) |
+                         (uint64_t)((hi & 0x0F0F0F0Fu) | ((a >> 2) & 0x30303030u)) << 32;
+    const uint64_t mn8 = (uint64_t)(bm & 0x3F3F3F3Fu) |
+                         (uint64_t)(((hi >> 4) & 0x0F0F0F0Fu) | ((bm >> 2) & 0x30303030u)) << 32;
     // Scale j covers values [32j, 32j + 32): pair sums [16j, 16j + 16); chunk pair p holds 2p, 2p+1.
-    const __m512i sc16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<__m128i*>(sc8))));
+    const __m512i sc16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+#pragma GCC unroll 4
     for (int p = 0; p < 4; p++) {
       const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * p))),
                                              _mm256_set1_epi16((short)(2 * p + 1)), 1);
-      s.sc[p] = _mm512_permutexvar_epi16(idx, sc16);
+      c.sc[p] = _mm512_permutexvar_epi16(idx, sc16);
     }
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<__m128i*>(mn8)));
-    s.mn = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(m16, m16)), _mm_unpackhi_epi16(m16, m16),
-                                   1);
-    s.d = f16(b.d), s.dmin = f16(b.dmin);
-  }
-  // Values [64p, 64p + 64): the low then the high nibbles of qs[32p, 32p + 32).
-  static __m512i chunks(const B& b, int p) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * p));
-    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    // Min j covers bsums 2j and 2j + 1.
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+    c.mn = _mm512_zextsi256_si512(
+        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(m16, m16)), _mm_unpackhi_epi16(m16, m16), 1));
+    c.d = f16(b.d), c.dmin = f16(b.dmin);
+    // Values [64p, 64p + 64): the low then the high nibbles of qs[32p, 32p + 32).
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * p));
+      const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
+      c.u[p] = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    }
   }
 };
 template <>
 struct KZ<DL_DTYPE_Q6_K> {
   using B = dl_block_q6_k;
-  static void scales(const B& b, KSuper& s) {
+  static void unpack(const B& b, KCol& c) {
     // Scale j covers values [16j, 16j + 16): pair sums [8j, 8j + 8).
     const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
     const __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
+#pragma GCC unroll 4
     for (int p = 0; p < 4; p++) {
       const __m512i idx = _mm512_setr_epi32(
           (4 * p) * 0x10001, (4 * p) * 0x10001, (4 * p) * 0x10001, (4 * p) * 0x10001, (4 * p + 1) * 0x10001,
           (4 * p + 1) * 0x10001, (4 * p + 1) * 0x10001, (4 * p + 1) * 0x10001, (4 * p + 2) * 0x10001,
           (4 * p + 2) * 0x10001, (4 * p + 2) * 0x10001, (4 * p + 2) * 0x10001, (4 * p + 3) * 0x10001,
           (4 * p + 3) * 0x10001, (4 * p + 3) * 0x10001, (4 * p + 3) * 0x10001);
-      s.sc[p] = _mm512_permutexvar_epi16(idx, sc16);
+      c.sc[p] = _mm512_permutexvar_epi16(idx, sc16);
     }
-    s.mn = _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5);  // 32 * scale
-    s.d = s.dmin = f16(b.d);
-  }
-  // Chunk pair p = (h, t0): values 128h + 32t for t = t0, t0 + 1 (t0 = 2 (p % 2)), u = value + 32.
-  static __m512i chunks(const B& b, int p) {
-    const int h = p / 2, t0 = 2 * (p % 2);
-    const __m512i ql = _mm512_loadu_si512(b.ql + 64 * h);
-    const __m512i low = _mm512_and_si512(t0 == 0 ? ql : _mm512_srli_epi16(ql, 4), _mm512_set1_epi8(0x0F));
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
-    const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 2 * t0)),
-                                           _mm256_srli_epi16(qh, 2 * t0 + 2), 1);
-    const __m512i high = _mm512_and_si512(qh2, _mm512_set1_epi8(3));
-    return _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+    c.mn = _mm512_zextsi256_si512(_mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));  // 32 * scale
+    c.d = c.dmin = f16(b.d);
+    // Chunk pair p = (h, t0): values 128h + 32t for t = t0, t0 + 1 (t0 = 2 (p % 2)), u = value + 32.
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++) {
+      const int h = p / 2, t0 = 2 * (p % 2);
+      const __m512i ql = _mm512_loadu_si512(b.ql + 64 * h);
+      const __m512i low = _mm512_and_si512(t0 == 0 ? ql : _mm512_srli_epi16(ql, 4), _mm512_set1_epi8(0x0F));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
+      const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 2 * t0)),
+                                             _mm256_srli_epi16(qh, 2 * t0 + 2), 1);
+      const __m512i high = _mm512_and_si512(qh2, _mm512_set1_epi8(3));
+      c.u[p] = _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+    }
   }
 };
 
+// The K tile loops over columns outside rows inside each super-block, so only one column's unpacked
+// super-block (8 zmm) and the RM x NC accumulators are live; the activation chunks are memory
+// operands. The mins are folded into the same accumulator (upper 8 lanes of their zmm are zero).
 template <int DT>
 struct KDotZ {
   using W = KZ<DT>;
+  static constexpr int rm = 16, nc = 1;  // the wide tile (gemm_cols)
   template <int RM, int NC>
   static void tile(const uint8_t* w, int64_t w_row_bytes, const uint8_t* act, int64_t act_row_bytes, int64_t k,
                    float* res) {
     __m512 acc[RM][NC];
-    __m256 macc[RM][NC];
 #pragma GCC unroll 16
     for (int i = 0; i < RM; i++) {
 #pragma GCC unroll 16
-      for (int j = 0; j < NC; j++) acc[i][j] = _mm512_setzero_ps(), macc[i][j] = _mm256_setzero_ps();
+      for (int j = 0; j < NC; j++) acc[i][j] = _mm512_setzero_ps();
     }
     for (int64_t ib = 0; ib < k / DL_QK_K; ib++) {
-      KSuper s[NC];
 #pragma GCC unroll 16
       for (int j = 0; j < NC; j++) {
         const char* next = reinterpret_cast<const char*>(w + j * w_row_bytes) + (ib + 4) * sizeof(typename W::B);
         _mm_prefetch(next, _MM_HINT_T0), _mm_prefetch(next + 64, _MM_HINT_T0), _mm_prefetch(next + 128, _MM_HINT_T0);
-        W::scales(reinterpret_cast<const typename W::B*>(w + j * w_row_bytes)[ib], s[j]);
-      }
-      __m512i isum[RM][NC];
-#pragma GCC unroll 16
-      for (int i = 0; i < RM; i++) {
-#pragma GCC unroll 16
-        for (int j = 0; j < NC; j++) isum[i][j] = _mm512_setzero_si512();
-      }
-#pragma GCC unroll 4
-      for (int p = 0; p < 4; p++) {
-        __m512i u[NC];
-#pragma GCC unroll 16
-        for (int j = 0; j < NC; j++) u[j] = W::chunks(reinterpret_cast<const typename W::B*>(w + j * w_row_bytes)[ib], p);
+        KCol c;
+        W::unpack(reinterpret_cast<const typename W::B*>(w + j * w_row_bytes)[ib], c);
 #pragma GCC unroll 16
         for (int i = 0; i < RM; i++) {
           const dl_block_q8_k& a = reinterpret_cast<const dl_block_q8_k*>(act + i * act_row_bytes)[ib];
-          const __m512i x = _mm512_loadu_si512(a.qs + 64 * p);
-#pragma GCC unroll 16
-          for (int j = 0; j < NC; j++) {
-            isum[i][j] = _mm512_dpwssd_epi32(isum[i][j], _mm512_maddubs_epi16(u[j], x), s[j].sc[p]);
+          __m512i isum = _mm512_setzero_si512();
+#pragma GCC unroll 4
+          for (int p = 0; p < 4; p++) {
+            isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(c.u[p], _mm512_loadu_si512(a.qs + 64 * p)), c.sc[p]);
           }
-        }
-      }
-#pragma GCC unroll 16
-      for (int i = 0; i < RM; i++) {
-        const dl_block_q8_k& a = reinterpret_cast<const dl_block_q8_k*>(act + i * act_row_bytes)[ib];
-        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums));
-#pragma GCC unroll 16
-        for (int j = 0; j < NC; j++) {
-          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i][j]), _mm512_set1_ps(s[j].d * a.d), acc[i][j]);
-          const __m256 mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, s[j].mn));
-          macc[i][j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(s[j].dmin * a.d), macc[i][j]);
+          const __m512i bs = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums)));
+          const __m512 mins = _mm512_cvtepi32_ps(_mm512_madd_epi16(bs, c.mn));
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(c.d * a.d), acc[i][j]);
+          acc[i][j] = _mm512_fnmadd_ps(mins, _mm512_set1_ps(c.dmin * a.d), acc[i][j]);
         }
       }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < RM; i++) {
 #pragma GCC unroll 16
-      for (int j = 0; j < NC; j++) res[i * NC + j] = hsum512(acc[i][j]) - hsum_f32(macc[i][j]);
+      for (int j = 0; j < NC; j++) res[i * NC + j] = hsum512(acc[i][j]);
     }
   }
 };
 
 // --- Driver
 
-constexpr int RM_MAX = 4, NC = 4;
+// Decode (m <= 4) tiles m rows x 4 columns: 4 interleaved weight streams. Larger m takes the
+// format's wide tile, F::rm rows x F::nc columns, so each unpacked weight vector serves more rows
+// (the K formats: 16 x 1 against 4 x 4, Q4_K prefill at k = 1536 6.7 -> 5.1 ms).
+constexpr int NC_DECODE = 4, RM_DECODE = 4;
 
 template <class F, int RM, int TNC>
 static void tile_cols(const DlQuantGemm& g, const uint8_t* act, float* out, int64_t& c, int64_t b1) {
@@ -336,29 +340,44 @@ static void tile_cols(const DlQuantGemm& g, const uint8_t* act, float* out, int6
   }
 }
 
-template <class F, int RM>
+template <class F, int RM, int TNC>
 static void tile_row(const DlQuantGemm& g, const uint8_t* act, float* out, int64_t b0, int64_t b1) {
   int64_t c = b0;
-  tile_cols<F, RM, NC>(g, act, out, c, b1);
+  tile_cols<F, RM, TNC>(g, act, out, c, b1);
   tile_cols<F, RM, 1>(g, act, out, c, b1);
+}
+
+// A tile of rm <= R rows (a run-time count) to its instantiation.
+template <class F, int TNC, int R>
+static void tile_rows(int rm, const DlQuantGemm& g, const uint8_t* act, float* out, int64_t b0, int64_t b1) {
+  if constexpr (R > 1) {
+    if (rm < R) return tile_rows<F, TNC, R - 1>(rm, g, act, out, b0, b1);
+  }
+  tile_row<F, R, TNC>(g, act, out, b0, b1);
+}
+
+template <class F, int RMX, int TNC>
+static void row_tiles(const DlQuantGemm& g, int64_t b0, int64_t b1) {
+  for (int64_t r = 0; r < g.m; r += RMX) {
+    const int rm = (int)std::min<int64_t>(g.m - r, RMX);
+    tile_rows<F, TNC, RMX>(rm, g, g.act + r * g.act_row_bytes, g.out + r * g.ldo, b0, b1);
+  }
 }
 
 // Columns [c0, c1) for all rows, blocked as quant_tile.h's gemm_cols: weight rows that stay in L2
 // across every tile of rows.
 template <class F>
 static void gemm_cols(const DlQuantGemm& g, int64_t c0, int64_t c1) {
-  const int64_t block_cols = g.w_row_bytes >= 256 * 1024 ? NC : std::max<int64_t>(NC, 256 * 1024 / g.w_row_bytes);
+  const int64_t block_cols =
+      g.w_row_bytes >= 256 * 1024 ? NC_DECODE : std::max<int64_t>(NC_DECODE, 256 * 1024 / g.w_row_bytes);
   for (int64_t b0 = c0; b0 < c1; b0 += block_cols) {
     const int64_t b1 = std::min(b0 + block_cols, c1);
-    for (int64_t r = 0; r < g.m; r += RM_MAX) {
-      const uint8_t* act = g.act + r * g.act_row_bytes;
-      float* out = g.out + r * g.ldo;
-      switch (std::min<int64_t>(g.m - r, RM_MAX)) {
-        case 4: tile_row<F, 4>(g, act, out, b0, b1); break;
-        case 3: tile_row<F, 3>(g, act, out, b0, b1); break;
-        case 2: tile_row<F, 2>(g, act, out, b0, b1); break;
-        default: tile_row<F, 1>(g, act, out, b0, b1); break;
-      }
+    // The wide tile only where its activation rows stay in L1 (32 KiB on Zen 4) while its
+    // columns sweep over them; longer rows keep the 4 x 4 tile, whose rows fit.
+    if (g.m <= RM_DECODE || F::rm * g.act_row_bytes > 32 * 1024) {
+      row_tiles<F, RM_DECODE, NC_DECODE>(g, b0, b1);
+    } else {
+      row_tiles<F, F::rm, F::nc>(g, b0, b1);
     }
   }
 }
