@@ -135,6 +135,14 @@ export class LLMEngine {
     if (numTop !== undefined && (!Number.isInteger(numTop) || numTop < 0)) {
       throw new RangeError(`prompt logprobs must be a non-negative integer, got ${numTop}`);
     }
+    if (params.promptHiddenStates === true) {
+      if (!(this.#executor.captureLayers?.length)) {
+        throw new RangeError("Prompt hidden states need an engine that captures layers");
+      }
+      if (numTop === undefined) {
+        throw new RangeError("Prompt hidden states need prompt logprobs (their rows)");
+      }
+    }
     const n = params.n ?? 1;
     if (
       params.pooling !== undefined &&
@@ -280,6 +288,10 @@ export class LLMEngine {
     const numRows = plan.scheduled.reduce((n, s) => n + s.numLogitRows, 0);
     const isPooling = plan.scheduled.some((s) => s.isPooling);
     const hidden = isPooling ? this.#executor.hiddenRows(numRows) : undefined;
+    const wantsLayers = plan.scheduled.some((s) =>
+      this.scheduler.runningRequest(s.requestId).params.promptHiddenStates === true
+    );
+    const layerRows = wantsLayers ? this.#executor.capturedRows!(numRows) : undefined;
     let row = 0;
     for (const s of plan.scheduled) {
       const firstRow = row;
@@ -291,6 +303,12 @@ export class LLMEngine {
         const output = this.#pool(leader, s, hidden!.subarray(firstRow * dim, row * dim));
         if (output !== undefined) outputs.push(output);
         continue;
+      }
+      if (layerRows !== undefined && leader.params.promptHiddenStates === true) {
+        this.#addPromptHidden(leader, s.start + s.numNewTokens - s.numLogitRows, layerRows, {
+          firstRow,
+          numRows: s.numLogitRows,
+        });
       }
       if (leader.needsPromptLogits) {
         this.#addPromptLogprobs(
@@ -321,8 +339,11 @@ export class LLMEngine {
           leader.numOutputTokens === 0
         ? leader.promptLogprobs
         : undefined;
+      const promptHidden = promptLogprobs !== undefined ? leader.promptHidden?.rows : undefined;
       for (const request of [leader, ...siblings]) {
-        outputs.push(this.#sampleInto(request, rowLogits, promptLogprobs));
+        const output = this.#sampleInto(request, rowLogits, promptLogprobs);
+        if (promptHidden !== undefined) output.promptHiddenStates = promptHidden;
+        outputs.push(output);
       }
     }
     return outputs;
@@ -358,6 +379,32 @@ export class LLMEngine {
     request.finishWithoutSampling();
     this.#retire(request);
     return { ...this.#output(request, [], "", undefined), embedding };
+  }
+
+  /** Copies captured layer rows of prompt positions from `firstPos` on into the request. */
+  #addPromptHidden(
+    request: EngineRequest,
+    firstPos: number,
+    layerRows: Float32Array[],
+    at: { firstRow: number; numRows: number },
+  ): void {
+    const dim = this.#executor.hiddenSize;
+    const n = request.numPromptTokens;
+    const held = request.promptHidden ??= {
+      rows: layerRows.map(() => new Float32Array(n * dim)),
+      numPositions: 0,
+    };
+    for (let j = 0; j < at.numRows; j++) {
+      // After a preemption the positions already kept come round again and are skipped.
+      const pos = firstPos + j;
+      if (pos >= n) break;
+      if (pos !== held.numPositions) continue;
+      const r = at.firstRow + j;
+      layerRows.forEach((rows, k) =>
+        held.rows[k].set(rows.subarray(r * dim, (r + 1) * dim), pos * dim)
+      );
+      held.numPositions++;
+    }
   }
 
   /** Logprobs of the prompt tokens that `numRows` rows from position `firstPos` predict. */

@@ -55,6 +55,11 @@ export interface LocalEngineOptions
   kvCacheMemoryBytes?: number;
   numKvBlocks?: number;
   speculative?: SpeculativeOptions;
+  /**
+   * Decoder layers (0-based) whose outputs the forward pass keeps at the logit rows, for
+   * requests with `promptHiddenStates` (distill-export); default none, at no cost.
+   */
+  captureLayers?: readonly number[];
 }
 
 /** Everything that shapes an engine, stated once: server flags, worker init, in-process LLM. */
@@ -222,6 +227,7 @@ export function createLocalEngine(
       backend,
       { model: loaded.model, kvCache },
       stepCapacity(config, blockSize),
+      { captureLayers: options.captureLayers },
     );
     const engine = new LLMEngine({ executor, tokenizer: loaded.tokenizer }, config);
     const held = executor;

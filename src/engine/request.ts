@@ -49,6 +49,11 @@ export interface RequestParams {
    * pooled, L2-normalized final hidden state is the output and the request ends.
    */
   pooling?: Pooling;
+  /**
+   * Also return the output of every captured layer (the engine's `captureLayers`) at every
+   * prompt position, on the first output. Needs `promptLogprobs` (its rows are those rows).
+   */
+  promptHiddenStates?: boolean;
 }
 
 export interface TokenLogprob {
@@ -81,6 +86,11 @@ export interface RequestOutput {
   queueMs?: number;
   /** An embedding request's pooled, L2-normalized hidden state, on its only output. */
   embedding?: Float32Array;
+  /**
+   * With `promptHiddenStates`, on a sample's first output: per captured layer (in the engine's
+   * `captureLayers` order) its output at every prompt position, [numPromptTokens, hidden].
+   */
+  promptHiddenStates?: Float32Array[];
   /** Speculative decoding so far (set once anything was proposed): tokens proposed, accepted. */
   specDecode?: { numDraftTokens: number; numAcceptedTokens: number };
 }
@@ -107,6 +117,8 @@ export class EngineRequest {
   readonly grammar?: TokenGrammar;
   /** Prompt logprobs computed so far, for positions 1, 2, … of the prompt. */
   readonly promptLogprobs: TokenLogprob[] = [];
+  /** Captured layer outputs of the prompt positions so far (`promptHiddenStates`). */
+  promptHidden?: { rows: Float32Array[]; numPositions: number };
   /** Mean pooling's running sum of the prompt rows' hidden states (allocated on first use). */
   poolSum?: Float64Array;
   /**

@@ -92,6 +92,9 @@ export class LlamaModel {
     const w = this.weights;
     const ropeStyle = c.ropeStyle === "neox" ? RopeStyle.NEOX : RopeStyle.INTERLEAVED;
 
+    if (s.captured !== null && comm !== null) {
+      throw new RangeError("Capturing layer outputs is not supported with parallel ranks");
+    }
     // Rows of the residual stream here: every token, or this rank's sequence shard.
     const numRows = comm?.residualRows(numTokens) ?? numTokens;
     if (!span.fromHidden) {
@@ -201,6 +204,18 @@ export class LlamaModel {
       });
       if (comm) comm.reduceAdd(s.h, s.x, numTokens);
       else b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
+      // The layer's output at the logit rows, when asked for (one null check per layer if not).
+      const capture = s.captured === null ? null : s.captureOut(l);
+      if (capture !== null) {
+        b.gatherRows({
+          out: capture,
+          x: s.x,
+          rows: logitRows,
+          numRows: numLogits,
+          numSrcRows: numTokens,
+          dim: hidden,
+        });
+      }
     }
     if (span.toHidden) return new Float32Array(0);
 
