@@ -1,7 +1,8 @@
 // Benchmark (not a test): what tensor, sequence and pipeline parallelism cost on CPU ranks, each
 // mode against one rank measured in the same run. Per mode: ms per engine step (median of the
 // runs), the step split into compute and communication on every rank, bytes moved per token, the
-// pipeline bubble, and each rank's residual-stream bytes (what sequence parallelism divides).
+// pipeline bubble, and each rank's reserved step-workspace bytes, with the residual / normed rows
+// among them (what sequence parallelism divides).
 // On 2 cores nothing speeds up: the numbers are the overhead the GPU model in
 // docs/parallelism.md starts from.
 //
@@ -46,6 +47,9 @@ interface Measured {
   numTokens: number;
   numSteps: number;
   stats: RankStats[] | null;
+  /** Per rank: the step workspace's reserved bytes, and of those the `x` and `h` rows. */
+  reserved: number[];
+  residual: number[];
   hidden: number;
   maxNumBatchedTokens: number;
 }
@@ -92,13 +96,21 @@ async function measure(parallel: ParallelOptions | undefined): Promise<Measured>
         collectiveBytes: a.collectiveBytes - before[r].collectiveBytes,
         pipelineMs: a.pipelineMs - before[r].pipelineMs,
         pipelineBytes: a.pipelineBytes - before[r].pipelineBytes,
+        reservedBytes: a.reservedBytes,
+        residualBytes: a.residualBytes,
       }))
       : null;
+    // One rank: its executor's workspace, whose x and h hold every token.
+    const reserved = stats?.map((s) => s.reservedBytes) ?? [llm.local.reservedBytes];
+    const residual = stats?.map((s) => s.residualBytes) ??
+      [2 * maxNumBatchedTokens * modelConfig.hiddenSize * 4];
     return {
       msPerStep: elapsed / numSteps,
       numTokens,
       numSteps,
       stats,
+      reserved,
+      residual,
       hidden: modelConfig.hiddenSize,
       maxNumBatchedTokens,
     };
@@ -128,9 +140,9 @@ console.log(
     }`,
 );
 console.log(
-  "| mode | ms/step | vs 1 rank | per-rank compute ms/step | per-rank comm ms/step | comm bytes/token | bubble (measured / ideal) | residual bytes/rank |",
+  "| mode | ms/step | vs 1 rank | per-rank compute ms/step | per-rank comm ms/step | comm bytes/token | bubble (measured / ideal) | workspace bytes/rank | x+h bytes/rank |",
 );
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 const baseline = median((results.get("1") ?? results.get(modes[0])!).map((r) => r.msPerStep));
 for (const mode of modes) {
   const rs = results.get(mode)!;
@@ -157,14 +169,11 @@ for (const mode of modes) {
       bubble = `${fmt(measured)} / ${fmt((stages - 1) / (micro + stages - 1))}`;
     }
   }
-  const tokensPerStep = Math.ceil(Number(v.requests));
-  const rows = p?.sequenceParallel
-    ? Math.ceil(tokensPerStep / p.tensorParallelSize)
-    : tokensPerStep;
-  const residual = `${rows * best.hidden * 4} (${rows} rows)`;
+  const reserved = best.reserved.join(" / ");
+  const residual = best.residual.join(" / ");
   console.log(
     `| ${mode} | ${fmt(ms)} | ${
       fmt(ms / baseline)
-    }x | ${compute} | ${comm} | ${bytes} | ${bubble} | ${residual} |`,
+    }x | ${compute} | ${comm} | ${bytes} | ${bubble} | ${reserved} | ${residual} |`,
   );
 }

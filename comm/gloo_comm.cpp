@@ -101,7 +101,9 @@ DLG_API int dlg_all_gather(void* c, const float* send, float* recv, long long co
   auto* comm = static_cast<Comm*>(c);
   try {
     gloo::AllgatherOptions opts(comm->context);
-    opts.setInput(const_cast<float*>(send), size_t(count));
+    // In place (send is this rank's slot of recv, NCCL's convention): Gloo gathers into the output
+    // alone when it is given no input.
+    if (send != recv + size_t(count) * comm->rank) opts.setInput(const_cast<float*>(send), size_t(count));
     opts.setOutput(recv, size_t(count) * comm->size);
     opts.setTag(comm->next_tag++);
     opts.setTimeout(comm->timeout);

@@ -420,14 +420,15 @@ DL_API int32_t dl_comm_all_reduce(
     float* buf,              // [count]
     int64_t count);
 
-// recv[r] = rank r's send.
+// recv[r] = rank r's send; in place when send == recv + rank·count.
 DL_API int32_t dl_comm_all_gather(
     dl_comm* comm,
     const float* send,       // [count]
     float* recv,             // [world_size, count]
     int64_t count);
 
-// recv = sum over ranks of their send[rank]: the reduced chunk that belongs to this rank.
+// recv = sum over ranks of their send[rank]: the reduced chunk that belongs to this rank; in place
+// when recv == send + rank·count.
 DL_API int32_t dl_comm_reduce_scatter(
     dl_comm* comm,
     const float* send,       // [world_size, count]

@@ -4,6 +4,7 @@
 // split unevenly (6 heads, 3 KV heads: 2 + 1 KV groups) or are fewer than the ranks (4 heads, 1
 // KV head: replicated), with odd vocabularies, MLP widths and layer counts.
 import assert from "node:assert/strict";
+import type { RankStats } from "../src/parallel/executor.ts";
 import type { ParallelOptions } from "../src/parallel/plan.ts";
 import { greedyRun, makeModel, maxLogprobDiff, prompts, STORIES_260K } from "./parallel_helpers.ts";
 
@@ -21,12 +22,25 @@ async function checkModel(t: Deno.TestContext, modelPath: string, vocab: number,
   const list = prompts(vocab, 16);
   const reference = await greedyRun(modelPath, list);
   assert.ok(reference.tokens.every((ts) => ts.length === 10));
+  const stats = new Map<string, RankStats[]>();
   for (const mode of modes) {
     await t.step(mode, async () => {
       const run = await greedyRun(modelPath, list, MODES[mode]);
+      stats.set(mode, run.stats!);
       assert.deepEqual(run.tokens, reference.tokens);
       const diff = maxLogprobDiff(run, reference);
       assert.ok(diff <= LOGPROB_TOLERANCE, `logprobs differ by up to ${diff}`);
+    });
+  }
+  const tp = stats.get("TP=2");
+  const sp = stats.get("TP=2+SP");
+  if (tp && sp) {
+    await t.step("SP reserves the residual stream at its shard size", () => {
+      // x shrinks to half the tokens' rows, h (the gathered rows) stays full: 2T -> 1.5T rows.
+      for (let r = 0; r < 2; r++) {
+        assert.equal(sp[r].residualBytes * 4, tp[r].residualBytes * 3);
+        assert.equal(tp[r].reservedBytes - sp[r].reservedBytes, tp[r].residualBytes / 4);
+      }
     });
   }
 }

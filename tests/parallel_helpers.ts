@@ -2,6 +2,7 @@
 // and greedy runs of the serving engine (in-process `LLM`) with logprobs to compare ranks against.
 import { LLM } from "../src/engine/llm.ts";
 import type { EngineOptions } from "../src/engine/local_engine.ts";
+import type { RankStats } from "../src/parallel/executor.ts";
 import type { ParallelOptions } from "../src/parallel/plan.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { getPreset } from "../tools/random_model/presets.ts";
@@ -34,6 +35,8 @@ export async function makeModel(
 export interface GreedyRun {
   tokens: number[][];
   logprobs: number[][][];
+  /** Every rank's counters and reserved bytes at the end (parallel runs only). */
+  stats: RankStats[] | null;
 }
 
 /** Prompts of varying lengths (chunked prefill and mixed batches), the same for every run. */
@@ -64,7 +67,11 @@ export async function greedyRun(
     ...extra,
   });
   try {
-    const run: GreedyRun = { tokens: promptList.map(() => []), logprobs: promptList.map(() => []) };
+    const run: GreedyRun = {
+      tokens: promptList.map(() => []),
+      logprobs: promptList.map(() => []),
+      stats: null,
+    };
     promptList.forEach((ids, i) =>
       llm.engine.addRequest(`r${i}`, ids, {
         maxTokens: 10,
@@ -82,6 +89,7 @@ export async function greedyRun(
         }
       }
     }
+    run.stats = llm.local.rankStats?.() ?? null;
     return run;
   } finally {
     llm.release();

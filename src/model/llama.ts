@@ -21,14 +21,14 @@ export interface ModelComm {
   embeddingOut(x: DevicePtr, scratch: DevicePtr): DevicePtr;
   /** x = the sum over ranks of the embedding's partial rows (this rank's residual rows). */
   reduceEmbedding(partial: DevicePtr, x: DevicePtr, numTokens: number): void;
-  /** Where the norm before a column-parallel layer writes its residual rows. */
-  normOut(full: DevicePtr): DevicePtr;
+  /** Where the norm before a column-parallel layer writes its residual rows (within `full`). */
+  normOut(full: DevicePtr, numTokens: number): DevicePtr;
   /** Fills `full` with every token's normed rows from normOut's, for a column-parallel layer. */
   gather(full: DevicePtr, numTokens: number): void;
   /** x += the sum over ranks of a row-parallel layer's partial rows (all tokens, in partial). */
   reduceAdd(partial: DevicePtr, x: DevicePtr, numTokens: number): void;
-  /** Every token's residual rows, before the final norm (x itself, or a gathered copy). */
-  gatherResidual(x: DevicePtr, numTokens: number): DevicePtr;
+  /** Every token's residual rows, before the final norm (x itself, or gathered into scratch). */
+  gatherResidual(x: DevicePtr, scratch: DevicePtr, numTokens: number): DevicePtr;
 }
 
 /** Which part of the forward pass a pipeline stage runs (default: all of it). */
@@ -114,7 +114,7 @@ export class LlamaModel {
       const layer = w.layers[l];
       // Attention block: norm, fused QKV projection, RoPE on Q and K, cache write, attention.
       b.rmsnorm({
-        out: comm?.normOut(s.h) ?? s.h,
+        out: comm?.normOut(s.h, numTokens) ?? s.h,
         x: s.x,
         weight: layer.attnNorm,
         numTokens: numRows,
@@ -183,7 +183,7 @@ export class LlamaModel {
 
       // MLP block: norm, fused gate/up projection, SiLU(gate) * up, down projection.
       b.rmsnorm({
-        out: comm?.normOut(s.h) ?? s.h,
+        out: comm?.normOut(s.h, numTokens) ?? s.h,
         x: s.x,
         weight: layer.ffnNorm,
         numTokens: numRows,
@@ -222,7 +222,7 @@ export class LlamaModel {
     // Only the rows that sample a token go through the final norm and the LM head.
     b.gatherRows({
       out: s.last,
-      x: comm?.gatherResidual(s.x, numTokens) ?? s.x,
+      x: comm?.gatherResidual(s.x, s.h, numTokens) ?? s.x,
       rows: logitRows,
       numRows: numLogits,
       numSrcRows: numTokens,

@@ -56,8 +56,12 @@ export class ForwardWorkspace {
   readonly capacity: Required<StepCapacity>;
   /** Device bytes this workspace holds, kernel workspace included. */
   readonly reservedBytes: number;
-  readonly x: DevicePtr; // [T, hidden] residual stream
+  readonly x: DevicePtr; // [residualRows, hidden] residual stream
   readonly h: DevicePtr; // [T, hidden] normed / projected
+  /** Rows of `x`: maxNumTokens, or a sequence-parallel rank's shard of them. */
+  readonly residualRows: number;
+  /** Bytes of `x` and `h`, the residual stream and the normed / projected rows. */
+  readonly residualBytes: number;
   readonly qkv: DevicePtr; // [T, qkvDim]
   readonly attn: DevicePtr; // [T, qDim]
   readonly gateUp: DevicePtr; // [T, 2 * intermediate]
@@ -87,13 +91,14 @@ export class ForwardWorkspace {
   /**
    * `captureLayers` (decoder layer indices, 0-based) makes the forward pass keep those layers'
    * outputs at the logit rows (distill-export's hidden states); without it nothing is reserved
-   * and the forward pass does no extra work.
+   * and the forward pass does no extra work. `residualRows` sizes the residual stream `x` for a
+   * sequence-parallel rank, which holds only its shard of the tokens (default maxNumTokens).
    */
   constructor(
     backend: NativeBackend,
     config: ModelConfig,
     capacity: StepCapacity,
-    options: { captureLayers?: readonly number[] } = {},
+    options: { captureLayers?: readonly number[]; residualRows?: number } = {},
   ) {
     checkCapacity(capacity);
     const captureLayers = [...(options.captureLayers ?? [])];
@@ -133,8 +138,16 @@ export class ForwardWorkspace {
       bytes += sizeBytes;
       return ptr;
     };
+    const residualRows = options.residualRows ?? t;
+    if (!Number.isInteger(residualRows) || residualRows < 1 || residualRows > t) {
+      throw new RangeError(
+        `residualRows must be an integer from 1 to maxNumTokens (${t}), got ${residualRows}`,
+      );
+    }
+    this.residualRows = residualRows;
+    this.residualBytes = (residualRows + t) * c.hiddenSize * F32;
     try {
-      this.x = alloc(t * c.hiddenSize * F32);
+      this.x = alloc(residualRows * c.hiddenSize * F32);
       this.h = alloc(t * c.hiddenSize * F32);
       this.qkv = alloc(t * qkvDim * F32);
       this.attn = alloc(t * qDim * F32);

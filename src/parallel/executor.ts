@@ -21,6 +21,10 @@ const IDLE_WAIT_MS = 2 ** 31 - 1;
 const Kind = { step: 1, shutdown: 2, stats: 3 } as const;
 
 /** Per-rank cost counters: what the cost bench prints. */
+const MIB = 1 << 20;
+/** Exact byte counts through float32: whole MiB and the rest, each well inside 24 bits. */
+const mib = (bytes: number) => [Math.floor(bytes / MIB), bytes % MIB];
+
 export interface RankStats {
   numSteps: number;
   stepMs: number;
@@ -30,6 +34,10 @@ export interface RankStats {
   /** Time in pipeline sends and receives, waiting for the neighbour stage included. */
   pipelineMs: number;
   pipelineBytes: number;
+  /** Device bytes of the rank's step workspace (ForwardWorkspace.reservedBytes). */
+  reservedBytes: number;
+  /** Of those, the residual stream `x` and the normed / projected rows `h`. */
+  residualBytes: number;
 }
 
 export interface RankParts {
@@ -67,6 +75,8 @@ class RankRuntime {
     collectiveBytes: 0,
     pipelineMs: 0,
     pipelineBytes: 0,
+    reservedBytes: 0,
+    residualBytes: 0,
   };
   #header = new Int32Array(4);
   #headerDev: DevicePtr;
@@ -89,7 +99,13 @@ class RankRuntime {
       ...parts.capacity,
       maxNumTokens: Math.ceil(parts.capacity.maxNumTokens / tpSize) * tpSize,
     };
-    this.workspace = new ForwardWorkspace(b, c, capacity);
+    // With sequence parallelism the residual stream holds only this rank's shard of the tokens.
+    const residualRows = parts.parallel.sequenceParallel
+      ? capacity.maxNumTokens / tpSize
+      : capacity.maxNumTokens;
+    this.workspace = new ForwardWorkspace(b, c, capacity, { residualRows });
+    this.stats.reservedBytes = this.workspace.reservedBytes;
+    this.stats.residualBytes = this.workspace.residualBytes;
     this.#headerDev = b.alloc(this.#header.byteLength);
     this.#payload = new Int32Array(maxEncodedLength(parts.capacity));
     this.#payloadDev = b.alloc(this.#payload.byteLength);
@@ -272,7 +288,7 @@ class RankRuntime {
     this.stats.pipelineBytes += after.wBytes - before.wBytes;
   }
 
-  /** Every rank's counters, gathered to every rank: [world][6]. */
+  /** Every rank's counters, gathered to every rank: [world][N] (byte counts split in MiB + rest). */
   gatherStats(): RankStats[] {
     const b = this.parts.backend;
     const s = this.stats;
@@ -283,6 +299,8 @@ class RankRuntime {
       s.collectiveBytes / 1e6,
       s.pipelineMs,
       s.pipelineBytes / 1e6,
+      ...mib(s.reservedBytes),
+      ...mib(s.residualBytes),
     ]);
     const world = this.parts.world;
     const send = b.alloc(mine.byteLength);
@@ -293,7 +311,7 @@ class RankRuntime {
       const all = new Float32Array(mine.length * world.size);
       b.download(all, recv);
       return Array.from({ length: world.size }, (_, r) => {
-        const v = all.subarray(r * 6, r * 6 + 6);
+        const v = all.subarray(r * mine.length, (r + 1) * mine.length);
         return {
           numSteps: v[0],
           stepMs: v[1],
@@ -301,6 +319,8 @@ class RankRuntime {
           collectiveBytes: v[3] * 1e6,
           pipelineMs: v[4],
           pipelineBytes: v[5] * 1e6,
+          reservedBytes: v[6] * MIB + v[7],
+          residualBytes: v[8] * MIB + v[9],
         };
       });
     } finally {

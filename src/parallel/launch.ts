@@ -147,7 +147,7 @@ function joinGroup(
   const modelComm: (ModelComm & { release(): void }) | null = tp.size === 1
     ? null
     : p.sequenceParallel
-    ? new SequenceParallelComm(backend, tp, hidden, capacity.maxNumTokens)
+    ? new SequenceParallelComm(backend, tp, hidden)
     : new TensorParallelComm(backend, tp, hidden);
   const model = new LlamaModel(backend, shard.config, shard.weights, shard.invFreq, modelComm);
   const kvCache = new KvCache(backend, shard.config, {

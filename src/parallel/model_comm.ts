@@ -50,28 +50,21 @@ export function shardRows(numTokens: number, groupSize: number): number {
 
 /**
  * Sequence parallelism: rank t holds residual rows [t·R, (t+1)·R) of the step's tokens padded to
- * W·R (the padding rows stay zero). Its buffers: the normed shard, the reduce-scattered shard and
- * the gathered residual, beside the workspace (whose all-token buffers hold W·R rows).
+ * W·R (the padding rows stay zero), in a workspace whose `x` has only the shard's rows. It needs no
+ * buffer of its own: the normed shard is written into its own slot of the all-token `h` and
+ * gathered there in place, row-parallel partials are reduce-scattered in place into the same slot,
+ * and the final residual is gathered into `h` once the layers are done with it.
  */
 export class SequenceParallelComm implements ModelComm {
-  readonly shardBytes: number;
   #backend: NativeBackend;
   #comm: Communicator;
   #hidden: number;
-  #normShard: DevicePtr;
-  #sumShard: DevicePtr;
-  #fullResidual: DevicePtr;
   #zeros: Float32Array;
 
-  constructor(backend: NativeBackend, comm: Communicator, hidden: number, maxNumTokens: number) {
+  constructor(backend: NativeBackend, comm: Communicator, hidden: number) {
     this.#backend = backend;
     this.#comm = comm;
     this.#hidden = hidden;
-    const maxRows = shardRows(maxNumTokens, comm.size);
-    this.shardBytes = maxRows * hidden * F32;
-    this.#normShard = backend.alloc(this.shardBytes);
-    this.#sumShard = backend.alloc(this.shardBytes);
-    this.#fullResidual = backend.alloc(maxRows * comm.size * hidden * F32);
     this.#zeros = new Float32Array((comm.size - 1) * hidden);
   }
 
@@ -85,21 +78,28 @@ export class SequenceParallelComm implements ModelComm {
     this.#zeroPadding(partial, numTokens);
     this.#comm.reduceScatter(partial, x, this.residualRows(numTokens) * this.#hidden);
   }
-  normOut(): DevicePtr {
-    return this.#normShard;
+  normOut(full: DevicePtr, numTokens: number): DevicePtr {
+    return this.#slot(full, numTokens);
   }
   gather(full: DevicePtr, numTokens: number): void {
-    this.#comm.allGather(this.#normShard, full, this.residualRows(numTokens) * this.#hidden);
+    const n = this.residualRows(numTokens) * this.#hidden;
+    this.#comm.allGather(this.#slot(full, numTokens), full, n);
   }
   reduceAdd(partial: DevicePtr, x: DevicePtr, numTokens: number): void {
     const n = this.residualRows(numTokens) * this.#hidden;
     this.#zeroPadding(partial, numTokens);
-    this.#comm.reduceScatter(partial, this.#sumShard, n);
-    this.#backend.add({ out: x, a: x, b: this.#sumShard, numElements: n });
+    const sum = this.#slot(partial, numTokens);
+    this.#comm.reduceScatter(partial, sum, n);
+    this.#backend.add({ out: x, a: x, b: sum, numElements: n });
   }
-  gatherResidual(x: DevicePtr, numTokens: number): DevicePtr {
-    this.#comm.allGather(x, this.#fullResidual, this.residualRows(numTokens) * this.#hidden);
-    return this.#fullResidual;
+  gatherResidual(x: DevicePtr, scratch: DevicePtr, numTokens: number): DevicePtr {
+    this.#comm.allGather(x, scratch, this.residualRows(numTokens) * this.#hidden);
+    return scratch;
+  }
+
+  /** This rank's rows [t·R, (t+1)·R) of an all-token buffer. */
+  #slot(full: DevicePtr, numTokens: number): DevicePtr {
+    return offset(full, this.#comm.rank * this.residualRows(numTokens) * this.#hidden * F32);
   }
 
   /** Rows past the last token hold stale data: they must add nothing to the shard they land in. */
@@ -113,7 +113,5 @@ export class SequenceParallelComm implements ModelComm {
     }
   }
 
-  release(): void {
-    for (const p of [this.#normShard, this.#sumShard, this.#fullResidual]) this.#backend.free(p);
-  }
+  release(): void {}
 }
