@@ -111,6 +111,10 @@ Deno.test("parallel faults: a killed rank ends the daemon with one clear line", 
   const lines = stderr.split("\n").filter((l) => l.includes("Parallel group failed"));
   assert.ok(lines.length >= 1, stderr);
   assert.match(lines[0], /a rank died, hung or left/);
+  // One clear line: that is the only error logged, with no stack trace anywhere.
+  const errors = stderr.split("\n").filter((l) => l.includes('"level":"error"'));
+  assert.deepEqual(errors, [lines[0]], stderr);
+  assert.doesNotMatch(stderr, /"stack"|\n\s+at \S+ \(|Unexpected error/, stderr);
   assert.ok(elapsedMs < EXIT_BOUND_MS);
 });
 
