@@ -28,10 +28,29 @@ export function headSpans(heads: number[], size: number): Span[] {
   return spans;
 }
 
+/**
+ * Bytes of `cols` elements of one row of `info`. A cut must fall on a block boundary of its
+ * format (32 for Q8_0/Q4_0, 256 for the K formats); INT8's per-row scales are not cut here.
+ */
 function rowBytesOf(info: TensorInfo, cols: number): number {
   const format = formatByGgufName(info.dtype);
-  if (format === undefined || format.rowBytes !== 0) {
+  if (format === undefined) {
     throw new ModelFormatError(info.file, `tensor ${info.name} (${info.dtype}) cannot be sharded`);
+  }
+  if (format.rowBytes !== 0) {
+    throw new ModelFormatError(
+      info.file,
+      `tensor ${info.name} is ${info.dtype}, whose per-row scales cannot be sharded on read; ` +
+        "use an F32/F16/BF16 or GGUF checkpoint with tensor parallelism",
+    );
+  }
+  if (cols % format.blockLen !== 0) {
+    throw new ModelFormatError(
+      info.file,
+      `tensor ${info.name} (${info.dtype}) cannot be split for tensor parallelism: a cut at ` +
+        `column ${cols} is not on a ${format.blockLen}-element ${info.dtype} block boundary ` +
+        "(use another --tensor-parallel-size, or a checkpoint whose widths split into whole blocks)",
+    );
   }
   return tensorBytes(format.id, cols);
 }
