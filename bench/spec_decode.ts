@@ -54,7 +54,7 @@ const draft: LoadedModel = v.draft === undefined && draftQuant === undefined
   ? target
   : await loadModel(backend, v.draft ?? v.model, {
     showProgress: false,
-    ...(draftQuant === undefined ? {} : { quantization: draftQuant }),
+    ...(draftQuant === undefined ? {} : { quantization: draftQuant, quantizeTiedEmbeddings: true }),
   });
 const draftName = `draft (${v.draft === undefined ? "itself" : "other"}${
   draftQuant === undefined ? "" : ` ${draftQuant}`
@@ -80,12 +80,17 @@ const WORKLOADS: Record<string, number[]> = {
 const NGRAM: SpeculativeOptions = { model: "ngram", numSpeculativeTokens: k, disableBySize: 64 };
 const DRAFT: SpeculativeOptions = { model: "draft", numSpeculativeTokens: k, disableBySize: 64 };
 
+/** A configuration: plain (undefined), speculative, or another model decoding alone. */
+type Config = SpeculativeOptions | { alone: LoadedModel } | undefined;
+
 function run(
   prompts: { promptIds: number[] }[],
-  spec: SpeculativeOptions | undefined,
+  config: Config,
   maxTokens = numTokens,
 ) {
-  const llm = LLM.over(backend, target, {
+  const spec = config === undefined || "alone" in config ? undefined : config;
+  const model = config !== undefined && "alone" in config ? config.alone : target;
+  const llm = LLM.over(backend, model, {
     blockSize: 16,
     maxModelLen: ctx,
     numKvBlocks: Math.ceil(ctx / 16) * prompts.length + 1,
@@ -116,7 +121,7 @@ function run(
 /** Medians over alternating runs of each config: decode tok/s, and acceptance. */
 function measure(
   prompts: { promptIds: number[] }[],
-  configs: Record<string, SpeculativeOptions | undefined>,
+  configs: Record<string, Config>,
   rate: (r: ReturnType<typeof run>) => number,
   maxTokens = numTokens,
 ): Record<string, { tokPerS: number; acceptance?: number }> {
@@ -166,13 +171,18 @@ const row = (w: string, n: number, out: ReturnType<typeof measure>) => {
 };
 /** plain, and each method asked for, with `turnDown` as the threshold. */
 function configs(turnDown: number, suffix = "") {
-  const out: Record<string, SpeculativeOptions | undefined> = { plain: undefined };
+  const out: Record<string, Config> = { plain: undefined };
   if (methods.has("ngram")) out[`ngram${suffix}`] = { ...NGRAM, disableBySize: turnDown };
   if (methods.has("draft")) out[`${draftName}${suffix}`] = { ...DRAFT, disableBySize: turnDown };
   return out;
 }
+// With a draft model, also the draft decoding alone: what one draft step costs next to a target
+// step, which bounds what the draft can buy.
+const batch1Configs = methods.has("draft") && draft !== target
+  ? { ...configs(64), [`${draftName} alone, no speculation`]: { alone: draft } }
+  : configs(64);
 for (const w of workloadNames) {
-  row(w, 1, measure([{ promptIds: WORKLOADS[w] }], configs(64), batch1));
+  row(w, 1, measure([{ promptIds: WORKLOADS[w] }], batch1Configs, batch1));
 }
 // Many streams, each its own prompt (the repeat text shifted by a token so none share a prefix),
 // speculation at the default turn-down and forced on.

@@ -343,7 +343,9 @@ export async function startLocalEngine(
 /**
  * The draft model that `options.speculative` names, loaded; undefined for n-gram or no
  * speculation. "self" loads the target's path again, as the target was loaded (same dummy seed),
- * through the draft's quantization: the quantized self-draft needs no second file on disk.
+ * through the draft's quantization: the quantized self-draft needs no second file on disk. A
+ * draft's tied embeddings are quantized too: in a small model the head is most of a step's bytes,
+ * and a draft's precision only moves acceptance, never the output.
  */
 export async function loadDraft(
   backend: NativeBackend,
@@ -360,7 +362,12 @@ export async function loadDraft(
       loadFormat: options.loadFormat,
       seed: options.loadSeed,
       quantization: spec.quantization,
+      quantizeTiedEmbeddings: true,
     });
   }
-  return await loadModel(backend, spec.model, { showProgress, quantization: spec.quantization });
+  return await loadModel(backend, spec.model, {
+    showProgress,
+    quantization: spec.quantization,
+    quantizeTiedEmbeddings: true,
+  });
 }
