@@ -3,7 +3,8 @@
 // holds a long text and starts repeating it) and a plain one; then 16 concurrent streams with and
 // without; then the batch sizes where speculation stops paying (the turn-down threshold). All in
 // one process through `LLM` (the serving engine stepped in-process), alternating configurations
-// run by run, medians of --runs, the load average printed before and after.
+// run by run (the order rotated each round), medians of --runs, the load average printed before
+// and after.
 //
 //   deno task bench:spec [--model PATH] [--draft PATH] [--draft-quantization q4_0] [--threads 1]
 //                        [--tokens 128] [--runs 3] [--k 4] [--methods ngram,draft]
@@ -118,7 +119,7 @@ function run(
   }
 }
 
-/** Medians over alternating runs of each config: decode tok/s, and acceptance. */
+/** Medians over alternating runs of each config (order rotated by round): tok/s, and acceptance. */
 function measure(
   prompts: { promptIds: number[] }[],
   configs: Record<string, Config>,
@@ -126,8 +127,12 @@ function measure(
   maxTokens = numTokens,
 ): Record<string, { tokPerS: number; acceptance?: number }> {
   const samples: Record<string, { rates: number[]; acc: number[] }> = {};
+  const entries = Object.entries(configs);
   for (let round = 0; round < numRuns; round++) {
-    for (const [name, spec] of Object.entries(configs)) {
+    // Each round starts at another configuration: on this shared machine the run after an
+    // expensive one is measurably slower, and a fixed order would pin that on one config.
+    for (let i = 0; i < entries.length; i++) {
+      const [name, spec] = entries[(i + round) % entries.length];
       const r = run(prompts, spec, maxTokens);
       (samples[name] ??= { rates: [], acc: [] }).rates.push(rate(r));
       if (r.acceptance !== undefined) samples[name].acc.push(r.acceptance);

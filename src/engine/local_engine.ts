@@ -29,7 +29,7 @@ export const ENGINE_DEFAULTS = {
   ngramPromptLookupMax: 4,
   ngramPromptLookupMin: 2,
   /** Running requests above which speculation turns off (measured: docs/speculative.md). */
-  speculativeDisableBySize: 8,
+  speculativeDisableBySize: 4,
 } as const;
 
 /** Speculative decoding, as the flags state it. */
