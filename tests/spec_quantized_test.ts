@@ -11,6 +11,7 @@ import { loadDraft, type SpeculativeOptions } from "../src/engine/local_engine.t
 import { DraftModelProposer } from "../src/engine/spec/draft_model.ts";
 import { type LoadedModel, loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
+import { parseServeConfig, SERVE_USAGE } from "../src/server/config.ts";
 import { quantizeGguf } from "../tools/quantize/quantize_gguf.ts";
 import { quantPreset } from "../tools/quantize/recipe.ts";
 
@@ -166,6 +167,22 @@ Deno.test("--speculative-model-quantization is parsed and checked", async (t) =>
         e instanceof UsageError && /--speculative-model-quantization/.test(e.message) &&
         /q4_0/.test(e.message) && /"q9"/.test(e.message),
     );
+  });
+  await t.step("serve takes the flag and its DENOLLM_ variable, and lists it", () => {
+    for (
+      const [args, env] of [
+        [["--speculative-model-quantization", "q4_0"], {}],
+        [[], { DENOLLM_SPECULATIVE_MODEL_QUANTIZATION: "q4_0" }],
+      ] as const
+    ) {
+      const parsed = parseServeConfig(["--model", HF, "--speculative-model", "self", ...args], {
+        env: { HOME: "/home/u", ...env },
+      });
+      assert.ok(!parsed.help && "config" in parsed);
+      assert.equal(parsed.config.speculative?.model, "self");
+      assert.equal(parsed.config.speculative?.quantization, "q4_0");
+    }
+    assert.match(SERVE_USAGE, /--speculative-model-quantization/);
   });
   await t.step("refused with ngram and without --speculative-model", () => {
     assert.throws(
