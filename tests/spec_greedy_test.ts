@@ -20,8 +20,9 @@ const stories: LoadedModel = await loadModel(backend, MODEL, { showProgress: fal
 const random1 = await loadModel(backend, MODEL, { loadFormat: "dummy", seed: 1 });
 const random2 = await loadModel(backend, MODEL, { loadFormat: "dummy", seed: 2 });
 
-const NGRAM: SpeculativeOptions = { model: "ngram", numSpeculativeTokens: 4 };
-const DRAFT: SpeculativeOptions = { model: "draft", numSpeculativeTokens: 3 };
+// Every request speculates: the tests run up to 16 at once, above the default turn-down.
+const NGRAM: SpeculativeOptions = { model: "ngram", numSpeculativeTokens: 4, disableBySize: 16 };
+const DRAFT: SpeculativeOptions = { model: "draft", numSpeculativeTokens: 3, disableBySize: 16 };
 
 interface Job {
   promptIds: number[];

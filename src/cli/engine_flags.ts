@@ -25,11 +25,16 @@ export const ENGINE_FLAG_OPTIONS = {
   "ngram-prompt-lookup-max": { type: "string" },
   "ngram-prompt-lookup-min": { type: "string" },
   "speculative-disable-by-batch-size": { type: "string" },
+  "speculative-model-quantization": { type: "string" },
 } as const;
 
 /** The speculative-decoding flags' lines in a usage text (serve lists the same). */
 export const SPECULATIVE_FLAGS_USAGE =
-  `  --speculative-model M        ngram (prompt lookup) or a draft model path, same vocabulary
+  `  --speculative-model M        ngram (prompt lookup), self (the model itself, loaded again) or a
+                               draft model path with the same vocabulary
+  --speculative-model-quantization Q
+                               quantize the draft on load: q4_0, q8_0, int4, … (self + q4_0: the
+                               quantized self-draft)
   --num-speculative-tokens K   tokens proposed per step (default ${ENGINE_DEFAULTS.numSpeculativeTokens})
   --ngram-prompt-lookup-max N  longest n-gram looked up (default ${ENGINE_DEFAULTS.ngramPromptLookupMax})
   --ngram-prompt-lookup-min N  shortest n-gram looked up (default ${ENGINE_DEFAULTS.ngramPromptLookupMin})
@@ -64,11 +69,12 @@ export function integerFlag(
 }
 
 /** The --quantization value, checked (the format's name), or a UsageError listing the choices. */
-export function quantizationFlag(value: string): string {
+export function quantizationFlag(value: string, flag = "quantization"): string {
   try {
     return parseQuantization(value).name;
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // The message names --quantization; the draft's flag says its own name.
+    throw new UsageError((error as Error).message.replace("--quantization", `--${flag}`));
   }
 }
 
@@ -82,7 +88,9 @@ export function speculativeOptions(
   if (model === undefined || model === "") {
     const stray = SPECULATIVE_FLAGS.find((f) => values[f] !== undefined);
     if (stray !== undefined) {
-      throw new UsageError(`--${stray} needs --speculative-model (ngram or a draft model path)`);
+      throw new UsageError(
+        `--${stray} needs --speculative-model (ngram, self or a draft model path)`,
+      );
     }
     return undefined;
   }
@@ -101,8 +109,17 @@ export function speculativeOptions(
       `--ngram-prompt-lookup-min (${min}) must not exceed --ngram-prompt-lookup-max (${max})`,
     );
   }
+  const quantization = values["speculative-model-quantization"];
+  if (quantization !== undefined && model === "ngram") {
+    throw new UsageError(
+      "--speculative-model-quantization quantizes a draft model, but --speculative-model is ngram",
+    );
+  }
   return {
     model,
+    ...(quantization === undefined ? {} : {
+      quantization: quantizationFlag(quantization, "speculative-model-quantization"),
+    }),
     numSpeculativeTokens: integerFlag(
       "num-speculative-tokens",
       values["num-speculative-tokens"],
@@ -124,6 +141,7 @@ const SPECULATIVE_FLAGS = [
   "ngram-prompt-lookup-max",
   "ngram-prompt-lookup-min",
   "speculative-disable-by-batch-size",
+  "speculative-model-quantization",
 ] as const;
 
 type SpeculativeFlagValues = Record<

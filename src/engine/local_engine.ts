@@ -29,13 +29,22 @@ export const ENGINE_DEFAULTS = {
   ngramPromptLookupMax: 4,
   ngramPromptLookupMin: 2,
   /** Running requests above which speculation turns off (measured: docs/speculative.md). */
-  speculativeDisableBySize: 8,
+  speculativeDisableBySize: 4,
 } as const;
 
 /** Speculative decoding, as the flags state it. */
 export interface SpeculativeOptions {
-  /** "ngram" (prompt lookup), or a draft model: an HF directory or GGUF with the same vocabulary. */
+  /**
+   * "ngram" (prompt lookup); "self": the target's own checkpoint, loaded a second time (with
+   * `quantization`, the quantized self-draft); or a draft model: an HF directory or GGUF with the
+   * same vocabulary.
+   */
   model: string;
+  /**
+   * Quantize the draft's F32/F16/BF16 weights while loading it (--speculative-model-quantization,
+   * vLLM's name): "q4_0", "q8_0", "int4", … as --quantization takes them.
+   */
+  quantization?: string;
   /** k: tokens proposed per step (--num-speculative-tokens). */
   numSpeculativeTokens: number;
   ngramPromptLookupMax?: number;
@@ -313,13 +322,11 @@ export async function startLocalEngine(
       seed: options.loadSeed,
       quantization: options.quantization,
     });
-    const draftPath = options.speculative?.model;
-    if (draftPath !== undefined && draftPath !== "ngram") {
-      draft = await loadModel(backend, draftPath, { showProgress });
-    }
+    draft = await loadDraft(backend, options, loaded, showProgress);
     const local = createLocalEngine(backend, loaded, options, draft ? { draft } : {});
     const model = loaded;
-    const draftModel = draft;
+    // "self" without a quantization drafts with the target's own weights: released once.
+    const draftModel = draft === loaded ? undefined : draft;
     return {
       ...local,
       loaded,
@@ -332,9 +339,41 @@ export async function startLocalEngine(
       },
     };
   } catch (error) {
-    draft?.release();
+    if (draft !== loaded) draft?.release();
     loaded?.release();
     backend.close();
     throw error;
   }
+}
+
+/**
+ * The draft model that `options.speculative` names, loaded; undefined for n-gram or no
+ * speculation. "self" loads the target's path again, as the target was loaded (same dummy seed),
+ * through the draft's quantization: the quantized self-draft needs no second file on disk. A
+ * draft's tied embeddings are quantized too: in a small model the head is most of a step's bytes,
+ * and a draft's precision only moves acceptance, never the output.
+ */
+export async function loadDraft(
+  backend: NativeBackend,
+  options: Pick<EngineOptions, "modelPath" | "loadFormat" | "loadSeed" | "speculative">,
+  target: LoadedModel,
+  showProgress = false,
+): Promise<LoadedModel | undefined> {
+  const spec = options.speculative;
+  if (spec === undefined || spec.model === "ngram") return undefined;
+  if (spec.model === "self") {
+    if (spec.quantization === undefined) return target;
+    return await loadModel(backend, options.modelPath, {
+      showProgress,
+      loadFormat: options.loadFormat,
+      seed: options.loadSeed,
+      quantization: spec.quantization,
+      quantizeTiedEmbeddings: true,
+    });
+  }
+  return await loadModel(backend, spec.model, {
+    showProgress,
+    quantization: spec.quantization,
+    quantizeTiedEmbeddings: true,
+  });
 }

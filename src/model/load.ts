@@ -178,6 +178,11 @@ export interface LoadModelOptions extends OpenModelOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   /** Quantize F32/F16/BF16 weights while loading: int8, int4 or a GGUF format (src/model/quantize.ts). */
   quantization?: string;
+  /**
+   * Quantize tied embeddings too (the one matrix that is embedding and LM head). Off by default,
+   * as vLLM; a speculative draft turns it on, since at small sizes the head is most of its bytes.
+   */
+  quantizeTiedEmbeddings?: boolean;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -198,7 +203,8 @@ export async function loadModel(
   if (options.quantization !== undefined) {
     const target = parseQuantization(options.quantization);
     checkNotQuantized(path, source.tensors, target);
-    const isTied = !source.tensors.has("lm_head.weight") && source.config.tieWordEmbeddings;
+    const isTied = !source.tensors.has("lm_head.weight") && source.config.tieWordEmbeddings &&
+      options.quantizeTiedEmbeddings !== true;
     transform = new QuantizeOnLoad(backend, target, { isTied });
   }
   const weights = await loadWeights(backend, source.config, source.tensors, {

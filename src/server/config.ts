@@ -320,8 +320,15 @@ const OPTIONS = [
     flag: "speculative-model",
     arg: "MODEL",
     help:
-      "speculative decoding: ngram (prompt lookup) or a draft model path with the same vocabulary",
+      "speculative decoding: ngram (prompt lookup), self (the model itself, loaded again) or a " +
+      "draft model path with the same vocabulary",
     defaultText: "off",
+  },
+  {
+    flag: "speculative-model-quantization",
+    arg: "Q",
+    help: "quantize the draft on load (self + q4_0: the quantized self-draft): q4_0, q8_0, int4, …",
+    defaultText: "none",
   },
   {
     flag: "num-speculative-tokens",
@@ -548,6 +555,7 @@ const SCHEMAS = {
   "shutdown-timeout": seconds(),
   "tool-call-parser": choice(TOOL_CALL_PARSERS),
   "speculative-model": nonEmpty,
+  "speculative-model-quantization": nonEmpty,
   "num-speculative-tokens": integer(1, 64),
   "ngram-prompt-lookup-max": integer(1, 64),
   "ngram-prompt-lookup-min": integer(1, 64),
@@ -667,6 +675,7 @@ export function parseServeConfig(
         "ngram-prompt-lookup-max",
         "ngram-prompt-lookup-min",
         "speculative-disable-by-batch-size",
+        "speculative-model-quantization",
       ] as const).flatMap((f) => values[f] === undefined ? [] : [[f, String(values[f])]]),
     ),
   });
