@@ -22,6 +22,12 @@
 
 namespace zmm {
 
+// Software prefetch distances along each weight stream: bytes for the legacy formats, super-blocks
+// for the K formats (2.3-3.4 KiB). With decode's 4 long streams (decode_tiles), 2 KiB and 16 measured
+// faster than 1 KiB and 4 (m = 1, weights from DRAM: Q8_0 4864 x 896 138 -> 112-158 us, Q4_K
+// 896 x 4864 99-105 -> 70-75 us, noisy on a loaded 2-core machine); 512 bytes was slower still.
+constexpr int64_t PREFETCH_BYTES = 2048, PREFETCH_SUPERBLOCKS = 16;
+
 // Lane patterns of a pair's two scales over the 16 int32 lanes: 'nat' = 8 lanes of a then 8 of b,
 // 'alt' = 4 of a, 4 of b, 4 of a, 4 of b (the nibble formats' order).
 inline __m512 pair_lanes(__m128 ab, bool alt) {
@@ -164,9 +170,9 @@ struct LegacyZ {
       __m512 wd[NC];
 #pragma GCC unroll 16
       for (int j = 0; j < NC; j++) {
-        // NC interleaved row streams: a software prefetch 1 KiB ahead measured faster than leaving
-        // them to the hardware prefetchers (decode Q8_0 0.66x -> 1.09x of F16).
-        _mm_prefetch(reinterpret_cast<const char*>(w + j * w_stride + sb * W::size + 1024), _MM_HINT_T0);
+        // NC row streams: a software prefetch ahead measured faster than leaving them to the hardware
+        // prefetchers (decode Q8_0 0.66x -> 1.09x of F16).
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * w_stride + sb * W::size + PREFETCH_BYTES), _MM_HINT_T0);
         wp[j] = W::load(w + j * w_stride + sb * W::size, two);
         wd[j] = pair_lanes(wp[j].d, W::alt);
       }
@@ -293,7 +299,7 @@ struct KDotZ {
     for (int64_t ib = 0; ib < k / DL_QK_K; ib++) {
 #pragma GCC unroll 16
       for (int j = 0; j < NC; j++) {
-        const char* next = reinterpret_cast<const char*>(w + j * w_stride) + (ib + 4) * sizeof(typename W::B);
+        const char* next = reinterpret_cast<const char*>(w + j * w_stride) + (ib + PREFETCH_SUPERBLOCKS) * sizeof(typename W::B);
         _mm_prefetch(next, _MM_HINT_T0), _mm_prefetch(next + 64, _MM_HINT_T0), _mm_prefetch(next + 128, _MM_HINT_T0);
         KCol c;
         W::unpack(reinterpret_cast<const typename W::B*>(w + j * w_stride)[ib], c);
