@@ -22,6 +22,12 @@
 
 namespace zmm {
 
+// Software prefetch distances along each weight stream: bytes for the legacy formats, super-blocks
+// for the K formats (2.3-3.4 KiB). With decode's 4 long streams (decode_tiles), 2 KiB and 16 measured
+// faster than 1 KiB and 4 (m = 1, weights from DRAM: Q8_0 4864 x 896 138 -> 112-158 us, Q4_K
+// 896 x 4864 99-105 -> 70-75 us, noisy on a loaded 2-core machine); 512 bytes was slower still.
+constexpr int64_t PREFETCH_BYTES = 2048, PREFETCH_SUPERBLOCKS = 16;
+
 // Lane patterns of a pair's two scales over the 16 int32 lanes: 'nat' = 8 lanes of a then 8 of b,
 // 'alt' = 4 of a, 4 of b, 4 of a, 4 of b (the nibble formats' order).
 inline __m512 pair_lanes(__m128 ab, bool alt) {
@@ -146,9 +152,9 @@ struct LegacyZ {
   using W = LZ<DT>;
   static constexpr int rm = 6, nc = 4;  // the wide tile (gemm_cols): Q4_0 prefill 0.71-0.89x -> 0.83-0.96x of F16
   // res[i * NC + j] = dot(activation row i, weight row j) for the RM rows from act on and the NC
-  // weight rows from w on.
+  // weight rows at w + j * w_stride.
   template <int RM, int NC>
-  static void tile(const uint8_t* w, int64_t w_row_bytes, const uint8_t* act, int64_t act_row_bytes, int64_t k,
+  static void tile(const uint8_t* w, int64_t w_stride, const uint8_t* act, int64_t act_row_bytes, int64_t k,
                    float* res) {
     __m512 acc[RM][NC];
     __m128 macc[RM][NC];
@@ -164,10 +170,10 @@ struct LegacyZ {
       __m512 wd[NC];
 #pragma GCC unroll 16
       for (int j = 0; j < NC; j++) {
-        // NC interleaved row streams: a software prefetch 1 KiB ahead measured faster than leaving
-        // them to the hardware prefetchers (decode Q8_0 0.66x -> 1.09x of F16).
-        _mm_prefetch(reinterpret_cast<const char*>(w + j * w_row_bytes + sb * W::size + 1024), _MM_HINT_T0);
-        wp[j] = W::load(w + j * w_row_bytes + sb * W::size, two);
+        // NC row streams: a software prefetch ahead measured faster than leaving them to the hardware
+        // prefetchers (decode Q8_0 0.66x -> 1.09x of F16).
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * w_stride + sb * W::size + PREFETCH_BYTES), _MM_HINT_T0);
+        wp[j] = W::load(w + j * w_stride + sb * W::size, two);
         wd[j] = pair_lanes(wp[j].d, W::alt);
       }
 #pragma GCC unroll 16
@@ -282,7 +288,7 @@ struct KDotZ {
   using W = KZ<DT>;
   static constexpr int rm = 16, nc = 1;  // the wide tile (gemm_cols)
   template <int RM, int NC>
-  static void tile(const uint8_t* w, int64_t w_row_bytes, const uint8_t* act, int64_t act_row_bytes, int64_t k,
+  static void tile(const uint8_t* w, int64_t w_stride, const uint8_t* act, int64_t act_row_bytes, int64_t k,
                    float* res) {
     __m512 acc[RM][NC];
 #pragma GCC unroll 16
@@ -293,10 +299,10 @@ struct KDotZ {
     for (int64_t ib = 0; ib < k / DL_QK_K; ib++) {
 #pragma GCC unroll 16
       for (int j = 0; j < NC; j++) {
-        const char* next = reinterpret_cast<const char*>(w + j * w_row_bytes) + (ib + 4) * sizeof(typename W::B);
+        const char* next = reinterpret_cast<const char*>(w + j * w_stride) + (ib + PREFETCH_SUPERBLOCKS) * sizeof(typename W::B);
         _mm_prefetch(next, _MM_HINT_T0), _mm_prefetch(next + 64, _MM_HINT_T0), _mm_prefetch(next + 128, _MM_HINT_T0);
         KCol c;
-        W::unpack(reinterpret_cast<const typename W::B*>(w + j * w_row_bytes)[ib], c);
+        W::unpack(reinterpret_cast<const typename W::B*>(w + j * w_stride)[ib], c);
 #pragma GCC unroll 16
         for (int i = 0; i < RM; i++) {
           const dl_block_q8_k& a = reinterpret_cast<const dl_block_q8_k*>(act + i * act_row_bytes)[ib];
@@ -322,21 +328,28 @@ struct KDotZ {
 
 // --- Driver
 
-// Decode (m <= 4) tiles m rows x 4 columns: 4 interleaved weight streams. Larger m takes the
-// format's wide tile, F::rm rows x F::nc columns, so each unpacked weight vector serves more rows
-// (the K formats: 16 x 1 against 4 x 4, Q4_K prefill at k = 1536 6.7 -> 5.1 ms).
+// Decode (m <= 4) tiles m rows x 4 columns. Larger m takes the format's wide tile, F::rm rows x
+// F::nc columns, so each unpacked weight vector serves more rows (the K formats: 16 x 1 against
+// 4 x 4, Q4_K prefill at k = 1536 6.7 -> 5.1 ms).
 constexpr int NC_DECODE = 4, RM_DECODE = 4;
+
+// out[i * ldo + c + j * step] for the tile's RM x TNC results, columns c + j * step.
+template <int RM, int TNC>
+inline void store(const DlQuantGemm& g, float* out, const float* res, int64_t c, int64_t step) {
+  for (int j = 0; j < TNC; j++) {
+    const int64_t col = c + j * step;
+    const float scale = g.row_scale != nullptr ? g.row_scale[col] : 1.0f;
+    const float bias = g.bias != nullptr ? g.bias[col] : 0.0f;
+    for (int i = 0; i < RM; i++) out[i * g.ldo + col] = res[i * TNC + j] * scale + bias;
+  }
+}
 
 template <class F, int RM, int TNC>
 static void tile_cols(const DlQuantGemm& g, const uint8_t* act, float* out, int64_t& c, int64_t b1) {
   float res[RM * TNC];
   for (; c + TNC <= b1; c += TNC) {
     F::template tile<RM, TNC>(g.w + c * g.w_row_bytes, g.w_row_bytes, act, g.act_row_bytes, g.k, res);
-    for (int j = 0; j < TNC; j++) {
-      const float scale = g.row_scale != nullptr ? g.row_scale[c + j] : 1.0f;
-      const float bias = g.bias != nullptr ? g.bias[c + j] : 0.0f;
-      for (int i = 0; i < RM; i++) out[i * g.ldo + c + j] = res[i * TNC + j] * scale + bias;
-    }
+    store<RM, TNC>(g, out, res, c, 1);
   }
 }
 
@@ -345,6 +358,24 @@ static void tile_row(const DlQuantGemm& g, const uint8_t* act, float* out, int64
   int64_t c = b0;
   tile_cols<F, RM, TNC>(g, act, out, c, b1);
   tile_cols<F, RM, 1>(g, act, out, c, b1);
+}
+
+// Decode reads each weight byte once, from DRAM. Adjacent weight rows side by side make 4 short
+// streams that the prefetchers serve badly (as float_tile.h measured for F16), so [c0, c1) is cut
+// into NC_DECODE parts and a tile takes one column from each: 4 long sequential streams, each one
+// prefetched ahead into its own next rows.
+template <class F, int RM>
+static void decode_tiles(const DlQuantGemm& g, int64_t c0, int64_t c1) {
+  const int64_t part = (c1 - c0) / NC_DECODE;
+  float res[RM * NC_DECODE];
+  for (int64_t c = c0; c < c0 + part; c++) {
+    F::template tile<RM, NC_DECODE>(g.w + c * g.w_row_bytes, part * g.w_row_bytes, g.act, g.act_row_bytes, g.k, res);
+    store<RM, NC_DECODE>(g, g.out, res, c, part);
+  }
+  for (int64_t c = c0 + NC_DECODE * part; c < c1; c++) {
+    F::template tile<RM, 1>(g.w + c * g.w_row_bytes, g.w_row_bytes, g.act, g.act_row_bytes, g.k, res);
+    store<RM, 1>(g, g.out, res, c, 1);
+  }
 }
 
 // A tile of rm <= R rows (a run-time count) to its instantiation.
@@ -356,6 +387,14 @@ static void tile_rows(int rm, const DlQuantGemm& g, const uint8_t* act, float* o
   tile_row<F, R, TNC>(g, act, out, b0, b1);
 }
 
+template <class F, int R>
+static void decode_rows(const DlQuantGemm& g, int64_t c0, int64_t c1) {
+  if constexpr (R > 1) {
+    if (g.m < R) return decode_rows<F, R - 1>(g, c0, c1);
+  }
+  decode_tiles<F, R>(g, c0, c1);
+}
+
 template <class F, int RMX, int TNC>
 static void row_tiles(const DlQuantGemm& g, int64_t b0, int64_t b1) {
   for (int64_t r = 0; r < g.m; r += RMX) {
@@ -364,17 +403,18 @@ static void row_tiles(const DlQuantGemm& g, int64_t b0, int64_t b1) {
   }
 }
 
-// Columns [c0, c1) for all rows, blocked as quant_tile.h's gemm_cols: weight rows that stay in L2
-// across every tile of rows.
+// Columns [c0, c1) for all rows. Beyond decode, blocked as quant_tile.h's gemm_cols: weight rows
+// that stay in L2 across every tile of rows.
 template <class F>
 static void gemm_cols(const DlQuantGemm& g, int64_t c0, int64_t c1) {
+  if (g.m <= RM_DECODE) return decode_rows<F, RM_DECODE>(g, c0, c1);
   const int64_t block_cols =
       g.w_row_bytes >= 256 * 1024 ? NC_DECODE : std::max<int64_t>(NC_DECODE, 256 * 1024 / g.w_row_bytes);
   for (int64_t b0 = c0; b0 < c1; b0 += block_cols) {
     const int64_t b1 = std::min(b0 + block_cols, c1);
     // The wide tile only where its activation rows stay in L1 (32 KiB on Zen 4) while its
     // columns sweep over them; longer rows keep the 4 x 4 tile, whose rows fit.
-    if (g.m <= RM_DECODE || F::rm * g.act_row_bytes > 32 * 1024) {
+    if (F::rm * g.act_row_bytes > 32 * 1024) {
       row_tiles<F, RM_DECODE, NC_DECODE>(g, b0, b1);
     } else {
       row_tiles<F, F::rm, F::nc>(g, b0, b1);
