@@ -94,10 +94,16 @@ export async function textWindows(
 }
 
 /** Our engine's log-probs of every position but the last of each window (prompt logprobs). */
-async function ourScores(
+export async function ourScores(
   modelPath: string,
   windows: number[][],
-  options: { vocab: number; threads: number; quantization?: string },
+  options: {
+    vocab: number;
+    threads: number;
+    quantization?: string;
+    sparsity?: string;
+    calibration?: string;
+  },
 ): Promise<Scores> {
   const window = windows[0].length;
   const llm = await LLM.load({
@@ -110,6 +116,8 @@ async function ourScores(
     numKvBlocks: Math.ceil(window / 16) + 1,
     enablePrefixCaching: false,
     ...(options.quantization === undefined ? {} : { quantization: options.quantization }),
+    ...(options.sparsity === undefined ? {} : { sparsity: options.sparsity }),
+    ...(options.calibration === undefined ? {} : { calibration: options.calibration }),
   });
   const { vocab } = options;
   const logprobs = new Float32Array(windows.length * (window - 1) * vocab).fill(-Infinity);

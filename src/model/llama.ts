@@ -9,11 +9,24 @@ import type { ForwardWorkspace } from "./workspace.ts";
 
 const F32 = 4;
 
+/** The inputs of a layer's linear projections: after each RMSNorm, and before o and down. */
+export type ActivationSite = "qkv" | "o" | "gateUp" | "down";
+/** Sees each site's f32 rows [numTokens, cols] as the forward pass runs (`deno task calibrate`). */
+export type ActivationObserver = (
+  site: ActivationSite,
+  layer: number,
+  x: DevicePtr,
+  numTokens: number,
+  cols: number,
+) => void;
+
 export class LlamaModel {
   readonly config: ModelConfig;
   readonly weights: ModelWeights;
   #backend: NativeBackend;
   #invFreq: DevicePtr;
+  /** Calibration's view of the activations; unset when serving. */
+  observer?: ActivationObserver;
 
   constructor(
     backend: NativeBackend,
@@ -73,6 +86,7 @@ export class LlamaModel {
         dim: hidden,
         eps: c.rmsNormEps,
       });
+      this.observer?.("qkv", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
       b.rope({
         x: s.qkv,
@@ -120,6 +134,7 @@ export class LlamaModel {
         numBlocks: kv.numBlocks,
         scale: 1 / Math.sqrt(c.headDim),
       });
+      this.observer?.("o", l, s.attn, numTokens, qDim);
       b.matmul({
         out: s.h,
         x: s.attn,
@@ -140,8 +155,10 @@ export class LlamaModel {
         dim: hidden,
         eps: c.rmsNormEps,
       });
+      this.observer?.("gateUp", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.gateUp, { out: s.gateUp, x: s.h, m: numTokens });
       b.siluMul({ out: s.act, gateUp: s.gateUp, numTokens, dim: c.intermediateSize });
+      this.observer?.("down", l, s.act, numTokens, c.intermediateSize);
       b.matmul({
         out: s.h,
         x: s.act,
