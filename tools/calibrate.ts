@@ -16,6 +16,7 @@ import {
 import { readTensorBytes } from "../src/formats/tensor.ts";
 import { ActivationStats, buildCalibration, type Calibration } from "../src/model/calibrate.ts";
 import { loadModel } from "../src/model/load.ts";
+import { prune2of4 } from "../src/model/sparsity.ts";
 
 const USAGE = `usage: deno task calibrate --model M --text FILE [--alpha 0.5] [--out PATH]
   [--max-tokens 4096] [--window 256] [--threads N]
@@ -91,6 +92,26 @@ export async function calibrate(options: CalibrateOptions): Promise<Calibration>
   } finally {
     backend.close();
   }
+}
+
+/**
+ * A copy of an F32 GGUF with every layer projection pruned to 2:4 by magnitude (a pruned
+ * checkpoint, as `--sparsity 2:4` must detect and store without pruning again).
+ */
+export async function writePrunedModel(inPath: string, outPath: string): Promise<void> {
+  const input = await readGguf(inPath);
+  const tensors: GgufTensorData[] = [];
+  for (const info of input.tensors.values()) {
+    const data = new Uint8Array(info.byteLength);
+    await readTensorBytes(info, data);
+    if (/^blk\.\d+\.(attn_[qkv]|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$/.test(info.name)) {
+      if (info.dtype !== "F32") throw new RangeError(`Expected an F32 model, found ${info.dtype}`);
+      prune2of4(new Float32Array(data.buffer), info.shape[info.shape.length - 1]);
+    }
+    tensors.push({ name: info.name, dtype: info.dtype, shape: [...info.shape], data });
+  }
+  const metadata = [...input.metadata].filter(([k]) => k !== "general.alignment") as GgufKV[];
+  await writeGguf(outPath, { metadata, tensors, alignment: input.alignment });
 }
 
 /**
