@@ -150,14 +150,15 @@ function weightBytes(dtype: DTypeId, n: number, k: number): Uint8Array {
       for (let t = 0; t < 16; t++) view.setUint16(36 * b + 2 * t, saneF16(), true);
     }
   }
-  // Formats with an f32 scale first in each row's data (W8A8_MIXED: then 16 outlier ids, 4 used).
+  // Formats with an f32 scale first in each row's data (the W8A8 formats: then an int32 sum, left
+  // random; W8A8_MIXED: then 16 outlier ids, 4 used, and their f16 weights).
   if (info.rowBytes > 0) {
     for (let r = 0; r < n; r++) {
       const at = n * rowBytes + info.rowBytes * r;
       view.setFloat32(at, 0.01, true);
       if (dtype === DType.W8A8_MIXED) {
-        for (let t = 0; t < 16; t++) view.setUint16(at + 4 + 2 * t, t < 4 ? 7 * t : 0xffff, true);
-        for (let t = 0; t < 16; t++) view.setUint16(at + 36 + 2 * t, saneF16(), true);
+        for (let t = 0; t < 16; t++) view.setUint16(at + 8 + 2 * t, t < 4 ? 7 * t : 0xffff, true);
+        for (let t = 0; t < 16; t++) view.setUint16(at + 40 + 2 * t, saneF16(), true);
       }
     }
   }

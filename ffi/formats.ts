@@ -100,7 +100,7 @@ export const FORMATS = [
     ggufName: "W8A8",
     blockLen: 1,
     blockBytes: 1,
-    rowBytes: 4,
+    rowBytes: 8,
   },
   {
     id: 17,
@@ -109,7 +109,7 @@ export const FORMATS = [
     ggufName: "W8A8_MIXED",
     blockLen: 1,
     blockBytes: 1,
-    rowBytes: 68,
+    rowBytes: 72,
   },
   {
     id: 18,
@@ -136,7 +136,7 @@ export const FORMATS = [
     ggufName: "W8A8_2_4",
     blockLen: 32,
     blockBytes: 20,
-    rowBytes: 4,
+    rowBytes: 8,
   },
   {
     id: 21,

@@ -97,10 +97,11 @@ function decode2of4(
     return { dense };
   }
   const rowBytes = (cols / 32) * 20;
+  const dataBytes = format === "w8a8_2_4" ? 8 : 4;
   const ints = new Int8Array(rows * cols);
   const scales = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
-    scales[r] = view.getFloat32(rows * rowBytes + 4 * r, true);
+    scales[r] = view.getFloat32(rows * rowBytes + dataBytes * r, true);
     for (let b = 0; b < cols / 32; b++) {
       const at = r * rowBytes + 20 * b;
       for (let grp = 0; grp < 8; grp++) {
@@ -186,6 +187,11 @@ Deno.test("w8a8: per-token int8 activations, int32 sums, at odd sizes", () => {
     const bytes = packW8a8(w, c.n, c.k);
     const q = new Int8Array(bytes.buffer, 0, c.n * c.k);
     const scales = new DataView(bytes.buffer, c.n * c.k);
+    for (let r = 0; r < c.n; r++) {
+      let sum = 0;
+      for (let j = 0; j < c.k; j++) sum += q[r * c.k + j];
+      assert.equal(scales.getInt32(8 * r + 4, true), sum, "the row sum W8A8 stores");
+    }
     const want = new Float64Array(c.m * c.n);
     const mag = new Float64Array(c.m * c.n);
     for (let i = 0; i < c.m; i++) {
@@ -193,7 +199,7 @@ Deno.test("w8a8: per-token int8 activations, int32 sums, at odd sizes", () => {
       for (let r = 0; r < c.n; r++) {
         let acc = 0;
         for (let j = 0; j < c.k; j++) acc += a.q[j] * q[r * c.k + j];
-        const sw = scales.getFloat32(4 * r, true);
+        const sw = scales.getFloat32(8 * r, true);
         want[i * c.n + r] = f32(acc) * f32(a.scale * sw) + bias[r];
         mag[i * c.n + r] = Math.abs(acc * a.scale * sw) + Math.abs(bias[r]);
       }
@@ -219,11 +225,11 @@ Deno.test("w8a8_mixed: outlier channels in f16 weights times f32 activations, th
       for (let r = 0; r < c.n; r++) {
         let acc = 0;
         for (let j = 0; j < c.k; j++) acc += a.q[j] * q[r * c.k + j];
-        const sw = data.getFloat32(68 * r, true);
+        const sw = data.getFloat32(72 * r, true);
         let outl = 0;
         for (let t = 0; t < MIXED_OUTLIERS; t++) {
-          const id = data.getUint16(68 * r + 4 + 2 * t, true);
-          const wv = f16BitsToF32(data.getUint16(68 * r + 36 + 2 * t, true));
+          const id = data.getUint16(72 * r + 8 + 2 * t, true);
+          const wv = f16BitsToF32(data.getUint16(72 * r + 40 + 2 * t, true));
           if (t < cols.length) assert.equal(id, cols[t]);
           else assert.equal(id, NO_OUTLIER);
           if (id !== NO_OUTLIER) outl += xi[id] * wv;
@@ -240,7 +246,7 @@ Deno.test("w8a8_mixed refuses an outlier id outside [0, k)", () => {
   const c = { m: 2, n: 3, k: 40, seed: 9 };
   const { w, x, bias } = problem(c, []);
   const bytes = packW8a8Mixed(w, c.n, c.k, [3]);
-  new DataView(bytes.buffer, c.n * c.k).setUint16(4, 40, true);
+  new DataView(bytes.buffer, c.n * c.k).setUint16(8, 40, true);
   assert.throws(() => runMatmul(bytes, DType.W8A8_MIXED, x, bias, c), (e: unknown) => {
     assert.ok(e instanceof NativeError);
     assert.match(e.message, /outlier column ids distinct and below k = 40.*found 40/);
@@ -264,6 +270,8 @@ Deno.test("2:4 formats: kernels against the decoded blocks at odd sizes", async 
           { m: 3, n: 5, k: 3 * block, seed: 12 },
           { m: 5, n: 17, k: block, seed: 13 },
           { m: 6, n: 33, k: 5 * block, seed: 14 },
+          // 8 rows and more take the panel path of the VNNI W8A8_2_4 kernel.
+          { m: 9, n: 21, k: 3 * block, seed: 15 },
         ]
       ) {
         const { w, x, bias } = problem(c, []);

@@ -112,7 +112,7 @@ int32_t dl_matmul_sparse(dl_context* ctx, float* out, int64_t ldo, const float* 
   DL_TRY(dl_workspace(fn, ctx, (size_t)(m * act_row_bytes), &scratch));
   auto* act = static_cast<uint8_t*>(scratch);
   const DlW8a8Gemm g{reinterpret_cast<const int8_t*>(wb), w_row_bytes, wb + (int64_t)n * w_row_bytes, 4, nullptr, act,
-                     act_row_bytes, m, k, out, ldo, bias};
+                     act_row_bytes, m, k, out, ldo, bias, nullptr, 0};
   const DlW8a8Kernel kernel = dl_w8a8_isa().int8_2_4;
 #pragma omp parallel num_threads(threads)
   {

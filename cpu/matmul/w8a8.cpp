@@ -9,9 +9,11 @@
 #include "quant.h"
 #include "w8a8.h"
 
-size_t dl_w8a8_workspace_bytes(int64_t max_rows, int64_t max_k) {
+// Activation rows, then one panel of expanded 2:4 rows per thread.
+static size_t panel_bytes(int64_t k) { return (size_t)(DL_W8A8_PANEL * dl_w8a8_padded_k(k)); }
+size_t dl_w8a8_workspace_bytes(int threads, int64_t max_rows, int64_t max_k) {
   if (max_rows <= 0 || max_k <= 0) return 0;
-  return dl_align64((size_t)max_rows * (size_t)dl_w8a8_row_bytes(max_k));
+  return dl_align64((size_t)max_rows * (size_t)dl_w8a8_row_bytes(max_k)) + (size_t)threads * panel_bytes(max_k);
 }
 
 // amax over x[begin, end) (plain loop: vectorized per target, the same result on every ISA).
@@ -159,7 +161,7 @@ int32_t dl_matmul_w8a8(dl_context* ctx, float* out, int64_t ldo, const float* x,
   uint16_t ids[DL_W8A8_OUTLIERS], sorted[DL_W8A8_OUTLIERS];
   const bool mixed = w_dtype == DL_DTYPE_W8A8_MIXED;
   if (mixed) {
-    std::memcpy(ids, row_data + 4, sizeof ids);
+    std::memcpy(ids, row_data + DL_W8A8_IDS_AT, sizeof ids);
     std::memcpy(sorted, ids, sizeof ids);
     std::sort(sorted, sorted + DL_W8A8_OUTLIERS);
     for (int t = 0; t < DL_W8A8_OUTLIERS && sorted[t] != DL_W8A8_NO_OUTLIER; t++) {
@@ -171,8 +173,11 @@ int32_t dl_matmul_w8a8(dl_context* ctx, float* out, int64_t ldo, const float* x,
     }
   }
   const int64_t act_row_bytes = dl_w8a8_row_bytes(k);
+  const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
+  const size_t act_bytes = dl_align64((size_t)(m * act_row_bytes));
+  const size_t panels = is_sparse ? (size_t)threads * panel_bytes(k) : 0;
   void* scratch = nullptr;
-  DL_TRY(dl_workspace(fn, ctx, (size_t)(m * act_row_bytes), &scratch));
+  DL_TRY(dl_workspace(fn, ctx, act_bytes + panels, &scratch));
   auto* act = static_cast<uint8_t*>(scratch);
   const DlW8a8Gemm g{reinterpret_cast<const int8_t*>(wb),
                      w_row_bytes,
@@ -185,8 +190,9 @@ int32_t dl_matmul_w8a8(dl_context* ctx, float* out, int64_t ldo, const float* x,
                      k,
                      out,
                      ldo,
-                     bias};
-  const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
+                     bias,
+                     is_sparse ? act + act_bytes : nullptr,
+                     (int64_t)panel_bytes(k)};
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP

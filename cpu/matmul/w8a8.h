@@ -19,7 +19,10 @@ constexpr int64_t DL_W8A8_MAX_K = 131072;
 constexpr int DL_W8A8_OUTLIERS = 16;
 constexpr uint16_t DL_W8A8_NO_OUTLIER = 0xFFFF;
 // Bytes of a W8A8_MIXED row's data after all rows: scale, ids, f16 weights (the table's row_bytes).
-constexpr int64_t DL_W8A8_MIXED_ROW_BYTES = 4 + DL_W8A8_OUTLIERS * 2 + DL_W8A8_OUTLIERS * 2;
+constexpr int64_t DL_W8A8_MIXED_ROW_BYTES = 8 + DL_W8A8_OUTLIERS * 2 + DL_W8A8_OUTLIERS * 2;
+// Offsets in a row's data: the f32 scale, the int32 sum of its int8 values (W8A8 formats), the
+// outlier ids and their f16 weights (W8A8_MIXED).
+constexpr int64_t DL_W8A8_SUM_AT = 4, DL_W8A8_IDS_AT = 8, DL_W8A8_OUTLIER_W_AT = 8 + 2 * DL_W8A8_OUTLIERS;
 
 // One quantized activation row in the workspace: this header, then round_up(k, 64) int8 values
 // (zero past k, and at the outlier columns).
@@ -46,7 +49,13 @@ struct DlW8a8Gemm {
   float* out;  // [m, ldo]
   int64_t ldo;
   const float* bias;  // [n] or NULL
+  // Per-thread scratch of DL_W8A8_PANEL expanded 2:4 weight rows (padded k each), from thread
+  // slot omp_get_thread_num() * panel_bytes; NULL when the call has none.
+  uint8_t* panel;
+  int64_t panel_bytes;
 };
+// Columns a 2:4 kernel expands at once (prefill: each stored block expanded once per call).
+constexpr int64_t DL_W8A8_PANEL = 16;
 using DlW8a8Kernel = void (*)(const DlW8a8Gemm& g, int64_t col_begin, int64_t col_end);
 
 // The kernels one instruction set has: W8A8 and W8A8_MIXED (one kernel, the outlier part on when
@@ -74,7 +83,7 @@ int32_t dl_matmul_sparse(dl_context* ctx, float* out, int64_t ldo, const float* 
                          const float* bias, int32_t m, int32_t n, int32_t k);
 // Workspace bytes of their largest call (dl_reserve_workspace takes the larger of this and the
 // quantized formats' need).
-size_t dl_w8a8_workspace_bytes(int64_t max_rows, int64_t max_k);
+size_t dl_w8a8_workspace_bytes(int threads, int64_t max_rows, int64_t max_k);
 
 // The f32 scale at the start of row c's data (the data may be unaligned).
 inline float dl_w8a8_row_scale(const DlW8a8Gemm& g, int64_t c) {
@@ -83,11 +92,18 @@ inline float dl_w8a8_row_scale(const DlW8a8Gemm& g, int64_t c) {
   return s;
 }
 
+// The int32 sum of row c's int8 values (the W8A8 formats).
+inline int32_t dl_w8a8_row_sum(const DlW8a8Gemm& g, int64_t c) {
+  int32_t s;
+  __builtin_memcpy(&s, g.row_data + c * g.row_data_bytes + DL_W8A8_SUM_AT, 4);
+  return s;
+}
+
 // The outlier part of one output: x at each slot's column times the row's f16 weight there (unused
 // slots hold 0 in the activation header).
 inline float dl_w8a8_outlier_dot(const DlW8a8Gemm& g, const DlW8a8Row& a, int64_t c) {
   if (g.outlier_id == nullptr) return 0.0f;
-  const uint8_t* wf = g.row_data + c * g.row_data_bytes + 4 + 2 * DL_W8A8_OUTLIERS;
+  const uint8_t* wf = g.row_data + c * g.row_data_bytes + DL_W8A8_OUTLIER_W_AT;
   float s = 0.0f;
   for (int t = 0; t < DL_W8A8_OUTLIERS; t++) {
     uint16_t h;

@@ -78,7 +78,7 @@ static void gemm(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
   }
 }
 
-static void dense(const DlW8a8Gemm& g, int64_t c0, int64_t c1) { gemm<DenseRows>(g, c0, c1); }
+[[maybe_unused]] static void dense(const DlW8a8Gemm& g, int64_t c0, int64_t c1) { gemm<DenseRows>(g, c0, c1); }
 static void sparse_2_4(const DlW8a8Gemm& g, int64_t c0, int64_t c1) { gemm<SparseRows>(g, c0, c1); }
 
 // INT8_2_4 (weight-only): activation rows in q8 blocks of 32 (dl_act_q8), each block's int32 sum

@@ -7,7 +7,13 @@ import { f32ToF16Bits } from "../../tools/random_model/random_model.ts";
 /** Outlier slots of a W8A8_MIXED matrix and the id of an unused one. */
 export const MIXED_OUTLIERS = 16;
 export const NO_OUTLIER = 0xffff;
-const MIXED_ROW_BYTES = 4 + 4 * MIXED_OUTLIERS;
+const MIXED_ROW_BYTES = 8 + 4 * MIXED_OUTLIERS;
+
+function sumOf(q: Int8Array): number {
+  let s = 0;
+  for (const v of q) s += v;
+  return s;
+}
 
 function f16(values: Float32Array): Uint16Array {
   const out = new Uint16Array(values.length);
@@ -24,14 +30,15 @@ function int8Row(x: Float32Array, q: Int8Array): number {
   return amax / 127;
 }
 
-/** W8A8 (INT8's bytes): [rows, cols] int8 then one f32 scale per row. */
+/** W8A8: [rows, cols] int8, then per row the f32 scale and the int32 sum of its values. */
 export function packW8a8(w: Float32Array, rows: number, cols: number): Uint8Array {
-  const out = new Uint8Array(rows * cols + 4 * rows);
+  const out = new Uint8Array(rows * cols + 8 * rows);
   const q = new Int8Array(out.buffer, 0, rows * cols);
-  const scales = new DataView(out.buffer, rows * cols);
+  const data = new DataView(out.buffer, rows * cols);
   for (let r = 0; r < rows; r++) {
-    const s = int8Row(w.subarray(r * cols, (r + 1) * cols), q.subarray(r * cols, (r + 1) * cols));
-    scales.setFloat32(4 * r, s, true);
+    const row = q.subarray(r * cols, (r + 1) * cols);
+    data.setFloat32(8 * r, int8Row(w.subarray(r * cols, (r + 1) * cols), row), true);
+    data.setInt32(8 * r + 4, sumOf(row), true);
   }
   return out;
 }
@@ -69,13 +76,15 @@ export function packW8a8Mixed(
       kept[t] = row[c];
       row[c] = 0;
     });
-    const s = int8Row(row, q.subarray(r * cols, (r + 1) * cols));
+    const qr = q.subarray(r * cols, (r + 1) * cols);
+    const s = int8Row(row, qr);
     const at = MIXED_ROW_BYTES * r;
     data.setFloat32(at, s, true);
+    data.setInt32(at + 4, sumOf(qr), true);
     const halves = f16(kept);
     for (let t = 0; t < MIXED_OUTLIERS; t++) {
-      data.setUint16(at + 4 + 2 * t, t < ids.length ? ids[t] : NO_OUTLIER, true);
-      data.setUint16(at + 4 + 2 * MIXED_OUTLIERS + 2 * t, halves[t], true);
+      data.setUint16(at + 8 + 2 * t, t < ids.length ? ids[t] : NO_OUTLIER, true);
+      data.setUint16(at + 8 + 2 * MIXED_OUTLIERS + 2 * t, halves[t], true);
     }
   }
   return out;
@@ -182,14 +191,17 @@ export function pack2of4(
     }
     return out;
   }
-  // INT8_2_4 and W8A8_2_4: per-row symmetric int8 of the kept values, 20 bytes per 32.
+  // INT8_2_4 and W8A8_2_4: per-row symmetric int8 of the kept values, 20 bytes per 32; then the
+  // f32 scale per row (W8A8_2_4: and the int32 sum of the row's kept values).
   const blockRowBytes = (cols / 32) * 20;
-  const out = new Uint8Array(rows * blockRowBytes + 4 * rows);
+  const dataBytes = format === "w8a8_2_4" ? 8 : 4;
+  const out = new Uint8Array(rows * blockRowBytes + dataBytes * rows);
   const scales = new DataView(out.buffer, rows * blockRowBytes);
   const q = new Int8Array(cols / 2);
   for (let r = 0; r < rows; r++) {
     const s = int8Row(values.subarray(r * cols / 2, (r + 1) * cols / 2), q);
-    scales.setFloat32(4 * r, s, true);
+    scales.setFloat32(dataBytes * r, s, true);
+    if (dataBytes === 8) scales.setInt32(8 * r + 4, sumOf(q), true);
     for (let b = 0; b < cols / 32; b++) {
       const at = r * blockRowBytes + 20 * b;
       for (let t = 0; t < 16; t++) out[at + t] = q[16 * b + t] & 0xff;
