@@ -1,10 +1,12 @@
-// The x86 kernel sets of W8A8 dl_matmul: w8a8_tile.h compiled twice, AVX2 (maddubs + madd) and
-// AVX-512 VNNI on 256-bit vectors (vpdpbusd: one instruction for the 4-product sums).
+// The x86 kernel sets of W8A8 dl_matmul: w8a8_tile.h for AVX2 (the sign trick, maddubs + madd),
+// and AVX-512 VNNI + VBMI2 kernels written here (vpdpbusd on u8-offset activations, vpexpandb for
+// the 2:4 blocks).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "common.h"
+#include "dl_quant.h"
 #include "quant.h"
 #include "w8a8.h"
 
@@ -57,24 +59,182 @@ inline __m256i dot_us(__m256i acc, __m256i u, __m256i s) {
 }  // namespace w8a8_avx2
 #pragma GCC pop_options
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
-namespace w8a8_vnni {
-DL_W8A8_HSUM
-inline __m256i dot_us(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
-#include "w8a8_tile.h"
-}  // namespace w8a8_vnni
-#pragma GCC pop_options
 
 // --- AVX-512 VNNI on 512-bit vectors: activations offset to u8 (q + 128, an xor), so vpdpbusd
 // takes them with the signed weights as they are; the stored row sums take the offset back out:
 // sum(q * w) = sum((q + 128) * w) - 128 * sum(w). A tile of R rows by C columns steps k by 64.
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512vbmi2,avx2,fma,f16c")
 namespace w8a8_zmm {
+inline uint32_t load_u32(const int8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+// A 2:4 block of 32 to its dense int8 weights without a table: vpmultishiftqb pulls each output
+// byte's group nibble out of the 32 position bits, two compares against the byte's slot give the
+// kept slots' mask, and vpexpandb places the 16 stored values there in order.
+inline __m256i expand_2_4(const int8_t* block) {
+  const __m256i pos = _mm256_set1_epi64x((long long)load_u32(block + 16));
+  const __m256i at_p0 = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 16, 16, 16, 16, 20, 20,
+                                         20, 20, 24, 24, 24, 24, 28, 28, 28, 28);
+  const __m256i at_p1 = _mm256_add_epi8(at_p0, _mm256_set1_epi8(2));
+  const __m256i slot = _mm256_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1,
+                                        2, 3, 0, 1, 2, 3);
+  const __m256i three = _mm256_set1_epi8(3);
+  const __mmask32 k0 = _mm256_testn_epi8_mask(_mm256_xor_si256(_mm256_multishift_epi64_epi8(at_p0, pos), slot), three);
+  const __mmask32 k1 = _mm256_testn_epi8_mask(_mm256_xor_si256(_mm256_multishift_epi64_epi8(at_p1, pos), slot), three);
+  // From a register: the memory form of vpexpandb is microcoded on Zen 4.
+  const __m256i v = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+  return _mm256_maskz_expand_epi8(_kor_mask32(k0, k1), v);
+}
+
+// Two consecutive 2:4 blocks (64 weights) at once: the same steps on 512-bit vectors, the two
+// blocks' position words side by side in one 64-bit word.
+inline __m512i expand_2_4_x2(const int8_t* block) {
+  const uint64_t word = (uint64_t)load_u32(block + 16) | (uint64_t)load_u32(block + 36) << 32;
+  const __m512i pos = _mm512_set1_epi64((long long)word);
+  alignas(64) static constexpr uint8_t AT_P0[64] = {
+      0,  0,  0,  0,  4,  4,  4,  4,  8,  8,  8,  8,  12, 12, 12, 12, 16, 16, 16, 16, 20, 20,
+      20, 20, 24, 24, 24, 24, 28, 28, 28, 28, 32, 32, 32, 32, 36, 36, 36, 36, 40, 40, 40, 40,
+      44, 44, 44, 44, 48, 48, 48, 48, 52, 52, 52, 52, 56, 56, 56, 56, 60, 60, 60, 60};
+  const __m512i at_p0 = _mm512_load_si512(AT_P0);
+  const __m512i at_p1 = _mm512_add_epi8(at_p0, _mm512_set1_epi8(2));
+  const __m512i slot = _mm512_set1_epi32(0x03020100);
+  const __m512i three = _mm512_set1_epi8(3);
+  const __mmask64 k0 = _mm512_testn_epi8_mask(_mm512_xor_si512(_mm512_multishift_epi64_epi8(at_p0, pos), slot), three);
+  const __mmask64 k1 = _mm512_testn_epi8_mask(_mm512_xor_si512(_mm512_multishift_epi64_epi8(at_p1, pos), slot), three);
+  const __m256i v = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(block + 20),
+                                        reinterpret_cast<const __m128i*>(block));
+  return _mm512_maskz_expand_epi8(_kor_mask64(k0, k1), _mm512_castsi256_si512(v));
+}
+
+// W8A8_2_4 with few rows: each block expanded in registers and dotted with R rows' u8-offset
+// activations (the row sums take the offset out, as in the dense tiles).
 template <int R, int C>
-inline void tile(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool padded, int64_t i0, int64_t c0) {
+inline void sparse_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t cstride) {
+  __m512i acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_si512();
+  const int8_t* q[R];
+  for (int r = 0; r < R; r++) q[r] = dl_w8a8_act_q(g, i0 + r);
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  const int64_t nb = g.k / 32;
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    __m512i wv[C];
+    for (int c = 0; c < C; c++) wv[c] = expand_2_4_x2(g.w + (c0 + c * cstride) * g.w_row_bytes + 20 * b);
+    for (int r = 0; r < R; r++) {
+      const __m512i xu = _mm512_xor_si512(_mm512_load_si512(q[r] + 32 * b), flip);
+      for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xu, wv[c]);
+    }
+  }
+  if (b < nb) {
+    // An odd last block: the activations past k are 0 in the padded row, the weights expand to 0.
+    __m512i wv[C];
+    for (int c = 0; c < C; c++) {
+      wv[c] = _mm512_zextsi256_si512(expand_2_4(g.w + (c0 + c * cstride) * g.w_row_bytes + 20 * b));
+    }
+    for (int r = 0; r < R; r++) {
+      const __m512i xu = _mm512_xor_si512(_mm512_load_si512(q[r] + 32 * b), flip);
+      for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xu, wv[c]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) {
+      const int32_t sum = _mm512_reduce_add_epi32(acc[r][c]) - 128 * dl_w8a8_row_sum(g, c0 + c * cstride);
+      dl_w8a8_store(g, i0 + r, c0 + c * cstride, sum);
+    }
+}
+
+// 4 far-apart streams per tile, as decode_streams.
+template <int R>
+inline void sparse_cols(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t c1) {
+  const int64_t part = (c1 - c0) / 4;
+  for (int64_t c = c0; c < c0 + part; c++) sparse_tile<R, 4>(g, i0, c, part);
+  for (int64_t c = c0 + 4 * part; c < c1; c++) sparse_tile<R, 1>(g, i0, c, 1);
+}
+
+static void sparse_few_rows(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
+  int64_t i = 0;
+  for (; i + 4 <= g.m; i += 4) sparse_cols<4>(g, i, c0, c1);
+  switch (g.m - i) {
+    case 3: sparse_cols<3>(g, i, c0, c1); break;
+    case 2: sparse_cols<2>(g, i, c0, c1); break;
+    case 1: sparse_cols<1>(g, i, c0, c1); break;
+    default: break;
+  }
+}
+
+// INT8_2_4 (q8 activation blocks): the in-register expansion, products by the sign trick, each
+// block's int32 sums scaled by its d in f32.
+template <int R, int C>
+inline void int8_2_4_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t cstride) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+  const int8_t* w[C];
+  for (int c = 0; c < C; c++) w[c] = g.w + (c0 + c * cstride) * g.w_row_bytes;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  const int64_t nb = g.k / 32;
+  for (int64_t b = 0; b < nb; b += 2) {
+    // Two blocks per step (an odd last one alone, the other half zero): products of u8-offset
+    // activations, the offset taken back out with each block's weight sums.
+    const bool pair = b + 1 < nb;
+    __m512i wv[C], wsum[C];
+    for (int c = 0; c < C; c++) {
+      wv[c] = pair ? expand_2_4_x2(w[c] + 20 * b) : _mm512_zextsi256_si512(expand_2_4(w[c] + 20 * b));
+      wsum[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, wv[c]);
+    }
+    for (int r = 0; r < R; r++) {
+      const dl_act_q8* a = reinterpret_cast<const dl_act_q8*>(g.act + (i0 + r) * g.act_row_bytes) + b;
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[0].qs));
+      const __m256i x1 = pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].qs)) : _mm256_setzero_si256();
+      const __m512i xu = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1), flip);
+      const __m512 d = _mm512_insertf32x8(_mm512_set1_ps(a[0].d), _mm256_set1_ps(pair ? a[1].d : 0.0f), 1);
+      for (int c = 0; c < C; c++) {
+        const __m512i dot = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv[c]), wsum[c]);
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[r][c]);
+      }
+    }
+  }
+  for (int c = 0; c < C; c++) {
+    const int64_t col = c0 + c * cstride;
+    const float scale = dl_w8a8_row_scale(g, col);
+    for (int r = 0; r < R; r++) {
+      float v = _mm512_reduce_add_ps(acc[r][c]) * scale;
+      if (g.bias != nullptr) v += g.bias[col];
+      g.out[(i0 + r) * g.ldo + col] = v;
+    }
+  }
+}
+
+// Tiles of 4 far-apart columns (4 long weight streams, as decode_streams) by up to 4 rows.
+template <int R>
+inline void int8_2_4_cols(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t c1) {
+  const int64_t part = (c1 - c0) / 4;
+  for (int64_t c = c0; c < c0 + part; c++) int8_2_4_tile<R, 4>(g, i0, c, part);
+  for (int64_t c = c0 + 4 * part; c < c1; c++) int8_2_4_tile<R, 1>(g, i0, c, 1);
+}
+
+static void int8_2_4(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
+  int64_t i = 0;
+  for (; i + 4 <= g.m; i += 4) int8_2_4_cols<4>(g, i, c0, c1);
+  switch (g.m - i) {
+    case 3: int8_2_4_cols<3>(g, i, c0, c1); break;
+    case 2: int8_2_4_cols<2>(g, i, c0, c1); break;
+    case 1: int8_2_4_cols<1>(g, i, c0, c1); break;
+    default: break;
+  }
+}
+
+// --- Dense W8A8 rows
+
+// Column c of the tile is output column c0 + c * cstride, its weights at w0 + c * w_stride.
+template <int R, int C>
+inline void tile(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool padded, int64_t i0, int64_t c0,
+                 int64_t cstride = 1) {
   __m512i acc[R][C];
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_si512();
@@ -106,8 +266,8 @@ inline void tile(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool p
   }
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
-      const int32_t sum = _mm512_reduce_add_epi32(acc[r][c]) - 128 * dl_w8a8_row_sum(g, c0 + c);
-      dl_w8a8_store(g, i0 + r, c0 + c, sum);
+      const int64_t col = c0 + c * cstride;
+      dl_w8a8_store(g, i0 + r, col, _mm512_reduce_add_epi32(acc[r][c]) - 128 * dl_w8a8_row_sum(g, col));
     }
 }
 
@@ -136,7 +296,26 @@ static void rows_over(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, b
   }
 }
 
+// Decode: adjacent weight rows read side by side make short streams that collide in the hardware
+// prefetcher (float_tile.h measured it), so a tile takes its 4 rows from 4 parts of the range far
+// apart: 4 long sequential streams.
+template <int R>
+static void decode_streams(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
+  const int64_t part = (c1 - c0) / 4;
+  for (int64_t c = c0; c < c0 + part; c++) {
+    tile<R, 4>(g, g.w + c * g.w_row_bytes, part * g.w_row_bytes, false, 0, c, part);
+  }
+  for (int64_t c = c0 + 4 * part; c < c1; c++) tile<R, 1>(g, g.w + c * g.w_row_bytes, 0, false, 0, c);
+}
+
 static void dense(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
+  switch (g.m) {
+    case 1: decode_streams<1>(g, c0, c1); return;
+    case 2: decode_streams<2>(g, c0, c1); return;
+    case 3: decode_streams<3>(g, c0, c1); return;
+    case 4: decode_streams<4>(g, c0, c1); return;
+    default: break;
+  }
   // Panels of columns whose weights stay in L2 while every row tile passes over them.
   const int64_t panel = std::max<int64_t>(4, (int64_t)(256 * 1024) / std::max<int64_t>(1, g.w_row_bytes) / 4 * 4);
   for (int64_t p0 = c0; p0 < c1; p0 += panel) {
@@ -145,11 +324,11 @@ static void dense(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
   }
 }
 
-// W8A8_2_4: few rows expand each block in registers (w8a8_vnni's kernel); more expand
+// W8A8_2_4: few rows expand each block in registers (sparse_few_rows); more expand
 // DL_W8A8_PANEL columns at a time into this thread's scratch, once, for every row tile to read.
 static void sparse_2_4(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
   if (g.m < 8 || g.panel == nullptr) {
-    w8a8_vnni::sparse_2_4(g, c0, c1);
+    sparse_few_rows(g, c0, c1);
     return;
   }
 #ifdef _OPENMP
@@ -165,7 +344,7 @@ static void sparse_2_4(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
       const int8_t* src = g.w + c * g.w_row_bytes;
       int8_t* dst = panel + (c - p0) * kp;
       for (int64_t b = 0; b < g.k / 32; b++) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32 * b), w8a8_vnni::expand_2_4(src + 20 * b));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32 * b), expand_2_4(src + 20 * b));
       }
       std::memset(dst + g.k, 0, (size_t)(kp - g.k));
     }
@@ -176,7 +355,7 @@ static void sparse_2_4(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
 #pragma GCC pop_options
 
 static const DlW8a8Isa avx2_set = {"avx2", w8a8_avx2::dense, w8a8_avx2::sparse_2_4, w8a8_avx2::int8_2_4};
-static const DlW8a8Isa vnni_set = {"avx512-vnni", w8a8_zmm::dense, w8a8_zmm::sparse_2_4, w8a8_vnni::int8_2_4};
+static const DlW8a8Isa vnni_set = {"avx512-vnni", w8a8_zmm::dense, w8a8_zmm::sparse_2_4, w8a8_zmm::int8_2_4};
 const DlW8a8Isa* dl_w8a8_avx2() { return &avx2_set; }
 const DlW8a8Isa* dl_w8a8_avx512_vnni() { return &vnni_set; }
 #else
