@@ -179,6 +179,8 @@ const DENSE_CASES: Case[] = [
   { m: 7, n: 33, k: 95, seed: 4 },
   { m: 4, n: 18, k: 130, seed: 5 },
   { m: 9, n: 3, k: 257, seed: 6 },
+  // k over the VNNI kernel's chunk of 1024, with a partial last step: three chunks.
+  { m: 6, n: 7, k: 2100, seed: 7 },
 ];
 
 Deno.test("w8a8: per-token int8 activations, int32 sums, at odd sizes", () => {
@@ -272,6 +274,7 @@ Deno.test("2:4 formats: kernels against the decoded blocks at odd sizes", async 
           { m: 6, n: 33, k: 5 * block, seed: 14 },
           // 8 rows and more take the panel path of the VNNI W8A8_2_4 kernel.
           { m: 9, n: 21, k: 3 * block, seed: 15 },
+          { m: 10, n: 5, k: 70 * 32, seed: 16 },
         ]
       ) {
         const { w, x, bias } = problem(c, []);

@@ -67,6 +67,12 @@ inline __m256i dot_us(__m256i acc, __m256i u, __m256i s) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512vbmi2,avx2,fma,f16c")
 namespace w8a8_zmm {
+// acc += 4-product sums of u (u8) times s (s8). Inline asm: GCC 12 copies every accumulator of a
+// tile through another register around _mm512_dpbusd_epi32 each iteration, doubling the work.
+inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+  return acc;
+}
 inline uint32_t load_u32(const int8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
@@ -127,7 +133,7 @@ inline void sparse_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t cst
     for (int c = 0; c < C; c++) wv[c] = expand_2_4_x2(g.w + (c0 + c * cstride) * g.w_row_bytes + 20 * b);
     for (int r = 0; r < R; r++) {
       const __m512i xu = _mm512_xor_si512(_mm512_load_si512(q[r] + 32 * b), flip);
-      for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xu, wv[c]);
+      for (int c = 0; c < C; c++) acc[r][c] = dpbusd(acc[r][c], xu, wv[c]);
     }
   }
   if (b < nb) {
@@ -138,7 +144,7 @@ inline void sparse_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t cst
     }
     for (int r = 0; r < R; r++) {
       const __m512i xu = _mm512_xor_si512(_mm512_load_si512(q[r] + 32 * b), flip);
-      for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xu, wv[c]);
+      for (int c = 0; c < C; c++) acc[r][c] = dpbusd(acc[r][c], xu, wv[c]);
     }
   }
   for (int r = 0; r < R; r++)
@@ -185,7 +191,7 @@ inline void int8_2_4_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t c
     __m512i wv[C], wsum[C];
     for (int c = 0; c < C; c++) {
       wv[c] = pair ? expand_2_4_x2(w[c] + 20 * b) : _mm512_zextsi256_si512(expand_2_4(w[c] + 20 * b));
-      wsum[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, wv[c]);
+      wsum[c] = dpbusd(_mm512_setzero_si512(), flip, wv[c]);
     }
     for (int r = 0; r < R; r++) {
       const dl_act_q8* a = reinterpret_cast<const dl_act_q8*>(g.act + (i0 + r) * g.act_row_bytes) + b;
@@ -194,7 +200,7 @@ inline void int8_2_4_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t c
       const __m512i xu = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1), flip);
       const __m512 d = _mm512_insertf32x8(_mm512_set1_ps(a[0].d), _mm256_set1_ps(pair ? a[1].d : 0.0f), 1);
       for (int c = 0; c < C; c++) {
-        const __m512i dot = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv[c]), wsum[c]);
+        const __m512i dot = _mm512_sub_epi32(dpbusd(_mm512_setzero_si512(), xu, wv[c]), wsum[c]);
         acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[r][c]);
       }
     }
@@ -231,10 +237,33 @@ static void int8_2_4(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
 
 // --- Dense W8A8 rows
 
-// Column c of the tile is output column c0 + c * cstride, its weights at w0 + c * w_stride.
+// The horizontal sums of C accumulators; 4 at once share the adds (the epilogue of a tile costs
+// as much as a short k's whole loop otherwise).
+template <int C>
+inline void reduce(const __m512i* acc, int32_t* out) {
+  if constexpr (C == 4) {
+    __m256i h[4];
+    for (int c = 0; c < 4; c++) h[c] = _mm256_add_epi32(_mm512_castsi512_si256(acc[c]), _mm512_extracti64x4_epi64(acc[c], 1));
+    const __m256i ab = _mm256_hadd_epi32(h[0], h[1]), cd = _mm256_hadd_epi32(h[2], h[3]);
+    const __m256i abcd = _mm256_hadd_epi32(ab, cd);
+    const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+  } else {
+    for (int c = 0; c < C; c++) out[c] = _mm512_reduce_add_epi32(acc[c]);
+  }
+}
+
+// Prefill splits k into chunks whose activation rows stay in L1 while a panel's weights stream
+// from L2; the partial int32 sums wait in the output's own floats (as int32 bits) between chunks.
+constexpr int64_t K_CHUNK = 1024;
+enum class Part { whole, first, middle, last };
+
+// Column c of the tile is output column c0 + c * cstride, its weights at w0 + c * w_stride; the
+// tile covers k in [jb, je) (je == k or a multiple of 64).
 template <int R, int C>
 inline void tile(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool padded, int64_t i0, int64_t c0,
-                 int64_t cstride = 1) {
+                 int64_t cstride = 1, int64_t jb = 0, int64_t je = -1, Part part = Part::whole) {
+  if (je < 0) je = g.k;
   __m512i acc[R][C];
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_si512();
@@ -244,55 +273,69 @@ inline void tile(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool p
   for (int r = 0; r < R; r++) q[r] = dl_w8a8_act_q(g, i0 + r);
   const __m512i flip = _mm512_set1_epi8((char)0x80);
   // Padded rows (an expanded panel) run whole; stored rows mask their last partial step.
-  const int64_t k64 = padded ? dl_w8a8_padded_k(g.k) : g.k / 64 * 64;
-  int64_t j = 0;
-  for (; j < k64; j += 64) {
+  const int64_t j64 = padded && je == g.k ? dl_w8a8_padded_k(g.k) : jb + (je - jb) / 64 * 64;
+  int64_t j = jb;
+  for (; j < j64; j += 64) {
     __m512i wv[C];
     for (int c = 0; c < C; c++) wv[c] = _mm512_loadu_si512(w[c] + j);
     for (int r = 0; r < R; r++) {
       const __m512i xu = _mm512_xor_si512(_mm512_load_si512(q[r] + j), flip);
-      for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xu, wv[c]);
+      for (int c = 0; c < C; c++) acc[r][c] = dpbusd(acc[r][c], xu, wv[c]);
     }
   }
-  if (j < g.k) {
+  if (j < je) {
     // Weights past k load as 0, so the zero-padded activations' offset adds nothing there.
-    const __mmask64 mask = _cvtu64_mask64((1ull << (g.k - j)) - 1);
+    const __mmask64 mask = _cvtu64_mask64((1ull << (je - j)) - 1);
     __m512i wv[C];
     for (int c = 0; c < C; c++) wv[c] = _mm512_maskz_loadu_epi8(mask, w[c] + j);
     for (int r = 0; r < R; r++) {
       const __m512i xu = _mm512_xor_si512(_mm512_load_si512(q[r] + j), flip);
-      for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xu, wv[c]);
+      for (int c = 0; c < C; c++) acc[r][c] = dpbusd(acc[r][c], xu, wv[c]);
     }
   }
-  for (int r = 0; r < R; r++)
+  for (int r = 0; r < R; r++) {
+    int32_t sums[C];
+    reduce<C>(acc[r], sums);
     for (int c = 0; c < C; c++) {
       const int64_t col = c0 + c * cstride;
-      dl_w8a8_store(g, i0 + r, col, _mm512_reduce_add_epi32(acc[r][c]) - 128 * dl_w8a8_row_sum(g, col));
+      int32_t* partial = reinterpret_cast<int32_t*>(g.out + (i0 + r) * g.ldo + col);
+      if (part == Part::middle || part == Part::last) sums[c] += *partial;
+      if (part == Part::first || part == Part::middle) {
+        *partial = sums[c];
+      } else {
+        dl_w8a8_store(g, i0 + r, col, sums[c] - 128 * dl_w8a8_row_sum(g, col));
+      }
     }
+  }
 }
 
 template <int R>
 inline void cols(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool padded, int64_t i0, int64_t c0,
-                 int64_t c1) {
+                 int64_t c1, int64_t jb, int64_t je, Part part) {
   int64_t c = c0;
-  for (; c + 4 <= c1; c += 4) tile<R, 4>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c);
+  for (; c + 4 <= c1; c += 4) tile<R, 4>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c, 1, jb, je, part);
   switch (c1 - c) {
-    case 3: tile<R, 3>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c); break;
-    case 2: tile<R, 2>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c); break;
-    case 1: tile<R, 1>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c); break;
+    case 3: tile<R, 3>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c, 1, jb, je, part); break;
+    case 2: tile<R, 2>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c, 1, jb, je, part); break;
+    case 1: tile<R, 1>(g, w0 + (c - c0) * w_stride, w_stride, padded, i0, c, 1, jb, je, part); break;
     default: break;
   }
 }
 
-// Every activation row against the columns [c0, c1) whose rows start at w0, w_stride apart.
+// Every activation row against the columns [c0, c1) whose rows start at w0, w_stride apart, k
+// chunk by chunk.
 static void rows_over(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool padded, int64_t c0, int64_t c1) {
-  int64_t i = 0;
-  for (; i + 4 <= g.m; i += 4) cols<4>(g, w0, w_stride, padded, i, c0, c1);
-  switch (g.m - i) {
-    case 3: cols<3>(g, w0, w_stride, padded, i, c0, c1); break;
-    case 2: cols<2>(g, w0, w_stride, padded, i, c0, c1); break;
-    case 1: cols<1>(g, w0, w_stride, padded, i, c0, c1); break;
-    default: break;
+  for (int64_t jb = 0; jb < g.k; jb += K_CHUNK) {
+    const int64_t je = std::min(g.k, jb + K_CHUNK);
+    const Part part = jb == 0 ? (je == g.k ? Part::whole : Part::first) : je == g.k ? Part::last : Part::middle;
+    int64_t i = 0;
+    for (; i + 4 <= g.m; i += 4) cols<4>(g, w0, w_stride, padded, i, c0, c1, jb, je, part);
+    switch (g.m - i) {
+      case 3: cols<3>(g, w0, w_stride, padded, i, c0, c1, jb, je, part); break;
+      case 2: cols<2>(g, w0, w_stride, padded, i, c0, c1, jb, je, part); break;
+      case 1: cols<1>(g, w0, w_stride, padded, i, c0, c1, jb, je, part); break;
+      default: break;
+    }
   }
 }
 
@@ -316,8 +359,9 @@ static void dense(const DlW8a8Gemm& g, int64_t c0, int64_t c1) {
     case 4: decode_streams<4>(g, c0, c1); return;
     default: break;
   }
-  // Panels of columns whose weights stay in L2 while every row tile passes over them.
-  const int64_t panel = std::max<int64_t>(4, (int64_t)(256 * 1024) / std::max<int64_t>(1, g.w_row_bytes) / 4 * 4);
+  // Panels of columns whose weights (a k chunk of them) stay in L2 while every row tile passes.
+  const int64_t chunk = std::min<int64_t>(K_CHUNK, g.w_row_bytes);
+  const int64_t panel = std::max<int64_t>(4, (int64_t)(256 * 1024) / std::max<int64_t>(1, chunk) / 4 * 4);
   for (int64_t p0 = c0; p0 < c1; p0 += panel) {
     const int64_t p1 = std::min(c1, p0 + panel);
     rows_over(g, g.w + p0 * g.w_row_bytes, g.w_row_bytes, false, p0, p1);
