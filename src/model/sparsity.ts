@@ -113,21 +113,44 @@ export function prune2of4(w: Float32Array, cols: number, norms?: Float32Array): 
   if (norms !== undefined && norms.length !== cols) {
     throw new RangeError(`Expected ${cols} activation norms, found ${norms.length}`);
   }
-  const score = (i: number) => Math.abs(w[i]) * (norms === undefined ? 1 : norms[i % cols]);
+  const s = new Float64Array(4);
   for (let g = 0; g < w.length; g += 4) {
-    const order = [0, 1, 2, 3].sort((a, b) => score(g + b) - score(g + a) || a - b);
-    w[g + order[2]] = 0;
-    w[g + order[3]] = 0;
+    const col = g % cols;
+    for (let p = 0; p < 4; p++) {
+      s[p] = Math.abs(w[g + p]) * (norms === undefined ? 1 : norms[col + p]);
+    }
+    // The best two positions, the earlier one winning ties.
+    let a = 0;
+    for (let p = 1; p < 4; p++) if (s[p] > s[a]) a = p;
+    let b = a === 0 ? 1 : 0;
+    for (let p = 0; p < 4; p++) if (p !== a && s[p] > s[b]) b = p;
+    for (let p = 0; p < 4; p++) if (p !== a && p !== b) w[g + p] = 0;
   }
 }
 
-/** The two kept positions of a group (p0 < p1; the zeros fill in when fewer are non-zero). */
-function keptPositions(w: Float32Array, g: number): [number, number] {
-  const nz = [0, 1, 2, 3].filter((p) => w[g + p] !== 0);
-  if (nz.length > 2) throw new RangeError(`Expected at most 2 non-zeros in a group of 4`);
-  for (let p = 0; nz.length < 2; p++) if (!nz.includes(p)) nz.push(p);
-  nz.sort((a, b) => a - b);
-  return [nz[0], nz[1]];
+/**
+ * The nibble p0 | p1 << 2 of a group's two kept positions (p0 < p1): its non-zeros, then the
+ * first zeros when fewer than 2 are non-zero.
+ */
+function keptNibble(w: Float32Array, g: number): number {
+  let p0 = -1;
+  let p1 = -1;
+  for (let p = 0; p < 4; p++) {
+    if (w[g + p] === 0) continue;
+    if (p0 < 0) p0 = p;
+    else if (p1 < 0) p1 = p;
+    else throw new RangeError(`Expected at most 2 non-zeros in a group of 4, found more at ${g}`);
+  }
+  for (let p = 0; p < 4 && p1 < 0; p++) {
+    if (p === p0) continue;
+    if (p0 < 0) p0 = p;
+    else if (p > p0) p1 = p;
+    else {
+      p1 = p0;
+      p0 = p;
+    }
+  }
+  return p0 | (p1 << 2);
 }
 
 /** The 2:4 formats packed here (ffi/formats.ts names). */
@@ -149,10 +172,10 @@ export function pack2of4(
   const values = new Float32Array(rows * numGroups * 2);
   const nibbles = new Uint8Array(rows * numGroups);
   for (let i = 0; i < rows * numGroups; i++) {
-    const [p0, p1] = keptPositions(w, 4 * i);
-    values[2 * i] = w[4 * i + p0];
-    values[2 * i + 1] = w[4 * i + p1];
-    nibbles[i] = p0 | (p1 << 2);
+    const nib = keptNibble(w, 4 * i);
+    values[2 * i] = w[4 * i + (nib & 3)];
+    values[2 * i + 1] = w[4 * i + (nib >> 2)];
+    nibbles[i] = nib;
   }
   const positions = (dst: Uint8Array, at: number, group0: number, count: number) => {
     for (let g = 0; g < count; g += 2) {
