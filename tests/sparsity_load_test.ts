@@ -6,6 +6,9 @@ import { LLM } from "../src/engine/llm.ts";
 import { calibrate, writePrunedModel } from "../tools/calibrate.ts";
 import type { EngineOptions } from "../src/engine/local_engine.ts";
 import { is2of4, prune2of4 } from "../src/model/sparsity.ts";
+import { NativeBackend } from "../ffi/native.ts";
+import { quantizeGguf } from "../tools/quantize/quantize_gguf.ts";
+import { quantPreset } from "../tools/quantize/recipe.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const MODEL = `${ROOT}../shared/models/stories260K/stories260K-f32.gguf`;
@@ -84,6 +87,18 @@ Deno.test("unsupported combinations fail at start-up, naming the problem", async
   try {
     const badCal = `${dir}/bad.json`;
     await Deno.writeTextFile(badCal, JSON.stringify({ format: "denollm-calibration", version: 1 }));
+    // A checkpoint whose projections are already quantized (Q8_0) has nothing to compress from.
+    const q8 = `${dir}/q8_0.gguf`;
+    const backend = NativeBackend.open({ numThreads: 1 });
+    try {
+      await quantizeGguf(backend, { inPath: MODEL, outPath: q8 }, quantPreset("q8_0"));
+    } finally {
+      backend.close();
+    }
+    await assert.rejects(
+      () => run({ quantization: "w8a8" }, q8),
+      /expects F32, F16 or BF16 layer weights, but .* is Q8_0/,
+    );
     const cases: [Partial<EngineOptions>, RegExp][] = [
       [{ quantization: "w8a8-mixed" }, /w8a8-mixed needs --calibration FILE/],
       [{ sparsity: "2:4-wanda" }, /2:4-wanda needs --calibration FILE/],

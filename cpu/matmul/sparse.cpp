@@ -8,6 +8,7 @@
 #include "dl_dtype.h"
 #include "dl_half.h"
 #include "quant.h"
+#include "sparse.h"
 #include "w8a8.h"
 
 // quantize_row_q8: INT8_2_4's activations are INT8's blocks of 32 (the header's q8_k twin is unused).
@@ -62,8 +63,12 @@ DL_TARGET_CLONES void block_dots(const float* dense, const float* x, int64_t k, 
 }
 
 template <int LEN, int BYTES, void (*EXPAND)(const uint8_t*, float*)>
-void float_kernel(const float* x, const uint8_t* w, int64_t w_row_bytes, const float* bias, float* out, int64_t ldo,
-                  int64_t m, int64_t k, int64_t c0, int64_t c1) {
+void float_kernel(const DlSparseGemm& g, int64_t c0, int64_t c1) {
+  const float* x = g.x;
+  const uint8_t* w = g.w;
+  const int64_t w_row_bytes = g.w_row_bytes, ldo = g.ldo, m = g.m, k = g.k;
+  const float* bias = g.bias;
+  float* out = g.out;
   alignas(64) float dense[LEN];
   for (int64_t i0 = 0; i0 < m; i0 += TILE_M) {
     const int rows = (int)std::min<int64_t>(TILE_M, m - i0);
@@ -89,6 +94,14 @@ int32_t dl_matmul_sparse(dl_context* ctx, float* out, int64_t ldo, const float* 
   const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
   if (w_dtype == DL_DTYPE_F16_2_4 || w_dtype == DL_DTYPE_INT4_2_4) {
     const bool f16 = w_dtype == DL_DTYPE_F16_2_4;
+    // The AVX-512 VBMI2 kernels where the W8A8 formats take theirs, else the generic ones.
+    const bool avx512 = std::strcmp(dl_w8a8_isa().name, "avx512-vnni") == 0;
+    DlSparseKernel kernel = f16 ? float_kernel<32, 36, expand_f16_block> : float_kernel<128, 52, expand_int4_block>;
+    if (avx512) {
+      const DlSparseKernel fast = f16 ? dl_sparse_f16_2_4_avx512() : dl_sparse_int4_2_4_avx512();
+      if (fast != nullptr) kernel = fast;
+    }
+    const DlSparseGemm sg{x, wb, w_row_bytes, bias, out, ldo, m, k};
 #pragma omp parallel num_threads(threads)
     {
 #ifdef _OPENMP
@@ -99,8 +112,7 @@ int32_t dl_matmul_sparse(dl_context* ctx, float* out, int64_t ldo, const float* 
       const int64_t units = (n + 15) / 16;
       const int64_t c0 = std::min<int64_t>(n, units * tid / nt * 16);
       const int64_t c1 = std::min<int64_t>(n, units * (tid + 1) / nt * 16);
-      if (c0 < c1 && f16) float_kernel<32, 36, expand_f16_block>(x, wb, w_row_bytes, bias, out, ldo, m, k, c0, c1);
-      if (c0 < c1 && !f16) float_kernel<128, 52, expand_int4_block>(x, wb, w_row_bytes, bias, out, ldo, m, k, c0, c1);
+      if (c0 < c1) kernel(sg, c0, c1);
     }
     return DL_OK;
   }

@@ -12,6 +12,7 @@ import {
   type NativeBackend,
   offset,
 } from "../../ffi/native.ts";
+import { ModelFormatError } from "../formats/errors.ts";
 import type { TensorInfo } from "../formats/tensor.ts";
 import { type Calibration, outlierChannels } from "./calibrate.ts";
 import type { ActivationSite } from "./llama.ts";
@@ -102,6 +103,24 @@ export function planCompression(
     ...(sparsity === undefined ? {} : { sparsity }),
     ...(calibration === undefined ? {} : { calibration }),
   };
+}
+
+/** Refuses a model whose layer projections are already quantized: W8A8 and 2:4 start from floats. */
+export function checkCompressible(
+  path: string,
+  tensors: Map<string, TensorInfo>,
+  plan: CompressionPlan,
+): void {
+  const held = [...tensors.values()].filter((t) =>
+    siteOf(t.name) !== undefined && !["F32", "F16", "BF16"].includes(t.dtype)
+  );
+  if (held.length === 0) return;
+  throw new ModelFormatError(
+    path,
+    `--quantization ${plan.quantization ?? "none"}${plan.sparsity ? " --sparsity 2:4" : ""} ` +
+      `expects F32, F16 or BF16 layer weights, but ${held[0].name} is ${held[0].dtype} ` +
+      `(${held.length} quantized projections): load the F32/F16 original`,
+  );
 }
 
 const PROJECTION =

@@ -19,6 +19,7 @@ import { loadWeights, releaseWeights } from "./weights.ts";
 import { readCalibration } from "./calibrate.ts";
 import {
   type CompressionPlan,
+  checkCompressible,
   CompressOnLoad,
   describeCompression,
   isActivationQuantization,
@@ -219,7 +220,7 @@ export async function loadModel(
       ? undefined
       : await readCalibration(options.calibration, source.config);
     plan = planCompression({ ...options, backendName: backend.name }, calibration);
-    checkNotQuantized(path, source.tensors, parseQuantization("int8"));
+    checkCompressible(path, source.tensors, plan);
     compress = new CompressOnLoad(backend, plan);
   } else if (options.calibration !== undefined) {
     throw new RangeError(
