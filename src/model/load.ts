@@ -18,8 +18,8 @@ import { ropeInvFreq } from "./rope.ts";
 import { loadWeights, releaseWeights } from "./weights.ts";
 import { readCalibration } from "./calibrate.ts";
 import {
-  type CompressionPlan,
   checkCompressible,
+  type CompressionPlan,
   CompressOnLoad,
   describeCompression,
   isActivationQuantization,
