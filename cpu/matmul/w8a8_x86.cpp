@@ -78,6 +78,20 @@ inline uint32_t load_u32(const int8_t* p) {
   std::memcpy(&v, p, 4);
   return v;
 }
+
+// dl_w8a8_store with the outlier part (W8A8_MIXED) as one 16-lane f16 dot product.
+inline void store(const DlW8a8Gemm& g, int64_t i, int64_t c, int32_t acc) {
+  const DlW8a8Row& a = *reinterpret_cast<const DlW8a8Row*>(g.act + i * g.act_row_bytes);
+  float v = (float)acc * (a.scale * dl_w8a8_row_scale(g, c));
+  if (g.outlier_id != nullptr) {
+    const __m256i wh = _mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(g.row_data + c * g.row_data_bytes + DL_W8A8_OUTLIER_W_AT));
+    v += _mm512_reduce_add_ps(_mm512_mul_ps(_mm512_cvtph_ps(wh), _mm512_loadu_ps(a.outlier)));
+  }
+  if (g.bias != nullptr) v += g.bias[c];
+  g.out[i * g.ldo + c] = v;
+}
+
 // A 2:4 block of 32 to its dense int8 weights without a table: vpmultishiftqb pulls each output
 // byte's group nibble out of the 32 position bits, two compares against the byte's slot give the
 // kept slots' mask, and vpexpandb places the 16 stored values there in order.
@@ -150,7 +164,7 @@ inline void sparse_tile(const DlW8a8Gemm& g, int64_t i0, int64_t c0, int64_t cst
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
       const int32_t sum = _mm512_reduce_add_epi32(acc[r][c]) - 128 * dl_w8a8_row_sum(g, c0 + c * cstride);
-      dl_w8a8_store(g, i0 + r, c0 + c * cstride, sum);
+      store(g, i0 + r, c0 + c * cstride, sum);
     }
 }
 
@@ -303,7 +317,7 @@ inline void tile(const DlW8a8Gemm& g, const int8_t* w0, int64_t w_stride, bool p
       if (part == Part::first || part == Part::middle) {
         *partial = sums[c];
       } else {
-        dl_w8a8_store(g, i0 + r, col, sums[c] - 128 * dl_w8a8_row_sum(g, col));
+        store(g, i0 + r, col, sums[c] - 128 * dl_w8a8_row_sum(g, col));
       }
     }
   }
