@@ -48,7 +48,7 @@ const W8A8_TARGETS: Record<string, string> = {
 export function quantizationNames(): string {
   const names = QUANTIZATION_TARGETS.map((f) => f.name);
   const rest = names.filter((n) => n !== "int8" && n !== "int4");
-  return ["int8", "int4", "w8a8", "w8a8-mixed", ...rest].join(", ");
+  return ["int8", "int4", ...rest, "w8a8", "w8a8-mixed"].join(", ");
 }
 
 /** The format a `--quantization` value names (any case); RangeError listing the choices. */
