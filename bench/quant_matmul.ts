@@ -25,7 +25,8 @@ const { values: v } = parseArgs({
     "min-ms": { type: "string", default: "150" },
   },
 });
-const ALL = "q4_0,q4_1,q5_0,q5_1,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,q8_k,int8,int4";
+const ALL = "q4_0,q4_1,q5_0,q5_1,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,q8_k,int8,int4," +
+  "w8a8,w8a8_mixed,f16_2_4,int8_2_4,w8a8_2_4,int4_2_4";
 const formats: DTypeId[] = [
   DType.F16,
   ...(v.formats === "all" ? ALL : v.formats).split(",").map((name) => {
@@ -124,6 +125,7 @@ const F16_FIELDS: Partial<Record<number, number[]>> = {
   [DType.Q5_K]: [0, 2],
   [DType.Q6_K]: [208],
   [DType.INT4]: [0, 2],
+  [DType.INT4_2_4]: [0, 2],
 };
 
 function weightBytes(dtype: DTypeId, n: number, k: number): Uint8Array {
@@ -143,8 +145,22 @@ function weightBytes(dtype: DTypeId, n: number, k: number): Uint8Array {
     }
     if (dtype === DType.Q8_K) view.setFloat32(b * info.blockBytes, 0.01, true);
   }
-  if (dtype === DType.INT8) {
-    for (let r = 0; r < n; r++) view.setFloat32(n * rowBytes + 4 * r, 0.01, true);
+  if (dtype === DType.F16_2_4) {
+    for (let b = 0; b < (n * k) / 32; b++) {
+      for (let t = 0; t < 16; t++) view.setUint16(36 * b + 2 * t, saneF16(), true);
+    }
+  }
+  // Formats with an f32 scale first in each row's data (the W8A8 formats: then an int32 sum, left
+  // random; W8A8_MIXED: then 16 outlier ids, 4 used, and their f16 weights).
+  if (info.rowBytes > 0) {
+    for (let r = 0; r < n; r++) {
+      const at = n * rowBytes + info.rowBytes * r;
+      view.setFloat32(at, 0.01, true);
+      if (dtype === DType.W8A8_MIXED) {
+        for (let t = 0; t < 16; t++) view.setUint16(at + 8 + 2 * t, t < 4 ? 7 * t : 0xffff, true);
+        for (let t = 0; t < 16; t++) view.setUint16(at + 40 + 2 * t, saneF16(), true);
+      }
+    }
   }
   return bytes;
 }

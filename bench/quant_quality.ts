@@ -12,6 +12,25 @@ import { NativeBackend } from "../ffi/native.ts";
 import { presetNames, quantPreset } from "../tools/quantize/recipe.ts";
 import { quantizeGguf } from "../tools/quantize/quantize_gguf.ts";
 import { llamaLogits, llamaPeerMissing, llamaQuantize } from "../tools/quantize/llama_peer.ts";
+import { calibrate } from "../tools/calibrate.ts";
+
+/**
+ * The W8A8 and 2:4 rows (issue 11), each a load-time configuration of the F32 model: its flags.
+ * The calibration (SmoothQuant factors, outlier channels, Wanda norms) comes from deno task
+ * calibrate over the first 2048 tokens of the same text, so these rows are in-sample.
+ */
+const COMPRESS: Record<string, { quantization?: string; sparsity?: string; calibrated: boolean }> =
+  {
+    "int8": { quantization: "int8", calibrated: false },
+    "w8a8": { quantization: "w8a8", calibrated: false },
+    "w8a8-smoothquant": { quantization: "w8a8", calibrated: true },
+    "w8a8-mixed": { quantization: "w8a8-mixed", calibrated: true },
+    "2:4-magnitude": { sparsity: "2:4-magnitude", calibrated: false },
+    "2:4-wanda": { sparsity: "2:4-wanda", calibrated: true },
+    "2:4+int8": { sparsity: "2:4-magnitude", quantization: "int8", calibrated: false },
+    "2:4+w8a8": { sparsity: "2:4-wanda", quantization: "w8a8", calibrated: true },
+    "2:4+int4": { sparsity: "2:4-wanda", quantization: "int4", calibrated: true },
+  };
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TEXT = `${ROOT}bench/fixtures/aesop.txt`;
@@ -19,7 +38,7 @@ const WORK = `${ROOT}.bench/quant_quality`;
 
 const USAGE = `usage: deno task bench:quant-quality [--models stories260k,smollm-135m]
   [--types ${presetNames()}] [--on-load int8,int4] [--min-tokens 2000] [--window 512]
-  [--threads 1] [--smollm-vocab 1024]
+  [--threads 1] [--smollm-vocab 1024] [--compress ${Object.keys(COMPRESS).join(",")}]
 
 Per model, scores every window of the text (teacher forcing, each window from an empty cache)
 with the F32 model and each quantized one; reports the mean KL(F32 || quantized) per token and
@@ -94,10 +113,16 @@ export async function textWindows(
 }
 
 /** Our engine's log-probs of every position but the last of each window (prompt logprobs). */
-async function ourScores(
+export async function ourScores(
   modelPath: string,
   windows: number[][],
-  options: { vocab: number; threads: number; quantization?: string },
+  options: {
+    vocab: number;
+    threads: number;
+    quantization?: string;
+    sparsity?: string;
+    calibration?: string;
+  },
 ): Promise<Scores> {
   const window = windows[0].length;
   const llm = await LLM.load({
@@ -110,6 +135,8 @@ async function ourScores(
     numKvBlocks: Math.ceil(window / 16) + 1,
     enablePrefixCaching: false,
     ...(options.quantization === undefined ? {} : { quantization: options.quantization }),
+    ...(options.sparsity === undefined ? {} : { sparsity: options.sparsity }),
+    ...(options.calibration === undefined ? {} : { calibration: options.calibration }),
   });
   const { vocab } = options;
   const logprobs = new Float32Array(windows.length * (window - 1) * vocab).fill(-Infinity);
@@ -208,6 +235,7 @@ async function main(): Promise<void> {
       window: { type: "string", default: "512" },
       threads: { type: "string", default: "1" },
       "smollm-vocab": { type: "string", default: "1024" },
+      compress: { type: "string", default: Object.keys(COMPRESS).join(",") },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -243,6 +271,32 @@ async function main(): Promise<void> {
     );
     const dir = `${WORK}/${name}`;
     await Deno.mkdir(dir, { recursive: true });
+    const compress = v.compress.split(",").filter((s) => s !== "");
+    if (compress.length > 0) {
+      const calPath = `${dir}/calibration.json`;
+      const cal = await calibrate({ modelPath, textPath: TEXT, alpha: 0.5, maxTokens: 2048 });
+      await Deno.writeTextFile(calPath, JSON.stringify(cal));
+      for (const c of compress) {
+        const spec = COMPRESS[c];
+        if (spec === undefined) {
+          throw new RangeError(`Expected --compress names in ${Object.keys(COMPRESS)}, found ${c}`);
+        }
+        const ours = compareScores(
+          oursRef,
+          await ourScores(modelPath, windows, {
+            ...opts,
+            ...(spec.quantization ? { quantization: spec.quantization } : {}),
+            ...(spec.sparsity ? { sparsity: spec.sparsity } : {}),
+            ...(spec.calibrated ? { calibration: calPath } : {}),
+          }),
+        );
+        rows.push(
+          `| ${name} | on load: ${c} | - | - | ${fmt(ours.kl)} | - | - | - | ` +
+            `${fmt(ours.sameTop, 4)} | - | - | - | - | ${numScored} |`,
+        );
+        console.error(rows.at(-1));
+      }
+    }
     for (const q of v["on-load"].split(",").filter((s) => s !== "")) {
       const ours = compareScores(
         oursRef,

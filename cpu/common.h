@@ -41,6 +41,8 @@ size_t dl_attention_workspace_bytes(int threads, int64_t num_tokens, int64_t run
 size_t dl_rope_workspace_bytes(int threads, int64_t rotary_dim);
 // dl_matmul with quantized weights: the activation rows quantized per block (cpu/matmul/quant.cpp).
 size_t dl_matmul_workspace_bytes(int64_t max_rows, int64_t max_k);
+// dl_matmul with the W8A8 and 2:4 formats: per-token activation rows (cpu/matmul/w8a8.cpp).
+size_t dl_w8a8_workspace_bytes(int threads, int64_t max_rows, int64_t max_k);
 
 // Rounds a byte count up to the workspace's 64-byte alignment.
 constexpr size_t dl_align64(size_t bytes) { return (bytes + 63) / 64 * 64; }

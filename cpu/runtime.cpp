@@ -210,7 +210,9 @@ extern "C" DL_API int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_
   const size_t attention =
       dl_attention_workspace_bytes(ctx->num_threads, max_num_tokens, num_heads, head_dim, block_size, false);
   const size_t rope = dl_rope_workspace_bytes(ctx->num_threads, head_dim);
-  const size_t matmul = dl_matmul_workspace_bytes(max_num_tokens, max_matmul_k);
+  const size_t quant = dl_matmul_workspace_bytes(max_num_tokens, max_matmul_k);
+  const size_t w8a8 = dl_w8a8_workspace_bytes(ctx->num_threads, max_num_tokens, max_matmul_k);
+  const size_t matmul = quant > w8a8 ? quant : w8a8;
   size_t need = attention > rope ? attention : rope;
   if (matmul > need) need = matmul;
   if (need > ctx->workspace_bytes) DL_TRY(grow_workspace(fn, ctx, need));

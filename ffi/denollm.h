@@ -69,23 +69,56 @@ typedef enum dl_status {
 //   INT4: groups of 128 along k, each an f16 scale d and an f16 offset m then 64 bytes of 4-bit
 //         values, low nibbles first (w = d * q + m, q in [0, 15]): asymmetric, the zero point
 //         folded into m.
-#define DL_DTYPE_TABLE(X)                           \
-  X(F32, 0, "f32", 0, "F32", 1, 4, 0)               \
-  X(F16, 1, "f16", 1, "F16", 1, 2, 0)               \
-  X(BF16, 2, "bf16", 30, "BF16", 1, 2, 0)           \
-  X(Q4_0, 3, "q4_0", 2, "Q4_0", 32, 18, 0)          \
-  X(Q4_1, 4, "q4_1", 3, "Q4_1", 32, 20, 0)          \
-  X(Q5_0, 5, "q5_0", 6, "Q5_0", 32, 22, 0)          \
-  X(Q5_1, 6, "q5_1", 7, "Q5_1", 32, 24, 0)          \
-  X(Q8_0, 7, "q8_0", 8, "Q8_0", 32, 34, 0)          \
-  X(Q2_K, 8, "q2_k", 10, "Q2_K", 256, 84, 0)        \
-  X(Q3_K, 9, "q3_k", 11, "Q3_K", 256, 110, 0)       \
-  X(Q4_K, 10, "q4_k", 12, "Q4_K", 256, 144, 0)      \
-  X(Q5_K, 11, "q5_k", 13, "Q5_K", 256, 176, 0)      \
-  X(Q6_K, 12, "q6_k", 14, "Q6_K", 256, 210, 0)      \
-  X(Q8_K, 13, "q8_k", 15, "Q8_K", 256, 292, 0)      \
-  X(INT8, 14, "int8", -1, "INT8", 1, 1, 4)          \
-  X(INT4, 15, "int4", -1, "INT4", 128, 68, 0)
+// The rows from W8A8 on are the activation-quantized and 2:4 sparse formats (issue 11; their
+// kernels are cpu/matmul/w8a8*.{cpp,h} and cpu/matmul/sparse*.{cpp,h}):
+//   W8A8: INT8's int8 rows, then per row the f32 scale and the int32 sum of the row's int8 values
+//         (what u8 x s8 dot-product instructions need to take activations offset by 128).
+//         dl_matmul quantizes each activation row whole (per token, one f32 scale, q = round(x *
+//         127 / max|x|)) and accumulates the row's products in int32: out = s_x * s_w *
+//         sum(q_x * q_w). SmoothQuant's factors are folded into the weights and the preceding
+//         RMSNorm at load, so nothing else is needed at run time.
+//   W8A8_MIXED: LLM.int8()'s decomposition: W8A8 for all input channels but up to 16 outlier
+//         ones, which stay in floating point. Rows as W8A8 (the outlier columns stored as 0), then
+//         72 bytes per row: the f32 scale, the int32 sum, 16 uint16 outlier column ids (0xFFFF:
+//         unused; every row holds the same list, the kernel reads row 0's; ids < k, distinct),
+//         then the row's 16 weights at those columns in f16. The activation's outlier channels are
+//         left out of its int8 scale and dotted in f32.
+//   2:4 sparse rows: every group of 4 consecutive elements along k has at most 2 non-zeros; a
+//         block of 32 stores its 16 kept values (2 per group, in order) then 4 bytes of 2-bit
+//         positions: byte b holds groups 2b (low nibble) and 2b+1 (high nibble), each nibble
+//         p0 | p1 << 2 with p0 < p1 the kept positions in the group.
+//   F16_2_4: the kept values in f16 (36 bytes per 32).
+//   INT8_2_4: the kept values in int8 (20 bytes per 32), one f32 scale per row after all rows
+//         (w = scale * q, as INT8; activations in blocks of 32 as INT8's).
+//   W8A8_2_4: INT8_2_4's blocks, then per row the f32 scale and the int32 sum of its kept values,
+//         with W8A8's per-token activations.
+//   INT4_2_4: groups of 128 along k as INT4 (f16 d, f16 m, w = d * q + m), then the 64 kept 4-bit
+//         values (32 bytes: byte i holds group i's two, the first in the low nibble) and the 16
+//         bytes of positions of the 32 groups: 52 bytes per 128. A pruned element is 0, not m.
+//   F16_2_4 and INT4_2_4 take f32 activations (each stored block expanded once per tile of rows).
+#define DL_DTYPE_TABLE(X)                                     \
+  X(F32, 0, "f32", 0, "F32", 1, 4, 0)                         \
+  X(F16, 1, "f16", 1, "F16", 1, 2, 0)                         \
+  X(BF16, 2, "bf16", 30, "BF16", 1, 2, 0)                     \
+  X(Q4_0, 3, "q4_0", 2, "Q4_0", 32, 18, 0)                    \
+  X(Q4_1, 4, "q4_1", 3, "Q4_1", 32, 20, 0)                    \
+  X(Q5_0, 5, "q5_0", 6, "Q5_0", 32, 22, 0)                    \
+  X(Q5_1, 6, "q5_1", 7, "Q5_1", 32, 24, 0)                    \
+  X(Q8_0, 7, "q8_0", 8, "Q8_0", 32, 34, 0)                    \
+  X(Q2_K, 8, "q2_k", 10, "Q2_K", 256, 84, 0)                  \
+  X(Q3_K, 9, "q3_k", 11, "Q3_K", 256, 110, 0)                 \
+  X(Q4_K, 10, "q4_k", 12, "Q4_K", 256, 144, 0)                \
+  X(Q5_K, 11, "q5_k", 13, "Q5_K", 256, 176, 0)                \
+  X(Q6_K, 12, "q6_k", 14, "Q6_K", 256, 210, 0)                \
+  X(Q8_K, 13, "q8_k", 15, "Q8_K", 256, 292, 0)                \
+  X(INT8, 14, "int8", -1, "INT8", 1, 1, 4)                    \
+  X(INT4, 15, "int4", -1, "INT4", 128, 68, 0)                 \
+  X(W8A8, 16, "w8a8", -1, "W8A8", 1, 1, 8)                    \
+  X(W8A8_MIXED, 17, "w8a8_mixed", -1, "W8A8_MIXED", 1, 1, 72) \
+  X(F16_2_4, 18, "f16_2_4", -1, "F16_2_4", 32, 36, 0)         \
+  X(INT8_2_4, 19, "int8_2_4", -1, "INT8_2_4", 32, 20, 4)      \
+  X(W8A8_2_4, 20, "w8a8_2_4", -1, "W8A8_2_4", 32, 20, 8)      \
+  X(INT4_2_4, 21, "int4_2_4", -1, "INT4_2_4", 128, 52, 0)
 
 typedef enum dl_dtype {
 #define DL_DTYPE_ENUM_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes, row_bytes) \

@@ -59,6 +59,9 @@ inline uint64_t dl_matrix_bytes(int32_t dtype, uint64_t rows, uint64_t cols) {
 // True for the block-quantized formats (every row after BF16).
 inline bool dl_dtype_is_quantized(int32_t dtype) { return dtype > DL_DTYPE_BF16 && dtype < DL_DTYPE_COUNT; }
 
+// True for the 2:4 sparse rows.
+inline bool dl_dtype_is_sparse_2_4(int32_t dtype) { return dtype >= DL_DTYPE_F16_2_4 && dtype <= DL_DTYPE_INT4_2_4; }
+
 // --- The formats each kernel family has kernels for, as bit sets of dtype ids. Extending one is
 // adding the format's kernels to both builds' dispatch, then its bit here.
 
@@ -78,7 +81,17 @@ constexpr uint32_t DL_QUANTIZED_DTYPES =
 // Those this build has matmul and embedding kernels for: all, on the CPU and under nvcc
 // (cuda/matmul_quant.cu, cuda/embedding.cu).
 constexpr uint32_t DL_BUILD_QUANTIZED_DTYPES = DL_QUANTIZED_DTYPES;
-constexpr uint32_t DL_MATMUL_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES;
+// The W8A8 and 2:4 formats (issue 11): dl_matmul only (embedding tables never take them). The CPU
+// build has kernels for all; the CUDA build none yet, so its launcher refuses them, naming them.
+constexpr uint32_t DL_W8A8_SPARSE_DTYPES =
+    dl_dtype_bit(DL_DTYPE_W8A8) | dl_dtype_bit(DL_DTYPE_W8A8_MIXED) | dl_dtype_bit(DL_DTYPE_F16_2_4) |
+    dl_dtype_bit(DL_DTYPE_INT8_2_4) | dl_dtype_bit(DL_DTYPE_W8A8_2_4) | dl_dtype_bit(DL_DTYPE_INT4_2_4);
+#ifdef __CUDACC__
+constexpr uint32_t DL_BUILD_W8A8_SPARSE_DTYPES = 0;
+#else
+constexpr uint32_t DL_BUILD_W8A8_SPARSE_DTYPES = DL_W8A8_SPARSE_DTYPES;
+#endif
+constexpr uint32_t DL_MATMUL_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES | DL_BUILD_W8A8_SPARSE_DTYPES;
 constexpr uint32_t DL_EMBEDDING_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES;
 // dl_convert, on either side.
 constexpr uint32_t DL_CONVERT_DTYPES = DL_FLOAT_DTYPES;

@@ -275,9 +275,10 @@ inline int32_t dl_validate_reserve_workspace(const char* fn, const dl_context* c
 
 // --- Quantized formats
 
-// dl_dequantize reads every format of the table; dl_quantize writes the block-quantized ones and
-// INT8, plus the plain ones by conversion.
-constexpr uint32_t DL_DEQUANTIZE_DTYPES = (uint32_t)((1ull << DL_DTYPE_COUNT) - 1);
+// dl_dequantize reads every format of the table up to INT4; dl_quantize writes the block-quantized
+// ones and INT8, plus the plain ones by conversion. The W8A8 and 2:4 formats (from W8A8 on) are
+// written on load by src/model/quantize.ts and src/model/sparsity.ts and have neither.
+constexpr uint32_t DL_DEQUANTIZE_DTYPES = (uint32_t)((1ull << DL_DTYPE_W8A8) - 1);
 constexpr uint32_t DL_QUANTIZE_DTYPES = DL_DEQUANTIZE_DTYPES;
 
 // The [rows, cols] shape of a matrix of `dtype` and the two buffers' bounds; shared by both

@@ -7,6 +7,7 @@
 #include "dl_dtype.h"
 #include "dl_half.h"
 #include "quant.h"
+#include "w8a8.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12.2's AVX-512 intrinsics initialize _mm512_undefined_ps() from itself and trip
@@ -146,6 +147,10 @@ extern "C" DL_API int32_t dl_matmul(dl_context* ctx, float* out, const float* x,
   const char* fn = "dl_matmul";
   DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
   if (m == 0) return DL_OK;
+  if (w_dtype == DL_DTYPE_W8A8 || w_dtype == DL_DTYPE_W8A8_MIXED || w_dtype == DL_DTYPE_W8A8_2_4) {
+    return dl_matmul_w8a8(ctx, out, out_row_stride, x, w, w_dtype, bias, m, n, k);
+  }
+  if (dl_dtype_is_sparse_2_4(w_dtype)) return dl_matmul_sparse(ctx, out, out_row_stride, x, w, w_dtype, bias, m, n, k);
   if (dl_dtype_is_quantized(w_dtype)) return dl_matmul_quant(ctx, out, out_row_stride, x, w, w_dtype, bias, m, n, k);
   const int threads = dl_threads_for(ctx, (int64_t)m * n * k);
   const int64_t ldo = out_row_stride;

@@ -18,6 +18,8 @@ export const ENGINE_FLAG_OPTIONS = {
   "max-model-len": { type: "string" },
   "kv-cache-memory": { type: "string" },
   quantization: { type: "string" },
+  sparsity: { type: "string" },
+  calibration: { type: "string" },
   threads: { type: "string" },
   library: { type: "string" },
   "speculative-model": { type: "string" },
@@ -48,7 +50,10 @@ export const ENGINE_FLAGS_USAGE =
   --max-num-batched-tokens N   tokens in one step (default ${ENGINE_DEFAULTS.maxNumBatchedTokens})
   --max-model-len N            longest prompt + output (default: the model's context length)
   --kv-cache-memory B          KV cache bytes, suffixes K, M, G (default 1G)
-  --quantization Q             quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, …
+  --quantization Q             quantize F32/F16/BF16 weights on load: int8, int4, w8a8, w8a8-mixed,
+                               q8_0, q4_k, …
+  --sparsity 2:4               prune the layer projections to 2:4 on load (2:4-magnitude, 2:4-wanda)
+  --calibration FILE           deno task calibrate's file: SmoothQuant, outliers, Wanda norms
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
   --library PATH               native library to load (default build/libdenollm_cpu.so)
 ${SPECULATIVE_FLAGS_USAGE}`;
@@ -177,5 +182,7 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
       ? {}
       : { quantization: quantizationFlag(values.quantization) }),
     ...(speculative === undefined ? {} : { speculative }),
+    ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
+    ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
   };
 }

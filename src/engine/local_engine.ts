@@ -83,6 +83,10 @@ export interface EngineOptions extends LocalEngineOptions {
    * src/model/quantize.ts says which tensors and what happens to rows that do not fit.
    */
   quantization?: string;
+  /** "2:4": prune and compress the layer projections while loading (src/model/compress.ts). */
+  sparsity?: string;
+  /** A `deno task calibrate` file for w8a8 (SmoothQuant), w8a8-mixed and 2:4 Wanda. */
+  calibration?: string;
   backend?: "cpu" | "cuda";
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
@@ -321,6 +325,8 @@ export async function startLocalEngine(
       loadFormat: options.loadFormat,
       seed: options.loadSeed,
       quantization: options.quantization,
+      sparsity: options.sparsity,
+      calibration: options.calibration,
     });
     draft = await loadDraft(backend, options, loaded, showProgress);
     const local = createLocalEngine(backend, loaded, options, draft ? { draft } : {});

@@ -38,6 +38,16 @@ export interface StageSpan {
   /** Stop after the last layer, leaving the residual stream in `x` for the next stage. */
   toHidden?: boolean;
 }
+/** The inputs of a layer's linear projections: after each RMSNorm, and before o and down. */
+export type ActivationSite = "qkv" | "o" | "gateUp" | "down";
+/** Sees each site's f32 rows [numTokens, cols] as the forward pass runs (`deno task calibrate`). */
+export type ActivationObserver = (
+  site: ActivationSite,
+  layer: number,
+  x: DevicePtr,
+  numTokens: number,
+  cols: number,
+) => void;
 
 export class LlamaModel {
   readonly config: ModelConfig;
@@ -45,6 +55,8 @@ export class LlamaModel {
   #backend: NativeBackend;
   #invFreq: DevicePtr;
   #comm: ModelComm | null;
+  /** Calibration's view of the activations; unset when serving. */
+  observer?: ActivationObserver;
 
   constructor(
     backend: NativeBackend,
@@ -122,6 +134,7 @@ export class LlamaModel {
         eps: c.rmsNormEps,
       });
       comm?.gather(s.h, numTokens);
+      this.observer?.("qkv", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
       b.rope({
         x: s.qkv,
@@ -169,6 +182,7 @@ export class LlamaModel {
         numBlocks: kv.numBlocks,
         scale: 1 / Math.sqrt(c.headDim),
       });
+      this.observer?.("o", l, s.attn, numTokens, qDim);
       b.matmul({
         out: s.h,
         x: s.attn,
@@ -191,8 +205,10 @@ export class LlamaModel {
         eps: c.rmsNormEps,
       });
       comm?.gather(s.h, numTokens);
+      this.observer?.("gateUp", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.gateUp, { out: s.gateUp, x: s.h, m: numTokens });
       b.siluMul({ out: s.act, gateUp: s.gateUp, numTokens, dim: c.intermediateSize });
+      this.observer?.("down", l, s.act, numTokens, c.intermediateSize);
       b.matmul({
         out: s.h,
         x: s.act,

@@ -16,6 +16,15 @@ import type { HfConfigJson } from "../../tools/random_model/presets.ts";
 import { LlamaModel } from "./llama.ts";
 import { ropeInvFreq } from "./rope.ts";
 import { loadWeights, releaseWeights } from "./weights.ts";
+import { readCalibration } from "./calibrate.ts";
+import {
+  checkCompressible,
+  type CompressionPlan,
+  CompressOnLoad,
+  describeCompression,
+  isActivationQuantization,
+  planCompression,
+} from "./compress.ts";
 import {
   checkNotQuantized,
   parseQuantization,
@@ -38,6 +47,8 @@ export interface LoadedModel extends ModelSource {
   loadMs: number;
   /** What --quantization did, when it was given. */
   quantization?: QuantizationSummary;
+  /** What --quantization w8a8|w8a8-mixed or --sparsity did: one line for the load log. */
+  compression?: string;
   release(): void;
 }
 
@@ -176,13 +187,20 @@ export interface LoadModelOptions extends OpenModelOptions {
   showProgress?: boolean;
   /** Called with (0, total) before the first tensor and after each one, for log lines. */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
-  /** Quantize F32/F16/BF16 weights while loading: int8, int4 or a GGUF format (src/model/quantize.ts). */
+  /**
+   * Quantize F32/F16/BF16 weights while loading: int8, int4 or a GGUF format (src/model/quantize.ts),
+   * or w8a8 / w8a8-mixed (src/model/compress.ts).
+   */
   quantization?: string;
   /**
    * Quantize tied embeddings too (the one matrix that is embedding and LM head). Off by default,
    * as vLLM; a speculative draft turns it on, since at small sizes the head is most of its bytes.
    */
   quantizeTiedEmbeddings?: boolean;
+  /** `--sparsity 2:4` (src/model/compress.ts): prune the layer projections to 2:4 and compress. */
+  sparsity?: string;
+  /** A `deno task calibrate` file: SmoothQuant factors, outlier channels, Wanda norms. */
+  calibration?: string;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -200,7 +218,21 @@ export async function loadModel(
   for (const info of source.tensors.values()) totalBytes += info.byteLength;
   options.onProgress?.(0, totalBytes);
   let transform: QuantizeOnLoad | undefined;
-  if (options.quantization !== undefined) {
+  let compress: CompressOnLoad | undefined;
+  let plan: CompressionPlan | undefined;
+  if (isActivationQuantization(options.quantization) || options.sparsity !== undefined) {
+    const calibration = options.calibration === undefined
+      ? undefined
+      : await readCalibration(options.calibration, source.config);
+    plan = planCompression({ ...options, backendName: backend.name }, calibration);
+    checkCompressible(path, source.tensors, plan);
+    compress = new CompressOnLoad(backend, plan);
+  } else if (options.calibration !== undefined) {
+    throw new RangeError(
+      "--calibration is read by --quantization w8a8|w8a8-mixed and --sparsity 2:4; " +
+        `found it with --quantization ${options.quantization ?? "none"} and no --sparsity`,
+    );
+  } else if (options.quantization !== undefined) {
     const target = parseQuantization(options.quantization);
     checkNotQuantized(path, source.tensors, target);
     const isTied = !source.tensors.has("lm_head.weight") && source.config.tieWordEmbeddings &&
@@ -208,7 +240,7 @@ export async function loadModel(
     transform = new QuantizeOnLoad(backend, target, { isTied });
   }
   const weights = await loadWeights(backend, source.config, source.tensors, {
-    transform,
+    transform: compress ?? transform,
     onProgress: (loaded, total) => {
       options.onProgress?.(loaded, total);
       if (isTty) {
@@ -240,6 +272,9 @@ export async function loadModel(
     model,
     loadMs: performance.now() - started,
     ...(transform === undefined ? {} : { quantization: transform.summary() }),
+    ...(compress === undefined
+      ? {}
+      : { compression: describeCompression(plan!, compress.summary) }),
     release() {
       model.release();
       releaseWeights(backend, weights);

@@ -34,18 +34,27 @@ const ALIASES: Record<string, string> = {
  * in. Q8_K is left out: ggml uses it only for activations, and llama.cpp has no preset writing it.
  */
 export const QUANTIZATION_TARGETS: readonly Format[] = FORMATS.filter((f) =>
-  isQuantized(f.id) && f.name !== "q8_k"
+  isQuantized(f.id) && f.name !== "q8_k" && f.id < DType.W8A8
 );
+
+/** The activation-quantized targets (src/model/compress.ts loads them): w8a8, w8a8-mixed. */
+const W8A8_TARGETS: Record<string, string> = {
+  "w8a8": "w8a8",
+  "w8a8-mixed": "w8a8_mixed",
+  "w8a8_mixed": "w8a8_mixed",
+};
 
 /** "int8, int4, q4_0, …": the accepted names, for --help and errors. */
 export function quantizationNames(): string {
   const names = QUANTIZATION_TARGETS.map((f) => f.name);
-  return ["int8", "int4", ...names.filter((n) => n !== "int8" && n !== "int4")].join(", ");
+  const rest = names.filter((n) => n !== "int8" && n !== "int4");
+  return ["int8", "int4", ...rest, "w8a8", "w8a8-mixed"].join(", ");
 }
 
 /** The format a `--quantization` value names (any case); RangeError listing the choices. */
 export function parseQuantization(name: string): Format {
   const lower = name.trim().toLowerCase();
+  if (W8A8_TARGETS[lower] !== undefined) return formatByName(W8A8_TARGETS[lower])!;
   const format = formatByName(ALIASES[lower] ?? lower);
   if (format === undefined || !QUANTIZATION_TARGETS.includes(format)) {
     throw new RangeError(

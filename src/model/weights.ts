@@ -82,6 +82,8 @@ export interface WeightTransform {
   formatOf(info: TensorInfo): DTypeId | undefined;
   /** Writes matrix `info` as rows [rowOffset, rowOffset + its rows) of `dst`, in dst's format. */
   writeRows(info: TensorInfo, dst: DeviceMatrix, rowOffset: number): Promise<void>;
+  /** Rewrites a loaded f32 vector in place (SmoothQuant folds 1/s into RMSNorm weights). */
+  transformVector?(name: string, values: Float32Array): void;
 }
 
 export interface LoadWeightsOptions {
@@ -299,7 +301,9 @@ class WeightLoader {
     // after all rows (INT8) interleave across parts, so only the transform may stack those.
     let rowOffset = 0;
     for (let i = 0; i < infos.length; i++) {
-      if (this.#transform !== undefined && formatIdOf(infos[i]) !== dtype) {
+      // The transform writes every matrix it claims, even one it keeps in the file's format (a
+      // 2:4 matrix pruned in place).
+      if (this.#transform !== undefined && this.#transform.formatOf(infos[i]) !== undefined) {
         await this.#transform.writeRows(infos[i], matrix, rowOffset);
         this.#loadedBytes += infos[i].byteLength;
         this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
@@ -330,7 +334,14 @@ class WeightLoader {
     const ptr = this.#alloc(total * 4);
     let at = 0;
     for (let i = 0; i < names.length; i++) {
-      await this.#copy(this.#info(names[i], [lengths[i]]), offset(ptr, at * 4), DType.F32);
+      const at4 = offset(ptr, at * 4);
+      await this.#copy(this.#info(names[i], [lengths[i]]), at4, DType.F32);
+      if (this.#transform?.transformVector !== undefined) {
+        const values = new Float32Array(lengths[i]);
+        this.#backend.download(values, at4);
+        this.#transform.transformVector(names[i], values);
+        this.#backend.upload(at4, values);
+      }
       at += lengths[i];
     }
     return ptr;

@@ -23,6 +23,10 @@ export interface ServeConfig {
   loadFormat?: "auto" | "dummy";
   /** Quantize F32/F16/BF16 weights on load: a format name (src/model/quantize.ts). */
   quantization?: string;
+  /** `--sparsity 2:4`: prune and compress the layer projections on load (src/model/compress.ts). */
+  sparsity?: string;
+  /** A `deno task calibrate` file (SmoothQuant, outlier channels, Wanda norms). */
+  calibration?: string;
   host: string;
   /** 0 picks a free port (logged once listening). */
   port: number;
@@ -196,6 +200,18 @@ const OPTIONS = [
     flag: "quantization",
     arg: "Q",
     help: "quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, … (docs/quantization.md)",
+    defaultText: "none",
+  },
+  {
+    flag: "sparsity",
+    arg: "S",
+    help: "prune the layer projections to 2:4 on load: 2:4, 2:4-magnitude, 2:4-wanda",
+    defaultText: "none",
+  },
+  {
+    flag: "calibration",
+    arg: "FILE",
+    help: "deno task calibrate's file for w8a8 (SmoothQuant), w8a8-mixed and 2:4 Wanda",
     defaultText: "none",
   },
   { flag: "host", arg: "HOST", help: "address to listen on", defaultText: "127.0.0.1" },
@@ -520,6 +536,8 @@ const SCHEMAS = {
       return z.NEVER;
     }
   }),
+  sparsity: choice(["2:4", "2:4-magnitude", "2:4-wanda"]),
+  calibration: nonEmpty,
   host: hostSchema,
   port: integer(0, 65535),
   "served-model-name": nonEmpty,
@@ -692,6 +710,8 @@ export function parseServeConfig(
       revision: values.revision ?? "main",
       ...(values["load-format"] === undefined ? {} : { loadFormat: values["load-format"] }),
       ...(values.quantization === undefined ? {} : { quantization: values.quantization }),
+      ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
+      ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
       host: values.host ?? "127.0.0.1",
       port: values.port ?? 8000,
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),

@@ -283,6 +283,8 @@ async function startEngine(
       loadFormat: config.loadFormat,
       loadSeed,
       quantization: config.quantization,
+      sparsity: config.sparsity,
+      calibration: config.calibration,
       backend,
       numThreads: config.numThreads,
       blockSize: config.blockSize,
