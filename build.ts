@@ -82,6 +82,13 @@ async function buildLibrary(
   console.error(`built ${output}`);
 }
 
+/** A linker version script that exports the dl_* functions and hides everything else. */
+function exportMap(): string {
+  const path = `${BUILD_DIR}/export.map`;
+  Deno.writeTextFileSync(path, "{ global: dl_*; local: *; };\n");
+  return path;
+}
+
 function buildCpu(): Promise<void> {
   // Hot loops carry target_clones (AVX-512, AVX2+FMA, baseline), so one portable library picks
   // the best code path at load time instead of being tied to the build machine's CPU.
@@ -104,8 +111,48 @@ function buildCpu(): Promise<void> {
       "-Wl,-z,nodelete",
       // Keep the statically linked libstdc++ private: export the ABI and nothing else.
       "-Wl,--exclude-libs,ALL",
+      // Also the std template instantiations our own objects emit with default visibility (the
+      // comm code's std::thread, std::map): only dl_* leaves the library.
+      `-Wl,--version-script=${exportMap()}`,
     ],
   });
+}
+
+/**
+ * The CPU build's collectives plugin (comm/gloo_comm.cpp against Debian's libgloo-dev), a library
+ * of its own that libdenollm_cpu.so opens on first use: without Gloo only parallel serving is lost.
+ */
+async function buildCommPlugin(): Promise<void> {
+  const output = "build/libdenollm_comm_gloo.so";
+  try {
+    Deno.statSync("/usr/include/gloo/allreduce.h");
+  } catch {
+    console.error(
+      `skipping ${output}: Gloo's headers are missing (apt-get install libgloo-dev); ` +
+        "--tensor-parallel-size and --pipeline-parallel-size will fail with that hint",
+    );
+    return;
+  }
+  const inputs = ["comm/gloo_comm.cpp", "native/dl_store.h", "build.ts"];
+  if (isUpToDate(output, inputs)) {
+    console.error(`${output} is up to date`);
+    return;
+  }
+  await run(Deno.env.get("CXX") ?? "g++", [
+    "-O2",
+    "-std=c++17",
+    "-fPIC",
+    "-shared",
+    "-fvisibility=hidden",
+    "-Wall",
+    "-Inative",
+    "comm/gloo_comm.cpp",
+    "-o",
+    output,
+    "-lgloo",
+    "-pthread",
+  ]);
+  console.error(`built ${output}`);
 }
 
 async function buildCuda(): Promise<void> {
@@ -133,6 +180,9 @@ async function buildCuda(): Promise<void> {
       "-fPIC,-fvisibility=hidden",
       "-cudart",
       "static",
+      // Only dl_* leaves the library (the comm code's std::thread instantiations would too).
+      "-Xlinker",
+      `--version-script=${exportMap()}`,
       ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
     ],
   });
@@ -140,7 +190,11 @@ async function buildCuda(): Promise<void> {
 
 /** The real `deno compile`; explains in one line when the denort runtime cannot be had. */
 async function compileExecutable(): Promise<void> {
-  const includes = ["build/libdenollm_cpu.so", "build/libdenollm_cuda.so"]
+  const includes = [
+    "build/libdenollm_cpu.so",
+    "build/libdenollm_cuda.so",
+    "build/libdenollm_comm_gloo.so",
+  ]
     .filter((path) => {
       try {
         return Deno.statSync(`${ROOT}${path}`).isFile;
@@ -157,6 +211,8 @@ async function compileExecutable(): Promise<void> {
     "--allow-ffi",
     "--allow-net",
     "--allow-sys",
+    // The daemon starts its local ranks as child processes (--tensor-parallel-size and friends).
+    "--allow-run",
     // request.signal then fires only when a client goes away, not after every response (Deno 2.9);
     // without it every served request logs a deprecation warning.
     "--unstable-no-legacy-abort",
@@ -199,6 +255,7 @@ if (import.meta.main) {
   Deno.mkdirSync(BUILD_DIR, { recursive: true });
   try {
     await buildCpu();
+    await buildCommPlugin();
     await buildCuda();
     if (Deno.args.includes("--compile")) await compileExecutable();
   } catch (error) {

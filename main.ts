@@ -8,6 +8,7 @@ import { UsageError } from "./src/errors.ts";
 import { ModelFormatError } from "./src/formats/errors.ts";
 import { RequestTooLongError } from "./src/engine/scheduler.ts";
 import { runServe, VERSION } from "./src/server/serve.ts";
+import { runRankProcess } from "./src/parallel/launch.ts";
 import { HubError } from "./src/hub/download.ts";
 import { TokenizerError } from "./src/tokenizer/tokenizer.ts";
 
@@ -21,6 +22,7 @@ Commands:
   serve      serve an OpenAI-compatible API (denollm serve --help)
   batch      run an OpenAI Batch API file, resumably (denollm batch --help)
   distill-export  export a teacher's top-K logprobs as safetensors (denollm distill-export --help)
+  rank       one non-zero rank of a parallel group; serve starts these (docs/parallelism.md)
 `;
 
 /** Errors the user can act on get one clear line; anything else is a bug and keeps its stack. */
@@ -45,6 +47,8 @@ async function main(args: string[]): Promise<number> {
         return await runBatch(rest);
       case "distill-export":
         return await runDistillExport(rest);
+      case "rank":
+        return await runRankProcess(rest);
       case "--version":
       case "-V":
         console.log(`denollm ${VERSION}`);

@@ -9,10 +9,12 @@
 // - tiled WMMA (m > 8, f16 / bf16 weights): tensor cores on 16x16x16 fragments. x is split into
 //   x_hi + x_lo, both in the weight dtype, and both products are accumulated in f32, so the
 //   result keeps about 16 (bf16) or 22 (f16) bits of each x instead of 8 or 11.
+// Block-quantized weights go to cuda/matmul_quant.cu's kernels.
 #include <mma.h>
 
 #include "common.cuh"
 #include "half.cuh"
+#include "quant.cuh"
 
 namespace {
 
@@ -337,6 +339,9 @@ extern "C" int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const 
   if (m == 0) return DL_OK;
   if ((int64_t)(m + TILE_M - 1) / TILE_M > 65535) {
     return dl_fail(DL_ERR_UNSUPPORTED, "%s: m = %d is larger than this build supports", fn, m);
+  }
+  if (dl_dtype_is_quantized(w_dtype)) {
+    return dl_matmul_quant(ctx, out, x, w, w_dtype, bias, m, n, k, out_row_stride);
   }
   cudaStream_t s = ctx->stream;
   const int32_t ldo = out_row_stride;

@@ -13,9 +13,10 @@
 //   then does. The CPU build reads the metadata on the host and fails with DL_ERR_INVALID_ARGUMENT
 //   naming the bad value: a debugging aid, not a promise the engine may rely on.
 // - Activations are f32. Weights are in one of the formats of DL_DTYPE_TABLE (dl_dtype); compute
-//   accumulates in f32. With quantized weights, dl_matmul first quantizes each activation row per
-//   block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with an f32 scale and, for the K formats,
-//   blocks of 256 with 16-element sums) and takes integer dot products block by block.
+//   accumulates in f32. With quantized weights, the CPU build's dl_matmul first quantizes each
+//   activation row per block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with f16-rounded scale
+//   and sum, and for the K formats blocks of 256 with 16-element sums) and takes integer dot
+//   products block by block; the CUDA build dequantizes weights in registers against f32 rows.
 // - Shapes are written outermost first, row-major: [rows, cols].
 // - The KV cache of one layer is two buffers (K and V), each [num_blocks, num_kv_heads, block_size,
 //   head_dim] in the cache dtype. A token's slot is block_id * block_size + offset_in_block.
@@ -187,7 +188,8 @@ DL_API int32_t dl_free(
 // to max_blocks_per_seq * block_size positions, and dl_matmul calls of up to max_num_tokens rows and
 // max_matmul_k columns. It covers every kernel's scratch (the CPU build: per-thread attention and
 // RoPE scratch for the context's thread count, the quantized activation rows of dl_matmul; the CUDA
-// build: split decode attention partials, and its quantized activation rows). Writes the workspace bytes now held to *out_bytes. Afterwards no
+// build: split decode attention partials — its quantized matmul keeps activations in f32 and
+// needs none). Writes the workspace bytes now held to *out_bytes. Afterwards no
 // kernel allocates: a call that would need more than the reservation fails with
 // DL_ERR_OUT_OF_MEMORY naming both sizes. Before any reservation kernels grow the workspace on
 // demand. Calling it again may grow the reservation (it never shrinks).
@@ -405,6 +407,89 @@ DL_API int32_t dl_paged_attention(
     int32_t max_blocks_per_seq,
     int32_t num_blocks,
     float scale);
+
+// --- Collectives (dl_comm_*): ranks of one model across processes and hosts
+//
+// A communicator is a group of ranks that run the same model step together (docs/parallelism.md).
+// The collective algorithms are a library's, never ours: the CPU build forwards to Gloo (TCP
+// transport) through build/libdenollm_comm_gloo.so, opened at the first dl_comm_init so the CPU
+// library still loads where Gloo is absent (dl_comm_init then fails with DL_ERR_UNSUPPORTED naming
+// the missing file); the CUDA build opens libnccl.so.2 at run time. Ranks rendezvous through rank
+// 0's control store (dl_comm_store_start): Gloo exchanges its transport addresses there, NCCL its
+// ncclUniqueId. Buffers are device memory; reductions are sums of f32. A peer that dies makes the
+// pending call fail with DL_ERR_DEVICE naming it (never a hang past the timeout).
+
+typedef struct dl_comm dl_comm;
+typedef struct dl_comm_store dl_comm_store;
+
+// Starts the rendezvous store on host:port (port 0: any free port) in a background thread.
+DL_API int32_t dl_comm_store_start(
+    const char* host,        // NUL-terminated address to listen on, e.g. "0.0.0.0"
+    int32_t port,
+    int32_t* bound_port,     // [1] out: the port it listens on
+    dl_comm_store** out);
+
+DL_API int32_t dl_comm_store_stop(
+    dl_comm_store* store);
+
+// Joins the group `prefix` of world_size ranks as `rank`; blocks until every rank has joined or
+// timeout_ms passes. Collectives on the result fail after timeout_ms without progress.
+DL_API int32_t dl_comm_init(
+    int32_t rank,
+    int32_t world_size,
+    const char* store_host,  // NUL-terminated address of rank 0's store
+    int32_t store_port,
+    const char* prefix,      // NUL-terminated group name: several groups share one store
+    const char* bind_host,   // NUL-terminated address this rank's transport listens on
+    int32_t timeout_ms,
+    dl_comm** out);
+
+DL_API int32_t dl_comm_destroy(
+    dl_comm* comm);
+
+// buf = sum over ranks of buf, in place.
+DL_API int32_t dl_comm_all_reduce(
+    dl_comm* comm,
+    float* buf,              // [count]
+    int64_t count);
+
+// recv[r] = rank r's send; in place when send == recv + rank·count.
+DL_API int32_t dl_comm_all_gather(
+    dl_comm* comm,
+    const float* send,       // [count]
+    float* recv,             // [world_size, count]
+    int64_t count);
+
+// recv = sum over ranks of their send[rank]: the reduced chunk that belongs to this rank; in place
+// when recv == send + rank·count.
+DL_API int32_t dl_comm_reduce_scatter(
+    dl_comm* comm,
+    const float* send,       // [world_size, count]
+    float* recv,             // [count]
+    int64_t count);
+
+// Root's bytes to every rank; timeout_ms here (0: the communicator's) lets an idle rank wait long
+// for its next step without loosening the other collectives.
+DL_API int32_t dl_comm_broadcast(
+    dl_comm* comm,
+    void* buf,               // [num_bytes]
+    int64_t num_bytes,
+    int32_t root,
+    int32_t timeout_ms);
+
+DL_API int32_t dl_comm_send(
+    dl_comm* comm,
+    const void* buf,         // [num_bytes]
+    int64_t num_bytes,
+    int32_t peer,
+    int32_t tag);
+
+DL_API int32_t dl_comm_recv(
+    dl_comm* comm,
+    void* buf,               // [num_bytes]
+    int64_t num_bytes,
+    int32_t peer,
+    int32_t tag);
 
 #ifdef __cplusplus
 }

@@ -118,4 +118,17 @@ export const symbols = {
     ],
     result: "i32",
   },
+  dl_comm_store_start: { parameters: ["pointer", "i32", "pointer", "pointer"], result: "i32" },
+  dl_comm_store_stop: { parameters: ["pointer"], result: "i32" },
+  dl_comm_init: {
+    parameters: ["i32", "i32", "pointer", "i32", "pointer", "pointer", "i32", "pointer"],
+    result: "i32",
+  },
+  dl_comm_destroy: { parameters: ["pointer"], result: "i32" },
+  dl_comm_all_reduce: { parameters: ["pointer", "pointer", "i64"], result: "i32" },
+  dl_comm_all_gather: { parameters: ["pointer", "pointer", "pointer", "i64"], result: "i32" },
+  dl_comm_reduce_scatter: { parameters: ["pointer", "pointer", "pointer", "i64"], result: "i32" },
+  dl_comm_broadcast: { parameters: ["pointer", "pointer", "i64", "i32", "i32"], result: "i32" },
+  dl_comm_send: { parameters: ["pointer", "pointer", "i64", "i32", "i32"], result: "i32" },
+  dl_comm_recv: { parameters: ["pointer", "pointer", "i64", "i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;

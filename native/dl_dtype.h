@@ -78,13 +78,9 @@ constexpr uint32_t DL_QUANTIZED_DTYPES =
     dl_dtype_bit(DL_DTYPE_Q3_K) | dl_dtype_bit(DL_DTYPE_Q4_K) | dl_dtype_bit(DL_DTYPE_Q5_K) |
     dl_dtype_bit(DL_DTYPE_Q6_K) | dl_dtype_bit(DL_DTYPE_Q8_K) | dl_dtype_bit(DL_DTYPE_INT8) |
     dl_dtype_bit(DL_DTYPE_INT4);
-// Those this build has matmul and embedding kernels for: all on the CPU; none yet under nvcc, whose
-// launchers would otherwise read quantized blocks as BF16.
-#ifdef __CUDACC__
-constexpr uint32_t DL_BUILD_QUANTIZED_DTYPES = 0;
-#else
+// Those this build has matmul and embedding kernels for: all, on the CPU and under nvcc
+// (cuda/matmul_quant.cu, cuda/embedding.cu).
 constexpr uint32_t DL_BUILD_QUANTIZED_DTYPES = DL_QUANTIZED_DTYPES;
-#endif
 // The W8A8 and 2:4 formats (issue 11): dl_matmul only (embedding tables never take them). The CPU
 // build has kernels for all; the CUDA build none yet, so its launcher refuses them, naming them.
 constexpr uint32_t DL_W8A8_SPARSE_DTYPES =

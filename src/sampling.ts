@@ -146,6 +146,19 @@ export class Rng {
   }
 }
 
+/**
+ * A processed next-token distribution: the candidates that survive top-k, top-p and min-p, most
+ * likely first, with probabilities that sum to `total` (not renormalized, exactly as `sample`
+ * draws from them). A greedy row is the point mass on its argmax.
+ */
+export interface TokenDistribution {
+  ids: number[];
+  probs: number[];
+  total: number;
+  /** Set for the argmax point mass (greedy, or no finite logit): taken without a draw. */
+  isArgmax?: true;
+}
+
 /** Samples with one Sampler per sequence so each keeps its own random stream. */
 export class Sampler {
   readonly params: SamplingParams;
@@ -157,19 +170,60 @@ export class Sampler {
     this.#rng = new Rng(params.seed ?? Math.floor(Math.random() * 2 ** 31));
   }
 
+  /** Whether this sampler always takes the argmax (and so never draws from its generator). */
+  get isGreedy(): boolean {
+    return this.params.temperature === 0 || this.params.topK === 1;
+  }
+
+  /** One uniform draw in [0, 1) from this sequence's generator (speculative acceptance tests). */
+  uniform(): number {
+    return this.#rng.next();
+  }
+
   /**
    * Samples one token id from `logits`. With `allowed` (a bitmask: bit `id & 31` of word
    * `id >> 5`, as constrained decoding produces), tokens outside it are never chosen.
    */
   sample(logits: Float32Array, history?: TokenHistory, allowed?: Int32Array): number {
+    const dist = this.distribution(logits, history, allowed);
+    return dist.isArgmax ? dist.ids[0] : this.draw(dist);
+  }
+
+  /** Draws a token from a distribution `distribution` made (one generator draw). */
+  draw(dist: TokenDistribution): number {
+    const { ids, probs } = dist;
+    let r = this.#rng.next() * dist.total;
+    for (let i = 0; i < ids.length; i++) {
+      r -= probs[i];
+      if (r < 0) return ids[i];
+    }
+    return ids[ids.length - 1];
+  }
+
+  /**
+   * The distribution `sample` draws from: logit bias, penalties, the mask, temperature, top-k,
+   * top-p and min-p applied. Speculative verification uses it as the target's p, so accepted
+   * tokens follow exactly what normal sampling would.
+   */
+  distribution(
+    logits: Float32Array,
+    history?: TokenHistory,
+    allowed?: Int32Array,
+  ): TokenDistribution {
     const p = this.params;
     let row = adjustsLogits(p) ? adjustLogits(logits, p, history) : logits;
     if (allowed !== undefined) row = applyTokenMask(row === logits ? row.slice() : row, allowed);
-    if (p.temperature === 0 || p.topK === 1) return argmax(row);
+    const pointMass = (): TokenDistribution => ({
+      ids: [argmax(row)],
+      probs: [1],
+      total: 1,
+      isArgmax: true,
+    });
+    if (this.isGreedy) return pointMass();
 
     // Candidates sorted by logit; top-k cuts the list before the softmax.
     let ids = Array.from(row.keys()).filter((i) => Number.isFinite(row[i]));
-    if (ids.length === 0) return argmax(row);
+    if (ids.length === 0) return pointMass();
     ids.sort((a, b) => row[b] - row[a] || a - b);
     if (p.topK > 0 && p.topK < ids.length) ids = ids.slice(0, p.topK);
 
@@ -197,11 +251,6 @@ export class Sampler {
     }
     sum = 0;
     for (let i = 0; i < keep; i++) sum += probs[i];
-    let r = this.#rng.next() * sum;
-    for (let i = 0; i < keep; i++) {
-      r -= probs[i];
-      if (r < 0) return ids[i];
-    }
-    return ids[keep - 1];
+    return { ids: ids.slice(0, keep), probs: probs.slice(0, keep), total: sum };
   }
 }

@@ -61,7 +61,7 @@ export async function makeApi(
     servedModelName: SERVED_NAME,
     version: "0.0.0-test",
     maxQueuedRequests: 64,
-    metrics: new Metrics(),
+    metrics: new Metrics({ modelName: SERVED_NAME }),
     log: (level, msg, fields) => logs.push({ level, msg, fields }),
     ...overrides,
   };

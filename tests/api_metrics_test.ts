@@ -2,7 +2,7 @@
 // format 0.0.4 back with a small strict parser.
 import assert from "node:assert/strict";
 import { Metrics, PROMETHEUS_CONTENT_TYPE, Registry } from "../src/api/mod.ts";
-import { makeApi, post, startEngine, waitFor } from "./api_helpers.ts";
+import { makeApi, post, SERVED_NAME, startEngine, waitFor } from "./api_helpers.ts";
 
 interface Sample {
   name: string;
@@ -270,6 +270,12 @@ Deno.test("/metrics after real traffic", async () => {
     assert.ok(value("denollm_inter_token_latency_seconds_count") > 20);
     assert.ok(value("denollm_e2e_request_latency_seconds_count") >= 6);
     assert.ok(value("denollm_request_queue_time_seconds_count") >= 6);
+    // vLLM's dashboards select by model_name: every sample carries the served name.
+    for (const family of families.values()) {
+      for (const sample of family.samples) {
+        assert.equal(sample.labels.model_name, SERVED_NAME, `${sample.name} has model_name`);
+      }
+    }
     await reader.cancel();
     await waitFor(() => inflight.count === 0 && engine.stats.numRunning === 0);
     const after = parseExposition(await (await app.request("/metrics")).text());

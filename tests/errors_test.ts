@@ -209,8 +209,13 @@ Deno.test("the API answers each error code with its status", async (t) => {
           param: null,
           code: null,
         });
-        assert.equal(logs.length, 1);
-        assert.equal(logs[0].fields?.message, message);
+        if (code === "worker_failed") {
+          // The daemon logs a dead worker once, as one line, and exits: requests add nothing.
+          assert.equal(logs.length, 0);
+        } else {
+          assert.equal(logs.length, 1);
+          assert.equal(logs[0].fields?.message, message);
+        }
       } else {
         assert.deepEqual(error, {
           message,

@@ -1,10 +1,10 @@
 // --metrics-names vllm: vLLM's exact metric names, finished_reason, and model_name on every sample,
 // so vLLM's Grafana dashboards read denollm's /metrics.
 import assert from "node:assert/strict";
-import { Metrics } from "../src/api/metrics.ts";
+import { Metrics, type MetricsOptions } from "../src/api/metrics.ts";
 import { parseServeConfig } from "../src/server/config.ts";
 
-function sampleMetrics(opts?: ConstructorParameters<typeof Metrics>[0]): Metrics {
+function sampleMetrics(opts?: MetricsOptions): Metrics {
   const m = new Metrics(opts);
   m.requestsFinished.inc(2, { finish_reason: "stop" });
   m.promptTokens.inc(10);
@@ -52,10 +52,43 @@ Deno.test("metrics under vLLM's names carry model_name", () => {
   }
 });
 
-Deno.test("metrics keep denollm's names by default", () => {
-  const text = sampleMetrics().render();
-  assert.ok(text.includes('denollm_requests_total{finish_reason="stop"} 2'));
-  assert.ok(!text.includes("model_name"));
+Deno.test("metrics keep denollm's names by default, with model_name when given", () => {
+  const bare = sampleMetrics().render();
+  assert.ok(bare.split("\n").includes('denollm_requests_total{finish_reason="stop"} 2'), bare);
+  assert.ok(!bare.includes("model_name"));
+  const text = sampleMetrics({ modelName: "org/m" }).render();
+  const label = 'model_name="org/m"';
+  for (
+    const line of [
+      `denollm_requests_total{${label},finish_reason="stop"} 2`,
+      `denollm_prompt_tokens_total{${label}} 10`,
+      `denollm_num_requests_running{${label}} 1`,
+      `denollm_kv_cache_usage_ratio{${label}} 0.5`,
+      `denollm_time_to_first_token_seconds_bucket{${label},le="+Inf"} 1`,
+      `denollm_time_to_first_token_seconds_count{${label}} 1`,
+    ]
+  ) {
+    assert.ok(text.split("\n").includes(line), `${line}\n${text}`);
+  }
+  const samples = text.split("\n").filter((l) => l !== "" && !l.startsWith("#"));
+  for (const line of samples) assert.ok(line.includes(label), line);
+  // The two namings differ only in metric and label names, not in which samples they have.
+  const vllm = sampleMetrics({ names: "vllm", modelName: "org/m" }).render();
+  assert.equal(
+    vllm.split("\n").filter((l) => l !== "" && !l.startsWith("#")).length,
+    samples.length,
+  );
+});
+
+Deno.test("a model name that spells a label is kept as it is under vLLM's names", () => {
+  const name = 'x",finish_reason="y';
+  const text = sampleMetrics({ names: "vllm", modelName: name }).render();
+  assert.ok(
+    text.split("\n").includes(
+      'vllm:request_success_total{model_name="x\\",finish_reason=\\"y",finished_reason="stop"} 2',
+    ),
+    text,
+  );
 });
 
 Deno.test("--metrics-names", () => {
@@ -79,28 +112,34 @@ async function hasPromtool(): Promise<boolean> {
 }
 
 Deno.test({
-  name: "vLLM-named metrics pass promtool check metrics",
+  name: "metrics under both namings pass promtool check metrics",
   ignore: !(await hasPromtool()),
-  async fn() {
-    const child = new Deno.Command("promtool", {
-      args: ["check", "metrics"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(
-      new TextEncoder().encode(sampleMetrics({ names: "vllm", modelName: "m" }).render()),
-    );
-    await writer.close();
-    const result = await child.output();
-    const report = new TextDecoder().decode(result.stdout) +
-      new TextDecoder().decode(result.stderr);
-    // vLLM's own names draw promtool's lint about ':' (reserved for recording rules); any other
-    // complaint, a parse error above all, fails.
-    const others = report.split("\n").filter((l) =>
-      l.trim() !== "" && !/metric names should not contain ':'$/.test(l)
-    );
-    assert.deepEqual(others, [], report);
+  async fn(t) {
+    for (const names of ["vllm", "denollm"] as const) {
+      await t.step(names, () => promtoolCheck(names));
+    }
   },
 });
+
+async function promtoolCheck(names: "vllm" | "denollm"): Promise<void> {
+  const child = new Deno.Command("promtool", {
+    args: ["check", "metrics"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(
+    new TextEncoder().encode(sampleMetrics({ names, modelName: "m" }).render()),
+  );
+  await writer.close();
+  const result = await child.output();
+  const report = new TextDecoder().decode(result.stdout) +
+    new TextDecoder().decode(result.stderr);
+  // vLLM's own names draw promtool's lint about ':' (reserved for recording rules); any other
+  // complaint, a parse error above all, fails.
+  const others = report.split("\n").filter((l) =>
+    l.trim() !== "" && !/metric names should not contain ':'$/.test(l)
+  );
+  assert.deepEqual(others, [], report);
+}

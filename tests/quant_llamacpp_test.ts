@@ -1,6 +1,8 @@
 // Quantized GGUFs made by llama.cpp's own quantizer, remade here (tools/llamacpp/quantize.sh) and
 // checked to be the very bytes llama.cpp ran on: through the serving engine our greedy tokens
 // equal llama.cpp's (tests/fixtures/llamacpp/quant_*.json, tools/llamacpp/make_quant_fixtures.ts).
+// The random-weight sources are peaked (tools/random_model/successor.ts), so their greedy tokens
+// win by several logits and a mismatch means a kernel bug, not a near-tie.
 // Needs node-llama-cpp (bash tools/llamacpp/install.sh); without it the tests are ignored, unless
 // DENOLLM_REQUIRE_LLAMACPP=1 (CI sets it) makes them run and fail.
 import assert from "node:assert/strict";
@@ -9,21 +11,24 @@ import { LLM } from "../src/engine/llm.ts";
 import { readGguf } from "../src/formats/gguf.ts";
 import { loadModel } from "../src/model/load.ts";
 import { GREEDY } from "../src/sampling.ts";
+import { peakedStructure } from "../tools/random_model/random_model.ts";
 import {
   GREEDY_SKIPPED,
   hasLlamaCpp,
   QUANT_SOURCES,
   quantizeWithLlamaCpp,
+  randomSourcePreset,
   sha256File,
   sourceGguf,
 } from "../tools/llamacpp/quant_fixtures.ts";
 import type { QuantPreset } from "../tools/llamacpp/quant_fixtures.ts";
 
 interface QuantFixture {
-  source: { sha256: string };
+  source: { sha256: string; seed?: number; peaked?: boolean };
   generate: { prompt: string; n: number };
   files: {
-    preset: QuantPreset;
+    /** "F32": the unquantized source, as a baseline. */
+    preset: QuantPreset | "F32";
     sha256: string;
     tensorTypes: Record<string, number>;
     promptIds: number[];
@@ -57,8 +62,9 @@ for (const source of QUANT_SOURCES) {
             continue;
           }
           await t.step(file.preset, async () => {
-            const path = `${dir}/${source.name}-${file.preset}.gguf`;
-            await quantizeWithLlamaCpp(input, path, file.preset);
+            const isSource = file.preset === "F32";
+            const path = isSource ? input : `${dir}/${source.name}-${file.preset}.gguf`;
+            if (file.preset !== "F32") await quantizeWithLlamaCpp(input, path, file.preset);
             assert.equal(await sha256File(path), file.sha256, "llama.cpp's quantizer changed");
             const types: Record<string, number> = {};
             for (const info of (await readGguf(path)).tensors.values()) {
@@ -83,10 +89,26 @@ for (const source of QUANT_SOURCES) {
                 ignoreEos: true,
               });
               assert.deepEqual(result.tokenIds, file.generatedIds);
+              if (fixture.source.peaked === true) {
+                // How much of llama.cpp's output the planted structure decides (tokens that are
+                // its successor walk): a measure of the margins, printed, not asserted.
+                const config = randomSourcePreset(source).config;
+                const structure = peakedStructure(config, fixture.source.seed!);
+                let prev = promptIds.at(-1)!;
+                let walked = 0;
+                for (const id of file.generatedIds) {
+                  if (id === structure.successorOf(prev)) walked++;
+                  prev = id;
+                }
+                console.log(
+                  `${source.name} ${file.preset}: ${walked}/${file.generatedIds.length} of ` +
+                    "llama.cpp's tokens are the planted successor of the one before",
+                );
+              }
             } finally {
               llm.release();
               loaded.release();
-              await Deno.remove(path);
+              if (!isSource) await Deno.remove(path);
             }
           });
         }

@@ -229,6 +229,23 @@ Deno.test("quantize then dequantize round-trips within each type's error", async
   }
 });
 
+Deno.test("values at the limits of f16 and tiny values quantize to finite floats", async (t) => {
+  for (const type of Object.keys(ROUND_TRIP_BOUNDS)) {
+    await t.step(type, () => {
+      const dtype = dtypeOf(type);
+      const cols = Math.max(formatByGgufName(type)!.blockLen, 32);
+      const x = gaussian(3 * cols, 18);
+      for (let i = 0; i < cols; i++) x[i] = i % 2 ? 65504 : -65504 * (i / cols); // huge
+      for (let i = cols; i < 2 * cols; i++) x[i] *= 1e-30; // below f16's smallest scale
+      const y = roundTrip(dtype, x, 3, cols);
+      for (let i = 0; i < y.length; i++) assert.ok(Number.isFinite(y[i]), `${type} element ${i}`);
+      // The huge row still quantizes to within its range's resolution.
+      const huge = rmse(x.subarray(0, cols), y.subarray(0, cols));
+      assert.ok(huge <= 65504 * ROUND_TRIP_BOUNDS[type], `${type}: huge row RMSE ${huge}`);
+    });
+  }
+});
+
 Deno.test("plain formats quantize by conversion", () => {
   const x = gaussian(3 * 5, 13, 3);
   assert.deepEqual(roundTrip(dtypeOf("F32"), x, 3, 5), x);

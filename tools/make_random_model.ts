@@ -2,13 +2,16 @@
 //
 // deno run --allow-read --allow-write tools/make_random_model.ts --preset NAME --out DIR
 //   [--seed N] [--dtype f32|f16|bf16] [--layers N] [--vocab N] [--formats hf,gguf]
-//   [--max-shard-mb N]
+//   [--max-shard-mb N] [--peaked]
+// --peaked plants a next-token structure with large margins (tools/random_model/successor.ts).
 import type { DType } from "../src/formats/tensor.ts";
 import { getPreset, presetNames } from "./random_model/presets.ts";
 import { generateRandomModel, type ModelFileFormat } from "./random_model/random_model.ts";
 
 const USAGE = `usage: make_random_model.ts --preset NAME --out DIR [--seed N] [--dtype f32|f16|bf16]
-       [--layers N] [--vocab N] [--formats hf,gguf] [--max-shard-mb N]
+       [--layers N] [--vocab N] [--formats hf,gguf] [--max-shard-mb N] [--peaked]
+  --peaked  random weights plus a planted "successor" structure: each greedy token wins by
+            several logits, even after 4-bit quantization (for greedy equality checks)
 presets: ${presetNames().join(", ")}`;
 
 const FLAGS = ["preset", "out", "seed", "dtype", "layers", "vocab", "formats", "max-shard-mb"];
@@ -20,6 +23,10 @@ function parseArgs(argv: string[]): Map<string, string> {
     if (flag === "--help" || flag === "-h") {
       console.log(USAGE);
       Deno.exit(0);
+    }
+    if (flag === "--peaked") {
+      args.set("peaked", "true");
+      continue;
     }
     const name = flag.startsWith("--") ? flag.slice(2) : "";
     if (!FLAGS.includes(name)) throw new TypeError(`Unknown argument ${flag}\n${USAGE}`);
@@ -63,6 +70,7 @@ async function main(): Promise<void> {
     dtype: dtype as DType,
     outDir,
     formats: formats as ModelFileFormat[],
+    peaked: args.has("peaked"),
     maxShardBytes: shardMb === undefined ? undefined : shardMb * 1_000_000,
     onProgress(done, total) {
       const percent = Math.floor((100 * done) / total);
@@ -77,7 +85,9 @@ async function main(): Promise<void> {
   if (isTty) Deno.stderr.writeSync(encoder.encode("\n"));
   const c = result.config;
   console.error(
-    `${preset.name} ${dtype}: ${(result.numParams / 1e6).toFixed(1)}M params, ` +
+    `${preset.name} ${dtype}${args.has("peaked") ? " peaked" : ""}: ${
+      (result.numParams / 1e6).toFixed(1)
+    }M params, ` +
       `${c.num_hidden_layers} layers, vocab ${c.vocab_size}, ${
         (result.elapsedMs / 1000).toFixed(1)
       } s`,

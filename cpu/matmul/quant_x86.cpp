@@ -2,6 +2,7 @@
 // quant_kquant.h) on 256-bit vectors, compiled twice: AVX2 (u8 x s8 products through maddubs and
 // madd) and AVX-512 VNNI (vpdpbusd and vpdpwssd, one instruction each; Zen 4 runs 512-bit vectors
 // as two 256-bit halves, so the narrower vectors lose nothing there and keep one code path).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -84,6 +85,7 @@ inline __m256i fifth_bits(const uint8_t* p) { return _mm256_maskz_set1_epi8(dl_l
 #include "quant_legacy.h"
 #include "quant_kquant.h"
 #include "quant_tile.h"
+#include "quant_zmm.h"
 }  // namespace avx512_vnni
 #pragma GCC pop_options
 
@@ -112,8 +114,20 @@ const DlQuantIsa* dl_quant_avx2() {
   static const DlQuantIsa isa = DL_QUANT_ISA_TABLE(avx2);
   return &isa;
 }
+// The 512-bit tiles (quant_zmm.h) replace the 256-bit kernels where they exist.
 const DlQuantIsa* dl_quant_avx512_vnni() {
-  static const DlQuantIsa isa = DL_QUANT_ISA_TABLE(avx512_vnni);
+  static const DlQuantIsa isa = [] {
+    namespace z = avx512_vnni::zmm;
+    DlQuantIsa t = DL_QUANT_ISA_TABLE(avx512_vnni);
+    t.kernel[DL_DTYPE_Q4_0] = z::gemm_cols<z::LegacyZ<DL_DTYPE_Q4_0>>;
+    t.kernel[DL_DTYPE_Q4_1] = z::gemm_cols<z::LegacyZ<DL_DTYPE_Q4_1>>;
+    t.kernel[DL_DTYPE_Q5_0] = z::gemm_cols<z::LegacyZ<DL_DTYPE_Q5_0>>;
+    t.kernel[DL_DTYPE_Q5_1] = z::gemm_cols<z::LegacyZ<DL_DTYPE_Q5_1>>;
+    t.kernel[DL_DTYPE_Q8_0] = z::gemm_cols<z::LegacyZ<DL_DTYPE_Q8_0>>;
+    t.kernel[DL_DTYPE_Q4_K] = z::gemm_cols<z::KDotZ<DL_DTYPE_Q4_K>>;
+    t.kernel[DL_DTYPE_Q6_K] = z::gemm_cols<z::KDotZ<DL_DTYPE_Q6_K>>;
+    return t;
+  }();
   return &isa;
 }
 

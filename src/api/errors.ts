@@ -130,7 +130,9 @@ export function toApiError(
   const mapped = fromDomainError(error);
   if (mapped !== undefined) return mapped;
   const e = error instanceof Error ? error : new Error(String(error));
-  if (logged.has(e)) {
+  // A dead engine worker is the daemon's failure, not this request's: the daemon logs it once
+  // (without a stack) and exits, so the request only gets the generic answer.
+  if (logged.has(e) || declaredCode(e) === "worker_failed") {
     return new ApiError(500, "The server had an error while processing your request");
   }
   logged.add(e);

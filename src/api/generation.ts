@@ -176,6 +176,12 @@ export class GenerationRun {
     }
     if (output.finished) {
       this.#numFinished++;
+      // Speculation counts are cumulative per sequence: taken once, when it ends.
+      if (stats !== undefined && output.specDecode !== undefined) {
+        stats.numDraftTokens = (stats.numDraftTokens ?? 0) + output.specDecode.numDraftTokens;
+        stats.numAcceptedTokens = (stats.numAcceptedTokens ?? 0) +
+          output.specDecode.numAcceptedTokens;
+      }
       m.requestsFinished.inc(1, { finish_reason: output.finishReason ?? "stop" });
       stats?.finishReasons.push(output.finishReason ?? "stop");
       m.e2eLatency.observe((now - this.#startMs) / 1000);

@@ -11,6 +11,8 @@ export interface MetricOptions {
   name: string;
   help: string;
   labelNames?: readonly string[];
+  /** Labels with one value on every sample (e.g. `model_name`), rendered before the others. */
+  constLabels?: Labels;
 }
 
 export interface HistogramOptions extends MetricOptions {
@@ -35,10 +37,8 @@ function formatValue(value: number): string {
   return Number.isNaN(value) ? "NaN" : String(value);
 }
 
-function formatLabels(names: readonly string[], values: readonly string[]): string {
-  if (names.length === 0) return "";
-  const pairs = names.map((name, i) => `${name}="${escapeLabelValue(values[i])}"`);
-  return `{${pairs.join(",")}}`;
+function formatPairs(names: readonly string[], values: readonly string[]): string[] {
+  return names.map((name, i) => `${name}="${escapeLabelValue(values[i])}"`);
 }
 
 /** What every metric shares: its name, help, label names, and one series per label set. */
@@ -47,20 +47,24 @@ class Family<Series> {
   readonly help: string;
   readonly type: string;
   readonly labelNames: readonly string[];
+  /** The constant labels, already formatted (`a="x",b="y"`), or "" without any. */
+  readonly #constPairs: string[];
   #series = new Map<string, { values: string[]; series: Series }>();
   #create: () => Series;
 
   constructor(type: string, opts: MetricOptions, create: () => Series) {
     if (!METRIC_NAME.test(opts.name)) throw new RangeError(`Invalid metric name "${opts.name}"`);
     const labelNames = opts.labelNames ?? [];
-    for (const label of labelNames) {
+    const constNames = Object.keys(opts.constLabels ?? {});
+    for (const label of [...labelNames, ...constNames]) {
       if (!LABEL_NAME.test(label) || label.startsWith("__")) {
         throw new RangeError(`Invalid label name "${label}" for metric ${opts.name}`);
       }
     }
-    if (new Set(labelNames).size !== labelNames.length) {
+    if (new Set([...labelNames, ...constNames]).size !== labelNames.length + constNames.length) {
       throw new RangeError(`Duplicate label names for metric ${opts.name}`);
     }
+    this.#constPairs = formatPairs(constNames, constNames.map((n) => opts.constLabels![n]));
     this.name = opts.name;
     this.help = opts.help;
     this.type = type;
@@ -87,6 +91,17 @@ class Family<Series> {
       this.#series.set(key, entry);
     }
     return entry.series;
+  }
+
+  /** `{…}` for one sample: the constant labels, then the series', then `extra`; "" if none. */
+  labels(values: readonly string[], extra: Labels = {}): string {
+    const extraNames = Object.keys(extra);
+    const pairs = [
+      ...this.#constPairs,
+      ...formatPairs(this.labelNames, values),
+      ...formatPairs(extraNames, extraNames.map((n) => extra[n])),
+    ];
+    return pairs.length === 0 ? "" : `{${pairs.join(",")}}`;
   }
 
   entries(): { values: string[]; series: Series }[] {
@@ -124,7 +139,7 @@ export class Counter {
   render(): string {
     const f = this.#family;
     const lines = f.entries().map(({ values, series }) =>
-      `${f.name}_total${formatLabels(f.labelNames, values)} ${formatValue(series.value)}\n`
+      `${f.name}_total${f.labels(values)} ${formatValue(series.value)}\n`
     );
     return f.header(`${f.name}_total`) + lines.join("");
   }
@@ -153,7 +168,7 @@ export class Gauge {
   render(): string {
     const f = this.#family;
     const lines = f.entries().map(({ values, series }) =>
-      `${f.name}${formatLabels(f.labelNames, values)} ${formatValue(series.value)}\n`
+      `${f.name}${f.labels(values)} ${formatValue(series.value)}\n`
     );
     return f.header() + lines.join("");
   }
@@ -181,7 +196,7 @@ export class Histogram {
         );
       }
     }
-    if (opts.labelNames?.includes("le")) {
+    if (opts.labelNames?.includes("le") || "le" in (opts.constLabels ?? {})) {
       throw new RangeError(`Histogram ${opts.name} cannot have a label named "le"`);
     }
     this.buckets = buckets;
@@ -215,10 +230,9 @@ export class Histogram {
       let cumulative = 0;
       for (const [i, le] of bounds.entries()) {
         cumulative += series.counts[i];
-        const labels = formatLabels([...f.labelNames, "le"], [...values, le]);
-        out += `${f.name}_bucket${labels} ${cumulative}\n`;
+        out += `${f.name}_bucket${f.labels(values, { le })} ${cumulative}\n`;
       }
-      const labels = formatLabels(f.labelNames, values);
+      const labels = f.labels(values);
       out += `${f.name}_sum${labels} ${formatValue(series.sum)}\n`;
       out += `${f.name}_count${labels} ${series.count}\n`;
     }
@@ -231,6 +245,16 @@ type Metric = Counter | Gauge | Histogram;
 /** A set of metrics with unique names, rendered together. */
 export class Registry {
   #metrics = new Map<string, Metric>();
+  #constLabels: Labels;
+
+  /** `constLabels` go on every sample of every metric registered here. */
+  constructor(opts: { constLabels?: Labels } = {}) {
+    this.#constLabels = { ...opts.constLabels };
+  }
+
+  #withConst<O extends MetricOptions>(opts: O): O {
+    return { ...opts, constLabels: { ...this.#constLabels, ...opts.constLabels } };
+  }
 
   #add<M extends Metric>(name: string, metric: M): M {
     if (this.#metrics.has(name)) throw new RangeError(`Metric ${name} is already registered`);
@@ -243,15 +267,15 @@ export class Registry {
     if (opts.name.endsWith("_total")) {
       throw new RangeError(`Counter names get "_total" appended; drop it from "${opts.name}"`);
     }
-    return this.#add(opts.name, new Counter(opts));
+    return this.#add(opts.name, new Counter(this.#withConst(opts)));
   }
 
   gauge(opts: MetricOptions): Gauge {
-    return this.#add(opts.name, new Gauge(opts));
+    return this.#add(opts.name, new Gauge(this.#withConst(opts)));
   }
 
   histogram(opts: HistogramOptions): Histogram {
-    return this.#add(opts.name, new Histogram(opts));
+    return this.#add(opts.name, new Histogram(this.#withConst(opts)));
   }
 
   /** The text exposition format 0.0.4. */
@@ -326,22 +350,38 @@ const E2E_BUCKETS = [
 ];
 
 /**
+ * Owns the registry so that it exists, with its constant labels, before {@link Metrics}' field
+ * initializers register into it (a derived class initializes its fields after `super()`).
+ */
+class RegistryOwner {
+  readonly registry: Registry;
+
+  constructor(constLabels: Labels) {
+    this.registry = new Registry({ constLabels });
+  }
+}
+
+export interface MetricsOptions {
+  /**
+   * `"vllm"` exposes vLLM's exact metric names (`vllm:…`, `finished_reason`) so vLLM's Grafana
+   * dashboards read them; the default keeps denollm's (`denollm_…`).
+   */
+  names?: "denollm" | "vllm";
+  /** The served model name, as `model_name` on every sample under either names (as vLLM does). */
+  modelName?: string;
+}
+
+/**
  * The server's metrics. Request counters and latency histograms are fed by the API as outputs
  * arrive (one observation per generated sequence, so a request with n = 4 counts four); the
  * engine gauges and cache counters are copied from the engine's stats at scrape time.
  */
-export class Metrics {
-  readonly registry = new Registry();
+export class Metrics extends RegistryOwner {
   #names: "denollm" | "vllm";
-  #modelName: string;
 
-  /**
-   * `names: "vllm"` exposes vLLM's exact metric names (`vllm:…`, `finished_reason`), each sample
-   * labelled `model_name`, so vLLM's Grafana dashboards read them; the default keeps denollm's.
-   */
-  constructor(opts: { names?: "denollm" | "vllm"; modelName?: string } = {}) {
+  constructor(opts: MetricsOptions = {}) {
+    super(opts.modelName === undefined ? {} : { model_name: opts.modelName });
     this.#names = opts.names ?? "denollm";
-    this.#modelName = opts.modelName ?? "";
   }
 
   readonly requestsFinished = this.registry.counter({
@@ -406,6 +446,24 @@ export class Metrics {
     name: "denollm_num_preemptions",
     help: "Requests preempted by the scheduler.",
   });
+  // Speculative decoding, named as vLLM names them (vllm:spec_decode_… under --metrics-names vllm).
+  readonly specDecodeNumDrafts = this.registry.counter({
+    name: "denollm_spec_decode_num_drafts",
+    help: "Speculative verification steps of a request with at least one proposed token.",
+  });
+  readonly specDecodeNumDraftTokens = this.registry.counter({
+    name: "denollm_spec_decode_num_draft_tokens",
+    help: "Tokens proposed by the speculative proposer.",
+  });
+  readonly specDecodeNumAcceptedTokens = this.registry.counter({
+    name: "denollm_spec_decode_num_accepted_tokens",
+    help: "Proposed tokens the target model accepted.",
+  });
+  readonly specDecodeNumAcceptedTokensPerPos = this.registry.counter({
+    name: "denollm_spec_decode_num_accepted_tokens_per_pos",
+    help: "Accepted tokens by their position among a step's proposals (0 = the first).",
+    labelNames: ["position"],
+  });
 
   /** Copies the engine's stats into the gauges and mirrored counters. */
   updateFromEngine(stats: EngineStats): void {
@@ -416,11 +474,20 @@ export class Metrics {
     this.prefixCacheQueries.setTotal(stats.prefixCacheQueries);
     this.prefixCacheHits.setTotal(stats.prefixCacheHits);
     this.numPreemptions.setTotal(stats.numPreemptions);
+    const spec = stats.specDecode;
+    if (spec !== undefined) {
+      this.specDecodeNumDrafts.setTotal(spec.numDrafts);
+      this.specDecodeNumDraftTokens.setTotal(spec.numDraftTokens);
+      this.specDecodeNumAcceptedTokens.setTotal(spec.numAcceptedTokens);
+      for (const [position, n] of spec.numAcceptedTokensPerPos.entries()) {
+        this.specDecodeNumAcceptedTokensPerPos.setTotal(n, { position: String(position) });
+      }
+    }
   }
 
   render(): string {
     const text = this.registry.render();
-    return this.#names === "vllm" ? asVllmMetrics(text, this.#modelName) : text;
+    return this.#names === "vllm" ? asVllmMetrics(text) : text;
   }
 }
 
@@ -437,9 +504,8 @@ function vllmName(name: string): string {
   return name.startsWith("denollm_") ? `vllm:${name.slice("denollm_".length)}` : name;
 }
 
-/** Rewrites rendered samples to vLLM's names and labels, with `model_name` on every sample. */
-export function asVllmMetrics(text: string, modelName: string): string {
-  const modelLabel = `model_name="${escapeLabelValue(modelName)}"`;
+/** Rewrites rendered samples to vLLM's names and label names (the values stay as they are). */
+export function asVllmMetrics(text: string): string {
   return text.split("\n").map((line) => {
     if (line === "") return line;
     if (line.startsWith("# ")) {
@@ -453,7 +519,12 @@ export function asVllmMetrics(text: string, modelName: string): string {
     const base = suffix !== null && !(sample in VLLM_NAMES)
       ? `${vllmName(sample.slice(0, -suffix[0].length))}${suffix[0]}`
       : vllmName(sample);
-    const renamed = labels.replace(/^finish_reason=/, "finished_reason=");
-    return `${base}{${[modelLabel, renamed].filter((l) => l !== "").join(",")}} ${value}`;
+    // Walks whole `name="value"` pairs, so a value (a model name) that spells a label is kept.
+    const renamed = labels.replace(
+      /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g,
+      (_, name: string, value: string) =>
+        `${name === "finish_reason" ? "finished_reason" : name}="${value}"`,
+    );
+    return renamed === "" ? `${base} ${value}` : `${base}{${renamed}} ${value}`;
   }).join("\n");
 }

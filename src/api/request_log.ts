@@ -1,5 +1,6 @@
 // One log line per request (--log-level info): its id, route, status, prompt and output tokens,
-// queue time, time to first token, duration and finish reason. A generation run fills in its part
+// queue time, time to first token, duration and finish reason (and with speculative decoding, the
+// tokens proposed and the fraction accepted). A generation run fills in its part
 // through the RunStats registered for its Request; a stream's line is written when its run ends.
 
 /** What a generation run tells the request log. */
@@ -10,6 +11,9 @@ export interface RunStats {
   queueMs?: number;
   ttftMs?: number;
   finishReasons: string[];
+  /** Speculative decoding: tokens proposed and accepted over the run's sequences. */
+  numDraftTokens?: number;
+  numAcceptedTokens?: number;
   isEnded: boolean;
   /** Set by the request log while a stream is still running: called once the run ends. */
   onEnd?: () => void;
@@ -27,6 +31,9 @@ export interface RequestLogFields {
   ttft_ms?: number;
   duration_ms: number;
   finish_reason?: string;
+  spec_draft_tokens?: number;
+  /** Accepted over proposed tokens, when anything was proposed. */
+  spec_acceptance?: number;
 }
 
 const statsByRequest = new WeakMap<Request, RunStats>();
@@ -75,5 +82,12 @@ export function requestLogFields(
     }),
     duration_ms: round(performance.now() - startMs)!,
     ...(reasons.length === 0 ? {} : { finish_reason: reasons.join(",") }),
+    ...(stats?.numDraftTokens
+      ? {
+        spec_draft_tokens: stats.numDraftTokens,
+        spec_acceptance: Math.round((stats.numAcceptedTokens ?? 0) / stats.numDraftTokens * 1000) /
+          1000,
+      }
+      : {}),
   };
 }

@@ -85,14 +85,15 @@ export async function runBatch(args: string[]): Promise<number> {
         `${engine.numKvBlocks * engine.blockSize} KV tokens, up to ${maxInFlight} lines in flight`,
     );
     const warned = new Set<string>();
+    const servedModelName = v["served-model-name"] ?? options.modelPath;
     const { app } = createApp({
       getEngine: () => engine,
       tokenizer: source.tokenizer,
       chatTemplate: source.chatTemplate,
-      servedModelName: v["served-model-name"] ?? options.modelPath,
+      servedModelName,
       version: "batch",
       maxQueuedRequests: maxInFlight + 1,
-      metrics: new Metrics(),
+      metrics: new Metrics({ modelName: servedModelName }),
       // Each warning once, not once per line.
       log: (level, msg) => {
         if (level === "info" || warned.has(msg)) return;

@@ -1,5 +1,6 @@
 // `denollm distill-export`: a teacher's top-K next-token logprobs at every position of every text,
-// computed in the prefill pass of each text (texts batched together), written as safetensors.
+// computed in the prefill pass of each text (texts batched together), optionally chosen layers'
+// hidden states from the same pass, written as safetensors.
 import { parseArgs } from "node:util";
 import { NativeBackend } from "../../ffi/native.ts";
 import { distillTensors, teacherTopK } from "../distill/distill_export.ts";
@@ -23,15 +24,38 @@ export const DISTILL_USAGE =
 For every position of every text, the model's K most likely next tokens and their logprobs, from
 one prefill pass per text (texts batched), written as safetensors (layout in docs/distill.md):
 t{i}.token_ids [n] I32, t{i}.topk_ids [n, K] I32, t{i}.topk_logprobs [n, K] F32, where row p is
-the distribution of token p+1 given tokens 0..p.
+the distribution of token p+1 given tokens 0..p. With --hidden-layers, also t{i}.hidden.{l}
+[n, hidden] F32 per layer l: decoder layer l's output (before the final norm) at token p.
 
   --input FILE                 JSONL: {"text": "..."} or {"token_ids": [...]}, optional "id"
   --top-k K                    alternatives per position (required)
   --out FILE                   the .safetensors file to write
+  --hidden-layers LIST         also export these decoder layers' outputs, comma-separated
+                               0-based indices; negative ones count from the end (-1 = last;
+                               write --hidden-layers=-1,0 when the list starts with one)
   --max-num-logit-rows N       prompt rows with logits per step (default: up to
                                --max-num-batched-tokens, within 256 MiB of logits)
 ${ENGINE_FLAGS_USAGE}
 `;
+
+/** `--hidden-layers 0,5,-1` as 0-based layer indices, in the order given. */
+export function parseHiddenLayers(text: string, numLayers: number): number[] {
+  const layers = text.split(",").map((part) => {
+    const t = part.trim();
+    const l = /^-?\d+$/.test(t) ? Number(t) : NaN;
+    if (!(l >= -numLayers && l < numLayers)) {
+      throw new UsageError(
+        `--hidden-layers "${text}": expected comma-separated layer indices from ` +
+          `${-numLayers} to ${numLayers - 1} (the model has ${numLayers} layers), got "${t}"`,
+      );
+    }
+    return l < 0 ? numLayers + l : l;
+  });
+  if (new Set(layers).size !== layers.length) {
+    throw new UsageError(`--hidden-layers "${text}" names a layer twice (as ${layers.join(",")})`);
+  }
+  return layers;
+}
 
 /** One input line's tokens and id. */
 function readText(line: string, lineNo: number, tokenizer: TextTokenizer) {
@@ -71,6 +95,7 @@ export async function runDistillExport(args: string[]): Promise<number> {
         "top-k": { type: "string" },
         out: { type: "string" },
         "max-num-logit-rows": { type: "string" },
+        "hidden-layers": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -102,6 +127,9 @@ export async function runDistillExport(args: string[]): Promise<number> {
       if (topK > vocab) {
         throw new UsageError(`--top-k ${topK} is more than the vocabulary's ${vocab} tokens`);
       }
+      const hiddenLayers = v["hidden-layers"] === undefined
+        ? []
+        : parseHiddenLayers(v["hidden-layers"], loaded.config.numLayers);
       const texts = (await Deno.readTextFile(v.input)).split("\n")
         .map((line, i) => ({ line, lineNo: i + 1 }))
         .filter(({ line }) => line.trim() !== "")
@@ -133,18 +161,25 @@ export async function runDistillExport(args: string[]): Promise<number> {
         v["max-num-logit-rows"],
         Math.max(Math.min(maxNumSeqs, maxNumBatchedTokens), Math.min(maxNumBatchedTokens, fitRows)),
       );
-      const llm = LLM.over(backend, loaded, { ...options, maxModelLen, maxNumLogitRows });
+      const llm = LLM.over(backend, loaded, {
+        ...options,
+        maxModelLen,
+        maxNumLogitRows,
+        captureLayers: hiddenLayers,
+      });
       try {
         const numTokens = texts.reduce((sum, t) => sum + t.tokenIds.length, 0);
         console.error(
-          `${texts.length} texts, ${numTokens} tokens; top ${topK} at every position, ` +
-            `${maxNumLogitRows} logit rows per step`,
+          `${texts.length} texts, ${numTokens} tokens; top ${topK} at every position` +
+            (hiddenLayers.length > 0 ? `, hidden states of layers ${hiddenLayers.join(",")}` : "") +
+            `, ${maxNumLogitRows} logit rows per step`,
         );
         const progress = new Progress(texts.length, { unit: "texts" });
         const started = performance.now();
         const targets = teacherTopK(llm.engine, texts.map((t) => t.tokenIds), {
           topK,
           maxInFlight: 2 * maxNumSeqs,
+          hiddenLayers,
           onDone: (n) => progress.update(n),
         });
         progress.finish();
@@ -153,6 +188,8 @@ export async function runDistillExport(args: string[]): Promise<number> {
           model: options.modelPath,
           topK,
           ids: texts.map((t) => t.id),
+          hiddenLayers,
+          hiddenSize: loaded.config.hiddenSize,
         });
         await writeSafetensors(v.out, tensors, metadata);
         console.error(

@@ -1,6 +1,10 @@
 // The engine flags the offline commands (`batch`, `distill-export`) share, with serve's names and
 // defaults, parsed into EngineOptions.
-import { ENGINE_DEFAULTS, type EngineOptions } from "../engine/local_engine.ts";
+import {
+  ENGINE_DEFAULTS,
+  type EngineOptions,
+  type SpeculativeOptions,
+} from "../engine/local_engine.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseByteSize } from "../server/config.ts";
@@ -18,7 +22,26 @@ export const ENGINE_FLAG_OPTIONS = {
   calibration: { type: "string" },
   threads: { type: "string" },
   library: { type: "string" },
+  "speculative-model": { type: "string" },
+  "num-speculative-tokens": { type: "string" },
+  "ngram-prompt-lookup-max": { type: "string" },
+  "ngram-prompt-lookup-min": { type: "string" },
+  "speculative-disable-by-batch-size": { type: "string" },
+  "speculative-model-quantization": { type: "string" },
 } as const;
+
+/** The speculative-decoding flags' lines in a usage text (serve lists the same). */
+export const SPECULATIVE_FLAGS_USAGE =
+  `  --speculative-model M        ngram (prompt lookup), self (the model itself, loaded again) or a
+                               draft model path with the same vocabulary
+  --speculative-model-quantization Q
+                               quantize the draft on load: q4_0, q8_0, int4, … (self + q4_0: the
+                               quantized self-draft)
+  --num-speculative-tokens K   tokens proposed per step (default ${ENGINE_DEFAULTS.numSpeculativeTokens})
+  --ngram-prompt-lookup-max N  longest n-gram looked up (default ${ENGINE_DEFAULTS.ngramPromptLookupMax})
+  --ngram-prompt-lookup-min N  shortest n-gram looked up (default ${ENGINE_DEFAULTS.ngramPromptLookupMin})
+  --speculative-disable-by-batch-size N
+                               no speculation while more requests run (default ${ENGINE_DEFAULTS.speculativeDisableBySize})`;
 
 /** Their lines in a usage text. */
 export const ENGINE_FLAGS_USAGE =
@@ -32,7 +55,8 @@ export const ENGINE_FLAGS_USAGE =
   --sparsity 2:4               prune the layer projections to 2:4 on load (2:4-magnitude, 2:4-wanda)
   --calibration FILE           deno task calibrate's file: SmoothQuant, outliers, Wanda norms
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
-  --library PATH               native library to load (default build/libdenollm_cpu.so)`;
+  --library PATH               native library to load (default build/libdenollm_cpu.so)
+${SPECULATIVE_FLAGS_USAGE}`;
 
 /** A whole number of at least `min`, or `fallback` when the flag is absent. */
 export function integerFlag(
@@ -50,15 +74,85 @@ export function integerFlag(
 }
 
 /** The --quantization value, checked (the format's name), or a UsageError listing the choices. */
-export function quantizationFlag(value: string): string {
+export function quantizationFlag(value: string, flag = "quantization"): string {
   try {
     return parseQuantization(value).name;
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // The message names --quantization; the draft's flag says its own name.
+    throw new UsageError((error as Error).message.replace("--quantization", `--${flag}`));
   }
 }
 
 export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAG_OPTIONS]?: string };
+
+/** The speculative-decoding options of the flags (vLLM's names), or undefined when off. */
+export function speculativeOptions(
+  values: { [K in keyof SpeculativeFlagValues]?: string },
+): SpeculativeOptions | undefined {
+  const model = values["speculative-model"];
+  if (model === undefined || model === "") {
+    const stray = SPECULATIVE_FLAGS.find((f) => values[f] !== undefined);
+    if (stray !== undefined) {
+      throw new UsageError(
+        `--${stray} needs --speculative-model (ngram, self or a draft model path)`,
+      );
+    }
+    return undefined;
+  }
+  const max = integerFlag(
+    "ngram-prompt-lookup-max",
+    values["ngram-prompt-lookup-max"],
+    ENGINE_DEFAULTS.ngramPromptLookupMax,
+  );
+  const min = integerFlag(
+    "ngram-prompt-lookup-min",
+    values["ngram-prompt-lookup-min"],
+    Math.min(ENGINE_DEFAULTS.ngramPromptLookupMin, max),
+  );
+  if (min > max) {
+    throw new UsageError(
+      `--ngram-prompt-lookup-min (${min}) must not exceed --ngram-prompt-lookup-max (${max})`,
+    );
+  }
+  const quantization = values["speculative-model-quantization"];
+  if (quantization !== undefined && model === "ngram") {
+    throw new UsageError(
+      "--speculative-model-quantization quantizes a draft model, but --speculative-model is ngram",
+    );
+  }
+  return {
+    model,
+    ...(quantization === undefined ? {} : {
+      quantization: quantizationFlag(quantization, "speculative-model-quantization"),
+    }),
+    numSpeculativeTokens: integerFlag(
+      "num-speculative-tokens",
+      values["num-speculative-tokens"],
+      ENGINE_DEFAULTS.numSpeculativeTokens,
+    ),
+    ngramPromptLookupMax: max,
+    ngramPromptLookupMin: min,
+    disableBySize: integerFlag(
+      "speculative-disable-by-batch-size",
+      values["speculative-disable-by-batch-size"],
+      ENGINE_DEFAULTS.speculativeDisableBySize,
+      0,
+    ),
+  };
+}
+
+const SPECULATIVE_FLAGS = [
+  "num-speculative-tokens",
+  "ngram-prompt-lookup-max",
+  "ngram-prompt-lookup-min",
+  "speculative-disable-by-batch-size",
+  "speculative-model-quantization",
+] as const;
+
+type SpeculativeFlagValues = Record<
+  "speculative-model" | (typeof SPECULATIVE_FLAGS)[number],
+  string
+>;
 
 /** EngineOptions from the parsed flags; --model is required. */
 export function engineOptions(values: EngineFlagValues): EngineOptions {
@@ -69,6 +163,7 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     throw new UsageError(`--kv-cache-memory expects a size such as 512M or 2G, got "${memory}"`);
   }
   const maxModelLen = values["max-model-len"];
+  const speculative = speculativeOptions(values);
   return {
     modelPath: values.model,
     maxNumSeqs: integerFlag("max-num-seqs", values["max-num-seqs"], ENGINE_DEFAULTS.maxNumSeqs),
@@ -88,5 +183,6 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
       : { quantization: quantizationFlag(values.quantization) }),
     ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
     ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
+    ...(speculative === undefined ? {} : { speculative }),
   };
 }

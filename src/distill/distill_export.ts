@@ -1,6 +1,7 @@
 // A teacher's soft targets for distillation: for every position of every text, the top-K next
 // tokens and their logprobs, from the prefill pass that computes the text (prompt logprobs), many
-// texts per step, and the safetensors layout they are written in (docs/distill.md).
+// texts per step, optionally chosen layers' hidden states from the same pass, and the safetensors
+// layout they are written in (docs/distill.md).
 import type { LLMEngine } from "../engine/engine.ts";
 import type { RequestParams } from "../engine/request.ts";
 import type { TensorData } from "../formats/safetensors.ts";
@@ -13,12 +14,19 @@ export interface TeacherTargets {
   topkIds: Int32Array;
   /** [n, K] their log-probabilities (log softmax over the whole vocabulary). */
   topkLogprobs: Float32Array;
+  /** Per exported layer (TeacherOptions.hiddenLayers' order): [n, hidden] its output at each position. */
+  hidden?: Float32Array[];
 }
 
 export interface TeacherOptions {
   topK: number;
   /** Texts in the engine at once; the scheduler batches their prefills. */
   maxInFlight: number;
+  /**
+   * Also export these decoder layers' outputs; they must be the engine's `captureLayers`, in
+   * its order (each sequence's rows come out of the same prefill pass as its logits).
+   */
+  hiddenLayers?: readonly number[];
   onDone?: (numDone: number) => void;
 }
 
@@ -28,13 +36,14 @@ export interface TeacherOptions {
  * logprobs give row n-1 from the same last row, in the same step. `ignoreEos` keeps the sample
  * (a stop token would not be appended, and would carry no logprobs).
  */
-export function teacherParams(topK: number): RequestParams {
+export function teacherParams(topK: number, hiddenStates = false): RequestParams {
   return {
     maxTokens: 1,
     sampling: { temperature: 0, topK: 0, topP: 1, minP: 0 },
     ignoreEos: true,
     logprobs: topK,
     promptLogprobs: topK,
+    ...(hiddenStates ? { promptHiddenStates: true } : {}),
   };
 }
 
@@ -45,7 +54,8 @@ export function teacherTopK(
   options: TeacherOptions,
 ): TeacherTargets[] {
   const { topK } = options;
-  const params = teacherParams(topK);
+  const numHidden = options.hiddenLayers?.length ?? 0;
+  const params = teacherParams(topK, numHidden > 0);
   const results: TeacherTargets[] = new Array(texts.length);
   const prefix = `distill-${crypto.randomUUID()}-`;
   let next = 0;
@@ -77,6 +87,16 @@ export function teacherTopK(
           target.topkLogprobs[p * topK + k] = t.logprob;
         });
       });
+      if (numHidden > 0) {
+        const hidden = out.promptHiddenStates;
+        if (hidden === undefined || hidden.length !== numHidden) {
+          throw new Error(
+            `Text ${i}: the engine returned ${hidden?.length ?? 0} hidden-state layers, ` +
+              `expected ${numHidden}`,
+          );
+        }
+        target.hidden = hidden;
+      }
       results[i] = target;
       numOpen--;
       numDone++;
@@ -90,6 +110,9 @@ export function teacherTopK(
 export interface DistillMetadata {
   model: string;
   topK: number;
+  /** The exported layers (0-based decoder layer indices) and the model's hidden size. */
+  hiddenLayers?: readonly number[];
+  hiddenSize?: number;
   /** Each text's id from the input (its `id` field, or its 1-based line number). */
   ids: string[];
 }
@@ -114,6 +137,18 @@ export function distillTensors(
         data: bytes(t.topkLogprobs),
       },
     );
+    (meta.hiddenLayers ?? []).forEach((layer, k) => {
+      const rows = t.hidden?.[k];
+      if (rows === undefined || rows.length !== n * meta.hiddenSize!) {
+        throw new RangeError(`Text ${i} lacks layer ${layer}'s [${n}, ${meta.hiddenSize}] rows`);
+      }
+      tensors.push({
+        name: `t${i}.hidden.${layer}`,
+        dtype: "F32",
+        shape: [n, meta.hiddenSize!],
+        data: bytes(rows),
+      });
+    });
   });
   const metadata = {
     format: "denollm-distill-topk/1",
@@ -123,6 +158,14 @@ export function distillTensors(
     ids: JSON.stringify(meta.ids),
     num_tokens: JSON.stringify(targets.map((t) => t.tokenIds.length)),
     positions: "row p of t{i}.topk_* is the distribution of token p+1 given tokens 0..p",
+    ...(meta.hiddenLayers?.length
+      ? {
+        hidden_layers: JSON.stringify(meta.hiddenLayers),
+        hidden_size: String(meta.hiddenSize),
+        hidden: "row p of t{i}.hidden.{l} is decoder layer l's output (the residual stream, " +
+          "before the final norm) at token p",
+      }
+      : {}),
   };
   return { tensors, metadata };
 }

@@ -11,9 +11,25 @@ import { rankedLogprobs, topLogprobs } from "./logprobs.ts";
 import type { TokenGrammar } from "./grammar.ts";
 import { EngineRequest, type RequestOutput, type RequestParams } from "./request.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
+import { checkSpeculativeConfig, type SpeculativeConfig } from "./spec/proposer.ts";
+import { type AcceptanceRule, rejectionSample } from "./spec/verify.ts";
 
 export interface EngineConfig extends SchedulerConfig {
   enablePrefixCaching?: boolean;
+  /** Speculative decoding: a proposer, k, and when to turn it off. */
+  speculativeDecoding?: SpeculativeConfig;
+}
+
+/** Speculative decoding counters since the engine started, as vLLM's metrics count them. */
+export interface SpecDecodeStats {
+  /** Verification steps of a request with at least one proposed token. */
+  numDrafts: number;
+  numDraftTokens: number;
+  numAcceptedTokens: number;
+  /** Accepted tokens by their position among a step's proposals (0 = the first). */
+  numAcceptedTokensPerPos: number[];
+  /** Steps in which speculation was off because the batch was larger than its threshold. */
+  numTurnedDownSteps: number;
 }
 
 export interface EngineStats {
@@ -30,6 +46,8 @@ export interface EngineStats {
   /** Tokens computed in the last step: prefill chunks and decode tokens. */
   lastStepPrefillTokens: number;
   lastStepDecodeTokens: number;
+  /** Present when speculative decoding is on. */
+  specDecode?: SpecDecodeStats;
 }
 
 export { RequestIdError };
@@ -45,6 +63,9 @@ export class LLMEngine {
   #arrivals = 0;
   #numSteps = 0;
   #lastStep = { prefill: 0, decode: 0 };
+  #spec?: SpeculativeConfig;
+  #acceptanceRule: AcceptanceRule = rejectionSample;
+  #specStats?: SpecDecodeStats;
 
   constructor(parts: { executor: Executor; tokenizer: TextTokenizer }, config: EngineConfig) {
     const { executor } = parts;
@@ -71,6 +92,18 @@ export class LLMEngine {
       );
     }
     this.#executor = executor;
+    if (config.speculativeDecoding !== undefined) {
+      checkSpeculativeConfig(config.speculativeDecoding);
+      this.#spec = config.speculativeDecoding;
+      this.#acceptanceRule = config.speculativeDecoding.acceptanceRule ?? rejectionSample;
+      this.#specStats = {
+        numDrafts: 0,
+        numDraftTokens: 0,
+        numAcceptedTokens: 0,
+        numAcceptedTokensPerPos: new Array(config.speculativeDecoding.numSpeculativeTokens).fill(0),
+        numTurnedDownSteps: 0,
+      };
+    }
   }
 
   /** Logits per row: the model's vocabulary, which may be larger than the tokenizer's. */
@@ -101,6 +134,14 @@ export class LLMEngine {
     const numTop = params.promptLogprobs;
     if (numTop !== undefined && (!Number.isInteger(numTop) || numTop < 0)) {
       throw new RangeError(`prompt logprobs must be a non-negative integer, got ${numTop}`);
+    }
+    if (params.promptHiddenStates === true) {
+      if (!(this.#executor.captureLayers?.length)) {
+        throw new RangeError("Prompt hidden states need an engine that captures layers");
+      }
+      if (numTop === undefined) {
+        throw new RangeError("Prompt hidden states need prompt logprobs (their rows)");
+      }
     }
     const n = params.n ?? 1;
     if (
@@ -153,14 +194,21 @@ export class LLMEngine {
       request.abort();
       this.scheduler.remove(request);
       this.#requests.delete(request.id);
+      this.#spec?.proposer.free(request.id);
       outputs.push(this.#output(request, [], "", undefined));
     }
     this.#pendingForks.delete(id);
     return outputs;
   }
 
+  /** Replaces how draft tokens are accepted (tests: showing that a wrong rule is caught). */
+  setAcceptanceRule(rule: AcceptanceRule): void {
+    this.#acceptanceRule = rule;
+  }
+
   /** One engine step. Returns the outputs it produced (possibly none). */
   step(): RequestOutput[] {
+    this.#propose();
     const plan = this.scheduler.schedule();
     if (plan.scheduled.length === 0) return [];
     const now = performance.now();
@@ -174,16 +222,59 @@ export class LLMEngine {
     return this.#processSamples(plan, logits);
   }
 
+  /**
+   * Gives each decoding request up to k proposals for this step (none while the batch is larger
+   * than the turn-down threshold). Requests that constrain or inspect every step's logits in
+   * ways verification does not reproduce (structured output) are left out.
+   */
+  #propose(): void {
+    const spec = this.#spec;
+    // The static baseline reserves each request's whole length up front; rolling back into that
+    // reservation would undo it, so it never speculates.
+    if (spec === undefined || this.scheduler.config.mode === "static") return;
+    const candidates: EngineRequest[] = [];
+    let numRunning = 0;
+    for (const request of this.#requests.values()) {
+      request.draftTokenIds = [];
+      request.draftDists = undefined;
+      if (request.status !== "running") continue;
+      numRunning++;
+      const isDecoding = request.numComputedTokens === request.numTokens - 1 &&
+        request.numOutputTokens > 0;
+      // Room for k drafts plus the bonus token within max_tokens.
+      const room = request.params.maxTokens - request.numOutputTokens - 1;
+      if (isDecoding && room > 0 && request.grammar === undefined) candidates.push(request);
+    }
+    if (candidates.length === 0) return;
+    if (numRunning > spec.disableBySize) {
+      this.#specStats!.numTurnedDownSteps++;
+      return;
+    }
+    const k = spec.numSpeculativeTokens;
+    const limit = (r: EngineRequest) =>
+      Math.min(k, r.params.maxTokens - r.numOutputTokens - 1, this.scheduler.config.maxModelLen);
+    const proposals = spec.proposer.propose(candidates, limit);
+    for (const request of candidates) {
+      const proposal = proposals.get(request.id);
+      if (proposal === undefined || proposal.tokenIds.length === 0) continue;
+      const n = Math.min(proposal.tokenIds.length, limit(request));
+      request.draftTokenIds = proposal.tokenIds.slice(0, n);
+      request.draftDists = proposal.dists?.slice(0, n);
+    }
+  }
+
   #countTokens(plan: SchedulerOutput): void {
     let prefill = 0;
     let decode = 0;
     for (const s of plan.scheduled) {
       const request = this.scheduler.runningRequest(s.requestId);
       // A step that starts at the last known token is a decode step; anything else is prompt.
+      const numDraft = s.numDraftTokens ?? 0;
       if (
-        s.numNewTokens === 1 && s.start === request.numTokens - 1 && request.numOutputTokens > 0
+        s.numNewTokens === 1 + numDraft && s.start === request.numTokens - 1 &&
+        request.numOutputTokens > 0
       ) {
-        decode++;
+        decode += 1 + numDraft;
       } else {
         prefill += s.numNewTokens;
       }
@@ -197,6 +288,10 @@ export class LLMEngine {
     const numRows = plan.scheduled.reduce((n, s) => n + s.numLogitRows, 0);
     const isPooling = plan.scheduled.some((s) => s.isPooling);
     const hidden = isPooling ? this.#executor.hiddenRows(numRows) : undefined;
+    const wantsLayers = plan.scheduled.some((s) =>
+      this.scheduler.runningRequest(s.requestId).params.promptHiddenStates === true
+    );
+    const layerRows = wantsLayers ? this.#executor.capturedRows!(numRows) : undefined;
     let row = 0;
     for (const s of plan.scheduled) {
       const firstRow = row;
@@ -209,6 +304,12 @@ export class LLMEngine {
         if (output !== undefined) outputs.push(output);
         continue;
       }
+      if (layerRows !== undefined && leader.params.promptHiddenStates === true) {
+        this.#addPromptHidden(leader, s.start + s.numNewTokens - s.numLogitRows, layerRows, {
+          firstRow,
+          numRows: s.numLogitRows,
+        });
+      }
       if (leader.needsPromptLogits) {
         this.#addPromptLogprobs(
           leader,
@@ -218,6 +319,10 @@ export class LLMEngine {
         );
       }
       if (!s.sample) continue;
+      if ((s.numDraftTokens ?? 0) > 0) {
+        outputs.push(this.#verifyInto(leader, s, (j) => rowAt(firstRow + j)));
+        continue;
+      }
       const rowLogits = rowAt(row - 1);
       // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
       // share its blocks (forked before sampling, in case the leader finishes at once).
@@ -234,8 +339,11 @@ export class LLMEngine {
           leader.numOutputTokens === 0
         ? leader.promptLogprobs
         : undefined;
+      const promptHidden = promptLogprobs !== undefined ? leader.promptHidden?.rows : undefined;
       for (const request of [leader, ...siblings]) {
-        outputs.push(this.#sampleInto(request, rowLogits, promptLogprobs));
+        const output = this.#sampleInto(request, rowLogits, promptLogprobs);
+        if (promptHidden !== undefined) output.promptHiddenStates = promptHidden;
+        outputs.push(output);
       }
     }
     return outputs;
@@ -269,9 +377,34 @@ export class LLMEngine {
     const embedding = new Float32Array(dim);
     for (let i = 0; i < dim; i++) embedding[i] = sum[i] * scale;
     request.finishWithoutSampling();
-    this.scheduler.finish(request);
-    this.#requests.delete(request.id);
+    this.#retire(request);
     return { ...this.#output(request, [], "", undefined), embedding };
+  }
+
+  /** Copies captured layer rows of prompt positions from `firstPos` on into the request. */
+  #addPromptHidden(
+    request: EngineRequest,
+    firstPos: number,
+    layerRows: Float32Array[],
+    at: { firstRow: number; numRows: number },
+  ): void {
+    const dim = this.#executor.hiddenSize;
+    const n = request.numPromptTokens;
+    const held = request.promptHidden ??= {
+      rows: layerRows.map(() => new Float32Array(n * dim)),
+      numPositions: 0,
+    };
+    for (let j = 0; j < at.numRows; j++) {
+      // After a preemption the positions already kept come round again and are skipped.
+      const pos = firstPos + j;
+      if (pos >= n) break;
+      if (pos !== held.numPositions) continue;
+      const r = at.firstRow + j;
+      layerRows.forEach((rows, k) =>
+        held.rows[k].set(rows.subarray(r * dim, (r + 1) * dim), pos * dim)
+      );
+      held.numPositions++;
+    }
   }
 
   /** Logprobs of the prompt tokens that `numRows` rows from position `firstPos` predict. */
@@ -302,8 +435,7 @@ export class LLMEngine {
     if (request.params.maxTokens === 0) {
       // Only the prompt was wanted (echo with prompt logprobs): nothing is sampled.
       request.finishWithoutSampling();
-      this.scheduler.finish(request);
-      this.#requests.delete(request.id);
+      this.#retire(request);
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const grammar = request.grammar;
@@ -314,8 +446,7 @@ export class LLMEngine {
     // A token the grammar refuses can only be a fully masked row's fallback: end the sample.
     if (grammar !== undefined && !grammar.accept(token)) {
       request.abort();
-      this.scheduler.finish(request);
-      this.#requests.delete(request.id);
+      this.#retire(request);
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const wantLogprobs = request.params.logprobs !== undefined;
@@ -326,10 +457,78 @@ export class LLMEngine {
       ? [topLogprobs(rowLogits, token, request.params.logprobs!)]
       : undefined;
     if (request.isFinished) {
-      this.scheduler.finish(request);
-      this.#requests.delete(request.id);
+      this.#retire(request);
     }
     return this.#output(request, appended ? [token] : [], text, logprobs, promptLogprobs);
+  }
+
+  /**
+   * Verifies a step's proposals in order: row j is the target's logits after the last real token
+   * and the first j proposals. Each position's token comes from the acceptance rule on exactly
+   * the distribution normal sampling would use there; the first rejection's replacement, or the
+   * bonus token after k acceptances, ends the step. Stops and max_tokens are checked token by
+   * token, so nothing past them is emitted.
+   */
+  #verifyInto(
+    request: EngineRequest,
+    s: SchedulerOutput["scheduled"][number],
+    rowAt: (j: number) => Float32Array,
+  ): RequestOutput {
+    const numDraft = s.numDraftTokens!;
+    const drafts = s.tokenIds.slice(s.tokenIds.length - numDraft);
+    const dists = request.draftDists;
+    const stats = this.#specStats!;
+    const sampler = request.sampler;
+    const uniform = () => sampler.uniform();
+    const wantLogprobs = request.params.logprobs !== undefined;
+    const newTokenIds: number[] = [];
+    const logprobs: NonNullable<RequestOutput["logprobs"]> = [];
+    let text = "";
+    let numAccepted = 0;
+    for (let j = 0; j <= numDraft; j++) {
+      const rowLogits = rowAt(j);
+      const logits = request.isBelowMinTokens
+        ? withoutTokens(rowLogits, request.stopTokenIds)
+        : rowLogits;
+      const p = sampler.distribution(logits, request);
+      const verified = j < numDraft
+        ? this.#acceptanceRule(p, drafts[j], dists?.[j], uniform)
+        : { tokenId: p.isArgmax ? p.ids[0] : sampler.draw(p), isAccepted: false };
+      if (verified.isAccepted) {
+        numAccepted++;
+        stats.numAcceptedTokensPerPos[j]++;
+      }
+      const piece = request.appendToken(verified.tokenId);
+      text += piece.text;
+      if (piece.appended) {
+        newTokenIds.push(verified.tokenId);
+        if (wantLogprobs) {
+          logprobs.push(topLogprobs(rowLogits, verified.tokenId, request.params.logprobs!));
+        }
+      }
+      if (request.isFinished || !verified.isAccepted) break;
+    }
+    stats.numDrafts++;
+    stats.numDraftTokens += numDraft;
+    stats.numAcceptedTokens += numAccepted;
+    request.specStats.numDrafts++;
+    request.specStats.numDraftTokens += numDraft;
+    request.specStats.numAcceptedTokens += numAccepted;
+    request.draftTokenIds = [];
+    request.draftDists = undefined;
+    if (request.isFinished) {
+      this.#retire(request);
+    } else {
+      this.scheduler.acceptDrafts(request, numAccepted);
+    }
+    return this.#output(request, newTokenIds, text, wantLogprobs ? logprobs : undefined);
+  }
+
+  /** Drops a finished request: its blocks, its proposer state, its entry. */
+  #retire(request: EngineRequest): void {
+    this.scheduler.finish(request);
+    this.#requests.delete(request.id);
+    this.#spec?.proposer.free(request.id);
   }
 
   #output(
@@ -353,6 +552,12 @@ export class LLMEngine {
       ...(request.firstScheduledTime === undefined
         ? {}
         : { queueMs: request.firstScheduledTime - request.arrivalTime }),
+      ...(request.specStats.numDrafts === 0 ? {} : {
+        specDecode: {
+          numDraftTokens: request.specStats.numDraftTokens,
+          numAcceptedTokens: request.specStats.numAcceptedTokens,
+        },
+      }),
     };
   }
 
@@ -370,6 +575,12 @@ export class LLMEngine {
       numSteps: this.#numSteps,
       lastStepPrefillTokens: this.#lastStep.prefill,
       lastStepDecodeTokens: this.#lastStep.decode,
+      ...(this.#specStats === undefined ? {} : {
+        specDecode: {
+          ...this.#specStats,
+          numAcceptedTokensPerPos: [...this.#specStats.numAcceptedTokensPerPos],
+        },
+      }),
     };
   }
 }

@@ -26,6 +26,10 @@ export interface Executor {
    */
   hiddenRows(numRows: number): Float32Array;
   readonly hiddenSize: number;
+  /** The decoder layers whose outputs the forward pass keeps at the logit rows (none if absent). */
+  readonly captureLayers?: readonly number[];
+  /** The last step's captured layer outputs: one [numRows, hidden] array per captureLayers entry. */
+  capturedRows?(numRows: number): Float32Array[];
   release(): void;
 }
 
@@ -58,6 +62,7 @@ export class LocalExecutor implements Executor {
   readonly capacity: Required<StepCapacity>;
   readonly reservedBytes: number;
   readonly hiddenSize: number;
+  readonly captureLayers: readonly number[];
   #backend: NativeBackend;
   #model: LlamaModel;
   #kvCache: KvCache;
@@ -68,6 +73,7 @@ export class LocalExecutor implements Executor {
     backend: NativeBackend,
     parts: { model: LlamaModel; kvCache: KvCache },
     capacity: StepCapacity,
+    options: { captureLayers?: readonly number[] } = {},
   ) {
     if (capacity.blockSize !== parts.kvCache.blockSize) {
       throw new RangeError(
@@ -82,7 +88,8 @@ export class LocalExecutor implements Executor {
     this.hiddenSize = parts.model.config.hiddenSize;
     this.numKvBlocks = parts.kvCache.numBlocks;
     this.blockSize = parts.kvCache.blockSize;
-    this.#workspace = new ForwardWorkspace(backend, parts.model.config, capacity);
+    this.#workspace = new ForwardWorkspace(backend, parts.model.config, capacity, options);
+    this.captureLayers = this.#workspace.captureLayers;
     this.capacity = this.#workspace.capacity;
     this.reservedBytes = this.#workspace.reservedBytes;
     const kv = parts.kvCache;
@@ -113,6 +120,10 @@ export class LocalExecutor implements Executor {
 
   hiddenRows(numRows: number): Float32Array {
     return this.#workspace.downloadHidden(numRows);
+  }
+
+  capturedRows(numRows: number): Float32Array[] {
+    return this.#workspace.downloadCaptured(numRows);
   }
 
   release(): void {

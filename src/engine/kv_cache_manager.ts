@@ -291,6 +291,33 @@ export class KvCacheManager {
     state.numCommittedBlocks = numFull;
   }
 
+  /**
+   * Rolls the request back to its first `numTokens` tokens (speculative tokens that were
+   * rejected): slots past them are dropped and blocks wholly past them go back to the pool, tail
+   * first. Rolling back into a cached block keeps it cached (its K/V is unchanged); the next write
+   * into it copies it first, as any write into a cached block does.
+   */
+  truncate(reqId: string, numTokens: number): void {
+    const state = this.#get(reqId);
+    if (!Number.isInteger(numTokens) || numTokens < 0 || numTokens > state.numReservedTokens) {
+      throw new RangeError(
+        `Expected a length in [0, ${state.numReservedTokens}] to truncate ${reqId} to, got ${numTokens}`,
+      );
+    }
+    const bs = this.blockSize;
+    const numKept = Math.ceil(numTokens / bs);
+    const dropped = state.blocks.splice(numKept);
+    const numFull = Math.floor(numTokens / bs);
+    state.blockHashes.length = Math.min(state.blockHashes.length, numFull);
+    state.chainKeys.length = Math.min(state.chainKeys.length, numFull);
+    state.numCommittedBlocks = Math.min(state.numCommittedBlocks, numFull);
+    state.numCommittedTokens = Math.min(state.numCommittedTokens, numTokens);
+    state.numReservedTokens = numTokens;
+    if (dropped.length === 0) return;
+    this.pool.free(dropped.toReversed());
+    this.#dropOrphanedCopies();
+  }
+
   /** The request's block ids, position p living in block `table[floor(p / blockSize)]`. */
   blockTable(reqId: string): number[] {
     return this.#get(reqId).blocks.map((b) => b.id);
@@ -319,14 +346,18 @@ export class KvCacheManager {
     if (state === undefined) return false;
     this.#requests.delete(reqId);
     this.pool.free(state.blocks.toReversed());
-    // A pending copy into a block nobody holds any more would write into a block that may be
-    // handed out again this very step.
+    this.#dropOrphanedCopies();
+    return true;
+  }
+
+  // A pending copy into a block nobody holds any more would write into a block that may be
+  // handed out again this very step.
+  #dropOrphanedCopies(): void {
     const orphaned = this.#pending.filter((c) => c.dst.refCount === 0);
     if (orphaned.length > 0) {
       this.#pending = this.#pending.filter((c) => c.dst.refCount > 0);
       this.#unpin(orphaned);
     }
-    return true;
   }
 
   /**

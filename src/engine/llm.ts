@@ -51,8 +51,9 @@ export class LLM {
     backend: NativeBackend,
     loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
     options: LocalEngineOptions,
+    parts: Parameters<typeof createLocalEngine>[3] = {},
   ): LLM {
-    const local = createLocalEngine(backend, loaded, options);
+    const local = createLocalEngine(backend, loaded, options, parts);
     return new LLM(local, local.release);
   }
 

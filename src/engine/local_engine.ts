@@ -8,6 +8,12 @@ import { type LoadedModel, type LoadFormat, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
 import { defaultNumThreads } from "./threads.ts";
 import { LocalExecutor, stepCapacity } from "./executor.ts";
+import { DraftModelProposer } from "./spec/draft_model.ts";
+import { NgramProposer } from "./spec/ngram_proposer.ts";
+import type { Proposer, SpeculativeConfig } from "./spec/proposer.ts";
+import { type ParallelOptions, worldSize } from "../parallel/plan.ts";
+import { startParallelEngine } from "../parallel/launch.ts";
+import type { RankStats } from "../parallel/executor.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -17,10 +23,39 @@ export const ENGINE_DEFAULTS = {
   kvCacheDtype: "f32" as KvCacheDtype,
   maxNumSeqs: 64,
   maxNumBatchedTokens: 2048,
+  /** k when --speculative-model is given without --num-speculative-tokens. */
+  numSpeculativeTokens: 4,
+  /** n-gram lengths tried (vLLM's prompt_lookup_max / min). */
+  ngramPromptLookupMax: 4,
+  ngramPromptLookupMin: 2,
+  /** Running requests above which speculation turns off (measured: docs/speculative.md). */
+  speculativeDisableBySize: 4,
 } as const;
 
+/** Speculative decoding, as the flags state it. */
+export interface SpeculativeOptions {
+  /**
+   * "ngram" (prompt lookup); "self": the target's own checkpoint, loaded a second time (with
+   * `quantization`, the quantized self-draft); or a draft model: an HF directory or GGUF with the
+   * same vocabulary.
+   */
+  model: string;
+  /**
+   * Quantize the draft's F32/F16/BF16 weights while loading it (--speculative-model-quantization,
+   * vLLM's name): "q4_0", "q8_0", "int4", … as --quantization takes them.
+   */
+  quantization?: string;
+  /** k: tokens proposed per step (--num-speculative-tokens). */
+  numSpeculativeTokens: number;
+  ngramPromptLookupMax?: number;
+  ngramPromptLookupMin?: number;
+  /** Speculation turns off while more requests than this are running. */
+  disableBySize?: number;
+}
+
 /** How to size and schedule an engine over an already loaded model. */
-export interface LocalEngineOptions extends Partial<Omit<EngineConfig, "maxModelLen">> {
+export interface LocalEngineOptions
+  extends Partial<Omit<EngineConfig, "maxModelLen" | "speculativeDecoding">> {
   /** Longest prompt + output; default and upper bound: the model's context length. */
   maxModelLen?: number;
   blockSize?: number;
@@ -28,6 +63,12 @@ export interface LocalEngineOptions extends Partial<Omit<EngineConfig, "maxModel
   /** The KV cache as a byte budget, or as a block count (block 0 included); one of the two. */
   kvCacheMemoryBytes?: number;
   numKvBlocks?: number;
+  speculative?: SpeculativeOptions;
+  /**
+   * Decoder layers (0-based) whose outputs the forward pass keeps at the logit rows, for
+   * requests with `promptHiddenStates` (distill-export); default none, at no cost.
+   */
+  captureLayers?: readonly number[];
 }
 
 /** Everything that shapes an engine, stated once: server flags, worker init, in-process LLM. */
@@ -50,6 +91,8 @@ export interface EngineOptions extends LocalEngineOptions {
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
   numThreads?: number;
+  /** Ranks across processes and hosts (src/parallel/); absent or 1×1: this process alone. */
+  parallel?: ParallelOptions;
 }
 
 export interface LocalEngine {
@@ -61,6 +104,10 @@ export interface LocalEngine {
   /** Device bytes reserved for steps, and held by the KV cache. */
   reservedBytes: number;
   kvCacheBytes: number;
+  /** The speculative proposer, when speculation is on. */
+  proposer?: Proposer;
+  /** With ranks: every rank's cost counters (src/parallel/executor.ts), for the cost bench. */
+  rankStats?: () => RankStats[];
   release(): void;
 }
 
@@ -82,22 +129,23 @@ export function planKvBlocks(
   return numBlocks;
 }
 
-/** An engine over a loaded model, on the backend the model was loaded with. */
-export function createLocalEngine(
-  backend: NativeBackend,
-  loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
+/** The scheduler's configuration and the KV cache's shape for a model's config and the options. */
+export function engineShape(
+  modelConfig: LoadedModel["config"],
   options: LocalEngineOptions,
-): LocalEngine {
-  const modelMax = loaded.config.maxPositionEmbeddings;
+): {
+  config: EngineConfig;
+  maxModelLen: number;
+  blockSize: number;
+  dtype: ReturnType<typeof kvDtype>;
+  numBlocks: number;
+  bytesPerBlock: number;
+} {
+  const modelMax = modelConfig.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
   const blockSize = options.blockSize ?? ENGINE_DEFAULTS.blockSize;
-  const dtypeName = options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype;
-  const format = formatByName(dtypeName);
-  if (format === undefined) {
-    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(dtypeName)}`);
-  }
-  const dtype = format.id;
-  const bytesPerBlock = KvCache.bytesPerBlock(loaded.config, blockSize, dtype);
+  const dtype = kvDtype(options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype);
+  const bytesPerBlock = KvCache.bytesPerBlock(modelConfig, blockSize, dtype);
   let numBlocks = options.numKvBlocks;
   if (numBlocks === undefined) {
     if (options.kvCacheMemoryBytes === undefined) {
@@ -108,13 +156,21 @@ export function createLocalEngine(
       bytesPerBlock,
     );
   }
+  const spec = options.speculative;
+  const maxNumSeqs = options.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
+  const maxNumBatchedTokens = options.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
+  const disableBySize = spec?.disableBySize ?? ENGINE_DEFAULTS.speculativeDisableBySize;
+  // Verification returns logits for every proposed row: 1 + k per request while speculating
+  // (at most disableBySize requests), 1 per request otherwise.
+  const specRows = spec === undefined ? undefined : Math.min(
+    maxNumBatchedTokens,
+    Math.max(maxNumSeqs, Math.min(maxNumSeqs, disableBySize) * (1 + spec.numSpeculativeTokens)),
+  );
   const config: EngineConfig = {
-    maxNumBatchedTokens: ENGINE_DEFAULTS.maxNumBatchedTokens,
-    maxNumSeqs: ENGINE_DEFAULTS.maxNumSeqs,
+    maxNumBatchedTokens,
+    maxNumSeqs,
     ...withoutUndefined({
-      maxNumBatchedTokens: options.maxNumBatchedTokens,
-      maxNumSeqs: options.maxNumSeqs,
-      maxNumLogitRows: options.maxNumLogitRows,
+      maxNumLogitRows: options.maxNumLogitRows ?? specRows,
       enableChunkedPrefill: options.enableChunkedPrefill,
       policy: options.policy,
       mode: options.mode,
@@ -122,33 +178,108 @@ export function createLocalEngine(
     }),
     maxModelLen,
   };
+  return { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock };
+}
+
+function kvDtype(name: KvCacheDtype) {
+  const format = formatByName(name);
+  if (format === undefined) {
+    throw new RangeError(`Unknown KV cache dtype ${JSON.stringify(name)}`);
+  }
+  return format.id;
+}
+
+/** An engine over a loaded model, on the backend the model was loaded with. */
+export function createLocalEngine(
+  backend: NativeBackend,
+  loaded: Pick<LoadedModel, "config" | "model" | "tokenizer">,
+  options: LocalEngineOptions,
+  /**
+   * The draft model, loaded, when `options.speculative.model` names one; or a proposer of the
+   * caller's own (tests), which `options.speculative` then only gives k and the threshold for.
+   */
+  parts: { draft?: Pick<LoadedModel, "config" | "model">; proposer?: Proposer } = {},
+): LocalEngine {
+  const { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock } = engineShape(
+    loaded.config,
+    options,
+  );
+  const spec = options.speculative;
+  const { maxNumSeqs, maxNumBatchedTokens } = config;
+  const disableBySize = spec?.disableBySize ?? ENGINE_DEFAULTS.speculativeDisableBySize;
   const kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
   let executor: LocalExecutor | undefined;
+  let proposer: Proposer | undefined;
   try {
+    if (spec !== undefined) {
+      proposer = parts.proposer ?? (spec.model === "ngram"
+        ? new NgramProposer({
+          maxN: spec.ngramPromptLookupMax ?? ENGINE_DEFAULTS.ngramPromptLookupMax,
+          minN: spec.ngramPromptLookupMin ?? Math.min(
+            ENGINE_DEFAULTS.ngramPromptLookupMin,
+            spec.ngramPromptLookupMax ?? ENGINE_DEFAULTS.ngramPromptLookupMax,
+          ),
+        })
+        : newDraftProposer(backend, parts.draft, {
+          blockSize,
+          // As many tokens as the target's cache: the draft never holds more sequences.
+          numKvBlocks: numBlocks,
+          kvCacheDtype: dtype,
+          maxNumBatchedTokens,
+          maxNumSeqs: Math.max(1, Math.min(maxNumSeqs, disableBySize)),
+          maxModelLen,
+          targetVocabSize: loaded.config.vocabSize,
+        }, spec.model));
+      config.speculativeDecoding = {
+        proposer,
+        numSpeculativeTokens: spec.numSpeculativeTokens,
+        disableBySize,
+      } satisfies SpeculativeConfig;
+    }
     executor = new LocalExecutor(
       backend,
       { model: loaded.model, kvCache },
       stepCapacity(config, blockSize),
+      { captureLayers: options.captureLayers },
     );
     const engine = new LLMEngine({ executor, tokenizer: loaded.tokenizer }, config);
     const held = executor;
+    const draftBytes = proposer instanceof DraftModelProposer ? proposer.reservedBytes : 0;
     return {
       engine,
       numKvBlocks: numBlocks - 1,
       blockSize,
       maxModelLen,
-      reservedBytes: executor.reservedBytes,
+      reservedBytes: executor.reservedBytes + draftBytes,
       kvCacheBytes: numBlocks * bytesPerBlock,
+      ...(proposer === undefined ? {} : { proposer }),
       release() {
+        proposer?.release();
         held.release();
         kvCache.release();
       },
     };
   } catch (error) {
+    proposer?.release();
     executor?.release();
     kvCache.release();
     throw error;
   }
+}
+
+function newDraftProposer(
+  backend: NativeBackend,
+  draft: Pick<LoadedModel, "config" | "model"> | undefined,
+  options: ConstructorParameters<typeof DraftModelProposer>[2],
+  path: string,
+): DraftModelProposer {
+  if (draft === undefined) {
+    throw new RangeError(
+      `--speculative-model ${JSON.stringify(path)} names a draft model, but none was loaded ` +
+        `(startLocalEngine loads it; LLM.over takes it as parts.draft)`,
+    );
+  }
+  return new DraftModelProposer(backend, draft, options);
 }
 
 function withoutUndefined<T extends object>(o: T): Partial<T> {
@@ -163,12 +294,30 @@ export async function startLocalEngine(
     onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
   } = {},
 ): Promise<LocalEngine & { loaded: LoadedModel; backend: NativeBackend }> {
+  if (options.parallel !== undefined && worldSize(options.parallel) > 1) {
+    // Neither has been built for ranks yet: the ranks' executor proposes nothing and shards only
+    // weights as the checkpoint stores them.
+    if (options.speculative !== undefined) {
+      throw new RangeError(
+        "--speculative-model cannot be combined with --tensor-parallel-size or " +
+          "--pipeline-parallel-size yet: run speculation on one rank",
+      );
+    }
+    if (options.quantization !== undefined) {
+      throw new RangeError(
+        "--quantization cannot be combined with --tensor-parallel-size or " +
+          "--pipeline-parallel-size yet: quantize offline with deno task quantize instead",
+      );
+    }
+    return await startParallelEngine(options, { onLoadProgress });
+  }
   const backend = NativeBackend.open({
     backend: options.backend,
     libraryPath: options.libraryPath,
     numThreads: options.numThreads ?? defaultNumThreads(),
   });
   let loaded: LoadedModel | undefined;
+  let draft: LoadedModel | undefined;
   try {
     loaded = await loadModel(backend, options.modelPath, {
       showProgress,
@@ -179,21 +328,58 @@ export async function startLocalEngine(
       sparsity: options.sparsity,
       calibration: options.calibration,
     });
-    const local = createLocalEngine(backend, loaded, options);
+    draft = await loadDraft(backend, options, loaded, showProgress);
+    const local = createLocalEngine(backend, loaded, options, draft ? { draft } : {});
     const model = loaded;
+    // "self" without a quantization drafts with the target's own weights: released once.
+    const draftModel = draft === loaded ? undefined : draft;
     return {
       ...local,
       loaded,
       backend,
       release() {
         local.release();
+        draftModel?.release();
         model.release();
         backend.close();
       },
     };
   } catch (error) {
+    if (draft !== loaded) draft?.release();
     loaded?.release();
     backend.close();
     throw error;
   }
+}
+
+/**
+ * The draft model that `options.speculative` names, loaded; undefined for n-gram or no
+ * speculation. "self" loads the target's path again, as the target was loaded (same dummy seed),
+ * through the draft's quantization: the quantized self-draft needs no second file on disk. A
+ * draft's tied embeddings are quantized too: in a small model the head is most of a step's bytes,
+ * and a draft's precision only moves acceptance, never the output.
+ */
+export async function loadDraft(
+  backend: NativeBackend,
+  options: Pick<EngineOptions, "modelPath" | "loadFormat" | "loadSeed" | "speculative">,
+  target: LoadedModel,
+  showProgress = false,
+): Promise<LoadedModel | undefined> {
+  const spec = options.speculative;
+  if (spec === undefined || spec.model === "ngram") return undefined;
+  if (spec.model === "self") {
+    if (spec.quantization === undefined) return target;
+    return await loadModel(backend, options.modelPath, {
+      showProgress,
+      loadFormat: options.loadFormat,
+      seed: options.loadSeed,
+      quantization: spec.quantization,
+      quantizeTiedEmbeddings: true,
+    });
+  }
+  return await loadModel(backend, spec.model, {
+    showProgress,
+    quantization: spec.quantization,
+    quantizeTiedEmbeddings: true,
+  });
 }

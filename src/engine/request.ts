@@ -1,5 +1,5 @@
 // One request's state in the engine: its tokens, how many have KV computed, and how it ends.
-import { Sampler, type SamplingParams } from "../sampling.ts";
+import { Sampler, type SamplingParams, type TokenDistribution } from "../sampling.ts";
 import type { StructuredOutput, TokenGrammar } from "./grammar.ts";
 import { StopStringMatcher } from "../stop.ts";
 import { IncrementalDetokenizer, type TextTokenizer } from "../tokenizer/tokenizer.ts";
@@ -49,6 +49,11 @@ export interface RequestParams {
    * pooled, L2-normalized final hidden state is the output and the request ends.
    */
   pooling?: Pooling;
+  /**
+   * Also return the output of every captured layer (the engine's `captureLayers`) at every
+   * prompt position, on the first output. Needs `promptLogprobs` (its rows are those rows).
+   */
+  promptHiddenStates?: boolean;
 }
 
 export interface TokenLogprob {
@@ -81,6 +86,13 @@ export interface RequestOutput {
   queueMs?: number;
   /** An embedding request's pooled, L2-normalized hidden state, on its only output. */
   embedding?: Float32Array;
+  /**
+   * With `promptHiddenStates`, on a sample's first output: per captured layer (in the engine's
+   * `captureLayers` order) its output at every prompt position, [numPromptTokens, hidden].
+   */
+  promptHiddenStates?: Float32Array[];
+  /** Speculative decoding so far (set once anything was proposed): tokens proposed, accepted. */
+  specDecode?: { numDraftTokens: number; numAcceptedTokens: number };
 }
 
 export class EngineRequest {
@@ -105,8 +117,18 @@ export class EngineRequest {
   readonly grammar?: TokenGrammar;
   /** Prompt logprobs computed so far, for positions 1, 2, … of the prompt. */
   readonly promptLogprobs: TokenLogprob[] = [];
+  /** Captured layer outputs of the prompt positions so far (`promptHiddenStates`). */
+  promptHidden?: { rows: Float32Array[]; numPositions: number };
   /** Mean pooling's running sum of the prompt rows' hidden states (allocated on first use). */
   poolSum?: Float64Array;
+  /**
+   * Tokens proposed for the next step (speculative decoding), verified in it and then cleared;
+   * never part of `tokenIds` unless accepted. `draftDists` are their proposer's distributions.
+   */
+  draftTokenIds: number[] = [];
+  draftDists?: TokenDistribution[];
+  /** Speculation so far: verification steps with drafts, tokens proposed, tokens accepted. */
+  readonly specStats = { numDrafts: 0, numDraftTokens: 0, numAcceptedTokens: 0 };
   /** 1 once a stop token ended generation: it is counted, though not appended. */
   #numStopTokens = 0;
   readonly #stopIds: Set<number>;

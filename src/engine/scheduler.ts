@@ -37,6 +37,12 @@ export interface ScheduledRequest {
   numNewTokens: number;
   /** The tokens at positions [start, start + numNewTokens). */
   tokenIds: number[];
+  /**
+   * Speculative decoding: the last this many tokens are proposals, not yet the request's; every
+   * row from the last real token on gets logits (numLogitRows is 1 + this), and only the KV of
+   * the accepted ones is kept. Absent or 0 for a plain share.
+   */
+  numDraftTokens?: number;
   /** The request's KV block table, covering at least its first start + numNewTokens positions. */
   blockIds: number[];
   /** Whether this step reaches the end of its known tokens, so a token is sampled. */
@@ -212,7 +218,12 @@ export class Scheduler {
 
   schedule(): SchedulerOutput {
     // Requests, not plain shares, until the end: block tables are read once allocation is done.
-    const scheduled: { request: EngineRequest; start: number; numNewTokens: number }[] = [];
+    const scheduled: {
+      request: EngineRequest;
+      start: number;
+      numNewTokens: number;
+      numDraft: number;
+    }[] = [];
     const preempted: EngineRequest[] = [];
     let budget = this.config.maxNumBatchedTokens;
     let rowBudget = this.config.maxNumLogitRows;
@@ -244,7 +255,17 @@ export class Scheduler {
       if (numNew === 0 || numNew > budget) continue;
       const numRows = rowsOf(request, request.numComputedTokens, numNew);
       if (numRows > rowBudget) continue;
-      let allocated = this.#kv.allocateSlots(request, numNew);
+      // A decoding request's proposals ride along if the token and row budgets have room; they
+      // never cost anyone else their place, so a short pool drops them before preempting.
+      const isDecoding = request.numComputedTokens === request.numTokens - 1;
+      let numDraft = isDecoding
+        ? Math.min(request.draftTokenIds.length, budget - numNew, rowBudget - numRows)
+        : 0;
+      let allocated = this.#kv.allocateSlots(request, numNew + numDraft);
+      if (!allocated && numDraft > 0) {
+        numDraft = 0;
+        allocated = this.#kv.allocateSlots(request, numNew);
+      }
       while (!allocated) {
         const victim = this.#pickVictim()!;
         this.#preempt(victim, preempted);
@@ -255,9 +276,14 @@ export class Scheduler {
         allocated = this.#kv.allocateSlots(request, numNew);
       }
       if (!allocated) continue;
-      scheduled.push({ request, start: request.numComputedTokens, numNewTokens: numNew });
-      budget -= numNew;
-      rowBudget -= numRows;
+      scheduled.push({
+        request,
+        start: request.numComputedTokens,
+        numNewTokens: numNew + numDraft,
+        numDraft,
+      });
+      budget -= numNew + numDraft;
+      rowBudget -= numRows + numDraft;
     }
 
     // Then waiting requests, unless this step had to preempt (memory is short).
@@ -281,13 +307,18 @@ export class Scheduler {
       this.#waiting.shift();
       request.numComputedTokens = numCached;
       this.addRunning(request);
-      scheduled.push({ request, start: request.numComputedTokens, numNewTokens: numNew });
+      scheduled.push({
+        request,
+        start: request.numComputedTokens,
+        numNewTokens: numNew,
+        numDraft: 0,
+      });
       budget -= numNew;
       rowBudget -= numRows;
     }
 
     return {
-      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens))
+      scheduled: scheduled.map((s) => this.#share(s.request, s.start, s.numNewTokens, s.numDraft))
         .sort((a, b) => Number(a.isPooling ?? false) - Number(b.isPooling ?? false)),
       numBatchedTokens: this.config.maxNumBatchedTokens - budget,
       blockCopies: this.#kv.takePendingCopies(),
@@ -295,17 +326,25 @@ export class Scheduler {
     };
   }
 
-  #share(request: EngineRequest, start: number, numNewTokens: number): ScheduledRequest {
-    const sample = start + numNewTokens === request.numTokens;
+  #share(
+    request: EngineRequest,
+    start: number,
+    numNewTokens: number,
+    numDraft: number,
+  ): ScheduledRequest {
+    const sample = start + numNewTokens - numDraft === request.numTokens;
     const allRows = request.needsPromptRows && start < request.numPromptTokens;
+    const tokenIds = request.tokenIds.slice(start, start + numNewTokens);
+    if (numDraft > 0) tokenIds.push(...request.draftTokenIds.slice(0, numDraft));
     return {
       requestId: request.id,
       start,
       numNewTokens,
-      tokenIds: request.tokenIds.slice(start, start + numNewTokens),
+      tokenIds,
+      ...(numDraft > 0 ? { numDraftTokens: numDraft } : {}),
       blockIds: this.#kv.blockTable(request.id),
       sample,
-      numLogitRows: allRows ? numNewTokens : sample ? 1 : 0,
+      numLogitRows: allRows ? numNewTokens : sample ? 1 + numDraft : 0,
       ...(request.params.pooling === undefined ? {} : { isPooling: true as const }),
     };
   }
@@ -317,13 +356,34 @@ export class Scheduler {
     return request;
   }
 
-  /** After the forward pass: the scheduled tokens now have KV. */
+  /**
+   * After the forward pass: the scheduled tokens now have KV. Proposed tokens are not the
+   * request's yet, so they are left out until `acceptDrafts` says how many were accepted.
+   */
   commit(output: SchedulerOutput): void {
     for (const s of output.scheduled) {
       const request = this.runningRequest(s.requestId);
-      request.numComputedTokens = s.start + s.numNewTokens;
+      request.numComputedTokens = s.start + s.numNewTokens - (s.numDraftTokens ?? 0);
       this.#kv.commitComputed(request, request.numComputedTokens);
     }
+  }
+
+  /**
+   * After verification, once the accepted drafts are appended to the request's tokens: their KV
+   * counts as computed (full blocks of them may enter the prefix cache), and the rejected ones'
+   * slots are dropped, blocks past the computed tokens going back to the pool.
+   */
+  acceptDrafts(request: EngineRequest, numAccepted: number): void {
+    const numComputed = request.numComputedTokens + numAccepted;
+    if (!Number.isInteger(numAccepted) || numAccepted < 0 || numComputed >= request.numTokens) {
+      throw new RangeError(
+        `Expected accepted drafts leaving the last token of ${request.id} uncomputed ` +
+          `(at most ${request.numTokens - 1 - request.numComputedTokens}), got ${numAccepted}`,
+      );
+    }
+    request.numComputedTokens = numComputed;
+    this.#kv.commitComputed(request, numComputed);
+    this.#kv.truncate(request.id, numComputed);
   }
 
   /** Drops a finished request and frees its blocks. */

@@ -19,6 +19,35 @@ export type ActivationObserver = (
   numTokens: number,
   cols: number,
 ) => void;
+/**
+ * What a tensor-parallel rank does around its share of each layer (src/parallel/model_comm.ts):
+ * with plain TP the residual stream has every token and partial sums are all-reduced; with
+ * sequence parallelism it has a shard of the tokens, reduce-scattered into and all-gathered from.
+ */
+export interface ModelComm {
+  /** Rows of the residual stream this rank holds in a step of numTokens tokens. */
+  residualRows(numTokens: number): number;
+  /** Where the vocab-parallel embedding writes its partial rows (x itself, or scratch). */
+  embeddingOut(x: DevicePtr, scratch: DevicePtr): DevicePtr;
+  /** x = the sum over ranks of the embedding's partial rows (this rank's residual rows). */
+  reduceEmbedding(partial: DevicePtr, x: DevicePtr, numTokens: number): void;
+  /** Where the norm before a column-parallel layer writes its residual rows (within `full`). */
+  normOut(full: DevicePtr, numTokens: number): DevicePtr;
+  /** Fills `full` with every token's normed rows from normOut's, for a column-parallel layer. */
+  gather(full: DevicePtr, numTokens: number): void;
+  /** x += the sum over ranks of a row-parallel layer's partial rows (all tokens, in partial). */
+  reduceAdd(partial: DevicePtr, x: DevicePtr, numTokens: number): void;
+  /** Every token's residual rows, before the final norm (x itself, or gathered into scratch). */
+  gatherResidual(x: DevicePtr, scratch: DevicePtr, numTokens: number): DevicePtr;
+}
+
+/** Which part of the forward pass a pipeline stage runs (default: all of it). */
+export interface StageSpan {
+  /** The residual stream is already in the workspace's `x` (sent by the previous stage). */
+  fromHidden?: boolean;
+  /** Stop after the last layer, leaving the residual stream in `x` for the next stage. */
+  toHidden?: boolean;
+}
 
 export class LlamaModel {
   readonly config: ModelConfig;
@@ -27,16 +56,19 @@ export class LlamaModel {
   #invFreq: DevicePtr;
   /** Calibration's view of the activations; unset when serving. */
   observer?: ActivationObserver;
+  #comm: ModelComm | null;
 
   constructor(
     backend: NativeBackend,
     config: ModelConfig,
     weights: ModelWeights,
     invFreq: Float32Array,
+    comm: ModelComm | null = null,
   ) {
     this.#backend = backend;
     this.config = config;
     this.weights = weights;
+    this.#comm = comm;
     this.#invFreq = backend.alloc(invFreq.byteLength);
     backend.upload(this.#invFreq, invFreq);
   }
@@ -50,8 +82,14 @@ export class LlamaModel {
    * Runs the model on a batch whose metadata is already in the workspace (`upload`), writes K/V
    * into the cache, returns [numLogits, vocab] logits (a view the next step overwrites).
    */
-  forward(batch: ForwardBatch, kv: KvCache, s: ForwardWorkspace): Float32Array {
+  forward(
+    batch: ForwardBatch,
+    kv: KvCache,
+    s: ForwardWorkspace,
+    span: StageSpan = {},
+  ): Float32Array {
     const c = this.config;
+    const comm = this.#comm;
     const b = this.#backend;
     const numTokens = batch.tokenIds.length;
     const numSeqs = batch.seqLens.length;
@@ -66,26 +104,36 @@ export class LlamaModel {
     const w = this.weights;
     const ropeStyle = c.ropeStyle === "neox" ? RopeStyle.NEOX : RopeStyle.INTERLEAVED;
 
-    b.embedding({
-      out: s.x,
-      table: w.embed.ptr,
-      tableDtype: w.embed.dtype,
-      tokenIds,
-      numTokens,
-      vocabSize: c.vocabSize,
-      dim: hidden,
-    });
+    if (s.captured !== null && comm !== null) {
+      throw new RangeError("Capturing layer outputs is not supported with parallel ranks");
+    }
+    // Rows of the residual stream here: every token, or this rank's sequence shard.
+    const numRows = comm?.residualRows(numTokens) ?? numTokens;
+    if (!span.fromHidden) {
+      const out = comm?.embeddingOut(s.x, s.h) ?? s.x;
+      b.embedding({
+        out,
+        table: w.embed.ptr,
+        tableDtype: w.embed.dtype,
+        tokenIds,
+        numTokens,
+        vocabSize: c.vocabSize,
+        dim: hidden,
+      });
+      comm?.reduceEmbedding(out, s.x, numTokens);
+    }
     for (let l = 0; l < c.numLayers; l++) {
       const layer = w.layers[l];
       // Attention block: norm, fused QKV projection, RoPE on Q and K, cache write, attention.
       b.rmsnorm({
-        out: s.h,
+        out: comm?.normOut(s.h, numTokens) ?? s.h,
         x: s.x,
         weight: layer.attnNorm,
-        numTokens,
+        numTokens: numRows,
         dim: hidden,
         eps: c.rmsNormEps,
       });
+      comm?.gather(s.h, numTokens);
       this.observer?.("qkv", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
       b.rope({
@@ -144,17 +192,19 @@ export class LlamaModel {
         n: hidden,
         k: qDim,
       });
-      b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
+      if (comm) comm.reduceAdd(s.h, s.x, numTokens);
+      else b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
 
       // MLP block: norm, fused gate/up projection, SiLU(gate) * up, down projection.
       b.rmsnorm({
-        out: s.h,
+        out: comm?.normOut(s.h, numTokens) ?? s.h,
         x: s.x,
         weight: layer.ffnNorm,
-        numTokens,
+        numTokens: numRows,
         dim: hidden,
         eps: c.rmsNormEps,
       });
+      comm?.gather(s.h, numTokens);
       this.observer?.("gateUp", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.gateUp, { out: s.gateUp, x: s.h, m: numTokens });
       b.siluMul({ out: s.act, gateUp: s.gateUp, numTokens, dim: c.intermediateSize });
@@ -168,13 +218,27 @@ export class LlamaModel {
         n: hidden,
         k: c.intermediateSize,
       });
-      b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
+      if (comm) comm.reduceAdd(s.h, s.x, numTokens);
+      else b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
+      // The layer's output at the logit rows, when asked for (one null check per layer if not).
+      const capture = s.captured === null ? null : s.captureOut(l);
+      if (capture !== null) {
+        b.gatherRows({
+          out: capture,
+          x: s.x,
+          rows: logitRows,
+          numRows: numLogits,
+          numSrcRows: numTokens,
+          dim: hidden,
+        });
+      }
     }
+    if (span.toHidden) return new Float32Array(0);
 
     // Only the rows that sample a token go through the final norm and the LM head.
     b.gatherRows({
       out: s.last,
-      x: s.x,
+      x: comm?.gatherResidual(s.x, s.h, numTokens) ?? s.x,
       rows: logitRows,
       numRows: numLogits,
       numSrcRows: numTokens,

@@ -196,6 +196,11 @@ export interface LoadModelOptions extends OpenModelOptions {
   sparsity?: string;
   /** A `deno task calibrate` file: SmoothQuant factors, outlier channels, Wanda norms. */
   calibration?: string;
+  /**
+   * Quantize tied embeddings too (the one matrix that is embedding and LM head). Off by default,
+   * as vLLM; a speculative draft turns it on, since at small sizes the head is most of its bytes.
+   */
+  quantizeTiedEmbeddings?: boolean;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -230,7 +235,8 @@ export async function loadModel(
   } else if (options.quantization !== undefined) {
     const target = parseQuantization(options.quantization);
     checkNotQuantized(path, source.tensors, target);
-    const isTied = !source.tensors.has("lm_head.weight") && source.config.tieWordEmbeddings;
+    const isTied = !source.tensors.has("lm_head.weight") && source.config.tieWordEmbeddings &&
+      options.quantizeTiedEmbeddings !== true;
     transform = new QuantizeOnLoad(backend, target, { isTied });
   }
   const weights = await loadWeights(backend, source.config, source.tensors, {

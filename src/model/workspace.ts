@@ -56,14 +56,22 @@ export class ForwardWorkspace {
   readonly capacity: Required<StepCapacity>;
   /** Device bytes this workspace holds, kernel workspace included. */
   readonly reservedBytes: number;
-  readonly x: DevicePtr; // [T, hidden] residual stream
+  readonly x: DevicePtr; // [residualRows, hidden] residual stream
   readonly h: DevicePtr; // [T, hidden] normed / projected
+  /** Rows of `x`: maxNumTokens, or a sequence-parallel rank's shard of them. */
+  readonly residualRows: number;
+  /** Bytes of `x` and `h`, the residual stream and the normed / projected rows. */
+  readonly residualBytes: number;
   readonly qkv: DevicePtr; // [T, qkvDim]
   readonly attn: DevicePtr; // [T, qDim]
   readonly gateUp: DevicePtr; // [T, 2 * intermediate]
   readonly act: DevicePtr; // [T, intermediate]
   readonly last: DevicePtr; // [L, hidden] rows that get logits (L = maxNumLogitRows)
   readonly logits: DevicePtr; // [L, vocab]
+  /** Layers whose output rows are kept for the logit rows, in this order (empty: none). */
+  readonly captureLayers: readonly number[];
+  /** [captureLayers.length, L, hidden]: each captured layer's output at the logit rows. */
+  readonly captured: DevicePtr | null = null;
   readonly meta: StepMetadata;
   #backend: NativeBackend;
   #vocabSize: number;
@@ -76,9 +84,35 @@ export class ForwardWorkspace {
   #logitsHost: Float32Array;
   #hiddenHost: Float32Array;
   #hiddenSize: number;
+  /** Layer index -> its slot in `captured`, or -1; null when nothing is captured. */
+  #captureSlot: Int32Array | null = null;
+  #capturedHost: Float32Array | null = null;
 
-  constructor(backend: NativeBackend, config: ModelConfig, capacity: StepCapacity) {
+  /**
+   * `captureLayers` (decoder layer indices, 0-based) makes the forward pass keep those layers'
+   * outputs at the logit rows (distill-export's hidden states); without it nothing is reserved
+   * and the forward pass does no extra work. `residualRows` sizes the residual stream `x` for a
+   * sequence-parallel rank, which holds only its shard of the tokens (default maxNumTokens).
+   */
+  constructor(
+    backend: NativeBackend,
+    config: ModelConfig,
+    capacity: StepCapacity,
+    options: { captureLayers?: readonly number[]; residualRows?: number } = {},
+  ) {
     checkCapacity(capacity);
+    const captureLayers = [...(options.captureLayers ?? [])];
+    for (const l of captureLayers) {
+      if (!Number.isInteger(l) || l < 0 || l >= config.numLayers) {
+        throw new RangeError(
+          `Captured layers must be integers from 0 to ${config.numLayers - 1}, got ${l}`,
+        );
+      }
+    }
+    if (new Set(captureLayers).size !== captureLayers.length) {
+      throw new RangeError(`Captured layers must not repeat, got ${captureLayers.join(",")}`);
+    }
+    this.captureLayers = captureLayers;
     this.#backend = backend;
     this.#vocabSize = config.vocabSize;
     this.#hiddenSize = config.hiddenSize;
@@ -104,8 +138,16 @@ export class ForwardWorkspace {
       bytes += sizeBytes;
       return ptr;
     };
+    const residualRows = options.residualRows ?? t;
+    if (!Number.isInteger(residualRows) || residualRows < 1 || residualRows > t) {
+      throw new RangeError(
+        `residualRows must be an integer from 1 to maxNumTokens (${t}), got ${residualRows}`,
+      );
+    }
+    this.residualRows = residualRows;
+    this.residualBytes = (residualRows + t) * c.hiddenSize * F32;
     try {
-      this.x = alloc(t * c.hiddenSize * F32);
+      this.x = alloc(residualRows * c.hiddenSize * F32);
       this.h = alloc(t * c.hiddenSize * F32);
       this.qkv = alloc(t * qkvDim * F32);
       this.attn = alloc(t * qDim * F32);
@@ -113,6 +155,12 @@ export class ForwardWorkspace {
       this.act = alloc(t * c.intermediateSize * F32);
       this.last = alloc(l * c.hiddenSize * F32);
       this.logits = alloc(l * c.vocabSize * F32);
+      if (captureLayers.length > 0) {
+        this.captured = alloc(captureLayers.length * l * c.hiddenSize * F32);
+        this.#capturedHost = new Float32Array(captureLayers.length * l * c.hiddenSize);
+        this.#captureSlot = new Int32Array(c.numLayers).fill(-1);
+        captureLayers.forEach((layer, slot) => this.#captureSlot![layer] = slot);
+      }
       // The metadata regions, in int32 elements, one after another.
       const lengths: Record<keyof StepMetadata, number> = {
         tokenIds: t,
@@ -230,6 +278,28 @@ export class ForwardWorkspace {
     const out = this.#hiddenHost.subarray(0, numRows * this.#hiddenSize);
     this.#backend.download(out, this.last);
     return out;
+  }
+
+  /** Where layer `layer`'s output rows go in `captured`, or null if it is not captured. */
+  captureOut(layer: number): DevicePtr | null {
+    const slot = this.#captureSlot?.[layer] ?? -1;
+    if (slot < 0) return null;
+    return offset(this.captured!, slot * this.capacity.maxNumLogitRows * this.#hiddenSize * F32);
+  }
+
+  /**
+   * The captured layers' outputs at the first numRows logit rows, one [numRows, hidden] array per
+   * layer of `captureLayers`; the arrays are reused by the next step.
+   */
+  downloadCaptured(numRows: number): Float32Array[] {
+    const host = this.#capturedHost;
+    if (host === null) throw new RangeError("This workspace captures no layers");
+    const stride = this.capacity.maxNumLogitRows * this.#hiddenSize;
+    return this.captureLayers.map((_, slot) => {
+      const rows = host.subarray(slot * stride, slot * stride + numRows * this.#hiddenSize);
+      this.#backend.download(rows, this.captured!, slot * stride * F32);
+      return rows;
+    });
   }
 
   release(): void {

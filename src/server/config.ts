@@ -3,10 +3,12 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { TOOL_CALL_PARSERS, type ToolCallParser } from "../api/tools.ts";
-import { ENGINE_DEFAULTS } from "../engine/local_engine.ts";
+import { ENGINE_DEFAULTS, type SpeculativeOptions } from "../engine/local_engine.ts";
+import { speculativeOptions } from "../cli/engine_flags.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseQuantization } from "../model/quantize.ts";
+import { checkParallelOptions, type ParallelOptions } from "../parallel/plan.ts";
 
 export type Device = { kind: "auto" } | { kind: "cpu" } | { kind: "cuda"; ordinal?: number };
 
@@ -49,6 +51,10 @@ export interface ServeConfig {
   hfCacheDir: string;
   /** The tool-call format to parse (vLLM's --tool-call-parser); unset: the chat template's. */
   toolCallParser?: ToolCallParser;
+  /** Speculative decoding (--speculative-model and the flags with it); unset: off. */
+  speculative?: SpeculativeOptions;
+  /** Ranks across processes and hosts; unset: one process. */
+  parallel?: ParallelOptions;
 }
 
 /** What the server holds its clients to: deadlines, queue bounds and cross-origin access. */
@@ -326,6 +332,44 @@ const OPTIONS = [
     help: "hermes, llama3_json or mistral: the tool-call format to parse",
     defaultText: "the one the chat template shows",
   },
+  {
+    flag: "speculative-model",
+    arg: "MODEL",
+    help:
+      "speculative decoding: ngram (prompt lookup), self (the model itself, loaded again) or a " +
+      "draft model path with the same vocabulary",
+    defaultText: "off",
+  },
+  {
+    flag: "speculative-model-quantization",
+    arg: "Q",
+    help: "quantize the draft on load (self + q4_0: the quantized self-draft): q4_0, q8_0, int4, …",
+    defaultText: "none",
+  },
+  {
+    flag: "num-speculative-tokens",
+    arg: "K",
+    help: "tokens proposed per step and request",
+    defaultText: String(ENGINE_DEFAULTS.numSpeculativeTokens),
+  },
+  {
+    flag: "ngram-prompt-lookup-max",
+    arg: "N",
+    help: "longest n-gram looked up by --speculative-model ngram",
+    defaultText: String(ENGINE_DEFAULTS.ngramPromptLookupMax),
+  },
+  {
+    flag: "ngram-prompt-lookup-min",
+    arg: "N",
+    help: "shortest n-gram looked up by --speculative-model ngram",
+    defaultText: String(ENGINE_DEFAULTS.ngramPromptLookupMin),
+  },
+  {
+    flag: "speculative-disable-by-batch-size",
+    arg: "N",
+    help: "no speculation while more requests than this are running",
+    defaultText: String(ENGINE_DEFAULTS.speculativeDisableBySize),
+  },
   { flag: "log-format", arg: "FMT", help: "text or json (JSON lines)", defaultText: "text" },
   // Operator flags as `vllm serve` has them (see OperatorSettings).
   {
@@ -358,6 +402,55 @@ const OPTIONS = [
     help: "Hugging Face hub cache",
     defaultText: "$HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub",
   },
+  // Ranks (docs/parallelism.md), with vLLM's and torchrun's names.
+  {
+    flag: "tensor-parallel-size",
+    arg: "N",
+    help: "ranks splitting every layer (processes over Gloo on CPU)",
+    defaultText: "1",
+  },
+  {
+    flag: "pipeline-parallel-size",
+    arg: "N",
+    help: "contiguous layer stages, micro-batched",
+    defaultText: "1",
+  },
+  {
+    flag: "sequence-parallel",
+    help: "norms and residual on token shards (with --tensor-parallel-size)",
+    isBoolean: true,
+  },
+  { flag: "nnodes", arg: "N", help: "hosts taking part", defaultText: "1" },
+  {
+    flag: "node-rank",
+    arg: "K",
+    help: "this host's index; K > 0 only runs its ranks",
+    defaultText: "0",
+  },
+  {
+    flag: "master-addr",
+    arg: "HOST",
+    help: "rank 0's address for the rendezvous store",
+    defaultText: "127.0.0.1",
+  },
+  {
+    flag: "master-port",
+    arg: "N",
+    help: "rendezvous store port",
+    defaultText: "29500 with --nnodes > 1, else any free port",
+  },
+  {
+    flag: "bind-addr",
+    arg: "HOST",
+    help: "this host's address for collectives",
+    defaultText: "--master-addr",
+  },
+  {
+    flag: "rank-timeout",
+    arg: "SECONDS",
+    help: "ranks must join, and collectives progress, within this",
+    defaultText: "60",
+  },
 ] as const satisfies readonly Option[];
 
 type Flag = (typeof OPTIONS)[number]["flag"];
@@ -372,9 +465,9 @@ function usage(): string {
     const left = `  --${o.flag}${o.arg ? ` ${o.arg}` : ""}`;
     const fallback = o.defaultText === undefined ? "" : `default ${o.defaultText}, `;
     const required = o.flag === "model" ? "default demo (built-in, random weights: noise), " : "";
-    return `${left.padEnd(30)}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${
-      envName(o.flag)
-    }`;
+    // A flag too long for the column gets its help on the next line.
+    const head = left.length < 30 ? left.padEnd(30) : `${left}\n${" ".repeat(30)}`;
+    return `${head}${o.help}\n${" ".repeat(30)}${required}${fallback}env ${envName(o.flag)}`;
   });
   return `Usage: denollm serve [MODEL] [options]
        denollm serve --model PATH|ORG/NAME [options]
@@ -479,12 +572,27 @@ const SCHEMAS = {
   }),
   "shutdown-timeout": seconds(),
   "tool-call-parser": choice(TOOL_CALL_PARSERS),
+  "speculative-model": nonEmpty,
+  "speculative-model-quantization": nonEmpty,
+  "num-speculative-tokens": integer(1, 64),
+  "ngram-prompt-lookup-max": integer(1, 64),
+  "ngram-prompt-lookup-min": integer(1, 64),
+  "speculative-disable-by-batch-size": integer(0),
   "log-format": choice(["text", "json"]),
   "log-level": choice(["debug", "info", "warn", "error"]),
   seed: integer(0, 2 ** 32 - 1),
   "metrics-names": choice(["denollm", "vllm"]),
   "chat-template": z.string().min(1, { error: "expected a file or a template" }),
   "hf-cache": nonEmpty,
+  "tensor-parallel-size": integer(1, 1024),
+  "pipeline-parallel-size": integer(1, 1024),
+  "sequence-parallel": boolText,
+  nnodes: integer(1, 1024),
+  "node-rank": integer(0, 1023),
+  "master-addr": hostSchema,
+  "master-port": integer(0, 65535),
+  "bind-addr": hostSchema,
+  "rank-timeout": seconds({ isZeroAllowed: false }),
 } satisfies Record<Flag, z.ZodType>;
 
 type Values = { [K in Flag]?: z.output<(typeof SCHEMAS)[K]> };
@@ -577,6 +685,18 @@ export function parseServeConfig(
   }
   checkThreads(values.threads, sources.threads);
   const enablePrefixCaching = prefixCaching(values, sources);
+  const speculative = speculativeOptions({
+    "speculative-model": values["speculative-model"],
+    ...Object.fromEntries(
+      ([
+        "num-speculative-tokens",
+        "ngram-prompt-lookup-max",
+        "ngram-prompt-lookup-min",
+        "speculative-disable-by-batch-size",
+        "speculative-model-quantization",
+      ] as const).flatMap((f) => values[f] === undefined ? [] : [[f, String(values[f])]]),
+    ),
+  });
   return {
     help: false,
     limits: {
@@ -613,6 +733,8 @@ export function parseServeConfig(
       ...(values["tool-call-parser"] === undefined
         ? {}
         : { toolCallParser: values["tool-call-parser"] }),
+      ...(speculative === undefined ? {} : { speculative }),
+      ...parallelConfig(values),
     },
     operator: {
       ...(values.seed === undefined ? {} : { seed: values.seed }),
@@ -631,6 +753,32 @@ export function parseServeConfig(
 
 // Operator flags as `vllm serve` has them: the positional model, the prefix-caching spellings
 // and --chat-template.
+
+/** The ranks' flags; absent when every one is at its default. */
+function parallelConfig(values: Values): { parallel?: ParallelOptions } {
+  const parallel: ParallelOptions = {
+    tensorParallelSize: values["tensor-parallel-size"] ?? 1,
+    pipelineParallelSize: values["pipeline-parallel-size"] ?? 1,
+    sequenceParallel: values["sequence-parallel"] ?? false,
+    nnodes: values.nnodes ?? 1,
+    nodeRank: values["node-rank"] ?? 0,
+    ...(values["master-addr"] === undefined ? {} : { masterAddr: values["master-addr"] }),
+    ...(values["master-port"] === undefined ? {} : { masterPort: values["master-port"] }),
+    ...(values["bind-addr"] === undefined ? {} : { bindAddr: values["bind-addr"] }),
+    ...(values["rank-timeout"] === undefined
+      ? {}
+      : { rankTimeoutMs: values["rank-timeout"] * 1000 }),
+  };
+  const isSingle = parallel.tensorParallelSize * parallel.pipelineParallelSize === 1 &&
+    parallel.nnodes === 1 && !parallel.sequenceParallel;
+  if (isSingle) return {};
+  try {
+    checkParallelOptions(parallel);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  return { parallel };
+}
 
 /** `denollm serve MODEL`: the one positional argument, unless --model names the model already. */
 function modelArgument(positionals: string[], hasModelFlag: boolean): string | undefined {

@@ -9,6 +9,7 @@ import { AsyncEngine, EngineError } from "../engine/async_engine.ts";
 import { ModelFormatError } from "../formats/errors.ts";
 import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
 import { openModelSource } from "../model/load.ts";
+import { runNode } from "../parallel/launch.ts";
 import {
   type ClientLimits,
   type OperatorSettings,
@@ -294,6 +295,8 @@ async function startEngine(
       maxNumSeqs: config.maxNumSeqs,
       enablePrefixCaching: config.enablePrefixCaching,
       mode: config.scheduler,
+      ...(config.speculative === undefined ? {} : { speculative: config.speculative }),
+      ...(config.parallel === undefined ? {} : { parallel: config.parallel }),
     }, { onLoadProgress: loadProgressLog(log) });
   try {
     return { engine: await start(device.backend), device: device.description };
@@ -534,5 +537,8 @@ export async function runServe(args: string[]): Promise<number> {
     console.log(`denollm ${VERSION}`);
     return 0;
   }
+  // Another host of a parallel group runs its ranks; rank 0's host serves.
+  const parallel = parsed.config.parallel;
+  if (parallel !== undefined && (parallel.nodeRank ?? 0) > 0) return await runNode(parallel);
   return await serve(parsed.config, { limits: parsed.limits, operator: parsed.operator });
 }

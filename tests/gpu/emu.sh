@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the CUDA kernel suite (tests/gpu/cuda_kernels.gpu.ts) on the CPU: builds cuda/*.cu against
+# Runs the CUDA kernel suites (tests/gpu/cuda_kernels.gpu.ts, and quant_kernels.gpu.ts for the
+# quantized-weight kernels) on the CPU: builds cuda/*.cu against
 # the dl_emu shim (../shared/cuda-emu) into build/emu/ (never over the nvcc build's
 # build/libdenollm_cuda.so) and runs every kernel against the CPU build with the threads of each
 # block in a seeded random order. Needs g++ and the CPU build (`deno task build`). Fails, never
@@ -39,7 +40,8 @@ echo "cuda-emu: built $lib in $((SECONDS - started)) s"
 started=$SECONDS
 status=0
 DL_EMU_ORDER=$order DL_EMU_SEED=$seed DENOLLM_FUZZ_SEED=$seed DENOLLM_GPU_TEST_LIBRARY=$lib \
-  deno test --allow-read --allow-env --allow-ffi tests/gpu/cuda_kernels.gpu.ts || status=$?
+  deno test --allow-read --allow-env --allow-ffi tests/gpu/cuda_kernels.gpu.ts \
+  tests/gpu/quant_kernels.gpu.ts || status=$?
 echo "cuda-emu: kernel suite took $((SECONDS - started)) s"
 if [ "$status" -ne 0 ]; then
   echo "FAIL cuda-emu: replay with DL_EMU_SEED=$seed DL_EMU_ORDER=$order bash tests/gpu/emu.sh" >&2

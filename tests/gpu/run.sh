@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU session check for the CUDA build: build, every kernel against the CPU build, greedy
-# generation on stories260K, and a benchmark on a random-weight Llama-3.2-1B. Prints PASS, WARN,
+# generation on stories260K, the quantized-weight kernels and their speed, and a benchmark on a
+# random-weight Llama-3.2-1B. Prints PASS, WARN,
 # SKIP or FAIL per section and always ends with a summary to paste into the issue; exits 1 when a
 # section failed. Exits 0 without a GPU (no nvidia-smi).
 #
@@ -41,6 +42,10 @@ finish() {
   nvidia-smi --query-gpu=name --format=csv,noheader 2>&1 | head -3
   printf '%s\n' "${summary[@]}"
   if [ -n "${OUT:-}" ]; then printf '%s\n' "${summary[@]}" > "$OUT/gpu-summary.txt"; fi
+  if [ -n "${quant_log:-}" ] && [ -f "$quant_log" ]; then
+    grep -E '^\||copy' "$quant_log" || true
+    rm -f "$quant_log"
+  fi
   if [ -n "${bench_log:-}" ] && [ -f "$bench_log" ]; then
     grep -E '^\||bandwidth|batch-1 decode|^HF' "$bench_log" || true
     rm -f "$bench_log"
@@ -152,6 +157,21 @@ if deno test -A tests/gpu/cuda_kernels.gpu.ts; then
   record PASS "kernels: every kernel matches the CPU build; stories260K greedy tokens equal"
 else
   record FAIL "kernels: see the failures above"
+fi
+
+section "quantized kernels: CUDA against the reference and the CPU build"
+if deno test -A tests/gpu/quant_kernels.gpu.ts; then
+  record PASS "quant kernels: dequantize, embedding and matmul of every quantized format match"
+else
+  record FAIL "quant kernels: see the failures above"
+fi
+
+section "quantized matmul speed: gemv GB/s and tiled TFLOP/s"
+quant_log=$(mktemp)
+if timeout 120 deno run -A tests/gpu/quant_bench.ts | tee "$quant_log"; then
+  record PASS "quant speed: measured (table below)"
+else
+  record FAIL "quant speed: failed or timed out"
 fi
 
 section "benchmark: random-weight Llama-3.2-1B (bf16)"

@@ -1,5 +1,6 @@
 // Regenerates tests/fixtures/llamacpp/quant_<source>.json: for each F32 source and preset, the
-// quantized file's sha256 and tensor types and llama.cpp's greedy ids on it (reference.mjs).
+// quantized file's sha256 and tensor types and llama.cpp's greedy ids on it (reference.mjs); the
+// F32 source itself comes first, as preset "F32".
 // Usage: bash tools/llamacpp/install.sh && deno run -A tools/llamacpp/make_quant_fixtures.ts [source...]
 import { readGguf } from "../../src/formats/gguf.ts";
 import {
@@ -40,9 +41,9 @@ try {
     const input = await sourceGguf(source, work);
     const files = [];
     let version = "";
-    for (const preset of QUANT_PRESETS) {
-      const output = `${work}/${source.name}-${preset}.gguf`;
-      await quantizeWithLlamaCpp(input, output, preset);
+    for (const preset of ["F32", ...QUANT_PRESETS] as const) {
+      const output = preset === "F32" ? input : `${work}/${source.name}-${preset}.gguf`;
+      if (preset !== "F32") await quantizeWithLlamaCpp(input, output, preset);
       const args = ["--model", output, "--prompt", source.prompt, "--n", `${NUM_TOKENS}`];
       const gen = await reference(["generate", ...args, "--threads", `${THREADS}`]);
       version = String(gen.nodeLlamaCppVersion);
@@ -55,12 +56,13 @@ try {
         generatedIds: gen.generatedIds,
         text: gen.text,
       });
-      await Deno.remove(output);
+      if (preset !== "F32") await Deno.remove(output);
       console.error(`${source.name} ${preset}: done`);
     }
     const fixture = {
       description: `llama.cpp (node-llama-cpp, CPU) quantized ${source.name}: each file made by ` +
-        "llama_model_quantize (tools/llamacpp/quantize.sh) and llama.cpp's greedy ids on it; " +
+        "llama_model_quantize (tools/llamacpp/quantize.sh) and llama.cpp's greedy ids on it " +
+        "(preset F32: the unquantized source); " +
         "regenerate, never hand-edit",
       regenerate: "bash tools/llamacpp/install.sh && " +
         `deno run -A tools/llamacpp/make_quant_fixtures.ts ${source.name}`,

@@ -2,7 +2,7 @@
 // F32 sources (stories260K, random-weight real-shaped models regenerated from a seed), the presets,
 // and how to make each one (tools/llamacpp/quantize.sh). Shared by make_quant_fixtures.ts, which
 // records llama.cpp's outputs, and tests/quant_llamacpp_test.ts, which remakes the files.
-import { getPreset } from "../random_model/presets.ts";
+import { getPreset, type ModelPreset } from "../random_model/presets.ts";
 import { generateRandomModel } from "../random_model/random_model.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -33,6 +33,11 @@ export interface QuantSource {
     seed: number;
     numLayers: number;
     vocabSize: number;
+    /**
+     * The planted successor structure (tools/random_model/successor.ts): greedy tokens win by
+     * several logits, so 48 of them check the kernels instead of float rounding near ties.
+     */
+    peaked: boolean;
     /** Replaces the preset's widths (config.json fields). */
     widths?: { hidden_size: number; intermediate_size: number; head_dim: number };
   };
@@ -46,7 +51,10 @@ const RANDOM_PROMPT = 'Once upon a time, 42 cats said: "héllo wörld" 😀\nThe
  * ffn_down in F16), and two real widths: SmolLM-135M (576 hidden, 1536 ffn: K blocks on ffn_down)
  * and Qwen2.5-0.5B (896 hidden, 4864 ffn, QKV bias). Two layers and a 2048-token vocab keep their
  * F32 sources at ~30 MB. Neither width is a multiple of 256, so no preset writes Q2_K blocks
- * there: a small Llama of 256-wide rows covers the K formats everywhere.
+ * there: a small Llama of 256-wide rows covers the K formats everywhere. The random models are
+ * peaked (`make-model --peaked`): random weights of the real shapes with a planted next-token
+ * structure, because a plain random model's greedy tokens hinge on 0.01-0.1 logit margins that
+ * q8-quantized activations turn over in either engine (llama.cpp flips against itself).
  */
 export const QUANT_SOURCES: readonly QuantSource[] = [
   {
@@ -57,12 +65,12 @@ export const QUANT_SOURCES: readonly QuantSource[] = [
   {
     name: "smollm-135m-2l",
     prompt: RANDOM_PROMPT,
-    random: { preset: "smollm-135m", seed: 1, numLayers: 2, vocabSize: 2048 },
+    random: { preset: "smollm-135m", seed: 1, numLayers: 2, vocabSize: 2048, peaked: true },
   },
   {
     name: "qwen2.5-0.5b-2l",
     prompt: RANDOM_PROMPT,
-    random: { preset: "qwen2.5-0.5b", seed: 1, numLayers: 2, vocabSize: 2048 },
+    random: { preset: "qwen2.5-0.5b", seed: 1, numLayers: 2, vocabSize: 2048, peaked: true },
   },
   {
     name: "llama-256",
@@ -72,6 +80,7 @@ export const QUANT_SOURCES: readonly QuantSource[] = [
       seed: 1,
       numLayers: 2,
       vocabSize: 1024,
+      peaked: true,
       widths: { hidden_size: 256, intermediate_size: 512, head_dim: 64 },
     },
   },
@@ -79,16 +88,11 @@ export const QUANT_SOURCES: readonly QuantSource[] = [
 
 /**
  * Files whose greedy tokens are not compared (tests/quant_llamacpp_test.ts skips them, visibly):
- * their logits are too close to a tie for 48 greedy tokens to check arithmetic. With quantized
- * activations the q8 rounding turns any 1e-4 perturbation into ~0.3-0.6 of logprob: rounding our
- * own KV cache to f16 instead of f32 moves smollm-135m-2l Q8_0's teacher-forced logprobs by 0.42
- * (its F32 file: 0.012), and llama.cpp's own logits on the same file differ by 0.47 between a
- * batched prefill and one token per decode (0.62-0.68 on llama-256 Q4_K_M/Q6_K), while the
- * top-1/top-2 margins along the 48 tokens go down to 0.01-0.05. Our kernels match ggml's vec_dot
- * to ~3e-7 relative on every format; what differs is which path llama.cpp takes per batch size.
- * stories260K's files also keep ffn_down (172 columns) in F16, whose activations llama.cpp rounds
- * to f16 and we do not (2.9e-4 relative): enough to flip the margins of 0.02-0.25 listed here.
- * Measured with kvCacheDtype f16 (llama.cpp's KV type); see the report of the "quant-parity" work.
+ * their logits are too close to a tie for 48 greedy tokens to check arithmetic. stories260K's
+ * files keep ffn_down (172 columns) in F16, whose activations llama.cpp rounds to f16 and we do
+ * not (2.9e-4 relative): with quantized activations that becomes ~0.3 of logprob, enough to flip
+ * the margins of 0.02-0.25 listed here (measured with kvCacheDtype f16, llama.cpp's KV type).
+ * The random models are peaked, so none of their files is skipped.
  */
 export const GREEDY_SKIPPED: Readonly<Record<string, Readonly<Record<string, string>>>> = {
   "stories260K": {
@@ -97,34 +101,31 @@ export const GREEDY_SKIPPED: Readonly<Record<string, Readonly<Record<string, str
     Q3_K_M: "diverges at token 45: llama.cpp's margin 0.070",
     Q5_K_M: "diverges at token 16: llama.cpp's top-1/top-2 margin 0.019",
   },
-  ...Object.fromEntries(
-    ["smollm-135m-2l", "qwen2.5-0.5b-2l", "llama-256"].map((name) => [
-      name,
-      Object.fromEntries(
-        QUANT_PRESETS.map((preset) => [
-          preset,
-          "random weights: llama.cpp's batched and one-token logits differ by ~0.5 on this file, " +
-          "more than the 0.01-0.05 margins of its greedy tokens",
-        ]),
-      ),
-    ]),
-  ),
 };
 
 /** Greedy tokens compared per file. */
 export const NUM_TOKENS = 48;
 
+/** The model shape a random `source` is generated with. */
+export function randomSourcePreset(source: QuantSource): ModelPreset {
+  const r = source.random;
+  if (r === undefined) throw new TypeError(`Expected a random-model source, found ${source.name}`);
+  const preset = getPreset(r.preset, { numLayers: r.numLayers, vocabSize: r.vocabSize });
+  Object.assign(preset.config, r.widths ?? {});
+  return preset;
+}
+
 /** The F32 GGUF of `source`: the shared file, or the random model generated into `dir`. */
 export async function sourceGguf(source: QuantSource, dir: string): Promise<string> {
   if (source.sharedPath !== undefined) return `${ROOT}${source.sharedPath}`;
   const r = source.random!;
-  const preset = getPreset(r.preset, { numLayers: r.numLayers, vocabSize: r.vocabSize });
-  Object.assign(preset.config, r.widths ?? {});
+  const preset = randomSourcePreset(source);
   const made = await generateRandomModel(preset, {
     outDir: `${dir}/${source.name}`,
     seed: r.seed,
     dtype: "F32",
     formats: ["gguf"],
+    peaked: r.peaked,
   });
   return made.ggufPath!;
 }

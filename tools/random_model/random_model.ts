@@ -16,6 +16,7 @@ import {
 import { type DType, dtypeBytes, numElements, type TensorInfo } from "../../src/formats/tensor.ts";
 import { buildSyntheticTokenizer } from "./synthetic_tokenizer.ts";
 import { getPreset, type HfConfigJson, type ModelPreset } from "./presets.ts";
+import { SuccessorStructure, WRITER_GAIN } from "./successor.ts";
 
 export type ModelFileFormat = "hf" | "gguf";
 
@@ -30,6 +31,11 @@ export interface RandomModelOptions {
   formats?: readonly ModelFileFormat[];
   /** Shard the safetensors into `model-0000N-of-0000M.safetensors` of at most this many bytes. */
   maxShardBytes?: number;
+  /**
+   * Gives the model a planted "successor" structure (see {@link SuccessorStructure}) so its greedy
+   * next token wins by several logits; the default (false) is the plain random model.
+   */
+  peaked?: boolean;
   /** Called after each tensor is written to every format. */
   onProgress?: (doneBytes: number, totalBytes: number, tensorName: string) => void;
 }
@@ -85,8 +91,11 @@ function headDimOf(config: HfConfigJson): number {
   return config.head_dim ?? config.hidden_size / config.num_attention_heads;
 }
 
-/** Every tensor of the model with its HF and GGUF names, in checkpoint order. */
-function tensorSpecs(config: HfConfigJson): TensorSpec[] {
+/**
+ * Every tensor of the model with its HF and GGUF names, in checkpoint order. `writerGain` scales
+ * the sublayers' output projections (o_proj, down_proj): 1 for the plain random model.
+ */
+function tensorSpecs(config: HfConfigJson, writerGain = 1): TensorSpec[] {
   const hidden = config.hidden_size;
   const ffn = config.intermediate_size;
   const headDim = headDimOf(config);
@@ -160,7 +169,7 @@ function tensorSpecs(config: HfConfigJson): TensorSpec[] {
       ggufName: gg("attn_output.weight"),
       shape: [hidden, qRows],
       mean: 0,
-      std: proj(qRows),
+      std: writerGain * proj(qRows),
     });
     specs.push(norm("post_attention_layernorm.weight", "ffn_norm.weight"));
     for (const [hfName, ggufName] of [["gate_proj", "ffn_gate"], ["up_proj", "ffn_up"]]) {
@@ -177,7 +186,7 @@ function tensorSpecs(config: HfConfigJson): TensorSpec[] {
       ggufName: gg("ffn_down.weight"),
       shape: [hidden, ffn],
       mean: 0,
-      std: MLP_GAIN * proj(ffn),
+      std: writerGain * MLP_GAIN * proj(ffn),
     });
   }
   specs.push({
@@ -404,12 +413,13 @@ function ggufMetadata(
   name: string,
   dtype: DType,
   tokenizerKVs: readonly GgufKV[],
+  peaked: boolean,
 ): GgufKV[] {
   const arch = config.model_type;
   const kv: GgufKV[] = [
     ["general.architecture", gguf.str(arch)],
     ["general.type", gguf.str("model")],
-    ["general.name", gguf.str(`random ${name}`)],
+    ["general.name", gguf.str(`${peaked ? "peaked random" : "random"} ${name}`)],
     [`${arch}.block_count`, gguf.u32(config.num_hidden_layers)],
     [`${arch}.context_length`, gguf.u32(config.max_position_embeddings)],
     [`${arch}.embedding_length`, gguf.u32(config.hidden_size)],
@@ -479,7 +489,7 @@ async function writeJson(path: string, value: unknown): Promise<void> {
 function checkOptions(
   options: RandomModelOptions,
 ): Required<Omit<RandomModelOptions, "onProgress" | "maxShardBytes">> {
-  const { seed = 0, dtype = "F32", outDir, formats = ["hf", "gguf"] } = options;
+  const { seed = 0, dtype = "F32", outDir, formats = ["hf", "gguf"], peaked = false } = options;
   if (!Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff) {
     throw new RangeError(`Expected seed to be an integer in [0, 2^32), found ${seed}`);
   }
@@ -492,7 +502,10 @@ function checkOptions(
   if (formats.length === 0 || formats.some((f) => f !== "hf" && f !== "gguf")) {
     throw new RangeError(`Expected formats to list "hf" and/or "gguf", found ${formats}`);
   }
-  return { seed, dtype, outDir, formats };
+  if (typeof peaked !== "boolean") {
+    throw new TypeError(`Expected peaked true or false, found ${peaked}`);
+  }
+  return { seed, dtype, outDir, formats, peaked };
 }
 
 /**
@@ -508,7 +521,7 @@ export async function generateRandomModel(
   options: RandomModelOptions,
 ): Promise<RandomModel> {
   const started = performance.now();
-  const { seed, dtype, outDir, formats } = checkOptions(options);
+  const { seed, dtype, outDir, formats, peaked } = checkOptions(options);
   const resolved = typeof preset === "string" ? getPreset(preset) : structuredClone(preset);
   const config = resolved.config;
   const tokenizer = buildSyntheticTokenizer({
@@ -522,7 +535,8 @@ export async function generateRandomModel(
   config.bos_token_id = tokenizer.generationConfig.bos_token_id as number;
   config.eos_token_id = eosId as number;
 
-  const specs = tensorSpecs(config);
+  const specs = tensorSpecs(config, peaked ? WRITER_GAIN : 1);
+  const structure = peaked ? peakedStructure(config, seed) : null;
   const ropeFactors = llama3RopeFactors(config);
   const numParams = specs.reduce((n, s) => n + numElements(s.shape), 0);
   // 1-D tensors stay F32 in GGUF, as the converter keeps norms and biases.
@@ -584,7 +598,7 @@ export async function generateRandomModel(
       }
       const tokenizerKVs = tokenizer.ggufKVs.map(({ key, ...value }) => [key, value] as GgufKV);
       await writeGguf(ggufPath, {
-        metadata: ggufMetadata(config, resolved.name, dtype, tokenizerKVs),
+        metadata: ggufMetadata(config, resolved.name, dtype, tokenizerKVs, peaked),
         tensors: layout,
       });
       ggufSlots = await openSlots((await readGguf(ggufPath)).tensors, files);
@@ -595,6 +609,7 @@ export async function generateRandomModel(
     for (const s of specs) {
       const values = new Float32Array(numElements(s.shape));
       fillRandomNormal(values, tensorSeed(seed, s.hfName), s.mean, s.std);
+      structure?.apply(s.hfName, values);
       const bytes = encode(values, dtype);
       if (hfSlots !== null) await writeAt(hfSlots.get(s.hfName)!, bytes);
       if (ggufSlots !== null) {
@@ -619,6 +634,13 @@ export async function generateRandomModel(
   } finally {
     for (const file of files.values()) file.close();
   }
+}
+
+/** The successor structure `generateRandomModel` plants with `peaked: true` for this seed. */
+export function peakedStructure(config: HfConfigJson, seed: number): SuccessorStructure {
+  return new SuccessorStructure(config, (out, name, mean, std) => {
+    fillRandomNormal(out, tensorSeed(seed, name), mean, std);
+  });
 }
 
 /** One tensor of `randomHfTensors`: its shape and dtype, and its bytes made on demand. */
