@@ -66,7 +66,7 @@ async function audit(t: Deno.TestContext, engine: AsyncEngine, reference: LLM): 
 
   const prefixHits = async () => {
     const text = await (await app.request("/metrics")).text();
-    return Number(/^denollm_prefix_cache_hits_total (\d+)/m.exec(text)![1]);
+    return Number(/^denollm_prefix_cache_hits_total\{model_name="[^"]*"\} (\d+)/m.exec(text)![1]);
   };
 
   await t.step(

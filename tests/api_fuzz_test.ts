@@ -352,7 +352,7 @@ Deno.test("fuzz: the real server gets stalled, mistyped, huge and deep requests,
     assert.equal(ok.status, 200);
     assert.equal((await ok.json()).choices.length, 1);
     const metrics = await (await fetch(`${url}/metrics`)).text();
-    assert.match(metrics, /^denollm_num_requests_running 0$/m);
+    assert.match(metrics, /^denollm_num_requests_running\{model_name="[^"]*"\} 0$/m);
     // (A 503 is /health answering while the model loaded.)
     assert.doesNotMatch(metrics, /status="50[0-24-9]"/);
     assert.ok(!server.logs.some((l) => l.level === "error"), server.rawStderr.join("\n"));

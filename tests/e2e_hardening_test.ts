@@ -307,7 +307,9 @@ Deno.test({
       const deadline = Date.now() + 20_000;
       while (Date.now() < deadline) {
         const text = await (await fetch(`${url}/metrics`)).text();
-        if (/^denollm_requests_total\{finish_reason="length"\} 16$/m.test(text)) break;
+        if (
+          /^denollm_requests_total\{model_name="[^"]*",finish_reason="length"\} 16$/m.test(text)
+        ) break;
         await new Promise((r) => setTimeout(r, 50));
       }
       server.child.kill("SIGTERM");

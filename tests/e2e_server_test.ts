@@ -50,11 +50,16 @@ class NotifySocket {
   }
 }
 
-/** A metric's value in Prometheus text, e.g. metric(text, "denollm_num_requests_running"). */
+/**
+ * An unlabelled metric's value in Prometheus text (its only label the served model's name), e.g.
+ * metric(text, "denollm_num_requests_running").
+ */
 function metric(text: string, name: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  const line = text.split("\n").find((l) =>
+    new RegExp(`^${name}(\\{model_name="[^"]*"\\})? `).test(l)
+  );
   assert.ok(line, `no ${name} in /metrics`);
-  return Number(line.split(" ")[1]);
+  return Number(line.split(" ").at(-1));
 }
 
 async function copyModelWithChatTemplate(): Promise<string> {
@@ -220,7 +225,9 @@ Deno.test("denollm serve end to end", async (t) => {
 
     await t.step("50 dropped streams free their KV blocks", async () => {
       const before = await (await fetch(`${url}/metrics`)).text();
-      const abortsBefore = before.match(/denollm_requests_total\{finish_reason="abort"\} (\d+)/);
+      const abortsBefore = before.match(
+        /denollm_requests_total\{model_name="[^"]*",finish_reason="abort"\} (\d+)/,
+      );
       const streams = Array.from({ length: 50 }, async (_, i) => {
         const controller = new AbortController();
         const response = await fetch(`${url}/v1/completions`, {
@@ -255,7 +262,8 @@ Deno.test("denollm serve end to end", async (t) => {
       assert.equal(metric(text, "denollm_num_requests_running"), 0);
       assert.equal(metric(text, "denollm_num_requests_waiting"), 0);
       const aborts = Number(
-        text.match(/denollm_requests_total\{finish_reason="abort"\} (\d+)/)?.[1] ?? 0,
+        text.match(/denollm_requests_total\{model_name="[^"]*",finish_reason="abort"\} (\d+)/)
+          ?.[1] ?? 0,
       );
       // They were dropped mid-way: most never reached 400 tokens.
       assert.ok(aborts - Number(abortsBefore?.[1] ?? 0) >= 25, `only ${aborts} aborted`);
