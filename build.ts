@@ -4,7 +4,8 @@
 //   deno task build              # build/libdenollm_cpu.so (+ build/libdenollm_cuda.so)
 //   deno task compile            # build/denollm, needs the denort runtime (network or DENORT_BIN)
 //
-// Environment: CXX (default g++), NVCC (default nvcc), CUDA_ARCHS (default "80,90"),
+// Environment: CXX (default g++), NVCC (default nvcc), CUDA_ARCHS (default "80,90": SASS for each,
+// plus PTX for the newest),
 // DENOLLM_SKIP_CUDA=1 to skip the CUDA build, DENORT_BIN for an offline deno compile.
 
 const ROOT = new URL(".", import.meta.url).pathname;
@@ -166,6 +167,7 @@ async function buildCuda(): Promise<void> {
     return;
   }
   const archs = (Deno.env.get("CUDA_ARCHS") ?? "80,90").split(",").map((a) => a.trim());
+  const ptxArch = archs.reduce((a, b) => (Number(b) > Number(a) ? b : a));
   // The CUDA runtime is linked statically: a library embedded by `deno compile` is extracted on
   // its own and cannot find a libcudart next to it. Only the driver (libcuda) comes from the host.
   await buildLibrary("cuda", {
@@ -184,6 +186,10 @@ async function buildCuda(): Promise<void> {
       "-Xlinker",
       `--version-script=${exportMap()}`,
       ...archs.flatMap((arch) => ["-gencode", `arch=compute_${arch},code=sm_${arch}`]),
+      // PTX of the newest listed arch too, so a GPU newer than every SASS target (Blackwell and
+      // on) JIT-compiles the library at load time instead of failing with "no kernel image".
+      "-gencode",
+      `arch=compute_${ptxArch},code=compute_${ptxArch}`,
     ],
   });
 }

@@ -285,6 +285,20 @@ DL_API int32_t dl_rmsnorm(
     int32_t dim,
     float eps);
 
+// residual += x, then out = residual / sqrt(mean(residual^2) + eps) * weight, row by row: the
+// residual add of a sublayer and the next RMSNorm in one kernel. Both builds compute the same f32
+// sum and the same norm as dl_add followed by dl_rmsnorm, so the results are bit-identical. out
+// may equal x (the normed row replaces the sublayer output); residual must be neither.
+DL_API int32_t dl_add_rmsnorm(
+    dl_context* ctx,
+    float* out,           // [num_tokens, dim]
+    float* residual,      // [num_tokens, dim], updated in place
+    const float* x,       // [num_tokens, dim]
+    const float* weight,  // [dim]
+    int32_t num_tokens,
+    int32_t dim,
+    float eps);
+
 // out = x · wᵀ (+ bias): the linear layer of every projection. out must not alias x. Row i of the
 // result goes to out + i * out_row_stride, so the parts of a fused projection whose weights differ
 // in format each write their own columns of one output row; the floats between rows are left as

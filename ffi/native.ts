@@ -418,6 +418,34 @@ export class NativeBackend {
     );
   }
 
+  /** residual += x, then out = rmsnorm(residual) * weight; out may equal x, residual may not. */
+  addRmsnorm(
+    args: {
+      out: DevicePtr;
+      residual: DevicePtr;
+      x: DevicePtr;
+      weight: DevicePtr;
+      numTokens: number;
+      dim: number;
+      eps: number;
+    },
+  ): void {
+    const a = args;
+    this.#check(
+      "dl_add_rmsnorm",
+      this.#lib.dl_add_rmsnorm(
+        this.#ctx,
+        a.out,
+        a.residual,
+        a.x,
+        a.weight,
+        a.numTokens,
+        a.dim,
+        a.eps,
+      ),
+    );
+  }
+
   matmul(a: MatmulArgs): void {
     this.#check(
       "dl_matmul",

@@ -36,6 +36,10 @@ export const symbols = {
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "f32"],
     result: "i32",
   },
+  dl_add_rmsnorm: {
+    parameters: ["pointer", "pointer", "pointer", "pointer", "pointer", "i32", "i32", "f32"],
+    result: "i32",
+  },
   dl_matmul: {
     parameters: [
       "pointer",

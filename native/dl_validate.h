@@ -53,6 +53,27 @@ inline int32_t dl_validate_rmsnorm(const char* fn, const dl_context* ctx, const 
   return DL_OK;
 }
 
+inline int32_t dl_validate_add_rmsnorm(const char* fn, const dl_context* ctx, const float* out,
+                                       const float* residual, const float* x, const float* weight,
+                                       int32_t num_tokens, int32_t dim, float eps) {
+  DL_TRY(dl_validate_rmsnorm(fn, ctx, out, x, weight, num_tokens, dim, eps));
+  if (num_tokens == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "residual", residual));
+  // The norm reads residual after the add: sharing floats with x or out would change what it reads.
+  const auto bytes = (uintptr_t)num_tokens * (uintptr_t)dim * sizeof(float);
+  const auto r_begin = (uintptr_t)residual, r_end = r_begin + bytes;
+  const float* others[2] = {x, out};
+  const char* names[2] = {"x", "out"};
+  for (int i = 0; i < 2; i++) {
+    const auto begin = (uintptr_t)others[i];
+    if (r_begin < begin + bytes && begin < r_end) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected residual not to overlap %s, found overlapping buffers", fn,
+                     names[i]);
+    }
+  }
+  return DL_OK;
+}
+
 inline int32_t dl_validate_matmul(const char* fn, const dl_context* ctx, const float* out, const float* x,
                                   const void* w, int32_t w_dtype, int32_t m, int32_t n, int32_t k,
                                   int32_t out_row_stride) {

@@ -3,7 +3,8 @@
 // Needs build/libdenollm_cpu.so. Tolerances (|native - reference| must not exceed):
 // - exact: embedding, gather_rows, add (vs the f32-rounded sum), kv_write bytes, conversions (bits)
 // - matmul: 1e-5 * sum_k |x w| + |bias| (the natural scale of f32 dot-product rounding)
-// - rmsnorm, silu_mul: 1e-5 * |ref| + 1e-6
+// - rmsnorm, add_rmsnorm, silu_mul: 1e-5 * |ref| + 1e-6 (add_rmsnorm also exact against
+//   dl_add + dl_rmsnorm)
 // - rope: 1e-5 * (|a| + |b|) + 1e-6, with dims past rotary_dim and unrotated heads exact
 // - paged attention: 1e-5 * |ref| + 1e-5 (inputs in [-1, 1], the output a convex mix of V rows)
 import { type DevicePtr, DType, type DTypeId, NativeBackend, NativeError } from "../ffi/native.ts";
@@ -264,6 +265,81 @@ Deno.test("rmsnorm matches the reference, in place too", () => {
         `in-place rmsnorm ${numTokens}x${dim}`,
       );
     }
+  });
+});
+
+Deno.test("add_rmsnorm matches the reference and dl_add + dl_rmsnorm bit for bit", async (t) => {
+  const rand = ref.mulberry32(31);
+  const shapes = [[1, 67], [5, 333], [3, 4096], [2, 1], [7, 1031]];
+  await t.step("odd sizes, out apart from x and out equal to x", () => {
+    withBuffers((b) => {
+      for (const [numTokens, dim] of shapes) {
+        const residual = ref.randomF32(rand, numTokens * dim, -3, 3);
+        const x = ref.randomF32(rand, numTokens * dim, -3, 3);
+        const weight = ref.randomF32(rand, dim, 0.5, 1.5);
+        const summed = residual.map((r, i) => r + x[i]); // f32 adds, as the kernel does
+        const expected = ref.rmsnorm(summed, weight, numTokens, dim, 1e-5);
+        const tolerance = (i: number) => 1e-5 * Math.abs(expected[i]) + 1e-6;
+        const wPtr = b.from(weight);
+        for (const inPlace of [false, true]) {
+          const rPtr = b.from(residual), xPtr = b.from(x);
+          const out = inPlace ? xPtr : b.zeros(x.byteLength);
+          backend.addRmsnorm({
+            out,
+            residual: rPtr,
+            x: xPtr,
+            weight: wPtr,
+            numTokens,
+            dim,
+            eps: 1e-5,
+          });
+          const label = `${inPlace ? "out = x " : ""}${numTokens}x${dim}`;
+          assertExact(b.f32(rPtr, x.length), summed, `residual ${label}`);
+          assertClose(b.f32(out, x.length), expected, tolerance, `add_rmsnorm ${label}`);
+
+          // The unfused pair the forward pass ran before: the same floats, bit for bit.
+          const r2 = b.from(residual), x2 = b.from(x), out2 = b.zeros(x.byteLength);
+          backend.add({ out: r2, a: r2, b: x2, numElements: numTokens * dim });
+          backend.rmsnorm({ out: out2, x: r2, weight: wPtr, numTokens, dim, eps: 1e-5 });
+          assertExact(b.f32(out, x.length), b.f32(out2, x.length), `bits ${label}`);
+        }
+      }
+    });
+  });
+  await t.step("bad arguments get a clear error", () => {
+    withBuffers((b) => {
+      const buf = b.zeros(64), other = b.zeros(64), w = b.zeros(16);
+      const args = {
+        out: other,
+        residual: buf,
+        x: other,
+        weight: w,
+        numTokens: 1,
+        dim: 4,
+        eps: 1e-5,
+      };
+      assertNativeError(
+        () => backend.addRmsnorm({ ...args, x: buf }),
+        INVALID,
+        /expected residual not to overlap x, found overlapping buffers/,
+      );
+      assertNativeError(
+        () => backend.addRmsnorm({ ...args, out: Deno.UnsafePointer.offset(buf, 8) as DevicePtr }),
+        INVALID,
+        /expected residual not to overlap out, found overlapping buffers/,
+      );
+      assertNativeError(
+        () => backend.addRmsnorm({ ...args, residual: NULL }),
+        INVALID,
+        /expected residual to be non-NULL/,
+      );
+      assertNativeError(
+        () => backend.addRmsnorm({ ...args, eps: -1 }),
+        INVALID,
+        /expected a finite eps >= 0, found -1/,
+      );
+      backend.addRmsnorm({ ...args, residual: NULL, numTokens: 0 }); // nothing to do, no pointers
+    });
   });
 });
 

@@ -181,8 +181,8 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...(values.quantization === undefined
       ? {}
       : { quantization: quantizationFlag(values.quantization) }),
+    ...(speculative === undefined ? {} : { speculative }),
     ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
     ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
-    ...(speculative === undefined ? {} : { speculative }),
   };
 }

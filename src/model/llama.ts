@@ -9,16 +9,6 @@ import type { ForwardWorkspace } from "./workspace.ts";
 
 const F32 = 4;
 
-/** The inputs of a layer's linear projections: after each RMSNorm, and before o and down. */
-export type ActivationSite = "qkv" | "o" | "gateUp" | "down";
-/** Sees each site's f32 rows [numTokens, cols] as the forward pass runs (`deno task calibrate`). */
-export type ActivationObserver = (
-  site: ActivationSite,
-  layer: number,
-  x: DevicePtr,
-  numTokens: number,
-  cols: number,
-) => void;
 /**
  * What a tensor-parallel rank does around its share of each layer (src/parallel/model_comm.ts):
  * with plain TP the residual stream has every token and partial sums are all-reduced; with
@@ -48,15 +38,25 @@ export interface StageSpan {
   /** Stop after the last layer, leaving the residual stream in `x` for the next stage. */
   toHidden?: boolean;
 }
+/** The inputs of a layer's linear projections: after each RMSNorm, and before o and down. */
+export type ActivationSite = "qkv" | "o" | "gateUp" | "down";
+/** Sees each site's f32 rows [numTokens, cols] as the forward pass runs (`deno task calibrate`). */
+export type ActivationObserver = (
+  site: ActivationSite,
+  layer: number,
+  x: DevicePtr,
+  numTokens: number,
+  cols: number,
+) => void;
 
 export class LlamaModel {
   readonly config: ModelConfig;
   readonly weights: ModelWeights;
   #backend: NativeBackend;
   #invFreq: DevicePtr;
+  #comm: ModelComm | null;
   /** Calibration's view of the activations; unset when serving. */
   observer?: ActivationObserver;
-  #comm: ModelComm | null;
 
   constructor(
     backend: NativeBackend,
@@ -122,17 +122,22 @@ export class LlamaModel {
       });
       comm?.reduceEmbedding(out, s.x, numTokens);
     }
+    // Without parallel ranks each residual add runs fused with the RMSNorm after it (dl_add_rmsnorm,
+    // bit-identical to dl_add + dl_rmsnorm): this layer's ffn norm, the next layer's attn norm.
+    const fuse = comm === null;
     for (let l = 0; l < c.numLayers; l++) {
       const layer = w.layers[l];
       // Attention block: norm, fused QKV projection, RoPE on Q and K, cache write, attention.
-      b.rmsnorm({
-        out: comm?.normOut(s.h, numTokens) ?? s.h,
-        x: s.x,
-        weight: layer.attnNorm,
-        numTokens: numRows,
-        dim: hidden,
-        eps: c.rmsNormEps,
-      });
+      if (!fuse || l === 0) {
+        b.rmsnorm({
+          out: comm?.normOut(s.h, numTokens) ?? s.h,
+          x: s.x,
+          weight: layer.attnNorm,
+          numTokens: numRows,
+          dim: hidden,
+          eps: c.rmsNormEps,
+        });
+      }
       comm?.gather(s.h, numTokens);
       this.observer?.("qkv", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
@@ -192,19 +197,13 @@ export class LlamaModel {
         n: hidden,
         k: qDim,
       });
-      if (comm) comm.reduceAdd(s.h, s.x, numTokens);
-      else b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
-
-      // MLP block: norm, fused gate/up projection, SiLU(gate) * up, down projection.
-      b.rmsnorm({
-        out: comm?.normOut(s.h, numTokens) ?? s.h,
-        x: s.x,
-        weight: layer.ffnNorm,
-        numTokens: numRows,
-        dim: hidden,
-        eps: c.rmsNormEps,
-      });
-      comm?.gather(s.h, numTokens);
+      // MLP block: residual add and norm, fused gate/up projection, SiLU(gate) * up, down projection.
+      const ffnNorm = { weight: layer.ffnNorm, dim: hidden, eps: c.rmsNormEps };
+      if (comm) {
+        comm.reduceAdd(s.h, s.x, numTokens);
+        b.rmsnorm({ ...ffnNorm, out: comm.normOut(s.h, numTokens), x: s.x, numTokens: numRows });
+        comm.gather(s.h, numTokens);
+      } else b.addRmsnorm({ ...ffnNorm, out: s.h, residual: s.x, x: s.h, numTokens });
       this.observer?.("gateUp", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.gateUp, { out: s.gateUp, x: s.h, m: numTokens });
       b.siluMul({ out: s.act, gateUp: s.gateUp, numTokens, dim: c.intermediateSize });
@@ -219,7 +218,17 @@ export class LlamaModel {
         k: c.intermediateSize,
       });
       if (comm) comm.reduceAdd(s.h, s.x, numTokens);
-      else b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
+      else if (l + 1 < c.numLayers) {
+        b.addRmsnorm({
+          out: s.h,
+          residual: s.x,
+          x: s.h,
+          weight: w.layers[l + 1].attnNorm,
+          numTokens,
+          dim: hidden,
+          eps: c.rmsNormEps,
+        });
+      } else b.add({ out: s.x, a: s.x, b: s.h, numElements: numTokens * hidden });
       // The layer's output at the logit rows, when asked for (one null check per layer if not).
       const capture = s.captured === null ? null : s.captureOut(l);
       if (capture !== null) {

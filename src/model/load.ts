@@ -192,15 +192,15 @@ export interface LoadModelOptions extends OpenModelOptions {
    * or w8a8 / w8a8-mixed (src/model/compress.ts).
    */
   quantization?: string;
-  /** `--sparsity 2:4` (src/model/compress.ts): prune the layer projections to 2:4 and compress. */
-  sparsity?: string;
-  /** A `deno task calibrate` file: SmoothQuant factors, outlier channels, Wanda norms. */
-  calibration?: string;
   /**
    * Quantize tied embeddings too (the one matrix that is embedding and LM head). Off by default,
    * as vLLM; a speculative draft turns it on, since at small sizes the head is most of its bytes.
    */
   quantizeTiedEmbeddings?: boolean;
+  /** `--sparsity 2:4` (src/model/compress.ts): prune the layer projections to 2:4 and compress. */
+  sparsity?: string;
+  /** A `deno task calibrate` file: SmoothQuant factors, outlier channels, Wanda norms. */
+  calibration?: string;
 }
 
 /** Opens the source and loads its weights onto the backend. */

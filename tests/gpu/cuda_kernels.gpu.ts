@@ -14,7 +14,7 @@
 // - matmul: 4e-5 * (sum_k |x w| + |bias|) + 1e-6 for every weight dtype. f32 weights run plain f32
 //   FMAs (the only difference is summation order); f16 / bf16 weights on the tensor-core path split
 //   x into two 16-bit halves, which keeps x to 2^-17 (bf16) or 2^-22 (f16) relative
-// - rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
+// - rmsnorm, add_rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
 import { tensorBytes } from "../../ffi/formats.ts";
@@ -184,6 +184,40 @@ Deno.test("rmsnorm: odd and large dims, out of place and in place", () => {
     }
   }
   report("rmsnorm", worst);
+});
+
+Deno.test("add_rmsnorm: odd and large dims, out apart from x and out = x, same bits as add + rmsnorm", () => {
+  const rand = ref.mulberry32(33);
+  let worst = 0;
+  for (const dim of [67, 333, 2048, 5000]) {
+    for (const numTokens of [1, 7, 64]) {
+      for (const inPlace of [false, true]) {
+        const residual = ref.randomF32(rand, numTokens * dim, -3, 3);
+        const x = ref.randomF32(rand, numTokens * dim, -3, 3);
+        const weight = ref.randomF32(rand, dim, 0.5, 1.5);
+        const n = x.length;
+        const [a, b] = onBoth((s) => {
+          const wp = s.from(weight), eps = 1e-5;
+          const rp = s.from(residual), xp = s.from(x);
+          const out = inPlace ? xp : s.zeros(x.byteLength);
+          s.backend.addRmsnorm({ out, residual: rp, x: xp, weight: wp, numTokens, dim, eps });
+          // The unfused pair on the same side, which the fused kernel must match bit for bit.
+          const r2 = s.from(residual), x2 = s.from(x), out2 = s.zeros(x.byteLength);
+          s.backend.add({ out: r2, a: r2, b: x2, numElements: n });
+          s.backend.rmsnorm({ out: out2, x: r2, weight: wp, numTokens, dim, eps });
+          return [s.f32(out, n), s.f32(rp, n), s.f32(out2, n)];
+        });
+        const label = `add_rmsnorm ${numTokens}x${dim}${inPlace ? " out = x" : ""}`;
+        assertBits(b[1], a[1], `${label} residual`);
+        assertBits(b[0], b[2], `${label} against add + rmsnorm on ${DEVICE_BACKEND}`);
+        worst = Math.max(
+          worst,
+          assertClose(b[0], a[0], (i) => 1e-5 * Math.abs(a[0][i]) + 1e-6, label),
+        );
+      }
+    }
+  }
+  report("add_rmsnorm", worst);
 });
 
 Deno.test("silu_mul, add, gather_rows", () => {
