@@ -51,7 +51,19 @@ async function libraryIn(prefix: string): Promise<string> {
 }
 
 /** The built peer's path; builds it once per change of its source. */
-export async function buildLlamaPeer(): Promise<string> {
+export function buildLlamaPeer(): Promise<string> {
+  // One build per process: concurrent callers (a test asking for three files' logits at once)
+  // share it instead of compiling over a binary another one is starting.
+  building ??= buildOnce().catch((error) => {
+    building = undefined;
+    throw error;
+  });
+  return building;
+}
+
+let building: Promise<string> | undefined;
+
+async function buildOnce(): Promise<string> {
   const missing = await llamaPeerMissing();
   if (missing !== null) throw new Error(missing);
   const binary = `${BUILD}/llama_peer`;
@@ -70,10 +82,12 @@ export async function buildLlamaPeer(): Promise<string> {
   } finally {
     await Deno.remove(repo, { recursive: true });
   }
+  // Built beside and renamed into place, so another process never runs a half-written binary.
+  const partial = `${binary}.${Deno.pid}.tmp`;
   await run("gcc", [
     "-O1",
     "-o",
-    binary,
+    partial,
     SOURCE,
     `-I${BUILD}/include`,
     await libraryIn("libllama.v"),
@@ -81,6 +95,7 @@ export async function buildLlamaPeer(): Promise<string> {
     `${BINS}/libggml-base.so`,
     `-Wl,-rpath,${BINS}`,
   ]);
+  await Deno.rename(partial, binary);
   await Deno.writeTextFile(`${BUILD}/llama_peer.c`, source);
   return binary;
 }
