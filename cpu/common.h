@@ -74,6 +74,20 @@ enum class DlIsa { generic, avx2, avx512 };
 // cover every path on one machine; it is read once, at the first call.
 DlIsa dl_cpu_isa();
 
+// True when the path dl_cpu_isa() picked is AVX-512 and the CPU also has VNNI with BW and VL (Zen 4,
+// Ice Lake and later), plus VBMI and VBMI2 when `with_vbmi`: what the integer kernel sets need.
+bool dl_cpu_has_avx512_vnni(bool with_vbmi);
+
+// A kernel family's set for this CPU: the AVX-512 VNNI one when dl_cpu_has_avx512_vnni allows it,
+// else the AVX2 one unless the path is generic, else the generic reference. A null set (not built
+// for this target) is passed over. Families call it once and keep the result.
+template <class Set>
+const Set* dl_pick_kernel_set(const Set* generic, const Set* avx2, const Set* avx512_vnni, bool with_vbmi) {
+  if (avx512_vnni != nullptr && dl_cpu_has_avx512_vnni(with_vbmi)) return avx512_vnni;
+  if (avx2 != nullptr && dl_cpu_isa() != DlIsa::generic) return avx2;
+  return generic;
+}
+
 // Clones a hot loop for AVX-512 and AVX2 with a runtime pick (ifunc); elsewhere it builds as is.
 #if defined(__x86_64__)
 #define DL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))

@@ -59,6 +59,18 @@ DlIsa dl_cpu_isa() {
   return isa;
 }
 
+bool dl_cpu_has_avx512_vnni(bool with_vbmi) {
+  if (dl_cpu_isa() != DlIsa::avx512) return false;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bw");
+  return vnni && (!with_vbmi || (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2")));
+#else
+  return false;
+#endif
+}
+
 // --- Context
 
 extern "C" DL_API int32_t dl_context_create(int32_t device, int32_t num_threads, dl_context** out) {

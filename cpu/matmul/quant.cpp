@@ -25,23 +25,10 @@ size_t dl_matmul_workspace_bytes(int64_t max_rows, int64_t max_k) {
 }
 static_assert(sizeof(dl_act_q8) * DL_QK_K / DL_QK >= sizeof(dl_block_q8_k), "q8 rows bound q8_k rows");
 
-// The kernel set for this CPU: the AVX-512 path needs VNNI with BW and VL (Zen 4, Ice Lake and
-// later); a plain AVX-512F CPU takes the AVX2 kernels. DENOLLM_CPU_ISA lowers it via dl_cpu_isa().
+// The kernel set for this CPU: a plain AVX-512F CPU (no VNNI) takes the AVX2 kernels.
 static const DlQuantIsa& quant_isa() {
-  static const DlQuantIsa* isa = [] {
-    const DlQuantIsa* best = &dl_quant_generic;
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-                      __builtin_cpu_supports("avx512bw");
-    if (dl_cpu_isa() == DlIsa::avx512 && vnni && dl_quant_avx512_vnni() != nullptr) {
-      best = dl_quant_avx512_vnni();
-    } else if (dl_cpu_isa() != DlIsa::generic && dl_quant_avx2() != nullptr) {
-      best = dl_quant_avx2();
-    }
-#endif
-    return best;
-  }();
+  static const DlQuantIsa* isa =
+      dl_pick_kernel_set(&dl_quant_generic, dl_quant_avx2(), dl_quant_avx512_vnni(), false);
   return *isa;
 }
 

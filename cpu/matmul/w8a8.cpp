@@ -124,24 +124,11 @@ const DlW8a8Isa dl_w8a8_generic = {"generic", generic_dense, generic_sparse, gen
 
 // --- Driver
 
-// The kernel set for this CPU, as the quantized formats pick theirs (DENOLLM_CPU_ISA lowers it).
+// The kernel set for this CPU, picked as the quantized formats pick theirs; the VNNI set also uses
+// VBMI and VBMI2 (the 2:4 expansion).
 const DlW8a8Isa& dl_w8a8_isa() {
-  static const DlW8a8Isa* isa = [] {
-    const DlW8a8Isa* best = &dl_w8a8_generic;
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    // The VNNI set also uses VBMI and VBMI2 (the 2:4 expansion): Ice Lake, Zen 4 and later.
-    const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi") &&
-                      __builtin_cpu_supports("avx512vbmi2");
-    if (dl_cpu_isa() == DlIsa::avx512 && vnni && dl_w8a8_avx512_vnni() != nullptr) {
-      best = dl_w8a8_avx512_vnni();
-    } else if (dl_cpu_isa() != DlIsa::generic && dl_w8a8_avx2() != nullptr) {
-      best = dl_w8a8_avx2();
-    }
-#endif
-    return best;
-  }();
+  static const DlW8a8Isa* isa =
+      dl_pick_kernel_set(&dl_w8a8_generic, dl_w8a8_avx2(), dl_w8a8_avx512_vnni(), true);
   return *isa;
 }
 
