@@ -15,6 +15,7 @@
 #include "common.cuh"
 #include "half.cuh"
 #include "quant.cuh"
+#include "wmma_tile.cuh"
 
 namespace {
 
@@ -201,7 +202,7 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
   const int wm = warp / 2, wn = warp % 2;
   const int64_t row0 = (int64_t)blockIdx.y * TILE_M, col0 = (int64_t)blockIdx.x * TILE_N;
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  DlWmmaAcc acc[2][2];
 #pragma unroll
   for (int i = 0; i < 2; i++)
 #pragma unroll
@@ -242,45 +243,10 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < WMMA_TILE_K; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_hi[2], a_lo[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
-#pragma unroll
-      for (int i = 0; i < 2; i++) {
-        const int r = wm * 32 + i * 16;
-        wmma::load_matrix_sync(a_hi[i], xs_hi + r * WMMA_LD + kk, WMMA_LD);
-        wmma::load_matrix_sync(a_lo[i], xs_lo + r * WMMA_LD + kk, WMMA_LD);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        wmma::load_matrix_sync(b[j], ws + (wn * 32 + j * 16) * WMMA_LD + kk, WMMA_LD);
-      }
-#pragma unroll
-      for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          wmma::mma_sync(acc[i][j], a_lo[i], b[j], acc[i][j]);
-          wmma::mma_sync(acc[i][j], a_hi[i], b[j], acc[i][j]);
-        }
-    }
+    dl_wmma_slice<T, WMMA_TILE_K, WMMA_LD>(acc, xs_hi, xs_lo, ws, wm, wn);
     __syncthreads();
   }
-  // Epilogue through a per-warp 16x16 staging tile: bounds and bias per element.
-  float* stage = staging[warp];
-#pragma unroll
-  for (int i = 0; i < 2; i++)
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int64_t r = row0 + wm * 32 + i * 16 + e / 16;
-        const int64_t c = col0 + wn * 32 + j * 16 + e % 16;
-        if (r < m && c < n) out[r * ldo + c] = stage[e] + (bias != nullptr ? bias[c] : 0.0f);
-      }
-      __syncwarp();
-    }
+  dl_wmma_store(acc, staging[warp], lane, wm, wn, row0, col0, m, n, out, ldo, bias);
 }
 
 // --- Launchers

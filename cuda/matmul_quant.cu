@@ -16,6 +16,7 @@
 
 #include "common.cuh"
 #include "quant.cuh"
+#include "wmma_tile.cuh"
 
 namespace {
 
@@ -114,7 +115,7 @@ __global__ __launch_bounds__(128) void matmul_quant_wmma_kernel(float* __restric
   const int64_t row0 = (int64_t)blockIdx.y * QT_M, col0 = (int64_t)blockIdx.x * QT_N;
   const int64_t num_chunks = ((int64_t)k + DL_CHUNK - 1) / DL_CHUNK;
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  DlWmmaAcc acc[2][2];
 #pragma unroll
   for (int i = 0; i < 2; i++)
 #pragma unroll
@@ -149,45 +150,10 @@ __global__ __launch_bounds__(128) void matmul_quant_wmma_kernel(float* __restric
       for (int e = 0; e < DL_CHUNK; e++) ws[r * QT_LD + part * DL_CHUNK + e] = to_half_sat(y[e]);
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < QT_K; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a_hi[2], a_lo[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];
-#pragma unroll
-      for (int i = 0; i < 2; i++) {
-        const int r = wm * 32 + i * 16;
-        wmma::load_matrix_sync(a_hi[i], xs_hi + r * QT_LD + kk, QT_LD);
-        wmma::load_matrix_sync(a_lo[i], xs_lo + r * QT_LD + kk, QT_LD);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        wmma::load_matrix_sync(b[j], ws + (wn * 32 + j * 16) * QT_LD + kk, QT_LD);
-      }
-#pragma unroll
-      for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          wmma::mma_sync(acc[i][j], a_lo[i], b[j], acc[i][j]);
-          wmma::mma_sync(acc[i][j], a_hi[i], b[j], acc[i][j]);
-        }
-    }
+    dl_wmma_slice<__half, QT_K, QT_LD>(acc, xs_hi, xs_lo, ws, wm, wn);
     __syncthreads();
   }
-  // Epilogue through a per-warp 16x16 staging tile: bounds and bias per element.
-  float* stage = staging[warp];
-#pragma unroll
-  for (int i = 0; i < 2; i++)
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int64_t r = row0 + wm * 32 + i * 16 + e / 16;
-        const int64_t c = col0 + wn * 32 + j * 16 + e % 16;
-        if (r < m && c < n) out[r * ldo + c] = stage[e] + (bias != nullptr ? bias[c] : 0.0f);
-      }
-      __syncwarp();
-    }
+  dl_wmma_store(acc, staging[warp], lane, wm, wn, row0, col0, m, n, out, ldo, bias);
 }
 
 // --- Launcher
