@@ -27,7 +27,8 @@ struct dl_context {
   cudaStream_t stream;
   // Opt-in shared memory per block of this device (bytes).
   int max_smem_optin;
-  // Device workspace for kernels that need one (split attention partials). Grows on demand until
+  // Device workspace for kernels that need one (split attention partials, the W8A8 formats' int8
+  // activation rows). Grows on demand until
   // dl_reserve_workspace fixes it; kernels on the stream use it one after another.
   void* workspace;
   size_t workspace_bytes;
@@ -45,6 +46,15 @@ int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out);
 // dl_reserve_workspace, which passes the largest ones).
 size_t dl_attention_workspace_bytes(int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
                                     int64_t head_dim, int64_t max_len);
+
+// Workspace bytes of the W8A8 formats' dl_matmul (its int8 activation rows) for up to max_rows rows
+// of max_k columns (cuda/matmul_w8a8.cu).
+size_t dl_w8a8_workspace_bytes(int64_t max_rows, int64_t max_k);
+
+// dl_matmul of W8A8, W8A8_MIXED and W8A8_2_4 (cuda/matmul_w8a8.cu), called by dl_matmul's launcher
+// after validation, m > 0.
+int32_t dl_matmul_w8a8(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
+                       const float* bias, int32_t m, int32_t n, int32_t k, int32_t ldo);
 
 inline bool dl_is_aligned(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;

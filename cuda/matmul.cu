@@ -9,7 +9,8 @@
 // - tiled WMMA (m > 8, f16 / bf16 weights): tensor cores on 16x16x16 fragments. x is split into
 //   x_hi + x_lo, both in the weight dtype, and both products are accumulated in f32, so the
 //   result keeps about 16 (bf16) or 22 (f16) bits of each x instead of 8 or 11.
-// Block-quantized weights go to cuda/matmul_quant.cu's kernels.
+// Block-quantized weights and the weight-only 2:4 formats go to cuda/matmul_quant.cu's kernels, the
+// activation-quantized W8A8 formats to cuda/matmul_w8a8.cu's.
 #include <mma.h>
 
 #include "common.cuh"
@@ -305,6 +306,9 @@ extern "C" int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const 
   if (m == 0) return DL_OK;
   if ((int64_t)(m + TILE_M - 1) / TILE_M > 65535) {
     return dl_fail(DL_ERR_UNSUPPORTED, "%s: m = %d is larger than this build supports", fn, m);
+  }
+  if (w_dtype == DL_DTYPE_W8A8 || w_dtype == DL_DTYPE_W8A8_MIXED || w_dtype == DL_DTYPE_W8A8_2_4) {
+    return dl_matmul_w8a8(ctx, out, x, w, w_dtype, bias, m, n, k, out_row_stride);
   }
   if (dl_dtype_is_quantized(w_dtype)) {
     return dl_matmul_quant(ctx, out, x, w, w_dtype, bias, m, n, k, out_row_stride);

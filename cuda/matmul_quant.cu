@@ -1,5 +1,8 @@
 // Linear layer out = x · wᵀ (+ bias) with block-quantized weights (every quantized row of
-// DL_DTYPE_TABLE): f32 activations, weights dequantized on the fly, f32 accumulation.
+// DL_DTYPE_TABLE before W8A8, and the weight-only 2:4 rows F16_2_4, INT8_2_4 and INT4_2_4): f32
+// activations, weights dequantized on the fly, f32 accumulation. A 2:4 row is read as stored (its
+// kept values and 2-bit positions) and expanded in registers (gemv) or into the f16 shared tile
+// (tiled WMMA); mma.sp's sparse tensor cores are not used (the emulator has no model of them).
 //
 // Two kernels, picked by dl_matmul_quant:
 // - gemv (m <= 8, decode): bandwidth-bound; one warp per weight row, each lane decodes 32-element
@@ -30,13 +33,17 @@ constexpr int QT_LD = QT_K + 8;     // padded shared row: 144 bytes, a multiple 
 
 // --- Kernels
 
-// Chunk c of weight row j into y; INT8 reads its row's scale (after all n rows) first.
+// Chunk c of weight row j into y; INT8 and INT8_2_4 read their row's scale (after all n rows) first.
 template <int DT>
 __device__ __forceinline__ void decode_weight_chunk(const uint8_t* w, int64_t j, int64_t c, int32_t n,
                                                     int32_t k, float* y) {
   if constexpr (DT == DL_DTYPE_INT8) {
     const float scale = dl_load_f32_unaligned(w + (int64_t)n * k + 4 * j);
     dl_decode_int8_chunk(w + j * k, scale, c, k, y);
+  } else if constexpr (DT == DL_DTYPE_INT8_2_4) {
+    const int64_t row_bytes = k / 32 * 20;
+    const float scale = dl_load_f32_unaligned(w + (int64_t)n * row_bytes + 4 * j);
+    dl_decode_int8_2_4_chunk(w + j * row_bytes, scale, c, y);
   } else {
     dl_decode_chunk<DT>(w + j * (k / QuantTraits<DT>::BLOCK_LEN * QuantTraits<DT>::BLOCK_BYTES), c, y);
   }
@@ -182,9 +189,10 @@ static void launch_quant(cudaStream_t s, float* out, const float* x, const uint8
 int32_t dl_matmul_quant(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
                         const float* bias, int32_t m, int32_t n, int32_t k, int32_t ldo) {
   const uint8_t* wb = static_cast<const uint8_t*>(w);
-  const bool known = dl_dispatch_quant(w_dtype, [&](auto tag) {
+  const auto launch = [&](auto tag) {
     launch_quant<decltype(tag)::value>(ctx->stream, out, x, wb, bias, m, n, k, ldo);
-  });
+  };
+  const bool known = dl_dispatch_quant(w_dtype, launch) || dl_dispatch_sparse_f32(w_dtype, launch);
   if (!known) {
     return dl_fail(DL_ERR_INTERNAL, "dl_matmul: no quantized kernel for %s", dl_dtype_name(w_dtype));
   }

@@ -5,7 +5,9 @@
 // super-block. The legacy formats call native/dl_dequant.h's per-block functions; the others
 // decode their eighth (quarter) with the same element order and the same expressions, operand for
 // operand, so a chunk holds exactly the floats dl_dequantize writes (native/dl_dequant.h says why
-// FMA contraction cannot change them).
+// FMA contraction cannot change them). The weight-only 2:4 formats (F16_2_4, INT8_2_4, INT4_2_4)
+// are chunks too: a block of 32 (a quarter of INT4_2_4's 128) read from its stored values and 2-bit
+// positions only, the pruned elements placed as zeros in registers.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +35,14 @@ inline int64_t dl_quant_row_bytes(int32_t dtype, int64_t k) {
 // An f32 at an address that may be only byte aligned (INT8's scales follow n * k bytes).
 __device__ __forceinline__ float dl_load_f32_unaligned(const uint8_t* p) {
   return dl_bits_f32(dl_load_u32(p));
+}
+
+// One group of 4 of a 2:4 row: its two kept values v0, v1 at positions nib & 3 < nib >> 2, zeros
+// elsewhere. Written as selects with constant indices so y stays in registers.
+__device__ __forceinline__ void dl_place_2_4(float v0, float v1, int nib, float* y) {
+  const int p0 = nib & 3, p1 = nib >> 2;
+#pragma unroll
+  for (int e = 0; e < 4; e++) y[e] = e == p0 ? v0 : (e == p1 ? v1 : 0.0f);
 }
 
 // Decodes chunk c (elements 32 c .. 32 c + 31) of a row of DT blocks into y. INT8 is decoded by
@@ -139,8 +149,40 @@ __device__ __forceinline__ void dl_decode_chunk(const uint8_t* row, int64_t c, f
     const int nibble = 4 * (s / 2);
 #pragma unroll
     for (int l = 0; l < 32; l++) y[l] = (float)((q[l] >> nibble) & 0x0F) * d + m;
+  } else if constexpr (DT == DL_DTYPE_F16_2_4) {
+    // 16 kept f16 values, then 4 bytes of 2-bit positions (ffi/denollm.h's 2:4 layout).
+    const uint32_t pos = dl_load_u32(block + 32);
+#pragma unroll
+    for (int grp = 0; grp < 8; grp++) {
+      const uint32_t vals = dl_load_u32(block + 4 * grp);
+      dl_place_2_4(dl_f16_to_f32((uint16_t)(vals & 0xFFFFu)), dl_f16_to_f32((uint16_t)(vals >> 16)),
+                   (int)(pos >> (4 * grp)) & 15, y + 4 * grp);
+    }
+  } else if constexpr (DT == DL_DTYPE_INT4_2_4) {
+    // Quarter s of a group of 128: groups 8 s .. 8 s + 7, their nibble bytes 4 + 8 s .. and their
+    // position bytes 36 + 4 s ..; w = d * q + m for a kept value, 0 for a pruned one.
+    const float d = dl_f16_to_f32((uint16_t)(block[0] | (block[1] << 8)));
+    const float m = dl_f16_to_f32((uint16_t)(block[2] | (block[3] << 8)));
+    const uint32_t pos = dl_load_u32(block + 36 + 4 * s);
+#pragma unroll
+    for (int grp = 0; grp < 8; grp++) {
+      const uint8_t q = block[4 + 8 * s + grp];
+      dl_place_2_4((float)(q & 15) * d + m, (float)(q >> 4) * d + m, (int)(pos >> (4 * grp)) & 15, y + 4 * grp);
+    }
   } else {
     static_assert(DT == DL_DTYPE_Q4_0, "dl_decode_chunk: not a chunked quantized format");
+  }
+}
+
+// Chunk c (block c) of an INT8_2_4 row: 16 kept int8 values and 4 position bytes, times the row's
+// scale (w = scale * q, as INT8).
+__device__ __forceinline__ void dl_decode_int8_2_4_chunk(const uint8_t* row, float scale, int64_t c, float* y) {
+  const uint8_t* block = row + c * 20;
+  const uint32_t pos = dl_load_u32(block + 16);
+#pragma unroll
+  for (int grp = 0; grp < 8; grp++) {
+    dl_place_2_4(scale * (float)(int8_t)block[2 * grp], scale * (float)(int8_t)block[2 * grp + 1],
+                 (int)(pos >> (4 * grp)) & 15, y + 4 * grp);
   }
 }
 
@@ -179,7 +221,19 @@ inline bool dl_dispatch_quant(int32_t dtype, F&& body) {
   }
 }
 
+// The weight-only 2:4 formats (f32 activations), which dl_matmul_quant's kernels take as chunks too.
+template <class F>
+inline bool dl_dispatch_sparse_f32(int32_t dtype, F&& body) {
+  switch (dtype) {
+    case DL_DTYPE_F16_2_4: body(DtypeTag<DL_DTYPE_F16_2_4>{}); return true;
+    case DL_DTYPE_INT8_2_4: body(DtypeTag<DL_DTYPE_INT8_2_4>{}); return true;
+    case DL_DTYPE_INT4_2_4: body(DtypeTag<DL_DTYPE_INT4_2_4>{}); return true;
+    default: return false;
+  }
+}
+
 // Quantized dl_matmul (cuda/matmul_quant.cu), called by dl_matmul's launcher after validation:
-// w_dtype is one of DL_QUANTIZED_DTYPES, m > 0.
+// w_dtype is one of DL_QUANTIZED_DTYPES or a weight-only 2:4 format (F16_2_4, INT8_2_4, INT4_2_4),
+// m > 0.
 int32_t dl_matmul_quant(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
                         const float* bias, int32_t m, int32_t n, int32_t k, int32_t ldo);

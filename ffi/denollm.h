@@ -16,7 +16,8 @@
 //   accumulates in f32. With quantized weights, the CPU build's dl_matmul first quantizes each
 //   activation row per block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with f16-rounded scale
 //   and sum, and for the K formats blocks of 256 with 16-element sums) and takes integer dot
-//   products block by block; the CUDA build dequantizes weights in registers against f32 rows.
+//   products block by block; the CUDA build dequantizes weights in registers against f32 rows. The
+//   W8A8 formats quantize activations per token on both builds (see below).
 // - Shapes are written outermost first, row-major: [rows, cols].
 // - The KV cache of one layer is two buffers (K and V), each [num_blocks, num_kv_heads, block_size,
 //   head_dim] in the cache dtype. A token's slot is block_id * block_size + offset_in_block.
@@ -70,7 +71,8 @@ typedef enum dl_status {
 //         values, low nibbles first (w = d * q + m, q in [0, 15]): asymmetric, the zero point
 //         folded into m.
 // The rows from W8A8 on are the activation-quantized and 2:4 sparse formats (issue 11; their
-// kernels are cpu/matmul/w8a8*.{cpp,h} and cpu/matmul/sparse*.{cpp,h}):
+// kernels are cpu/matmul/w8a8*.{cpp,h} and cpu/matmul/sparse*.{cpp,h}, cuda/matmul_w8a8.cu for the
+// W8A8 rows and cuda/matmul_quant.cu for the weight-only 2:4 rows):
 //   W8A8: INT8's int8 rows, then per row the f32 scale and the int32 sum of the row's int8 values
 //         (what u8 x s8 dot-product instructions need to take activations offset by 128).
 //         dl_matmul quantizes each activation row whole (per token, one f32 scale, q = round(x *
@@ -96,6 +98,9 @@ typedef enum dl_status {
 //         values (32 bytes: byte i holds group i's two, the first in the low nibble) and the 16
 //         bytes of positions of the 32 groups: 52 bytes per 128. A pruned element is 0, not m.
 //   F16_2_4 and INT4_2_4 take f32 activations (each stored block expanded once per tile of rows).
+//   The CUDA build takes INT8_2_4's activations in f32 too (as its INT8's), and for W8A8_MIXED
+//   treats an outlier id >= k, or one repeating an earlier slot, as unused where the CPU build
+//   fails the call (the ids live in device memory; checking them would cost a copy per call).
 #define DL_DTYPE_TABLE(X)                                     \
   X(F32, 0, "f32", 0, "F32", 1, 4, 0)                         \
   X(F16, 1, "f16", 1, "F16", 1, 2, 0)                         \
@@ -188,8 +193,9 @@ DL_API int32_t dl_free(
 // to max_blocks_per_seq * block_size positions, and dl_matmul calls of up to max_num_tokens rows and
 // max_matmul_k columns. It covers every kernel's scratch (the CPU build: per-thread attention and
 // RoPE scratch for the context's thread count, the quantized activation rows of dl_matmul; the CUDA
-// build: split decode attention partials — its quantized matmul keeps activations in f32 and
-// needs none). Writes the workspace bytes now held to *out_bytes. Afterwards no
+// build: split decode attention partials and the W8A8 formats' int8 activation rows, the larger of
+// the two — its other quantized formats keep activations in f32). Writes the workspace bytes now
+// held to *out_bytes. Afterwards no
 // kernel allocates: a call that would need more than the reservation fails with
 // DL_ERR_OUT_OF_MEMORY naming both sizes. Before any reservation kernels grow the workspace on
 // demand. Calling it again may grow the reservation (it never shrinks).

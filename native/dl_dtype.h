@@ -81,16 +81,12 @@ constexpr uint32_t DL_QUANTIZED_DTYPES =
 // Those this build has matmul and embedding kernels for: all, on the CPU and under nvcc
 // (cuda/matmul_quant.cu, cuda/embedding.cu).
 constexpr uint32_t DL_BUILD_QUANTIZED_DTYPES = DL_QUANTIZED_DTYPES;
-// The W8A8 and 2:4 formats (issue 11): dl_matmul only (embedding tables never take them). The CPU
-// build has kernels for all; the CUDA build none yet, so its launcher refuses them, naming them.
+// The W8A8 and 2:4 formats (issue 11): dl_matmul only (embedding tables never take them). Both
+// builds have kernels for all (cpu/matmul/w8a8*, sparse*; cuda/matmul_w8a8.cu, matmul_quant.cu).
 constexpr uint32_t DL_W8A8_SPARSE_DTYPES =
     dl_dtype_bit(DL_DTYPE_W8A8) | dl_dtype_bit(DL_DTYPE_W8A8_MIXED) | dl_dtype_bit(DL_DTYPE_F16_2_4) |
     dl_dtype_bit(DL_DTYPE_INT8_2_4) | dl_dtype_bit(DL_DTYPE_W8A8_2_4) | dl_dtype_bit(DL_DTYPE_INT4_2_4);
-#ifdef __CUDACC__
-constexpr uint32_t DL_BUILD_W8A8_SPARSE_DTYPES = 0;
-#else
 constexpr uint32_t DL_BUILD_W8A8_SPARSE_DTYPES = DL_W8A8_SPARSE_DTYPES;
-#endif
 constexpr uint32_t DL_MATMUL_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES | DL_BUILD_W8A8_SPARSE_DTYPES;
 constexpr uint32_t DL_EMBEDDING_DTYPES = DL_FLOAT_DTYPES | DL_BUILD_QUANTIZED_DTYPES;
 // dl_convert, on either side.

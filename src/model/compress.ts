@@ -57,23 +57,16 @@ export function parseSparsity(value: string, hasCalibration: boolean): SparsityM
 /**
  * The plan of the flags, or a RangeError saying which combination is refused and why: the 2:4
  * formats exist dense (f16), with int8, w8a8 and int4 weights; w8a8-mixed and Wanda need a
- * calibration; the CUDA build has no kernels for any of these formats yet.
+ * calibration. Both builds have kernels for every one of these formats.
  */
 export function planCompression(
-  options: { quantization?: string; sparsity?: string; backendName: string },
+  options: { quantization?: string; sparsity?: string },
   calibration: Calibration | undefined,
 ): CompressionPlan {
   const q = options.quantization?.trim().toLowerCase().replace("w8a8_mixed", "w8a8-mixed");
   const sparsity = options.sparsity === undefined
     ? undefined
     : parseSparsity(options.sparsity, calibration !== undefined);
-  if (options.backendName !== "cpu") {
-    throw new RangeError(
-      `--quantization ${q ?? "none"}${
-        sparsity ? " --sparsity 2:4" : ""
-      }: the ${options.backendName} build has no W8A8 or 2:4 kernels yet (only the CPU build does)`,
-    );
-  }
   if (q !== undefined && !["w8a8", "w8a8-mixed", "int8", "int4", "w8a16", "w4a16"].includes(q)) {
     throw new RangeError(
       `--sparsity 2:4 combines with --quantization int8, int4 or w8a8 (or none: f16), found ${q}`,

@@ -224,7 +224,7 @@ export async function loadModel(
     const calibration = options.calibration === undefined
       ? undefined
       : await readCalibration(options.calibration, source.config);
-    plan = planCompression({ ...options, backendName: backend.name }, calibration);
+    plan = planCompression(options, calibration);
     checkCompressible(path, source.tensors, plan);
     compress = new CompressOnLoad(backend, plan);
   } else if (options.calibration !== undefined) {

@@ -6,7 +6,7 @@
 //   deno test -A tests/gpu/cuda_kernels.gpu.ts
 // DENOLLM_GPU_TEST_BACKEND=cpu runs the "device" side on the CPU build too, to check this file
 // itself on a machine without a GPU. DENOLLM_GPU_TEST_LIBRARY=path picks the device library (for
-// example the CUDA build compiled against ../shared/cuda-emu: tests/gpu/emu.sh, run by CI).
+// example the CUDA build compiled against tests/cuda_emu: tests/gpu/emu.sh, run by CI).
 // DENOLLM_FUZZ_SEED seeds the random attention batches.
 //
 // Tolerances, |cuda - cpu| must not exceed:

@@ -166,6 +166,13 @@ else
   record FAIL "quant kernels: see the failures above"
 fi
 
+section "W8A8 and 2:4 kernels: CUDA against the CPU build"
+if deno test -A tests/gpu/compress_kernels.gpu.ts; then
+  record PASS "compress kernels: W8A8, W8A8_MIXED and the 2:4 formats match; stories260K w8a8 + 2:4 greedy equal"
+else
+  record FAIL "compress kernels: see the failures above"
+fi
+
 section "quantized matmul speed: gemv GB/s and tiled TFLOP/s"
 quant_log=$(mktemp)
 if timeout 120 deno run -A tests/gpu/quant_bench.ts | tee "$quant_log"; then
