@@ -85,7 +85,7 @@ Deno.test("mapped weights equal copied ones bit for bit", async (t) => {
   });
   const dir = await Deno.makeTempDir({ prefix: "denollm-mmap-" });
   try {
-    await t.step("random tiny-qwen2 GGUF (F16), fused projections copied", async () => {
+    await t.step("random tiny-qwen2 GGUF and safetensors (F16)", async () => {
       const made = await generateRandomModel("tiny-qwen2", {
         outDir: dir,
         seed: 5,
@@ -100,7 +100,7 @@ Deno.test("mapped weights equal copied ones bit for bit", async (t) => {
   }
 });
 
-Deno.test("the mapping is not mapped past the file nor into freed memory", async () => {
+Deno.test("dl_map_file maps a range at any offset and refuses one past the end of the file", async () => {
   const backend = NativeBackend.open({ numThreads: 1 });
   const file = await Deno.makeTempFile();
   try {
@@ -161,4 +161,23 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("a backend that cannot map (the CUDA build) gets copies", async () => {
+  const backend = NativeBackend.open({ numThreads: 1 });
+  try {
+    let numTries = 0;
+    backend.mapFile = () => (numTries++, null); // what DL_ERR_UNSUPPORTED gives
+    const path = `${STORIES}/stories260K-f32.gguf`;
+    const loaded = await loadModel(backend, path, { showProgress: false });
+    assert.equal(numTries, 1, "the loader stops asking after the first refusal");
+    assert.equal(loaded.model.weights.mappedBytes, 0);
+    const output = run(backend, loaded);
+    loaded.release();
+    const copied = await loadModel(backend, path, { showProgress: false, mmap: false });
+    assert.equal(run(backend, copied), output);
+    copied.release();
+  } finally {
+    backend.close();
+  }
 });
