@@ -6,7 +6,9 @@
 //     [--threads 1] [--runs 3] [--prompt-tokens 512] [--gen-tokens 128] [--sequences 16]
 //     [--multi-prompt-tokens 16] [--warmup-gen-tokens 8] [--rows load,pp,tg,multi]
 //     [--models-dir .bench/models] [--ours-format gguf|hf] [--skip-llamacpp] [--quants Q4_0,Q8_0,Q4_K_M]
+//     [--no-mmap]
 //
+// --no-mmap: ours copies the weights into memory instead of mapping them (issue 17's before).
 // Quick run (a few minutes): --models stories15m,smollm-135m --dtypes f16 --runs 3
 // Quantized (issue 10): --models smollm-135m,qwen2.5-0.5b --dtypes f16 --quants Q4_0,Q8_0,Q4_K_M:
 // each --dtypes GGUF is quantized by llama.cpp's own quantizer (tools/llamacpp/quantize.sh) and
@@ -68,11 +70,13 @@ interface ChildArgs {
   /** Outputs of the untimed warm-up pass (it touches every weight page and scratch buffer). */
   warmupGenTokens: number;
   sequences: number;
+  /** False: copy weights instead of mapping them (--no-mmap). */
+  mmap: boolean;
 }
 
 async function runChild(a: ChildArgs): Promise<Measurement> {
   const backend = NativeBackend.open({ numThreads: a.threads });
-  const loaded = await loadModel(backend, a.model, { showProgress: false });
+  const loaded = await loadModel(backend, a.model, { showProgress: false, mmap: a.mmap });
   if (a.kind === "load") {
     const peak = peakRssMiB();
     loaded.release();
@@ -187,6 +191,7 @@ function oursProcess(a: ChildArgs): Promise<Measurement> {
     String(a.sequences),
     "--warmup-gen-tokens",
     String(a.warmupGenTokens),
+    ...(a.mmap ? [] : ["--no-mmap"]),
   ]);
 }
 
@@ -329,6 +334,7 @@ async function main(): Promise<void> {
       "ours-format": { type: "string", default: "gguf" },
       "skip-llamacpp": { type: "boolean", default: false },
       quants: { type: "string", default: "none" },
+      "no-mmap": { type: "boolean", default: false },
     },
   });
   const int = (name: keyof typeof v) => {
@@ -350,6 +356,7 @@ async function main(): Promise<void> {
       genTokens: int("gen-tokens"),
       warmupGenTokens: int("warmup-gen-tokens"),
       sequences: int("sequences"),
+      mmap: !v["no-mmap"],
     });
     console.log(JSON.stringify(m));
     return;
@@ -396,6 +403,7 @@ async function main(): Promise<void> {
       genTokens: int("gen-tokens"),
       warmupGenTokens: int("warmup-gen-tokens"),
       sequences: 1,
+      mmap: !v["no-mmap"],
     };
     const multiArgs: ChildArgs = {
       ...singleArgs,

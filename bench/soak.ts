@@ -2,9 +2,13 @@
 // (streamed and not, n = 1 and 2, completed and cancelled, keep-alive and fresh connections that
 // close after a delay, salted tenants) and prints the server's RSS after each round, the growth
 // from round 2 on, and what the server still tracks once the round has drained.
+// --mode disconnect sends only what issue 17 reported: non-streaming requests (n = 1 or 2, long
+// max_tokens) each on a fresh connection the client closes 0 to close-delay ms later, mostly
+// before the response; --mode complete sends non-streaming requests read to the end.
 //
 //   deno task bench:soak --model DIR [--rounds 10] [--requests 500] [--concurrency 16]
 //     [--max-seconds 600] [--close-delay-ms 3000] [--kv-cache-memory 64M]
+//     [--mode mixed|disconnect|complete] [--max-tokens N]
 import { parseArgs } from "node:util";
 
 const { values: v } = parseArgs({
@@ -17,6 +21,8 @@ const { values: v } = parseArgs({
     "max-seconds": { type: "string", default: "600" },
     "close-delay-ms": { type: "string", default: "3000" },
     "kv-cache-memory": { type: "string", default: "64M" },
+    mode: { type: "string", default: "mixed" },
+    "max-tokens": { type: "string" },
   },
 });
 if (v.model === undefined) {
@@ -28,6 +34,12 @@ const numPerRound = Number(v.requests);
 const concurrency = Number(v.concurrency);
 const deadline = Date.now() + Number(v["max-seconds"]) * 1000;
 const maxCloseDelayMs = Number(v["close-delay-ms"]);
+const mode = v.mode!;
+if (!["mixed", "disconnect", "complete"].includes(mode)) {
+  console.error(`--mode must be mixed, disconnect or complete, found ${mode}`);
+  Deno.exit(2);
+}
+const fixedMaxTokens = v["max-tokens"] === undefined ? undefined : Number(v["max-tokens"]);
 const ROOT = new URL("..", import.meta.url).pathname;
 
 /** mulberry32, so that a run can be repeated. */
@@ -102,10 +114,46 @@ async function rssBytes(): Promise<number> {
   return Number(new TextDecoder().decode(out.stdout).trim()) * 1024;
 }
 
+/**
+ * The server's resident bytes split by where they live: anonymous mappings of 32 MiB or more (the
+ * native library's lazily touched KV cache and step workspace, dl_alloc's big blocks) and the rest
+ * (V8's heap, malloc, code). A lazily mapped KV cache grows RSS as new blocks are first written,
+ * up to its size; growth past that is a leak.
+ */
+async function residentSplit(): Promise<{ bigAnonBytes: number; otherBytes: number }> {
+  // Through cat: Deno 2.9 lets only --allow-all read /proc files; --allow-run is already held.
+  const out = await new Deno.Command("cat", {
+    args: [`/proc/${child.pid}/smaps`],
+    stdout: "piped",
+  }).output();
+  const smaps = new TextDecoder().decode(out.stdout);
+  let bigAnonBytes = 0;
+  let otherBytes = 0;
+  let isBigAnon = false;
+  for (const line of smaps.split("\n")) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ (\d+)\s*(\S*)/.exec(line);
+    if (range) {
+      const size = parseInt(range[2], 16) - parseInt(range[1], 16);
+      isBigAnon = range[3] === "0" && range[4] === "" && size >= 32 * 2 ** 20;
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) {
+      if (isBigAnon) bigAnonBytes += Number(rss[1]) * 1024;
+      else otherBytes += Number(rss[1]) * 1024;
+    }
+  }
+  return { bigAnonBytes, otherBytes };
+}
+
 async function metrics(): Promise<Record<string, number>> {
   const text = await (await fetch(`${url}/metrics`)).text();
+  // A sample may carry constant labels (`name{model_name="…"} 0`): the value is the last field.
   const get = (name: string) =>
-    Number(text.split("\n").find((l) => l.startsWith(`${name} `))?.split(" ")[1] ?? NaN);
+    Number(
+      text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
+        ?.split(" ").at(-1) ?? NaN,
+    );
   return {
     running: get("denollm_num_requests_running"),
     waiting: get("denollm_num_requests_waiting"),
@@ -123,13 +171,13 @@ while (Date.now() < deadline) {
 const TENANTS = [undefined, "tenant-a", "tenant-b", "tenant-c"];
 
 function requestBody(): { path: string; body: string } {
-  const stream = random() < 0.5;
+  const stream = mode === "mixed" && random() < 0.5;
   const n = random() < 0.3 ? 2 : 1;
   const salt = TENANTS[Math.floor(random() * TENANTS.length)];
   const words = ["Once upon a time", "The little dog", "In a big house", "She said"];
   const prompt = `${words[Math.floor(random() * words.length)]} ${Math.floor(random() * 1000)}`;
   const common = {
-    max_tokens: 8 + Math.floor(random() * 56),
+    max_tokens: fixedMaxTokens ?? 8 + Math.floor(random() * 56),
     temperature: 0.8,
     n,
     stream,
@@ -191,7 +239,9 @@ async function runRound(): Promise<{ numSent: number; numFailed: number }> {
       next++;
       const kind = random();
       try {
-        if (kind < 0.4) await keepAliveRequest(false);
+        if (mode === "disconnect") await freshConnectionRequest();
+        else if (mode === "complete") await keepAliveRequest(false);
+        else if (kind < 0.4) await keepAliveRequest(false);
         else if (kind < 0.6) await keepAliveRequest(true);
         else await freshConnectionRequest();
       } catch {
@@ -214,7 +264,9 @@ async function settle(): Promise<Record<string, number>> {
   return m;
 }
 
-console.log("round  requests  failed  rss_mb  growth_vs_round2  running  waiting  kv_usage");
+console.log(
+  "round  requests  failed  rss_mb  growth_vs_round2  big_anon_mb  other_mb  running  waiting  kv_usage",
+);
 let totalSent = 0;
 let round2Rss: number | undefined;
 const rows: number[] = [];
@@ -226,6 +278,7 @@ try {
     // Let sockets closed by the fresh-connection clients be reaped before sampling.
     await new Promise((r) => setTimeout(r, 1000));
     const rss = await rssBytes();
+    const split = await residentSplit();
     rows.push(rss);
     if (round === 2) round2Rss = rss;
     const growth = round2Rss === undefined ? "-" : `${((rss / round2Rss - 1) * 100).toFixed(1)}%`;
@@ -233,6 +286,8 @@ try {
       `${String(round).padStart(5)}  ${String(numSent).padStart(8)}  ${
         String(numFailed).padStart(6)
       }  ${(rss / 2 ** 20).toFixed(0).padStart(6)}  ${growth.padStart(16)}  ${
+        (split.bigAnonBytes / 2 ** 20).toFixed(0).padStart(11)
+      }  ${(split.otherBytes / 2 ** 20).toFixed(0).padStart(8)}  ${
         String(m.running).padStart(7)
       }  ${String(m.waiting).padStart(7)}  ${String(m.kv).padStart(8)}`,
     );

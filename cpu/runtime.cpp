@@ -1,6 +1,10 @@
 // Library identity, per-thread errors, contexts, host "device" memory, copies and dtype conversion.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -179,6 +183,66 @@ extern "C" DL_API int32_t dl_free(dl_context* ctx, void* ptr) {
   if (ptr == nullptr) return DL_OK;  // like cudaFree(NULL)
   ctx->num_frees++;
   free_block(ptr);
+  return DL_OK;
+}
+
+// --- File mappings
+
+// A mapping starts at the page holding file_offset; the caller's pointer is that byte. Unmapping
+// recomputes the page-aligned start and length from the pointer and size, so nothing is recorded.
+static uint64_t page_bytes() {
+  static const uint64_t bytes = (uint64_t)sysconf(_SC_PAGESIZE);
+  return bytes;
+}
+
+extern "C" DL_API int32_t dl_map_file(dl_context* ctx, const char* path, uint64_t file_offset, uint64_t size_bytes,
+                                      void** out) {
+  const char* fn = "dl_map_file";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "path", path));
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  *out = nullptr;
+  if (size_bytes == 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: size_bytes must be positive", fn);
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: cannot open %s: %s", fn, path, std::strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: cannot stat %s: %s", fn, path, std::strerror(err));
+  }
+  // The range must lie inside the file now: a mapping past its end would fault on first read.
+  const uint64_t file_bytes = (uint64_t)st.st_size;
+  if (file_offset > file_bytes || size_bytes > file_bytes - file_offset) {
+    close(fd);
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: %s holds %llu bytes, expected %llu from offset %llu", fn, path,
+                   (unsigned long long)file_bytes, (unsigned long long)size_bytes, (unsigned long long)file_offset);
+  }
+  const uint64_t start = file_offset / page_bytes() * page_bytes();
+  const uint64_t length = size_bytes + (file_offset - start);
+  void* base = mmap(nullptr, (size_t)length, PROT_READ, MAP_PRIVATE, fd, (off_t)start);
+  const int err = errno;
+  close(fd);  // the mapping keeps the file referenced
+  if (base == MAP_FAILED) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot map %llu bytes of %s: %s", fn, (unsigned long long)length, path,
+                   std::strerror(err));
+  }
+  // A hint only: start reading the pages in now rather than on the first forward pass's faults.
+  (void)madvise(base, (size_t)length, MADV_WILLNEED);
+  *out = static_cast<char*>(base) + (file_offset - start);
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_unmap_file(dl_context* ctx, void* ptr, uint64_t size_bytes) {
+  const char* fn = "dl_unmap_file";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "ptr", ptr));
+  const uintptr_t at = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t start = at / page_bytes() * page_bytes();
+  if (munmap(reinterpret_cast<void*>(start), (size_t)(size_bytes + (at - start))) != 0) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: cannot unmap %llu bytes at %p: %s", fn,
+                   (unsigned long long)size_bytes, ptr, std::strerror(errno));
+  }
   return DL_OK;
 }
 

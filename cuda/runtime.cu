@@ -163,6 +163,19 @@ extern "C" int32_t dl_free(dl_context* ctx, void* ptr) {
   return DL_OK;
 }
 
+// Weights must be in device memory: the loader falls back to a copy when mapping is unsupported.
+extern "C" int32_t dl_map_file(dl_context* ctx, const char* path, uint64_t file_offset,
+                               uint64_t size_bytes, void** out) {
+  (void)ctx, (void)path, (void)file_offset, (void)size_bytes;
+  if (out != nullptr) *out = nullptr;
+  return dl_fail(DL_ERR_UNSUPPORTED, "dl_map_file: the CUDA build keeps weights in device memory");
+}
+
+extern "C" int32_t dl_unmap_file(dl_context* ctx, void* ptr, uint64_t size_bytes) {
+  (void)ctx, (void)ptr, (void)size_bytes;
+  return dl_fail(DL_ERR_UNSUPPORTED, "dl_unmap_file: the CUDA build maps no files");
+}
+
 extern "C" int32_t dl_copy_to_device(dl_context* ctx, void* dst, const void* src,
                                      uint64_t size_bytes) {
   if (ctx == nullptr || (size_bytes > 0 && (dst == nullptr || src == nullptr))) {

@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 // Bumped on every incompatible change; the TypeScript side refuses a library with another value.
-#define DL_ABI_VERSION 3
+#define DL_ABI_VERSION 4
 
 typedef enum dl_status {
   DL_OK = 0,
@@ -187,6 +187,29 @@ DL_API int32_t dl_alloc(
 DL_API int32_t dl_free(
     dl_context* ctx,
     void* ptr);
+
+// Maps size_bytes of the file at path, from byte file_offset on, read-only (MAP_PRIVATE,
+// PROT_READ) and writes the address of byte file_offset to *out: weights whose bytes on disk are
+// what the kernels read are used in place of a copy, so they cost page cache, shared and
+// evictable, instead of private memory. The file must hold the whole range (checked: a shorter
+// file fails with DL_ERR_INVALID_ARGUMENT). The mapping is not memory from dl_alloc: release it
+// with dl_unmap_file, never dl_free; dl_memory_stats does not count it. Writing through *out
+// faults. A file truncated while mapped makes a later read of the lost pages raise SIGBUS (as
+// llama.cpp's mmap does), so a loaded model's file must not be rewritten in place; replacing it by
+// rename is safe. CUDA: DL_ERR_UNSUPPORTED (weights live in device memory; load a copy).
+DL_API int32_t dl_map_file(
+    dl_context* ctx,
+    const char* path,      // NUL-terminated
+    uint64_t file_offset,
+    uint64_t size_bytes,
+    void** out);
+
+// Releases a mapping made by dl_map_file: ptr and size_bytes as it was given and returned.
+// CUDA: DL_ERR_UNSUPPORTED.
+DL_API int32_t dl_unmap_file(
+    dl_context* ctx,
+    void* ptr,
+    uint64_t size_bytes);
 
 // Reserves, once at start-up, the context's kernel workspace for the largest step the engine will
 // run: up to max_num_tokens tokens (and sequences) with these attention shapes and contexts of up

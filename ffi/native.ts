@@ -202,6 +202,9 @@ export interface AttentionArgs {
   scale: number;
 }
 
+/** dl_status DL_ERR_UNSUPPORTED: the backend has no such feature (not a failure of the call). */
+const UNSUPPORTED = 3;
+
 /** One opened library plus one context on it. Every method throws NativeError on failure. */
 export class NativeBackend {
   readonly name: string;
@@ -293,6 +296,36 @@ export class NativeBackend {
 
   free(ptr: DevicePtr): void {
     this.#check("dl_free", this.#lib.dl_free(this.#ctx, ptr));
+  }
+
+  /**
+   * Maps sizeBytes of a file from fileOffset on, read-only, as device memory the kernels may read
+   * (the CPU build: weights used in place). Returns null when the backend cannot (the CUDA build),
+   * so the caller copies instead. Release with {@link unmapFile}, never {@link free}.
+   */
+  mapFile(path: string, fileOffset: number, sizeBytes: number): DevicePtr | null {
+    if (!Number.isSafeInteger(fileOffset) || fileOffset < 0) {
+      throw new RangeError(`File offset must be a non-negative integer, got ${fileOffset}`);
+    }
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+      throw new RangeError(`Mapping size must be a positive integer, got ${sizeBytes}`);
+    }
+    const cPath = new TextEncoder().encode(`${path}\0`);
+    const status = this.#lib.dl_map_file(
+      this.#ctx,
+      Deno.UnsafePointer.of(cPath),
+      BigInt(fileOffset),
+      BigInt(sizeBytes),
+      Deno.UnsafePointer.of(this.#outPtr),
+    );
+    if (status === UNSUPPORTED) return null;
+    this.#check("dl_map_file", status);
+    return Deno.UnsafePointer.create(this.#outPtr[0]);
+  }
+
+  /** Releases a {@link mapFile} mapping of sizeBytes. */
+  unmapFile(ptr: DevicePtr, sizeBytes: number): void {
+    this.#check("dl_unmap_file", this.#lib.dl_unmap_file(this.#ctx, ptr, BigInt(sizeBytes)));
   }
 
   /** Copies host bytes to device memory at dst + offsetBytes. */

@@ -20,6 +20,7 @@ export const ENGINE_FLAG_OPTIONS = {
   quantization: { type: "string" },
   sparsity: { type: "string" },
   calibration: { type: "string" },
+  "no-mmap": { type: "boolean" },
   threads: { type: "string" },
   library: { type: "string" },
   "speculative-model": { type: "string" },
@@ -54,6 +55,7 @@ export const ENGINE_FLAGS_USAGE =
                                q8_0, q4_k, …
   --sparsity 2:4               prune the layer projections to 2:4 on load (2:4-magnitude, 2:4-wanda)
   --calibration FILE           deno task calibrate's file: SmoothQuant, outliers, Wanda norms
+  --no-mmap                    copy weights into memory instead of mapping them from the file
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
   --library PATH               native library to load (default build/libdenollm_cpu.so)
 ${SPECULATIVE_FLAGS_USAGE}`;
@@ -83,7 +85,11 @@ export function quantizationFlag(value: string, flag = "quantization"): string {
   }
 }
 
-export type EngineFlagValues = { [K in keyof typeof ENGINE_FLAG_OPTIONS]?: string };
+export type EngineFlagValues = {
+  [K in keyof typeof ENGINE_FLAG_OPTIONS]?: (typeof ENGINE_FLAG_OPTIONS)[K]["type"] extends
+    "boolean" ? boolean
+    : string;
+};
 
 /** The speculative-decoding options of the flags (vLLM's names), or undefined when off. */
 export function speculativeOptions(
@@ -184,5 +190,6 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...(speculative === undefined ? {} : { speculative }),
     ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
     ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
+    ...(values["no-mmap"] === true ? { mmap: false } : {}),
   };
 }

@@ -87,6 +87,8 @@ export interface EngineOptions extends LocalEngineOptions {
   sparsity?: string;
   /** A `deno task calibrate` file for w8a8 (SmoothQuant), w8a8-mixed and 2:4 Wanda. */
   calibration?: string;
+  /** False: copy weights instead of mapping them from the file (`--no-mmap`; default true). */
+  mmap?: boolean;
   backend?: "cpu" | "cuda";
   libraryPath?: string;
   /** CPU threads for kernels; 0 = all cores; default CPUs - 1 (src/engine/threads.ts). */
@@ -327,6 +329,7 @@ export async function startLocalEngine(
       quantization: options.quantization,
       sparsity: options.sparsity,
       calibration: options.calibration,
+      mmap: options.mmap,
     });
     draft = await loadDraft(backend, options, loaded, showProgress);
     const local = createLocalEngine(backend, loaded, options, draft ? { draft } : {});

@@ -201,6 +201,11 @@ export interface LoadModelOptions extends OpenModelOptions {
   sparsity?: string;
   /** A `deno task calibrate` file: SmoothQuant factors, outlier channels, Wanda norms. */
   calibration?: string;
+  /**
+   * Map weights stored as the kernels read them from the file instead of copying them (default
+   * true, on backends that can; src/model/weights.ts). False: `--no-mmap`.
+   */
+  mmap?: boolean;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -241,6 +246,7 @@ export async function loadModel(
   }
   const weights = await loadWeights(backend, source.config, source.tensors, {
     transform: compress ?? transform,
+    mmap: options.mmap,
     onProgress: (loaded, total) => {
       options.onProgress?.(loaded, total);
       if (isTty) {

@@ -3,7 +3,9 @@
 // format run), norms and biases in f32, weights otherwise in their own format (GGUF's quantized
 // blocks as they are) unless the caller's transform picks another (--quantization).
 // Tensors stream one at a time from the file into their device matrix, so loading holds no more
-// than the weights plus one tensor's staging.
+// than the weights plus one tensor's staging. On a backend that can (the CPU build), a matrix whose
+// bytes on disk are exactly what the kernels read is mapped from the file instead of copied: it
+// then costs shared, evictable page cache rather than private memory (llama.cpp's mmap).
 import { formatByGgufName, formatInfo, isQuantized, matrixBytes } from "../../ffi/formats.ts";
 import {
   type DevicePtr,
@@ -53,6 +55,17 @@ export interface ModelWeights {
   lmHead: DeviceMatrix; // [vocab, hidden]; the embedding itself when tied
   /** Every allocation, for release. */
   allocations: DevicePtr[];
+  /** Every file mapping (dl_map_file), for release. */
+  mappings: FileMapping[];
+  /** Bytes of every weight matrix and vector, mapped ones included. */
+  sizeBytes: number;
+  /** The part of sizeBytes mapped from the file rather than copied. */
+  mappedBytes: number;
+}
+
+/** A read-only mapping of weight bytes in their file. */
+export interface FileMapping {
+  ptr: DevicePtr;
   sizeBytes: number;
 }
 
@@ -91,6 +104,11 @@ export interface LoadWeightsOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   /** The device format of chosen weight matrices (default: the file's). Norms stay f32. */
   transform?: WeightTransform;
+  /**
+   * Map matrices stored as the kernels read them from their file instead of copying them (default
+   * true; used only where the backend supports it). False is llama.cpp's --no-mmap.
+   */
+  mmap?: boolean;
 }
 
 /** Loads and validates every tensor the config calls for. */
@@ -115,7 +133,10 @@ class WeightLoader {
   #onProgress?: (loadedBytes: number, totalBytes: number) => void;
   #transform?: WeightTransform;
   #allocations: DevicePtr[] = [];
+  #mappings: FileMapping[] = [];
+  #canMap: boolean;
   #sizeBytes = 0;
+  #mappedBytes = 0;
   #loadedBytes = 0;
   #totalBytes = 0;
 
@@ -128,6 +149,7 @@ class WeightLoader {
     this.#tensors = tensors;
     this.#onProgress = options.onProgress;
     this.#transform = options.transform;
+    this.#canMap = options.mmap !== false;
     for (const info of tensors.values()) this.#totalBytes += info.byteLength;
   }
 
@@ -186,13 +208,17 @@ class WeightLoader {
       finalNorm,
       lmHead,
       allocations: this.#allocations,
+      mappings: this.#mappings,
       sizeBytes: this.#sizeBytes,
+      mappedBytes: this.#mappedBytes,
     };
   }
 
   releaseAll(): void {
     for (const ptr of this.#allocations) this.#backend.free(ptr);
+    for (const m of this.#mappings) this.#backend.unmapFile(m.ptr, m.sizeBytes);
     this.#allocations = [];
+    this.#mappings = [];
   }
 
   #missing(name: string): never {
@@ -295,7 +321,10 @@ class WeightLoader {
     dtype: DTypeId,
   ): Promise<DeviceMatrix> {
     const totalRows = rows.reduce((a, b) => a + b, 0);
-    const ptr = this.#alloc(matrixBytes(dtype, totalRows, cols));
+    const sizeBytes = matrixBytes(dtype, totalRows, cols);
+    const mapped = await this.#map(infos, dtype, sizeBytes);
+    if (mapped !== null) return { ptr: mapped, dtype, rows: totalRows, cols };
+    const ptr = this.#alloc(sizeBytes);
     const matrix = { ptr, dtype, rows: totalRows, cols };
     // Parts kept in their file's format are read straight into place; formats with per-row data
     // after all rows (INT8) interleave across parts, so only the transform may stack those.
@@ -321,6 +350,42 @@ class WeightLoader {
       rowOffset += rows[i];
     }
     return matrix;
+  }
+
+  /**
+   * Maps the stacked matrix from the file when its bytes there are the matrix: every part kept in
+   * the file's format by no transform, from one file, back to back in order, and the first at an
+   * offset the kernels can read from (see mapAlignment). Null: copy instead.
+   */
+  async #map(infos: TensorInfo[], dtype: DTypeId, sizeBytes: number): Promise<DevicePtr | null> {
+    if (!this.#canMap || sizeBytes === 0) return null;
+    const first = infos[0];
+    let end = first.byteOffset;
+    for (const info of infos) {
+      const isAsStored = info.generate === undefined && info.file === first.file &&
+        info.byteOffset === end && formatIdOf(info) === dtype &&
+        this.#transform?.formatOf(info) === undefined;
+      if (!isAsStored) return null;
+      end += info.byteLength;
+    }
+    // Formats with per-row data after all rows (INT8) lay out a stack unlike its parts' files.
+    if (infos.length > 1 && formatInfo(dtype).rowBytes !== 0) return null;
+    if (end - first.byteOffset !== sizeBytes) return null;
+    if (first.byteOffset % mapAlignment(dtype) !== 0) return null;
+    // A file cut short since its header was read is left to the copy path, whose error names the
+    // tensor (dl_map_file checks the range again, for a file cut in between).
+    if (first.byteOffset + sizeBytes > (await Deno.stat(first.file)).size) return null;
+    const ptr = this.#backend.mapFile(first.file, first.byteOffset, sizeBytes);
+    if (ptr === null) {
+      this.#canMap = false; // the backend cannot map: copy from now on
+      return null;
+    }
+    this.#mappings.push({ ptr, sizeBytes });
+    this.#sizeBytes += sizeBytes;
+    this.#mappedBytes += sizeBytes;
+    for (const info of infos) this.#loadedBytes += info.byteLength;
+    this.#onProgress?.(this.#loadedBytes, this.#totalBytes);
+    return ptr;
   }
 
   async #matrix(name: string, rows: number, cols: number): Promise<DeviceMatrix> {
@@ -359,8 +424,22 @@ function matrixShape(info: TensorInfo): { rows: number; cols: number } {
   return { rows: cols === 0 ? 0 : count / cols, cols };
 }
 
-/** Frees every allocation of loaded weights. */
+/**
+ * The alignment a mapped matrix of `dtype` must start at: the largest power of two (up to 4) that
+ * divides its block size, which is the alignment of the widest field the kernels read from a
+ * block (f32 values, an f32 scale; f16 scales and values need 2). The copy path puts stacked parts
+ * at such offsets too, so the kernels read nothing less aligned than they already do; GGUF's
+ * 32-byte tensor alignment always passes, a safetensors offset may not (then it is copied).
+ */
+function mapAlignment(dtype: DTypeId): number {
+  const blockBytes = formatInfo(dtype).blockBytes;
+  return blockBytes % 4 === 0 ? 4 : blockBytes % 2 === 0 ? 2 : 1;
+}
+
+/** Frees every allocation and unmaps every file mapping of loaded weights. */
 export function releaseWeights(backend: NativeBackend, weights: ModelWeights): void {
   for (const ptr of weights.allocations) backend.free(ptr);
+  for (const m of weights.mappings) backend.unmapFile(m.ptr, m.sizeBytes);
   weights.allocations.length = 0;
+  weights.mappings.length = 0;
 }

@@ -25,6 +25,8 @@ export interface ServeConfig {
   quantization?: string;
   /** `--sparsity 2:4`: prune and compress the layer projections on load (src/model/compress.ts). */
   sparsity?: string;
+  /** False with `--no-mmap`: copy weights into memory instead of mapping them from the file. */
+  mmap: boolean;
   /** A `deno task calibrate` file (SmoothQuant, outlier channels, Wanda norms). */
   calibration?: string;
   host: string;
@@ -278,6 +280,11 @@ const OPTIONS = [
     defaultText: "continuous",
   },
   { flag: "no-prefix-caching", help: "disable prefix caching", isBoolean: true },
+  {
+    flag: "no-mmap",
+    help: "copy weights into memory instead of mapping them from the file (CPU build)",
+    isBoolean: true,
+  },
   // vLLM's spelling of the same switch (operator flags: see OperatorSettings).
   {
     flag: "enable-prefix-caching",
@@ -552,6 +559,7 @@ const SCHEMAS = {
   device: deviceSchema,
   scheduler: choice(["continuous", "static"]),
   "no-prefix-caching": boolText,
+  "no-mmap": boolText,
   "enable-prefix-caching": boolText,
   "no-enable-prefix-caching": boolText,
   "max-queued-requests": integer(0),
@@ -712,6 +720,7 @@ export function parseServeConfig(
       ...(values.quantization === undefined ? {} : { quantization: values.quantization }),
       ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
       ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
+      mmap: !(values["no-mmap"] ?? false),
       host: values.host ?? "127.0.0.1",
       port: values.port ?? 8000,
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),

@@ -285,6 +285,7 @@ async function startEngine(
       quantization: config.quantization,
       sparsity: config.sparsity,
       calibration: config.calibration,
+      mmap: config.mmap,
       backend,
       numThreads: config.numThreads,
       blockSize: config.blockSize,
