@@ -67,6 +67,12 @@ export interface ClientLimits {
   maxQueuedTokens: number;
   /** Origins allowed to call the API from a browser (`*`: any); empty means CORS is off. */
   allowedOrigins: string[];
+  /** A request head not complete this long after the connection opened or the last response: 408. */
+  headerTimeoutMs: number;
+  /** A keep-alive connection with no new request this long after a response is closed. */
+  keepAliveTimeoutMs: number;
+  /** Connections past this many open ones get HTTP 503 and are closed. */
+  maxConnections: number;
 }
 
 /** The settings `vllm serve` users bring along: --seed, --log-level and --chat-template. */
@@ -315,6 +321,25 @@ const OPTIONS = [
     defaultText: "30",
   },
   {
+    flag: "header-timeout",
+    arg: "SECONDS",
+    help: "request headers not received this long after the connection opened or the last " +
+      "response get HTTP 408",
+    defaultText: "10",
+  },
+  {
+    flag: "keep-alive-timeout",
+    arg: "SECONDS",
+    help: "an idle keep-alive connection is closed after this long",
+    defaultText: "5",
+  },
+  {
+    flag: "max-connections",
+    arg: "N",
+    help: "connections past this many open ones get HTTP 503 and are closed",
+    defaultText: "1024",
+  },
+  {
     flag: "allowed-origins",
     arg: "LIST",
     help: "comma-separated origins allowed to call the API from a browser (CORS), or *",
@@ -558,6 +583,9 @@ const SCHEMAS = {
   "max-queued-tokens": integer(1),
   "max-queue-delay": seconds(),
   "body-timeout": seconds({ isZeroAllowed: false }),
+  "header-timeout": seconds({ isZeroAllowed: false }),
+  "keep-alive-timeout": seconds({ isZeroAllowed: false }),
+  "max-connections": integer(1),
   "allowed-origins": z.string().transform((text, ctx) => {
     const origins = text.split(",").map((o) => o.trim()).filter((o) => o !== "");
     const bad = origins.find((o) => o !== "*" && !/^https?:\/\/[^/\s]+$/i.test(o));
@@ -704,6 +732,9 @@ export function parseServeConfig(
       maxQueueDelayMs: (values["max-queue-delay"] ?? 120) * 1000 || Infinity,
       maxQueuedTokens: values["max-queued-tokens"] ?? 262_144,
       allowedOrigins: values["allowed-origins"] ?? [],
+      headerTimeoutMs: (values["header-timeout"] ?? 10) * 1000,
+      keepAliveTimeoutMs: (values["keep-alive-timeout"] ?? 5) * 1000,
+      maxConnections: values["max-connections"] ?? 1024,
     },
     config: {
       model: values.model,
