@@ -154,7 +154,7 @@ function seconds(opts: { isZeroAllowed?: boolean } = {}) {
 
 /**
  * A host name (RFC 1123 labels), an IPv4 address or an IPv6 address (bare or in brackets): what
- * Deno.serve can listen on. Checked here so a typo is a usage error, not a resolver stack trace.
+ * Deno.listen can bind. Checked here so a typo is a usage error, not a resolver stack trace.
  */
 const HOST =
   /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$|^\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?$/;

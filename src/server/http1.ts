@@ -292,6 +292,7 @@ class Connection {
   /** Waiting for a request head with none of its bytes read: safe to close on shutdown. */
   #isIdle = true;
   #isClosed = false;
+  #lingerTimer: ReturnType<typeof setTimeout> | undefined;
   /** Called when the client goes away while a request is open. */
   #onGone: (() => void) | undefined;
 
@@ -313,6 +314,7 @@ class Connection {
   }
 
   #close(): void {
+    clearTimeout(this.#lingerTimer);
     this.#isClosed = true;
     close(this.#conn);
   }
@@ -361,8 +363,15 @@ class Connection {
     const headerTimer = setTimeout(() => {
       isTimedOut = true;
       if (hasBytes()) {
+        // Answered while the read stays pending: it drains what the client still sends until
+        // the client closes or the linger timer does.
+        this.#options.onConnectionError?.("request head timed out", {
+          timeout_ms: this.#options.headerTimeoutMs,
+        });
         writeAll(this.#conn, plainResponse(408, "The request head did not arrive in time"))
-          .catch(() => {}).finally(() => lingerClose(this.#conn));
+          .then(() => this.#conn.closeWrite())
+          .catch(() => {})
+          .finally(() => (this.#lingerTimer = setTimeout(() => this.#close(), LINGER_MS)));
       } else {
         this.#close();
       }
@@ -409,7 +418,13 @@ class Connection {
           if (isTimedOut || this.#isClosed) return undefined;
           throw error;
         }
-        if (isTimedOut) return undefined;
+        if (isTimedOut) {
+          while (isMore && !this.#isClosed) {
+            reader.consume(reader.buffered.length);
+            isMore = await reader.fill().catch(() => false);
+          }
+          return undefined;
+        }
         if (!isMore) return undefined;
       }
     } finally {
