@@ -43,10 +43,17 @@ class Raw {
   text = "";
   isEnded = false;
   #decoder = new TextDecoder();
+  #isGuardHit = false;
+  #guard: ReturnType<typeof setTimeout> | undefined;
 
-  static async open(port: number): Promise<Raw> {
+  /** Reads fail after `guardMs` (a guard against a hang, not a timing). */
+  static async open(port: number, guardMs = 10_000): Promise<Raw> {
     const raw = new Raw();
     raw.conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    raw.#guard = setTimeout(() => {
+      raw.#isGuardHit = true;
+      raw.close();
+    }, guardMs);
     return raw;
   }
 
@@ -61,6 +68,9 @@ class Raw {
       if (this.isEnded) return false;
       const n = await this.conn.read(buffer).catch(() => null);
       if (n === null) {
+        if (this.#isGuardHit) {
+          throw new Error(`no answer in time; got ${JSON.stringify(this.text)}`);
+        }
         this.isEnded = true;
         continue;
       }
@@ -76,6 +86,7 @@ class Raw {
   }
 
   close(): void {
+    clearTimeout(this.#guard);
     try {
       this.conn.close();
     } catch {
@@ -168,6 +179,7 @@ Deno.test("http1: malformed and ambiguous heads are refused and the connection c
         "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         400,
       ],
+      ["a method fetch() forbids", "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 400],
       ["an unknown Expect", "GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417],
       [
         "a head over the limit",

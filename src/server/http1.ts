@@ -483,15 +483,23 @@ class Connection {
     }, { highWaterMark: 0 });
     if (body === null && (source === undefined || source.isDone)) watch();
 
-    let response: Response;
+    let request: Request;
     try {
-      const request = new Request(head.url, {
+      request = new Request(head.url, {
         method: head.method,
         headers: head.headers,
         body,
         signal: abort.signal,
         duplex: "half",
       } as RequestInit);
+    } catch (error) {
+      // The fetch API refuses some requests outright (CONNECT, TRACE: forbidden methods).
+      this.#options.onConnectionError?.("request refused", { error: String(error) });
+      await writeAll(this.#conn, plainResponse(400, `${head.method} requests are not accepted`));
+      return false;
+    }
+    let response: Response;
+    try {
       const remoteAddr = this.#conn.remoteAddr as Deno.NetAddr;
       response = await this.#handler(request, { remoteAddr, completed: completed.promise });
       if (!(response instanceof Response)) throw new TypeError("The handler returned no Response");
