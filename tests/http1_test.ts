@@ -476,6 +476,27 @@ Deno.test("http1: a client that disconnects aborts its request's signal", async 
   });
 });
 
+Deno.test("http1: a client that disconnects mid-body fails the body and aborts the signal", async () => {
+  const outcome = Promise.withResolvers<{ error: string; isAborted: boolean }>();
+  const handler: Http1Handler = async (request) => {
+    try {
+      await request.text();
+      outcome.resolve({ error: "none", isAborted: request.signal.aborted });
+    } catch (error) {
+      outcome.resolve({ error: (error as Error).name, isAborted: request.signal.aborted });
+    }
+    return new Response("unused");
+  };
+  await withServer({}, handler, async (port) => {
+    const raw = await Raw.open(port);
+    await raw.send("POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b");
+    raw.close();
+    const { error, isAborted } = await outcome.promise;
+    assert.notEqual(error, "none");
+    assert.equal(isAborted, true);
+  });
+});
+
 Deno.test("http1: info.completed resolves once the response is written", async () => {
   const completed = Promise.withResolvers<string>();
   const handler: Http1Handler = (_request, info) => {
