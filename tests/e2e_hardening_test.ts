@@ -210,6 +210,151 @@ Deno.test("denollm serve against slow and hostile clients", async (t) => {
   }
 });
 
+/** A raw loopback socket whose reads stop at `guardMs` (a guard against a hang, not a timing). */
+async function rawSocket(port: number, guardMs = 15_000) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const decoder = new TextDecoder();
+  let text = "";
+  let isEnded = false;
+  let isGuardHit = false;
+  const guard = setTimeout(() => {
+    isGuardHit = true;
+    conn.close();
+  }, guardMs);
+  return {
+    get text() {
+      return text;
+    },
+    /** The server closed the connection (not the guard). */
+    get isEnded() {
+      return isEnded && !isGuardHit;
+    },
+    send: (part: string) =>
+      conn.write(new TextEncoder().encode(part)).then(() => true, () => false),
+    /** Reads until `until(text)` or the end of the stream. */
+    async read(until: (text: string) => boolean = () => false): Promise<string> {
+      const buffer = new Uint8Array(16 << 10);
+      while (!isEnded && !until(text)) {
+        const n = await conn.read(buffer).catch(() => null);
+        if (n === null) isEnded = true;
+        else text += decoder.decode(buffer.subarray(0, n), { stream: true });
+      }
+      return text;
+    },
+    close() {
+      clearTimeout(guard);
+      try {
+        conn.close();
+      } catch {
+        // Closed by the guard or already.
+      }
+    },
+  };
+}
+
+/** One whole Content-Length response is in `text`. */
+function hasWholeResponse(text: string): boolean {
+  const end = text.indexOf("\r\n\r\n");
+  const length = /\r\ncontent-length: *(\d+)/i.exec(text);
+  return end >= 0 && length !== null && text.length >= end + 4 + Number(length[1]);
+}
+
+Deno.test("denollm serve: header timeout, keep-alive timeout and connection cap", async (t) => {
+  const server = new ServerProcess([
+    "--model",
+    MODEL_DIR,
+    "--port",
+    "0",
+    "--header-timeout",
+    "1",
+    "--keep-alive-timeout",
+    "1",
+    "--max-connections",
+    "2",
+  ]);
+  const health = head("GET", "/health", {});
+  try {
+    const port = await server.port;
+    await waitHealthy(`http://127.0.0.1:${port}`);
+
+    await t.step(
+      "a head trickled a byte at a time (slowloris) gets 408 and is closed",
+      async () => {
+        const socket = await rawSocket(port);
+        try {
+          await socket.send("GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ");
+          let isReading = true;
+          const trickle = (async () => {
+            while (isReading && await socket.send("x")) {
+              await new Promise((r) => setTimeout(r, 200));
+            }
+          })();
+          const text = await socket.read();
+          isReading = false;
+          await trickle;
+          assert.ok(socket.isEnded);
+          assert.match(text, /^HTTP\/1\.1 408 /);
+          assert.match(text, /\r\nconnection: close\r\n/);
+        } finally {
+          socket.close();
+        }
+      },
+    );
+
+    await t.step("an idle keep-alive connection is closed", async () => {
+      const socket = await rawSocket(port);
+      try {
+        await socket.send(health);
+        await socket.read(hasWholeResponse);
+        assert.match(socket.text, /^HTTP\/1\.1 200 /);
+        assert.doesNotMatch(socket.text, /connection: close/);
+        await socket.read();
+        assert.ok(socket.isEnded, "the idle connection stayed open");
+      } finally {
+        socket.close();
+      }
+    });
+
+    await t.step(
+      "connections past --max-connections get 503; the server serves again after",
+      async () => {
+        // A pooled fetch() connection may still count, so the 503 comes by the third at the latest.
+        const held = [];
+        const statuses: number[] = [];
+        try {
+          for (let i = 0; i < 3 && !statuses.includes(503); i++) {
+            const socket = await rawSocket(port);
+            held.push(socket);
+            await socket.send(health);
+            await socket.read(hasWholeResponse);
+            statuses.push(Number(socket.text.split(" ")[1]));
+          }
+          assert.equal(statuses.at(-1), 503, JSON.stringify(statuses));
+          assert.ok(statuses.slice(0, -1).every((s) => s === 200), JSON.stringify(statuses));
+          const refused = held.at(-1)!;
+          assert.match(refused.text, /\r\nconnection: close\r\n/);
+          await refused.read();
+          assert.ok(refused.isEnded);
+        } finally {
+          for (const socket of held) socket.close();
+        }
+        // The closed sockets are noticed at once, but not within any promised time: retry a while.
+        let status = 0;
+        for (let i = 0; i < 100 && status !== 200; i++) {
+          const response = await rawRequest(port, [
+            head("GET", "/health", { connection: "close" }),
+          ]);
+          status = response?.status ?? 0;
+          if (status !== 200) await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.equal(status, 200);
+      },
+    );
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("denollm serve: the engine worker dies mid-stream", async () => {
   const server = new ServerProcess(["--model", MODEL_DIR, "--port", "0"], {
     // Through the real worker: it throws an uncaught error after this many steps.

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { defaultNumThreads } from "../src/engine/threads.ts";
 import { UsageError } from "../src/errors.ts";
 import {
+  type ClientLimits,
   defaultHfCache,
   envName,
   parseByteSize,
@@ -169,6 +170,36 @@ Deno.test("serve config", async (t) => {
     for (const line of SERVE_USAGE.split("\n").filter((l) => l.startsWith("  --"))) {
       const flag = line.trim().split(/\s+/)[0].slice(2);
       if (flag !== "help") assert.ok(SERVE_USAGE.includes(`env ${envName(flag)}`), flag);
+    }
+  });
+
+  await t.step("connection limits: defaults, flags and DENOLLM_*", () => {
+    const limits = (args: string[], env: Record<string, string> = {}) => {
+      const parsed = parseServeConfig(["--model", "/m", ...args], { env: { ...ENV, ...env } });
+      assert.equal(parsed.help, false);
+      const { headerTimeoutMs, keepAliveTimeoutMs, maxConnections } =
+        (parsed as { limits: ClientLimits }).limits;
+      return { headerTimeoutMs, keepAliveTimeoutMs, maxConnections };
+    };
+    assert.deepEqual(limits([]), {
+      headerTimeoutMs: 10_000,
+      keepAliveTimeoutMs: 5_000,
+      maxConnections: 1024,
+    });
+    assert.deepEqual(
+      limits(["--header-timeout", "1.5", "--keep-alive-timeout", "2", "--max-connections", "3"]),
+      { headerTimeoutMs: 1500, keepAliveTimeoutMs: 2000, maxConnections: 3 },
+    );
+    assert.deepEqual(
+      limits(["--max-connections", "7"], {
+        DENOLLM_HEADER_TIMEOUT: "4",
+        DENOLLM_KEEP_ALIVE_TIMEOUT: "6",
+        DENOLLM_MAX_CONNECTIONS: "9",
+      }),
+      { headerTimeoutMs: 4000, keepAliveTimeoutMs: 6000, maxConnections: 7 },
+    );
+    for (const flag of ["--header-timeout", "--keep-alive-timeout", "--max-connections"]) {
+      assert.throws(() => limits([flag, "0"]), UsageError);
     }
   });
 

@@ -23,7 +23,7 @@ export interface DeadlineRequest {
 
 /**
  * Wraps `request` so that reading its body fails `timeoutMs` after this call (the headers have
- * arrived by then): Deno.serve (2.9.6) has no body-read timeout of its own, so a client that sends
+ * arrived by then): the HTTP layer has no body-read timeout of its own, so a client that sends
  * a few bytes and stalls would otherwise hold its handler forever.
  */
 export function withBodyDeadline(request: Request, timeoutMs: number): DeadlineRequest {

@@ -69,6 +69,12 @@ export interface ClientLimits {
   maxQueuedTokens: number;
   /** Origins allowed to call the API from a browser (`*`: any); empty means CORS is off. */
   allowedOrigins: string[];
+  /** A request head not complete this long after the connection opened or the last response: 408. */
+  headerTimeoutMs: number;
+  /** A keep-alive connection with no new request this long after a response is closed. */
+  keepAliveTimeoutMs: number;
+  /** Connections past this many open ones get HTTP 503 and are closed. */
+  maxConnections: number;
 }
 
 /** The settings `vllm serve` users bring along: --seed, --log-level and --chat-template. */
@@ -150,7 +156,7 @@ function seconds(opts: { isZeroAllowed?: boolean } = {}) {
 
 /**
  * A host name (RFC 1123 labels), an IPv4 address or an IPv6 address (bare or in brackets): what
- * Deno.serve can listen on. Checked here so a typo is a usage error, not a resolver stack trace.
+ * Deno.listen can bind. Checked here so a typo is a usage error, not a resolver stack trace.
  */
 const HOST =
   /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$|^\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?$/;
@@ -320,6 +326,25 @@ const OPTIONS = [
     arg: "SECONDS",
     help: "a request body not received this long after its headers gets HTTP 408",
     defaultText: "30",
+  },
+  {
+    flag: "header-timeout",
+    arg: "SECONDS",
+    help: "request headers not received this long after the connection opened or the last " +
+      "response get HTTP 408",
+    defaultText: "10",
+  },
+  {
+    flag: "keep-alive-timeout",
+    arg: "SECONDS",
+    help: "an idle keep-alive connection is closed after this long",
+    defaultText: "5",
+  },
+  {
+    flag: "max-connections",
+    arg: "N",
+    help: "connections past this many open ones get HTTP 503 and are closed",
+    defaultText: "1024",
   },
   {
     flag: "allowed-origins",
@@ -566,6 +591,9 @@ const SCHEMAS = {
   "max-queued-tokens": integer(1),
   "max-queue-delay": seconds(),
   "body-timeout": seconds({ isZeroAllowed: false }),
+  "header-timeout": seconds({ isZeroAllowed: false }),
+  "keep-alive-timeout": seconds({ isZeroAllowed: false }),
+  "max-connections": integer(1),
   "allowed-origins": z.string().transform((text, ctx) => {
     const origins = text.split(",").map((o) => o.trim()).filter((o) => o !== "");
     const bad = origins.find((o) => o !== "*" && !/^https?:\/\/[^/\s]+$/i.test(o));
@@ -712,6 +740,9 @@ export function parseServeConfig(
       maxQueueDelayMs: (values["max-queue-delay"] ?? 120) * 1000 || Infinity,
       maxQueuedTokens: values["max-queued-tokens"] ?? 262_144,
       allowedOrigins: values["allowed-origins"] ?? [],
+      headerTimeoutMs: (values["header-timeout"] ?? 10) * 1000,
+      keepAliveTimeoutMs: (values["keep-alive-timeout"] ?? 5) * 1000,
+      maxConnections: values["max-connections"] ?? 1024,
     },
     config: {
       model: values.model,

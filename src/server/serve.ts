@@ -21,6 +21,7 @@ import {
 } from "./config.ts";
 import { DEMO_MODEL, DEMO_NOTICE, demoCacheRoot, ensureDemoModel } from "./demo_model.ts";
 import { DeviceError, resolveDevice } from "./device.ts";
+import { type Http1Server, serveHttp1 } from "./http1.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { notify } from "./sd_notify.ts";
 
@@ -42,6 +43,9 @@ const DEFAULT_LIMITS: ClientLimits = {
   maxQueueDelayMs: 120_000,
   maxQueuedTokens: 262_144,
   allowedOrigins: [],
+  headerTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 5_000,
+  maxConnections: 1024,
 };
 
 /** Start-up failures the operator can fix; logged as one line without a stack. */
@@ -326,7 +330,7 @@ export async function serve(
     createLogger(config.logFormat, { level: operator.logLevel, timestamps: true });
   const limits = options.limits ?? DEFAULT_LIMITS;
   const signals = watchSignals();
-  let server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  let server: Http1Server | undefined;
   const stopped = (signal: string) => {
     log("info", `received ${signal} while starting; exiting`);
     tellSystemd(log, "STOPPING=1");
@@ -415,10 +419,15 @@ export async function serve(
     let numOpenRequests = 0;
     const listening = Promise.withResolvers<Deno.NetAddr>();
     try {
-      server = Deno.serve({
+      // Not Deno.serve: it (2.9.6) has no header-read or idle timeout and no connection cap.
+      server = serveHttp1({
         hostname: config.host,
         port: config.port,
+        headerTimeoutMs: limits.headerTimeoutMs,
+        keepAliveTimeoutMs: limits.keepAliveTimeoutMs,
+        maxConnections: limits.maxConnections,
         onListen: (addr) => listening.resolve(addr),
+        onConnectionError: (msg, fields) => log("debug", msg, fields),
       }, (request, info) => {
         numOpenRequests++;
         info.completed.catch(() => {}).finally(() => numOpenRequests--);
