@@ -249,11 +249,21 @@ Deno.test("fuzz: hostile bodies get 4xx error JSON, and the app stays healthy", 
 });
 
 const NUM_SERVER_CASES = 120;
+const SERVER_CASE_KINDS = [
+  "stalled",
+  "unterminated",
+  "content-type",
+  "huge-tokenize",
+  "deep",
+  "slow-head",
+  "garbage-head",
+] as const;
+type ServerCaseKind = typeof SERVER_CASE_KINDS[number];
 
 /** One hostile exchange with the real server; the status it got (0: no answer in time). */
 async function serverCase(
   port: number,
-  kind: "stalled" | "unterminated" | "content-type" | "huge-tokenize" | "deep",
+  kind: ServerCaseKind,
 ): Promise<number> {
   const path = pick(["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]);
   const head = (headers: Record<string, string>) =>
@@ -303,6 +313,18 @@ async function serverCase(
       ];
       break;
     }
+    case "slow-head":
+      // A slowloris: the head one byte per gap, never finished within --header-timeout.
+      parts = [...head({ ...json, "content-length": String(valid.length) }).slice(0, -2)];
+      break;
+    case "garbage-head": {
+      const bytes = Array.from(
+        { length: 1 + Math.floor(random() * 200) },
+        () => pick([" ", "\r\n", ":", "/", "HTTP/1.1", "\x00", "\x7f", "é", "a", "GET", "0"]),
+      );
+      parts = [bytes.join("") + "\r\n\r\n"];
+      break;
+    }
     case "deep": {
       const depth = 1000 + Math.floor(random() * 50_000);
       const body = `{"prompt": ${"[".repeat(depth)}${"]".repeat(depth)}}`;
@@ -315,12 +337,21 @@ async function serverCase(
 }
 
 Deno.test("fuzz: the real server gets stalled, mistyped, huge and deep requests, and no 5xx", async () => {
-  const server = new ServerProcess(["--model", MODEL_DIR, "--port", "0", "--body-timeout", "0.5"]);
+  const server = new ServerProcess([
+    "--model",
+    MODEL_DIR,
+    "--port",
+    "0",
+    "--body-timeout",
+    "0.5",
+    "--header-timeout",
+    "0.5",
+  ]);
   try {
     const port = await server.port;
     const url = `http://127.0.0.1:${port}`;
     await waitHealthy(url);
-    const kinds = ["stalled", "unterminated", "content-type", "huge-tokenize", "deep"] as const;
+    const kinds = SERVER_CASE_KINDS;
     const seen = new Map<string, number[]>();
     // Eight at a time, so stalled ones overlap the others.
     for (let i = 0; i < NUM_SERVER_CASES; i += 8) {
@@ -334,6 +365,7 @@ Deno.test("fuzz: the real server gets stalled, mistyped, huge and deep requests,
     assert.ok(seen.get("stalled")?.every((s) => s === 408 || s === 400), "stalled: 408");
     assert.ok(seen.get("unterminated")?.every((s) => s === 408), "unterminated: 408");
     assert.ok(seen.get("content-type")?.every((s) => s === 415), "content-type: 415");
+    assert.ok(seen.get("slow-head")?.every((s) => s === 408), "slow-head: 408");
     assert.ok(seen.get("huge-tokenize")?.every((s) => s === 400 || s === 413), "huge: 400/413");
     // CORS is off without --allowed-origins: a preflight gets no Access-Control-* headers.
     const preflight = await fetch(`${url}/v1/completions`, {
