@@ -697,6 +697,11 @@ function attentionInputs(
 
 /** Runs dl_paged_attention on one side; returns out [numTokens, numHeads * headDim]. */
 function attend(s: Side, a: AttentionInputs, dtype: ref.DtypeId): Float32Array {
+  return launchAttention(s, a, dtype)();
+}
+
+/** Enqueues dl_paged_attention on one side; returns a reader of out. */
+function launchAttention(s: Side, a: AttentionInputs, dtype: ref.DtypeId): () => Float32Array {
   const outLength = a.numTokens * a.numHeads * a.headDim;
   const out = s.zeros(outLength * 4);
   s.backend.pagedAttention({
@@ -719,7 +724,7 @@ function attend(s: Side, a: AttentionInputs, dtype: ref.DtypeId): Float32Array {
     numBlocks: a.numBlocks,
     scale: 1 / Math.sqrt(a.headDim),
   });
-  return s.f32(out, outLength);
+  return () => s.f32(out, outLength);
 }
 
 function attentionLabel(c: AttentionCase, dtype: ref.DtypeId): string {
@@ -981,21 +986,39 @@ Deno.test(`paged attention: random batches (DENOLLM_FUZZ_SEED=${FUZZ_SEED})`, ()
 
 // --- Bad metadata: what ffi/denollm.h promises of each build
 
-/** On the CUDA build, runs body and returns its result; on the CPU build, expects it to fail. */
-function badMetadata<T>(s: Side, what: string, pattern: RegExp, body: () => T): T | null {
-  if (s.backend.name === "cuda") return body();
+/** Expects body to throw DL_ERR_INVALID_ARGUMENT with a message matching pattern. */
+function expectInvalid(body: () => unknown, pattern: RegExp, what: string): void {
   try {
     body();
   } catch (error) {
-    if (error instanceof NativeError && error.status === 1 && pattern.test(error.message)) {
-      return null;
-    }
+    if (error instanceof NativeError && error.status === 1 && pattern.test(error.message)) return;
     throw error;
   }
-  fail(`${what}: the CPU build accepted bad metadata`);
+  fail(`${what} accepted bad metadata`);
 }
 
-Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU build fails", () => {
+/**
+ * Runs a call with bad metadata; launch enqueues it and returns a reader of its output. The CPU
+ * build must fail the call itself (cpuPattern). The CUDA build must accept it, fail the next
+ * dl_synchronize naming a bad value (devicePattern), then work again: the reader's copies succeed
+ * and its result is returned for the caller to check against what the header says CUDA writes.
+ */
+function badMetadata<T>(
+  s: Side,
+  what: string,
+  patterns: { cpu: RegExp; device: RegExp },
+  launch: () => () => T,
+): T | null {
+  if (s.backend.name !== "cuda") {
+    expectInvalid(launch, patterns.cpu, `${what}: the CPU build`);
+    return null;
+  }
+  const read = launch();
+  expectInvalid(() => s.backend.synchronize(), patterns.device, `${what}: the next synchronize`);
+  return read();
+}
+
+Deno.test("bad metadata: both builds fail (CUDA at the next synchronize), CUDA writes as the header says", () => {
   const rand = ref.mulberry32(24);
   withDeviceBuffers(gpu, (s) => {
     const isCuda = s.backend.name === "cuda";
@@ -1006,7 +1029,10 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
     const emb = badMetadata(
       s,
       "embedding",
-      /expected token_ids\[1\] in \[0, 20\), found -1/,
+      {
+        cpu: /expected token_ids\[1\] in \[0, 20\), found -1/,
+        device: /dl_embedding: token_ids\[(1\] = -1|2\] = 20|3\] = 2147483647) is outside/,
+      },
       () => {
         const out = s.from(new Float32Array(ids.length * dim).fill(7));
         s.backend.embedding({
@@ -1018,7 +1044,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
           vocabSize: vocab,
           dim,
         });
-        return s.f32(out, ids.length * dim);
+        return () => s.f32(out, ids.length * dim);
       },
     );
     if (emb) {
@@ -1026,12 +1052,33 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
       expected.set(table.subarray(3 * dim, 4 * dim), 0);
       expected.set(table.subarray(0, dim), 4 * dim);
       assertBits(emb, expected, "embedding with bad ids");
+      // dl_copy_to_host reports it too (the engine reads logits without a separate synchronize).
+      const out = s.zeros(dim * 4);
+      const oneBad = s.from(Int32Array.of(vocab + 1));
+      s.backend.embedding({
+        out,
+        table: s.from(table),
+        tableDtype: DType.F32,
+        tokenIds: oneBad,
+        numTokens: 1,
+        vocabSize: vocab,
+        dim,
+      });
+      expectInvalid(
+        () => s.f32(out, dim),
+        /token_ids\[0\] = 21 is outside/,
+        "embedding: the next copy to the host",
+      );
+      assertBits(s.f32(out, dim), new Float32Array(dim), "embedding: the row of a bad id");
     }
 
     // dl_gather_rows: a row of zeros for an index outside [0, num_src_rows).
     const x = ref.randomF32(rand, 6 * dim);
     const rows = Int32Array.of(-3, 5, 6, 1);
-    const gathered = badMetadata(s, "gather_rows", /rows\[0\] in \[0, 6\), found -3/, () => {
+    const gathered = badMetadata(s, "gather_rows", {
+      cpu: /rows\[0\] in \[0, 6\), found -3/,
+      device: /dl_gather_rows: rows\[(0\] = -3|2\] = 6) is outside/,
+    }, () => {
       const out = s.from(new Float32Array(rows.length * dim).fill(7));
       s.backend.gatherRows({
         out,
@@ -1041,7 +1088,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
         numSrcRows: 6,
         dim,
       });
-      return s.f32(out, rows.length * dim);
+      return () => s.f32(out, rows.length * dim);
     });
     if (gathered) {
       const expected = new Float32Array(rows.length * dim);
@@ -1056,7 +1103,10 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
     const kv = ref.randomF32(rand, 4 * numKvHeads * headDim);
     const slots = Int32Array.of(numSlots, 5, 2 ** 31 - 1, -1);
     const initial = ref.randomF32(rand, cacheElems);
-    const caches = badMetadata(s, "kv_write", /slot_mapping\[0\] < num_blocks/, () => {
+    const caches = badMetadata(s, "kv_write", {
+      cpu: /slot_mapping\[0\] < num_blocks/,
+      device: /dl_kv_write: slot_mapping\[(0\] = 12|2\] = 2147483647) is not below/,
+    }, () => {
       const kCache = s.from(initial), vCache = s.from(initial);
       const k = s.from(kv);
       s.backend.kvWrite({
@@ -1073,7 +1123,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
         blockSize,
         numBlocks,
       });
-      return [s.f32(kCache, cacheElems), s.f32(vCache, cacheElems)];
+      return () => [s.f32(kCache, cacheElems), s.f32(vCache, cacheElems)];
     });
     if (caches) {
       const written = Float64Array.from(initial), unused = Float64Array.from(initial);
@@ -1087,7 +1137,10 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
     // dl_copy_blocks: pairs with an id out of range, or onto themselves, are skipped.
     const blockFloats = 12, cache = ref.randomF32(rand, 5 * blockFloats);
     const pairs = Int32Array.of(0, 5, -1, 2, 3, 3, 1, 4);
-    const copied = badMetadata(s, "copy_blocks", /block ids in \[0, 5\), found 5/, () => {
+    const copied = badMetadata(s, "copy_blocks", {
+      cpu: /block ids in \[0, 5\), found 5/,
+      device: /dl_copy_blocks: (pairs\[(1\] = 5|2\] = -1) is outside|pair 2 copies block 3 onto)/,
+    }, () => {
       const c = s.from(cache);
       s.backend.copyBlocks({
         cache: c,
@@ -1096,7 +1149,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
         blockBytes: blockFloats * 4,
         numBlocks: 5,
       });
-      return s.f32(c, 5 * blockFloats);
+      return () => s.f32(c, 5 * blockFloats);
     });
     if (copied) {
       const expected = cache.slice();
@@ -1135,8 +1188,14 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
       const actual = badMetadata(
         s,
         "attention",
-        /block_tables\[0\]\[1\] in \[0, \d+\), found -4/,
-        () => attend(s, { ...inputs, blockTables: badTables }, DType.F16),
+        {
+          cpu: /block_tables\[0\]\[1\] in \[0, \d+\), found -4/,
+          device: new RegExp(
+            `block_tables entry (1 \\(flat\\) = -4|${inputs.maxBlocksPerSeq} \\(flat\\) = ` +
+              `${inputs.numBlocks + 6}) is outside`,
+          ),
+        },
+        () => launchAttention(s, { ...inputs, blockTables: badTables }, DType.F16),
       );
       if (actual) {
         assertClose(actual, expected, (i) => 2e-5 * Math.abs(expected[i]) + 2e-5, "bad block ids");
@@ -1147,8 +1206,11 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
       const rows = badMetadata(
         s,
         "attention",
-        /expected seq_lens\[0\] <= max_blocks_per_seq/,
-        () => attend(s, { ...inputs, seqLens: badLens }, DType.F16),
+        {
+          cpu: /expected seq_lens\[0\] <= max_blocks_per_seq/,
+          device: /dl_paged_attention: query token \d+ sits at position -?\d+, outside/,
+        },
+        () => launchAttention(s, { ...inputs, seqLens: badLens }, DType.F16),
       );
       if (rows) {
         const rowLen = c.numHeads * c.headDim;
