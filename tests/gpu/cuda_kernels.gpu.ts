@@ -13,7 +13,9 @@
 // - bit for bit: convert, embedding, add, gather_rows, kv_write (cache bytes), copy_blocks
 // - matmul: 4e-5 * (sum_k |x w| + |bias|) + 1e-6 for every weight dtype. f32 weights run plain f32
 //   FMAs (the only difference is summation order); f16 / bf16 weights on the tensor-core path split
-//   x into two 16-bit halves, which keeps x to 2^-17 (bf16) or 2^-22 (f16) relative
+//   x, scaled per row by a power of two, into two 16-bit halves, which keeps x to 2^-17 (bf16) or
+//   2^-22 (f16) relative to its row's largest value, at any magnitude (rows of 1e-6 to 3e7: the
+//   tolerance of that test is relative only)
 // - rmsnorm, add_rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
@@ -332,6 +334,48 @@ Deno.test("matmul: gemv, tiled f32 and tensor-core paths, every weight dtype", (
     }
   }
   for (const dtype of DTYPES) report(`matmul ${DTYPE_NAMES[dtype]} weights`, worst[dtype]);
+});
+
+Deno.test("matmul: rows of tiny and huge magnitude keep their precision on every path", () => {
+  // The tensor-core path splits x into 16-bit halves after scaling each row by a power of two;
+  // without it, f16 loses the low half of rows near 1e-5 and overflows past 65504. The tolerance
+  // is relative only, so a tiny row cannot hide under an absolute term.
+  const rand = ref.mulberry32(77);
+  const magnitudes = [1e-6, 1e-5, 1, 1e5, 1e6, 3e7];
+  let worst = 0;
+  for (const [m, n, k] of [[4, 67, 333], [24, 67, 333], [70, 130, 256]]) {
+    for (const dtype of DTYPES) {
+      const x = ref.randomF32(rand, m * k);
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < k; j++) x[i * k + j] *= magnitudes[i % magnitudes.length];
+      }
+      const w = randomStored(rand, n * k, dtype);
+      const run = (s: Side, xs: Float32Array, ws: HostArray, wDtype: ref.DtypeId) => {
+        const out = s.zeros(m * n * 4);
+        s.backend.matmul({ out, x: s.from(xs), w: s.from(ws), wDtype, bias: null, m, n, k });
+        return s.f32(out, m * n);
+      };
+      const [a, b] = onBoth((s) => run(s, x, w, dtype));
+      const scale = onCpu((s) =>
+        run(
+          s,
+          Float32Array.from(x, Math.abs),
+          Float32Array.from(ref.decode(w, dtype), Math.abs),
+          DType.F32,
+        )
+      );
+      worst = Math.max(
+        worst,
+        assertClose(
+          b,
+          a,
+          (i) => 4e-5 * scale[i],
+          `matmul ${DTYPE_NAMES[dtype]} m ${m} n ${n} k ${k} scaled rows`,
+        ),
+      );
+    }
+  }
+  report("matmul rows of 1e-6 to 3e7", worst);
 });
 
 Deno.test("matmul: out_row_stride > n writes its columns only, gemv, tiled f32 and WMMA", () => {
