@@ -53,6 +53,7 @@ enum dl_bad_kind : unsigned {
   DL_BAD_SELF_COPY = 5,     // dl_copy_blocks: pair index copies block value onto itself
   DL_BAD_BLOCK_ID = 6,      // dl_paged_attention: block_tables (flat) [index] = value
   DL_BAD_POSITION = 7,      // dl_paged_attention: token index at position value, outside the cache
+  DL_BAD_SAMPLING = 8,      // dl_sample: the parameters of row index are out of range
 };
 
 // Records one bad value as a single 64-bit store (kind:8 | index:24 | value:32), so concurrent

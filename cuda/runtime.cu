@@ -123,6 +123,10 @@ int32_t dl_check_bad_metadata(dl_context* ctx) {
                      "dl_paged_attention: query token %d sits at position %d, outside [0, max_blocks_per_seq * "
                      "block_size) (seq_lens or query_start out of range)%s",
                      index, value, what);
+    case DL_BAD_SAMPLING:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_sample: row %d needs temperature >= 0, top_p in (0, 1] and min_p in [0, 1]%s", index,
+                     what);
     default:
       return dl_fail(DL_ERR_INTERNAL, "a kernel reported bad metadata of unknown kind %u", kind);
   }

@@ -429,6 +429,34 @@ DL_API int32_t dl_paged_attention(
     int32_t num_blocks,
     float scale);
 
+// Samples one token id per row of logits on the device, so a decode step copies back ids, not
+// rows. Row r uses temperature[r] (0 = greedy), top_k[r] (<= 0 disables), top_p[r] (1 disables)
+// and min_p[r] (0 disables), like src/sampling.ts, with this exact definition so both builds pick
+// the same token (native/dl_sample.h holds the shared arithmetic):
+// - Greedy (temperature 0, top_k 1, or no finite logit): the largest non-NaN logit, lowest id on
+//   ties (0 if every logit is NaN).
+// - Otherwise the candidates are the finite logits ordered by (logit descending, id ascending);
+//   top-k keeps the first top_k. Each weighs w = round(exp((logit - max) / temperature) * 2^31)
+//   with dl_sample_exp (the top one exactly 2^31). top-p keeps the shortest prefix whose weight
+//   sum reaches ceil(top_p * total) (total over the top-k set, in f64); min-p then drops those
+//   with w < min_p * 2^31. The draw: u = dl_sample_random(seeds[r], counters[r]) (SplitMix64 of
+//   the pair), t = floor(u * kept_total / 2^64), and the token is the kept id, in id order, where
+//   the running weight sum first exceeds t. Weights are integers, so no sum depends on order.
+// Parameters are metadata (see "Metadata"): temperature finite and >= 0, top_p in (0, 1], min_p in
+// [0, 1]; CUDA: a row with bad parameters gets token 0.
+DL_API int32_t dl_sample(
+    dl_context* ctx,
+    int32_t* out_ids,          // [num_rows]
+    const float* logits,       // [num_rows, vocab_size]
+    const float* temperature,  // [num_rows]
+    const int32_t* top_k,      // [num_rows]
+    const float* top_p,        // [num_rows]
+    const float* min_p,        // [num_rows]
+    const uint64_t* seeds,     // [num_rows]: the request's seed
+    const uint64_t* counters,  // [num_rows]: for example the number of tokens generated so far
+    int32_t num_rows,
+    int32_t vocab_size);
+
 // --- Collectives (dl_comm_*): ranks of one model across processes and hosts
 //
 // A communicator is a group of ranks that run the same model step together (docs/parallelism.md).

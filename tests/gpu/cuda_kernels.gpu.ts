@@ -11,6 +11,7 @@
 //
 // Tolerances, |cuda - cpu| must not exceed:
 // - bit for bit: convert, embedding, add, gather_rows, kv_write (cache bytes), copy_blocks
+// - equal token ids: sample (integer weights, a shared exp and RNG: native/dl_sample.h)
 // - matmul: 4e-5 * (sum_k |x w| + |bias|) + 1e-6 for every weight dtype. f32 weights run plain f32
 //   FMAs (the only difference is summation order); f16 / bf16 weights on the tensor-core path split
 //   x, scaled per row by a power of two, into two 16-bit halves, which keeps x to 2^-17 (bf16) or
@@ -28,6 +29,7 @@ import { GREEDY, Rng } from "../../src/sampling.ts";
 import * as ref from "../kernel_reference.ts";
 import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device_buffers.ts";
 import { assertClose as assertCloseTo } from "../assert_close.ts";
+import { launchSample, sampleOn, type SampleRow } from "../sample_helpers.ts";
 
 const DEVICE_BACKEND = (Deno.env.get("DENOLLM_GPU_TEST_BACKEND") ?? "cuda") as "cpu" | "cuda";
 // DENOLLM_STORIES260K: the stories260K directory (tests/gpu/run.sh points it at .gpu-carry/ where
@@ -1026,6 +1028,65 @@ Deno.test(`paged attention: random batches (DENOLLM_FUZZ_SEED=${FUZZ_SEED})`, ()
     );
   }
   report("attention random batches", worst);
+});
+
+// --- Sampling
+
+Deno.test("sample: the device picks the CPU's token for every mode and odd vocab sizes", () => {
+  const rand = ref.mulberry32(91);
+  const modes: Omit<SampleRow, "seed" | "counter">[] = [
+    { temperature: 0, topK: 0, topP: 1, minP: 0 },
+    { temperature: 1, topK: 1, topP: 1, minP: 0 },
+    { temperature: 1, topK: 0, topP: 1, minP: 0 },
+    { temperature: 0.3, topK: 0, topP: 1, minP: 0 },
+    { temperature: 1.7, topK: 5, topP: 1, minP: 0 },
+    { temperature: 1, topK: 0, topP: 0.9, minP: 0 },
+    { temperature: 0.8, topK: 0, topP: 1, minP: 0.05 },
+    { temperature: 1, topK: 40, topP: 0.95, minP: 0.02 },
+    { temperature: 1, topK: 100000, topP: 0.5, minP: 0 },
+  ];
+  let numRows = 0;
+  for (const vocab of [1, 37, 32001]) {
+    const rows: SampleRow[] = [];
+    for (const mode of modes) {
+      for (let draw = 0; draw < (vocab > 1000 ? 2 : 6); draw++) {
+        rows.push({ ...mode, seed: BigInt(1000 + draw), counter: BigInt(draw * 17) });
+      }
+    }
+    // Logits with ties, -Inf and a NaN in the middle of random values.
+    const logits = Float32Array.from(ref.randomF32(rand, rows.length * vocab), (v) => 4 * v);
+    for (let r = 0; r < rows.length && vocab > 3; r++) {
+      logits[r * vocab + 1] = logits[r * vocab + 2];
+      logits[r * vocab + (r % vocab)] = r % 3 === 0 ? -Infinity : NaN;
+    }
+    const [a, b] = onBoth((s) => sampleOn(s, logits, rows, vocab));
+    for (let r = 0; r < rows.length; r++) {
+      if (a[r] !== b[r]) {
+        fail(
+          `sample vocab ${vocab} row ${r} ${
+            JSON.stringify(modes[Math.floor(r / (rows.length / modes.length))])
+          }: ` +
+            `token ${b[r]} on ${DEVICE_BACKEND}, ${a[r]} on cpu`,
+        );
+      }
+    }
+    numRows += rows.length;
+  }
+  console.log(`  sample: ${numRows} rows, the same token on both builds`);
+});
+
+Deno.test("sample: bad parameters fail on the CPU, at the next synchronize on the device", () => {
+  withDeviceBuffers(gpu, (s) => {
+    const rows: SampleRow[] = [
+      { temperature: 1, topK: 0, topP: 1, minP: 0, seed: 1n, counter: 0n },
+      { temperature: -2, topK: 0, topP: 1, minP: 0, seed: 1n, counter: 0n },
+    ];
+    const ids = badMetadata(s, "sample", {
+      cpu: /dl_sample: expected temperature >= 0.* row 1/,
+      device: /dl_sample: row 1 needs temperature >= 0/,
+    }, () => launchSample(s, Float32Array.of(1, 2, 3, 1, 2, 3), rows, 3));
+    if (ids && ids[1] !== 0) fail(`sample: a row with bad parameters got token ${ids[1]}, not 0`);
+  });
 });
 
 // --- Bad metadata: what ffi/denollm.h promises of each build
