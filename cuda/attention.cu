@@ -15,7 +15,8 @@
 // Metadata (block tables, seq lens, query_start) is device memory and is not validated on the host:
 // kernels guard every index instead. A token outside every sequence, or whose position falls
 // outside [0, max_blocks_per_seq * block_size), gets a zero output; a block id outside
-// [0, num_blocks) reads as zeros. Garbage in, garbage out, never an out-of-bounds access.
+// [0, num_blocks) reads as zeros. Never an out-of-bounds access; each case is reported
+// (dl_bad_report) so the next synchronize fails with DL_ERR_INVALID_ARGUMENT.
 #include <cmath>
 
 #include "common.cuh"
@@ -45,6 +46,7 @@ struct AttentionParams {
   int32_t group;    // num_heads / num_kv_heads
   float scale;
   bool vec;         // 128-bit cache loads: head_dim * element size a multiple of 16
+  unsigned long long* bad;  // the context's bad-metadata word
 };
 
 }  // namespace
@@ -75,6 +77,7 @@ __device__ __forceinline__ QueryInfo query_info(const AttentionParams& p, int32_
   const int32_t begin = p.query_start[info.seq], end = p.query_start[info.seq + 1];
   info.pos = p.seq_lens[info.seq] - (end - begin) + (t - begin);
   info.valid = begin <= t && t < end && info.pos >= 0 && info.pos < p.max_len;
+  if (!info.valid) dl_bad_report(p.bad, DL_BAD_POSITION, t, info.pos);
   return info;
 }
 
@@ -96,6 +99,9 @@ __device__ __forceinline__ void load_cache_rows(float* dst, int ld, const void* 
       const int32_t pos = first + r;
       const int32_t block = table[pos / p.block_size];
       float v[E];
+      if (block < 0 || block >= p.num_blocks) {
+        dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
+      }
       if (block >= 0 && block < p.num_blocks) {
         const int64_t base =
             (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * hd;
@@ -113,6 +119,9 @@ __device__ __forceinline__ void load_cache_rows(float* dst, int ld, const void* 
       const int32_t pos = first + r;
       const int32_t block = table[pos / p.block_size];
       float v = 0.0f;
+      if (block < 0 || block >= p.num_blocks) {
+        dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
+      }
       if (block >= 0 && block < p.num_blocks) {
         const int64_t base =
             (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * hd;
@@ -586,6 +595,7 @@ extern "C" int32_t dl_paged_attention(dl_context* ctx, float* out, const float* 
   p.max_len = (int32_t)(max_len > INT32_MAX ? INT32_MAX : max_len);
   p.group = num_heads / num_kv_heads;
   p.scale = scale;
+  p.bad = ctx->bad_metadata;
   p.vec = dl_dtype_bytes(cache_dtype, head_dim) % 16 == 0 &&
           dl_is_aligned(k_cache, 16) && dl_is_aligned(v_cache, 16);
   if (cache_dtype == DL_DTYPE_F32) return launch_attention<DL_DTYPE_F32>(fn, ctx, p);

@@ -35,7 +35,40 @@ struct dl_context {
   bool workspace_fixed;
   // dl_memory_stats counters.
   uint64_t num_allocs, num_frees, num_workspace_growths;
+  // Device word where kernels report bad metadata (dl_bad_report); 0 = none. Read and cleared by
+  // dl_check_bad_metadata after every dl_synchronize and dl_copy_to_host.
+  unsigned long long* bad_metadata;
 };
+
+// --- Bad metadata found on the device
+//
+// Kernels cannot fail a call whose metadata (ids, rows, slots, block ids) lives in device memory,
+// so a kernel that meets a bad value guards the access (zeros or a skip, as ffi/denollm.h says) and
+// reports it here. The next dl_synchronize or dl_copy_to_host turns the report into
+// DL_ERR_INVALID_ARGUMENT, as the CPU build fails the call itself.
+enum dl_bad_kind : unsigned {
+  DL_BAD_TOKEN_ID = 1,      // dl_embedding: token_ids[index] = value
+  DL_BAD_GATHER_ROW = 2,    // dl_gather_rows: rows[index] = value
+  DL_BAD_SLOT = 3,          // dl_kv_write: slot_mapping[index] = value
+  DL_BAD_COPY_PAIR = 4,     // dl_copy_blocks: pairs[index] = value (out of range)
+  DL_BAD_SELF_COPY = 5,     // dl_copy_blocks: pair index copies block value onto itself
+  DL_BAD_BLOCK_ID = 6,      // dl_paged_attention: block_tables (flat) [index] = value
+  DL_BAD_POSITION = 7,      // dl_paged_attention: token index at position value, outside the cache
+  DL_BAD_SAMPLING = 8,      // dl_sample: the parameters of row index are out of range
+};
+
+// Records one bad value as a single 64-bit store (kind:8 | index:24 | value:32), so concurrent
+// reports from several blocks cannot tear: one whole report wins. Needs no atomics.
+__device__ __forceinline__ void dl_bad_report(unsigned long long* word, unsigned kind,
+                                              int64_t index, int32_t value) {
+  if (*word != 0) return;  // keep the first report where it is already visible
+  const unsigned long long idx = index < 0 ? 0 : (index > 0xFFFFFF ? 0xFFFFFF : index);
+  *word = ((unsigned long long)kind << 56) | (idx << 32) | (unsigned)value;
+}
+
+// After the stream has drained: DL_ERR_INVALID_ARGUMENT naming the kernel and the bad value if a
+// kernel reported one since the last check (and clears the report), else DL_OK.
+int32_t dl_check_bad_metadata(dl_context* ctx);
 
 // A device workspace of at least `bytes` for kernel `fn`, valid for the work it enqueues next.
 // Growing it (only before dl_reserve_workspace; afterwards a larger need fails with

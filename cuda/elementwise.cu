@@ -32,14 +32,16 @@ __global__ void add_kernel(float* out, const float* a, const float* b, int64_t b
   }
 }
 
-// out[r] = x[rows[r]], one block per output row; an out-of-range row index writes zeros.
+// out[r] = x[rows[r]], one block per output row; an out-of-range row index writes zeros and is
+// reported (dl_bad_report).
 __global__ void gather_rows_kernel(float* __restrict__ out, const float* __restrict__ x,
                                    const int32_t* __restrict__ rows, int32_t num_src_rows,
-                                   int32_t dim) {
+                                   int32_t dim, unsigned long long* bad) {
   const int64_t r = blockIdx.x;
   const int32_t src = rows[r];
   float* dst = out + r * dim;
   const bool ok = src >= 0 && src < num_src_rows;
+  if (!ok && threadIdx.x == 0) dl_bad_report(bad, DL_BAD_GATHER_ROW, r, src);
   const float* row = x + (int64_t)(ok ? src : 0) * dim;
   for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = ok ? row[i] : 0.0f;
 }
@@ -89,7 +91,8 @@ extern "C" int32_t dl_gather_rows(dl_context* ctx, float* out, const float* x, c
   DL_TRY(dl_validate_gather_rows(fn, ctx, out, x, rows, num_rows, num_src_rows, dim));
   if (num_rows == 0) return DL_OK;
   const int threads = dim >= 256 ? 256 : ((dim + 31) / 32) * 32;
-  gather_rows_kernel<<<num_rows, threads, 0, ctx->stream>>>(out, x, rows, num_src_rows, dim);
+  gather_rows_kernel<<<num_rows, threads, 0, ctx->stream>>>(out, x, rows, num_src_rows, dim,
+                                                             ctx->bad_metadata);
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;
 }

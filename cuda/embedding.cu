@@ -7,16 +7,18 @@
 // --- Kernels
 
 // out[t] = table[token_ids[t]]. The ids live in device memory and cannot be checked on the host:
-// a row whose id is outside [0, vocab_size) is written as zeros instead of reading out of bounds.
+// a row whose id is outside [0, vocab_size) is written as zeros instead of reading out of bounds,
+// and reported (dl_bad_report) so the next synchronize fails.
 template <int DT>
 __global__ void embedding_kernel(float* __restrict__ out,                       // [T, dim]
                                  const typename Dtype<DT>::T* __restrict__ table,  // [V, dim]
                                  const int32_t* __restrict__ token_ids,         // [T]
-                                 int32_t vocab_size, int32_t dim) {
+                                 int32_t vocab_size, int32_t dim, unsigned long long* bad) {
   const int64_t t = blockIdx.x;
   const int32_t id = token_ids[t];
   float* dst = out + t * dim;
   if (id < 0 || id >= vocab_size) {
+    if (threadIdx.x == 0) dl_bad_report(bad, DL_BAD_TOKEN_ID, t, id);
     for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = 0.0f;
     return;
   }
@@ -36,12 +38,13 @@ template <int DT>
 __global__ void embedding_quant_kernel(float* __restrict__ out,            // [T, dim]
                                        const uint8_t* __restrict__ table,  // [V, dim] of DT
                                        const int32_t* __restrict__ token_ids,  // [T]
-                                       int32_t vocab_size, int32_t dim) {
+                                       int32_t vocab_size, int32_t dim, unsigned long long* bad) {
   using Q = QuantTraits<DT>;
   const int64_t t = blockIdx.x;
   const int32_t id = token_ids[t];
   float* dst = out + t * dim;
   if (id < 0 || id >= vocab_size) {
+    if (threadIdx.x == 0) dl_bad_report(bad, DL_BAD_TOKEN_ID, t, id);
     for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = 0.0f;
     return;
   }
@@ -75,17 +78,17 @@ extern "C" int32_t dl_embedding(dl_context* ctx, float* out, const void* table,
     const int qthreads = per_row >= 256 ? 256 : (int)((per_row + 31) / 32) * 32;
     dl_dispatch_quant(table_dtype, [&](auto tag) {
       constexpr int DT = decltype(tag)::value;
-      embedding_quant_kernel<DT><<<num_tokens, qthreads, 0, s>>>(out, bytes, token_ids, vocab_size, dim);
+      embedding_quant_kernel<DT><<<num_tokens, qthreads, 0, s>>>(out, bytes, token_ids, vocab_size, dim, ctx->bad_metadata);
     });
   } else if (table_dtype == DL_DTYPE_F32) {
     embedding_kernel<DL_DTYPE_F32><<<num_tokens, threads, 0, s>>>(
-        out, static_cast<const float*>(table), token_ids, vocab_size, dim);
+        out, static_cast<const float*>(table), token_ids, vocab_size, dim, ctx->bad_metadata);
   } else if (table_dtype == DL_DTYPE_F16) {
     embedding_kernel<DL_DTYPE_F16><<<num_tokens, threads, 0, s>>>(
-        out, static_cast<const uint16_t*>(table), token_ids, vocab_size, dim);
+        out, static_cast<const uint16_t*>(table), token_ids, vocab_size, dim, ctx->bad_metadata);
   } else {
     embedding_kernel<DL_DTYPE_BF16><<<num_tokens, threads, 0, s>>>(
-        out, static_cast<const uint16_t*>(table), token_ids, vocab_size, dim);
+        out, static_cast<const uint16_t*>(table), token_ids, vocab_size, dim, ctx->bad_metadata);
   }
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;

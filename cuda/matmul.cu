@@ -169,7 +169,7 @@ struct WmmaType<DL_DTYPE_F16> {
   using T = __half;
   static __device__ __forceinline__ T round(float v) { return __float2half_rn(v); }
   static __device__ __forceinline__ float widen(T v) { return __half2float(v); }
-  // f16 overflows past 65504: x_hi saturates there and x_lo carries the rest.
+  // f16 overflows past 65504; rows are scaled below it, so this only bounds Inf and NaN rows.
   static __device__ __forceinline__ float clamp(float v) { return fminf(fmaxf(v, -65504.0f), 65504.0f); }
 };
 template <>
@@ -198,10 +198,13 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
   __shared__ __align__(128) T xs_lo[TILE_M * WMMA_LD];
   __shared__ __align__(128) T ws[TILE_N * WMMA_LD];
   __shared__ __align__(128) float staging[4][16 * 16];
+  __shared__ float row_down[TILE_M], row_up[TILE_M];
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp / 2, wn = warp % 2;
   const int64_t row0 = (int64_t)blockIdx.y * TILE_M, col0 = (int64_t)blockIdx.x * TILE_N;
+  dl_wmma_row_scales(row_down, row_up, x, row0, m, k, warp, lane);
+  __syncthreads();
 
   DlWmmaAcc acc[2][2];
 #pragma unroll
@@ -225,9 +228,10 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
       }
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const T hi = H::round(H::clamp(v[e]));
+        const float u = v[e] * row_down[r];  // exact: a power of two
+        const T hi = H::round(H::clamp(u));
         xs_hi[r * WMMA_LD + c + e] = hi;
-        xs_lo[r * WMMA_LD + c + e] = H::round(v[e] - H::widen(hi));
+        xs_lo[r * WMMA_LD + c + e] = H::round(u - H::widen(hi));
       }
     }
     // w slice [64, 32] 16-bit: 256 positions of 8 elements, 2 per thread.
@@ -247,7 +251,7 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
     dl_wmma_slice<T, WMMA_TILE_K, WMMA_LD>(acc, xs_hi, xs_lo, ws, wm, wn);
     __syncthreads();
   }
-  dl_wmma_store(acc, staging[warp], lane, wm, wn, row0, col0, m, n, out, ldo, bias);
+  dl_wmma_store(acc, staging[warp], lane, wm, wn, row0, col0, m, n, out, ldo, bias, row_up);
 }
 
 // --- Launchers

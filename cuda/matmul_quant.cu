@@ -116,10 +116,13 @@ __global__ __launch_bounds__(128) void matmul_quant_wmma_kernel(float* __restric
   __shared__ __align__(128) __half xs_lo[QT_M * QT_LD];
   __shared__ __align__(128) __half ws[QT_N * QT_LD];
   __shared__ __align__(128) float staging[4][16 * 16];
+  __shared__ float row_down[QT_M], row_up[QT_M];
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp / 2, wn = warp % 2;
   const int64_t row0 = (int64_t)blockIdx.y * QT_M, col0 = (int64_t)blockIdx.x * QT_N;
+  dl_wmma_row_scales(row_down, row_up, x, row0, m, k, warp, lane);
+  __syncthreads();
   const int64_t num_chunks = ((int64_t)k + DL_CHUNK - 1) / DL_CHUNK;
 
   DlWmmaAcc acc[2][2];
@@ -136,7 +139,7 @@ __global__ __launch_bounds__(128) void matmul_quant_wmma_kernel(float* __restric
 #pragma unroll 8
       for (int e = 0; e < DL_CHUNK; e++) {
         const int64_t gc = k0 + c0 + e;
-        const float v = (gr < m && gc < k) ? x[gr * k + gc] : 0.0f;
+        const float v = (gr < m && gc < k) ? x[gr * k + gc] * row_down[r] : 0.0f;  // exact scale
         const __half hi = to_half_sat(v);
         xs_hi[r * QT_LD + c0 + e] = hi;
         xs_lo[r * QT_LD + c0 + e] = __float2half_rn(v - __half2float(hi));
@@ -160,7 +163,7 @@ __global__ __launch_bounds__(128) void matmul_quant_wmma_kernel(float* __restric
     dl_wmma_slice<__half, QT_K, QT_LD>(acc, xs_hi, xs_lo, ws, wm, wn);
     __syncthreads();
   }
-  dl_wmma_store(acc, staging[warp], lane, wm, wn, row0, col0, m, n, out, ldo, bias);
+  dl_wmma_store(acc, staging[warp], lane, wm, wn, row0, col0, m, n, out, ldo, bias, row_up);
 }
 
 // --- Launcher

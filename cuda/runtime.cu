@@ -44,12 +44,23 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
   DL_CUDA_CHECK(
       cudaDeviceGetAttribute(&max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   dl_context* ctx =
-      new (std::nothrow) dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0};
+      new (std::nothrow) dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0, nullptr};
   if (ctx == nullptr) return dl_fail(DL_ERR_OUT_OF_MEMORY, "cannot allocate a context");
   err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {
     delete ctx;
     return dl_fail(DL_ERR_DEVICE, "cudaStreamCreate: %s", cudaGetErrorString(err));
+  }
+  err = cudaMalloc(reinterpret_cast<void**>(&ctx->bad_metadata), sizeof(unsigned long long));
+  if (err == cudaSuccess) {
+    err = cudaMemsetAsync(ctx->bad_metadata, 0, sizeof(unsigned long long), ctx->stream);
+  }
+  if (err == cudaSuccess) err = cudaStreamSynchronize(ctx->stream);
+  if (err != cudaSuccess) {
+    cudaFree(ctx->bad_metadata);
+    cudaStreamDestroy(ctx->stream);
+    delete ctx;
+    return dl_fail(DL_ERR_DEVICE, "cannot allocate the bad-metadata word: %s", cudaGetErrorString(err));
   }
   *out = ctx;
   return DL_OK;
@@ -59,6 +70,7 @@ extern "C" int32_t dl_context_destroy(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
   DL_CUDA_CHECK(cudaFree(ctx->workspace));
+  DL_CUDA_CHECK(cudaFree(ctx->bad_metadata));
   DL_CUDA_CHECK(cudaStreamDestroy(ctx->stream));
   delete ctx;
   return DL_OK;
@@ -67,7 +79,57 @@ extern "C" int32_t dl_context_destroy(dl_context* ctx) {
 extern "C" int32_t dl_synchronize(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-  return DL_OK;
+  return dl_check_bad_metadata(ctx);
+}
+
+// --- Bad metadata reported by kernels
+
+int32_t dl_check_bad_metadata(dl_context* ctx) {
+  unsigned long long word = 0;
+  DL_CUDA_CHECK(cudaMemcpyAsync(&word, ctx->bad_metadata, sizeof(word), cudaMemcpyDeviceToHost,
+                                ctx->stream));
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  if (word == 0) return DL_OK;
+  // Cleared first, so the context stays usable once the caller has seen the error.
+  DL_CUDA_CHECK(cudaMemsetAsync(ctx->bad_metadata, 0, sizeof(word), ctx->stream));
+  DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  const unsigned kind = (unsigned)(word >> 56);
+  const int index = (int)((word >> 32) & 0xFFFFFF);
+  const int value = (int)(unsigned)(word & 0xFFFFFFFFu);
+  const char* what = " (found by the device; reported at the next synchronize)";
+  switch (kind) {
+    case DL_BAD_TOKEN_ID:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_embedding: token_ids[%d] = %d is outside [0, vocab_size)%s",
+                     index, value, what);
+    case DL_BAD_GATHER_ROW:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_gather_rows: rows[%d] = %d is outside [0, num_src_rows)%s",
+                     index, value, what);
+    case DL_BAD_SLOT:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_kv_write: slot_mapping[%d] = %d is not below num_blocks * block_size%s", index, value,
+                     what);
+    case DL_BAD_COPY_PAIR:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_copy_blocks: pairs[%d] = %d is outside [0, num_blocks)%s",
+                     index, value, what);
+    case DL_BAD_SELF_COPY:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_copy_blocks: pair %d copies block %d onto itself%s", index,
+                     value, what);
+    case DL_BAD_BLOCK_ID:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_paged_attention: block_tables entry %d (flat) = %d is outside [0, num_blocks)%s", index,
+                     value, what);
+    case DL_BAD_POSITION:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_paged_attention: query token %d sits at position %d, outside [0, max_blocks_per_seq * "
+                     "block_size) (seq_lens or query_start out of range)%s",
+                     index, value, what);
+    case DL_BAD_SAMPLING:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_sample: row %d needs temperature >= 0, top_p in (0, 1] and min_p in [0, 1]%s", index,
+                     what);
+    default:
+      return dl_fail(DL_ERR_INTERNAL, "a kernel reported bad metadata of unknown kind %u", kind);
+  }
 }
 
 // --- Kernel workspace
@@ -194,5 +256,5 @@ extern "C" int32_t dl_copy_to_host(dl_context* ctx, void* dst, const void* src,
   }
   DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyDeviceToHost, ctx->stream));
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-  return DL_OK;
+  return dl_check_bad_metadata(ctx);
 }

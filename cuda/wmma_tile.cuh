@@ -2,11 +2,16 @@
 // matmul (cuda/matmul_quant.cu): a 64x64 output tile held by 4 warps, warp (wm, wn) owning rows
 // wm * 32 and columns wn * 32 as 2x2 fragments of 16x16 f32 accumulators. x comes split into hi and
 // lo halves of T (so f32 activations keep their precision); w's tile is stored column-major by
-// output column. Both kernels fill their shared tiles their own way and run these two steps.
+// output column. Both kernels fill their shared tiles their own way and run these steps.
+//
+// Each x row is first scaled by a power of two (dl_wmma_row_scales) that puts its largest |x| in
+// [2^14, 2^15): f16's range then holds every row (no overflow past 65504, no subnormal lo halves
+// for small activations), and the epilogue multiplies the power back, which is exact.
 #pragma once
 
 #include <mma.h>
 
+#include <cmath>
 #include <cstdint>
 
 using DlWmmaAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
@@ -40,11 +45,40 @@ __device__ __forceinline__ void dl_wmma_slice(DlWmmaAcc (&acc)[2][2], const T* x
   }
 }
 
+// A row whose largest |x| is 2^e (e = ilogb) is split as x * 2^-(e - DL_WMMA_ROW_TOP).
+constexpr int DL_WMMA_ROW_TOP = 14;
+
+// down[r] = 2^-s and up[r] = 2^s for the 64 rows of the tile at row0 (rows past m get 1): warp w
+// of the 4 takes rows w, w + 4, ..., its lanes striding k (coalesced). s is clamped to
+// [-126, 113] so both powers are normal floats; a row of zeros, Inf or NaN keeps s = 0.
+__device__ __forceinline__ void dl_wmma_row_scales(float* down, float* up, const float* x, int64_t row0,
+                                                   int64_t m, int64_t k, int warp, int lane) {
+  for (int r = warp; r < 64; r += 4) {
+    const int64_t gr = row0 + r;
+    float a = 0.0f;
+    if (gr < m) {
+      for (int64_t c = lane; c < k; c += 32) a = fmaxf(a, fabsf(x[gr * k + c]));
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+    if (lane == 0) {
+      int e = 0;
+      if (a > 0.0f && a <= 3.402823466e38f) {
+        e = ilogbf(a) - DL_WMMA_ROW_TOP;
+        e = e < -126 ? -126 : (e > 113 ? 113 : e);
+      }
+      down[r] = ldexpf(1.0f, -e);
+      up[r] = ldexpf(1.0f, e);
+    }
+  }
+}
+
 // Writes a warp's accumulators to out (+ bias) through its 16x16 staging tile in shared memory,
-// with bounds per element: the tile at (row0, col0) may overhang [m, n).
+// with bounds per element: the tile at (row0, col0) may overhang [m, n). row_up[r] undoes row r's
+// scale (dl_wmma_row_scales).
 __device__ __forceinline__ void dl_wmma_store(DlWmmaAcc (&acc)[2][2], float* stage, int lane, int wm, int wn,
                                               int64_t row0, int64_t col0, int64_t m, int64_t n, float* out,
-                                              int64_t ldo, const float* bias) {
+                                              int64_t ldo, const float* bias, const float* row_up) {
   namespace wmma = nvcuda::wmma;
 #pragma unroll
   for (int i = 0; i < 2; i++)
@@ -53,9 +87,10 @@ __device__ __forceinline__ void dl_wmma_store(DlWmmaAcc (&acc)[2][2], float* sta
       wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
-        const int64_t r = row0 + wm * 32 + i * 16 + e / 16;
+        const int lr = wm * 32 + i * 16 + e / 16;
+        const int64_t r = row0 + lr;
         const int64_t c = col0 + wn * 32 + j * 16 + e % 16;
-        if (r < m && c < n) out[r * ldo + c] = stage[e] + (bias != nullptr ? bias[c] : 0.0f);
+        if (r < m && c < n) out[r * ldo + c] = stage[e] * row_up[lr] + (bias != nullptr ? bias[c] : 0.0f);
       }
       __syncwarp();
     }

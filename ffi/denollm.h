@@ -7,11 +7,15 @@
 //   in the CUDA build. Every array argument of a kernel is device memory, including small metadata
 //   (token ids, positions, slot mappings, block tables), so the engine is backend-agnostic.
 // - Metadata (the int32 arrays of ids, rows, slots, block pairs, block tables, seq_lens,
-//   query_start) must hold values in the ranges stated at each function. The CUDA build cannot read
-//   device memory before it launches, so it never fails on a bad value: it guards every index, so a
-//   bad value never reads or writes outside the buffers, and each function states ("CUDA:") what it
-//   then does. The CPU build reads the metadata on the host and fails with DL_ERR_INVALID_ARGUMENT
-//   naming the bad value: a debugging aid, not a promise the engine may rely on.
+//   query_start) must hold values in the ranges stated at each function. A bad value is an error in
+//   both builds: DL_ERR_INVALID_ARGUMENT with a message naming the array, the index and the value.
+//   The CPU build reads the metadata on the host and fails the call itself, writing nothing. The
+//   CUDA build cannot read device memory before it launches, so the call returns DL_OK; the kernel
+//   guards every index (a bad value never reads or writes outside the buffers; each function states
+//   "CUDA:" what it writes instead), records the first bad value it meets on the device, and the
+//   next dl_synchronize or dl_copy_to_host fails with that error (after completing its own work)
+//   and clears it, so the context stays usable. Outputs of a call with bad metadata are
+//   unspecified in both builds; the engine treats the error as a bug, never as a result.
 // - Activations are f32. Weights are in one of the formats of DL_DTYPE_TABLE (dl_dtype); compute
 //   accumulates in f32. With quantized weights, the CPU build's dl_matmul first quantizes each
 //   activation row per block to int8 (ggml's q8_0 / q8_K idea: blocks of 32 with f16-rounded scale
@@ -172,7 +176,8 @@ DL_API int32_t dl_context_create(
 DL_API int32_t dl_context_destroy(
     dl_context* ctx);
 
-// Waits until every kernel enqueued on the context has finished.
+// Waits until every kernel enqueued on the context has finished. CUDA: then fails with
+// DL_ERR_INVALID_ARGUMENT if a kernel met bad metadata since the last check (see "Metadata").
 DL_API int32_t dl_synchronize(
     dl_context* ctx);
 
@@ -249,7 +254,8 @@ DL_API int32_t dl_copy_to_device(
     const void* src,  // host [size_bytes]
     uint64_t size_bytes);
 
-// Device → host copy of size_bytes; returns once the data is on the host.
+// Device → host copy of size_bytes; returns once the data is on the host. CUDA: like
+// dl_synchronize, then fails if a kernel met bad metadata (see "Metadata"); the data is copied.
 DL_API int32_t dl_copy_to_host(
     dl_context* ctx,
     void* dst,        // host [size_bytes]
@@ -292,8 +298,8 @@ DL_API int32_t dl_dequantize(
 
 // --- Kernels
 
-// out[t] = table[token_ids[t]] converted (or dequantized) to f32; ids in [0, vocab_size). CUDA: the row of an id
-// outside that range is written as zeros.
+// out[t] = table[token_ids[t]] converted (or dequantized) to f32; ids in [0, vocab_size) (a bad id
+// is an error: see "Metadata" above). CUDA: the row of a bad id is written as zeros.
 DL_API int32_t dl_embedding(
     dl_context* ctx,
     float* out,                // [num_tokens, dim]
@@ -376,7 +382,7 @@ DL_API int32_t dl_add(
     uint64_t num_elements);
 
 // out[i] = x[rows[i]]: picks, for example, the last token of each sequence before the LM head.
-// CUDA: the row of an index outside [0, num_src_rows) is written as zeros.
+// A bad index is an error (see "Metadata" above); CUDA: its row is written as zeros.
 DL_API int32_t dl_gather_rows(
     dl_context* ctx,
     float* out,           // [num_rows, dim]
@@ -388,7 +394,7 @@ DL_API int32_t dl_gather_rows(
 
 // Writes each token's K and V heads into the paged cache at its slot. A negative slot skips the
 // token (padding). k and v may point into the same fused QKV rows. Slots below
-// num_blocks * block_size; CUDA: a larger slot is skipped like a negative one.
+// num_blocks * block_size; a larger slot is an error (see "Metadata" above); CUDA: it is skipped.
 DL_API int32_t dl_kv_write(
     dl_context* ctx,
     void* k_cache,                // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
@@ -407,9 +413,9 @@ DL_API int32_t dl_kv_write(
 // Copies whole cache blocks within one cache buffer: block pairs[i][1] becomes a copy of block
 // pairs[i][0]. Used for copy-on-write when sequences that shared a partial block diverge; call it
 // once per K and V buffer of each layer. Block ids in [0, num_blocks); a block is not copied onto
-// itself; destination blocks must be distinct and not sources. CUDA: a pair with an id out of range
-// or copying a block onto itself is skipped; pairs that break the last rule (the CPU build does
-// not check it either) run concurrently and leave those blocks unspecified.
+// itself; destination blocks must be distinct and not sources. An id out of range or a block
+// copied onto itself is an error (see "Metadata" above); CUDA: that pair is skipped. Pairs that
+// break the last rule (neither build checks it) run concurrently and leave those blocks unspecified.
 DL_API int32_t dl_copy_blocks(
     dl_context* ctx,
     void* cache,             // [num_blocks, block_bytes]
@@ -427,9 +433,10 @@ DL_API int32_t dl_copy_blocks(
 // Metadata: query_start non-decreasing from 0 to num_tokens (a sequence may have no new tokens: it
 // then has no rows and is skipped; num_tokens may be 0); num_new <= seq_lens[s] <=
 // max_blocks_per_seq * block_size; the first ceil(seq_lens[s] / block_size) entries of a block
-// table in [0, num_blocks) (later entries are never read). CUDA: a query whose position is
-// outside [0, max_blocks_per_seq * block_size) gets a zero output row; a block id out of range
-// reads as K and V rows of zeros; query_start out of order gives unspecified output rows.
+// table in [0, num_blocks) (later entries are never read). Breaking any of these is an error (see
+// "Metadata" above). CUDA: a query whose position is outside [0, max_blocks_per_seq * block_size)
+// or outside every sequence gets a zero output row; a block id out of range reads as K and V rows
+// of zeros; seq_lens below num_new or query_start out of order give unspecified output rows.
 DL_API int32_t dl_paged_attention(
     dl_context* ctx,
     float* out,                   // [num_tokens, num_heads * head_dim]
@@ -450,6 +457,34 @@ DL_API int32_t dl_paged_attention(
     int32_t max_blocks_per_seq,
     int32_t num_blocks,
     float scale);
+
+// Samples one token id per row of logits on the device, so a decode step copies back ids, not
+// rows. Row r uses temperature[r] (0 = greedy), top_k[r] (<= 0 disables), top_p[r] (1 disables)
+// and min_p[r] (0 disables), like src/sampling.ts, with this exact definition so both builds pick
+// the same token (native/dl_sample.h holds the shared arithmetic):
+// - Greedy (temperature 0, top_k 1, or no finite logit): the largest non-NaN logit, lowest id on
+//   ties (0 if every logit is NaN).
+// - Otherwise the candidates are the finite logits ordered by (logit descending, id ascending);
+//   top-k keeps the first top_k. Each weighs w = round(exp((logit - max) / temperature) * 2^31)
+//   with dl_sample_exp (the top one exactly 2^31). top-p keeps the shortest prefix whose weight
+//   sum reaches ceil(top_p * total) (total over the top-k set, in f64); min-p then drops those
+//   with w < min_p * 2^31. The draw: u = dl_sample_random(seeds[r], counters[r]) (SplitMix64 of
+//   the pair), t = floor(u * kept_total / 2^64), and the token is the kept id, in id order, where
+//   the running weight sum first exceeds t. Weights are integers, so no sum depends on order.
+// Parameters are metadata (see "Metadata"): temperature finite and >= 0, top_p in (0, 1], min_p in
+// [0, 1]; CUDA: a row with bad parameters gets token 0.
+DL_API int32_t dl_sample(
+    dl_context* ctx,
+    int32_t* out_ids,          // [num_rows]
+    const float* logits,       // [num_rows, vocab_size]
+    const float* temperature,  // [num_rows]
+    const int32_t* top_k,      // [num_rows]
+    const float* top_p,        // [num_rows]
+    const float* min_p,        // [num_rows]
+    const uint64_t* seeds,     // [num_rows]: the request's seed
+    const uint64_t* counters,  // [num_rows]: for example the number of tokens generated so far
+    int32_t num_rows,
+    int32_t vocab_size);
 
 // --- Collectives (dl_comm_*): ranks of one model across processes and hosts
 //

@@ -586,6 +586,39 @@ export class NativeBackend {
     );
   }
 
+  /** dl_sample: one token id per logits row (the per-row parameters are device arrays). */
+  sample(
+    a: {
+      outIds: DevicePtr;
+      logits: DevicePtr;
+      temperature: DevicePtr;
+      topK: DevicePtr;
+      topP: DevicePtr;
+      minP: DevicePtr;
+      seeds: DevicePtr;
+      counters: DevicePtr;
+      numRows: number;
+      vocabSize: number;
+    },
+  ): void {
+    this.#check(
+      "dl_sample",
+      this.#lib.dl_sample(
+        this.#ctx,
+        a.outIds,
+        a.logits,
+        a.temperature,
+        a.topK,
+        a.topP,
+        a.minP,
+        a.seeds,
+        a.counters,
+        a.numRows,
+        a.vocabSize,
+      ),
+    );
+  }
+
   kvWrite(a: KvWriteArgs): void {
     this.#check(
       "dl_kv_write",

@@ -124,6 +124,22 @@ export const symbols = {
     ],
     result: "i32",
   },
+  dl_sample: {
+    parameters: [
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+  },
   dl_comm_store_start: { parameters: ["pointer", "i32", "pointer", "pointer"], result: "i32" },
   dl_comm_store_stop: { parameters: ["pointer"], result: "i32" },
   dl_comm_init: {

@@ -340,3 +340,22 @@ inline int32_t dl_validate_quantize(const char* fn, const dl_context* ctx, const
   DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype, DL_QUANTIZE_DTYPES));
   return dl_check_quant_shape(fn, dst_dtype, "dst", dst, "src", src, rows, cols);
 }
+
+inline int32_t dl_validate_sample(const char* fn, const dl_context* ctx, const int32_t* out_ids, const float* logits,
+                                  const float* temperature, const int32_t* top_k, const float* top_p,
+                                  const float* min_p, const uint64_t* seeds, const uint64_t* counters,
+                                  int32_t num_rows, int32_t vocab_size) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_non_negative(fn, "num_rows", num_rows));
+  DL_TRY(dl_check_positive(fn, "vocab_size", vocab_size));
+  if (num_rows == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "out_ids", out_ids));
+  DL_TRY(dl_check_ptr(fn, "logits", logits));
+  DL_TRY(dl_check_ptr(fn, "temperature", temperature));
+  DL_TRY(dl_check_ptr(fn, "top_k", top_k));
+  DL_TRY(dl_check_ptr(fn, "top_p", top_p));
+  DL_TRY(dl_check_ptr(fn, "min_p", min_p));
+  DL_TRY(dl_check_ptr(fn, "seeds", seeds));
+  DL_TRY(dl_check_ptr(fn, "counters", counters));
+  return DL_OK;
+}

@@ -11,9 +11,12 @@
 //
 // Tolerances, |cuda - cpu| must not exceed:
 // - bit for bit: convert, embedding, add, gather_rows, kv_write (cache bytes), copy_blocks
+// - equal token ids: sample (integer weights, a shared exp and RNG: native/dl_sample.h)
 // - matmul: 4e-5 * (sum_k |x w| + |bias|) + 1e-6 for every weight dtype. f32 weights run plain f32
 //   FMAs (the only difference is summation order); f16 / bf16 weights on the tensor-core path split
-//   x into two 16-bit halves, which keeps x to 2^-17 (bf16) or 2^-22 (f16) relative
+//   x, scaled per row by a power of two, into two 16-bit halves, which keeps x to 2^-17 (bf16) or
+//   2^-22 (f16) relative to its row's largest value, at any magnitude (rows of 1e-6 to 3e7: the
+//   tolerance of that test is relative only)
 // - rmsnorm, add_rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
@@ -26,6 +29,7 @@ import { GREEDY, Rng } from "../../src/sampling.ts";
 import * as ref from "../kernel_reference.ts";
 import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device_buffers.ts";
 import { assertClose as assertCloseTo } from "../assert_close.ts";
+import { launchSample, sampleOn, type SampleRow } from "../sample_helpers.ts";
 
 const DEVICE_BACKEND = (Deno.env.get("DENOLLM_GPU_TEST_BACKEND") ?? "cuda") as "cpu" | "cuda";
 // DENOLLM_STORIES260K: the stories260K directory (tests/gpu/run.sh points it at .gpu-carry/ where
@@ -332,6 +336,48 @@ Deno.test("matmul: gemv, tiled f32 and tensor-core paths, every weight dtype", (
     }
   }
   for (const dtype of DTYPES) report(`matmul ${DTYPE_NAMES[dtype]} weights`, worst[dtype]);
+});
+
+Deno.test("matmul: rows of tiny and huge magnitude keep their precision on every path", () => {
+  // The tensor-core path splits x into 16-bit halves after scaling each row by a power of two;
+  // without it, f16 loses the low half of rows near 1e-5 and overflows past 65504. The tolerance
+  // is relative only, so a tiny row cannot hide under an absolute term.
+  const rand = ref.mulberry32(77);
+  const magnitudes = [1e-6, 1e-5, 1, 1e5, 1e6, 3e7];
+  let worst = 0;
+  for (const [m, n, k] of [[4, 67, 333], [24, 67, 333], [70, 130, 256]]) {
+    for (const dtype of DTYPES) {
+      const x = ref.randomF32(rand, m * k);
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < k; j++) x[i * k + j] *= magnitudes[i % magnitudes.length];
+      }
+      const w = randomStored(rand, n * k, dtype);
+      const run = (s: Side, xs: Float32Array, ws: HostArray, wDtype: ref.DtypeId) => {
+        const out = s.zeros(m * n * 4);
+        s.backend.matmul({ out, x: s.from(xs), w: s.from(ws), wDtype, bias: null, m, n, k });
+        return s.f32(out, m * n);
+      };
+      const [a, b] = onBoth((s) => run(s, x, w, dtype));
+      const scale = onCpu((s) =>
+        run(
+          s,
+          Float32Array.from(x, Math.abs),
+          Float32Array.from(ref.decode(w, dtype), Math.abs),
+          DType.F32,
+        )
+      );
+      worst = Math.max(
+        worst,
+        assertClose(
+          b,
+          a,
+          (i) => 4e-5 * scale[i],
+          `matmul ${DTYPE_NAMES[dtype]} m ${m} n ${n} k ${k} scaled rows`,
+        ),
+      );
+    }
+  }
+  report("matmul rows of 1e-6 to 3e7", worst);
 });
 
 Deno.test("matmul: out_row_stride > n writes its columns only, gemv, tiled f32 and WMMA", () => {
@@ -697,6 +743,11 @@ function attentionInputs(
 
 /** Runs dl_paged_attention on one side; returns out [numTokens, numHeads * headDim]. */
 function attend(s: Side, a: AttentionInputs, dtype: ref.DtypeId): Float32Array {
+  return launchAttention(s, a, dtype)();
+}
+
+/** Enqueues dl_paged_attention on one side; returns a reader of out. */
+function launchAttention(s: Side, a: AttentionInputs, dtype: ref.DtypeId): () => Float32Array {
   const outLength = a.numTokens * a.numHeads * a.headDim;
   const out = s.zeros(outLength * 4);
   s.backend.pagedAttention({
@@ -719,7 +770,7 @@ function attend(s: Side, a: AttentionInputs, dtype: ref.DtypeId): Float32Array {
     numBlocks: a.numBlocks,
     scale: 1 / Math.sqrt(a.headDim),
   });
-  return s.f32(out, outLength);
+  return () => s.f32(out, outLength);
 }
 
 function attentionLabel(c: AttentionCase, dtype: ref.DtypeId): string {
@@ -979,23 +1030,100 @@ Deno.test(`paged attention: random batches (DENOLLM_FUZZ_SEED=${FUZZ_SEED})`, ()
   report("attention random batches", worst);
 });
 
+// --- Sampling
+
+Deno.test("sample: the device picks the CPU's token for every mode and odd vocab sizes", () => {
+  const rand = ref.mulberry32(91);
+  const modes: Omit<SampleRow, "seed" | "counter">[] = [
+    { temperature: 0, topK: 0, topP: 1, minP: 0 },
+    { temperature: 1, topK: 1, topP: 1, minP: 0 },
+    { temperature: 1, topK: 0, topP: 1, minP: 0 },
+    { temperature: 0.3, topK: 0, topP: 1, minP: 0 },
+    { temperature: 1.7, topK: 5, topP: 1, minP: 0 },
+    { temperature: 1, topK: 0, topP: 0.9, minP: 0 },
+    { temperature: 0.8, topK: 0, topP: 1, minP: 0.05 },
+    { temperature: 1, topK: 40, topP: 0.95, minP: 0.02 },
+    { temperature: 1, topK: 100000, topP: 0.5, minP: 0 },
+  ];
+  let numRows = 0;
+  for (const vocab of [1, 37, 32001]) {
+    const rows: SampleRow[] = [];
+    for (const mode of modes) {
+      for (let draw = 0; draw < (vocab > 1000 ? 2 : 6); draw++) {
+        rows.push({ ...mode, seed: BigInt(1000 + draw), counter: BigInt(draw * 17) });
+      }
+    }
+    // Logits with ties, -Inf and a NaN in the middle of random values.
+    const logits = Float32Array.from(ref.randomF32(rand, rows.length * vocab), (v) => 4 * v);
+    for (let r = 0; r < rows.length && vocab > 3; r++) {
+      logits[r * vocab + 1] = logits[r * vocab + 2];
+      logits[r * vocab + (r % vocab)] = r % 3 === 0 ? -Infinity : NaN;
+    }
+    const [a, b] = onBoth((s) => sampleOn(s, logits, rows, vocab));
+    for (let r = 0; r < rows.length; r++) {
+      if (a[r] !== b[r]) {
+        fail(
+          `sample vocab ${vocab} row ${r} ${
+            JSON.stringify(modes[Math.floor(r / (rows.length / modes.length))])
+          }: ` +
+            `token ${b[r]} on ${DEVICE_BACKEND}, ${a[r]} on cpu`,
+        );
+      }
+    }
+    numRows += rows.length;
+  }
+  console.log(`  sample: ${numRows} rows, the same token on both builds`);
+});
+
+Deno.test("sample: bad parameters fail on the CPU, at the next synchronize on the device", () => {
+  withDeviceBuffers(gpu, (s) => {
+    const rows: SampleRow[] = [
+      { temperature: 1, topK: 0, topP: 1, minP: 0, seed: 1n, counter: 0n },
+      { temperature: -2, topK: 0, topP: 1, minP: 0, seed: 1n, counter: 0n },
+    ];
+    const ids = badMetadata(s, "sample", {
+      cpu: /dl_sample: expected temperature >= 0.* row 1/,
+      device: /dl_sample: row 1 needs temperature >= 0/,
+    }, () => launchSample(s, Float32Array.of(1, 2, 3, 1, 2, 3), rows, 3));
+    if (ids && ids[1] !== 0) fail(`sample: a row with bad parameters got token ${ids[1]}, not 0`);
+  });
+});
+
 // --- Bad metadata: what ffi/denollm.h promises of each build
 
-/** On the CUDA build, runs body and returns its result; on the CPU build, expects it to fail. */
-function badMetadata<T>(s: Side, what: string, pattern: RegExp, body: () => T): T | null {
-  if (s.backend.name === "cuda") return body();
+/** Expects body to throw DL_ERR_INVALID_ARGUMENT with a message matching pattern. */
+function expectInvalid(body: () => unknown, pattern: RegExp, what: string): void {
   try {
     body();
   } catch (error) {
-    if (error instanceof NativeError && error.status === 1 && pattern.test(error.message)) {
-      return null;
-    }
+    if (error instanceof NativeError && error.status === 1 && pattern.test(error.message)) return;
     throw error;
   }
-  fail(`${what}: the CPU build accepted bad metadata`);
+  fail(`${what} accepted bad metadata`);
 }
 
-Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU build fails", () => {
+/**
+ * Runs a call with bad metadata; launch enqueues it and returns a reader of its output. The CPU
+ * build must fail the call itself (cpuPattern). The CUDA build must accept it, fail the next
+ * dl_synchronize naming a bad value (devicePattern), then work again: the reader's copies succeed
+ * and its result is returned for the caller to check against what the header says CUDA writes.
+ */
+function badMetadata<T>(
+  s: Side,
+  what: string,
+  patterns: { cpu: RegExp; device: RegExp },
+  launch: () => () => T,
+): T | null {
+  if (s.backend.name !== "cuda") {
+    expectInvalid(launch, patterns.cpu, `${what}: the CPU build`);
+    return null;
+  }
+  const read = launch();
+  expectInvalid(() => s.backend.synchronize(), patterns.device, `${what}: the next synchronize`);
+  return read();
+}
+
+Deno.test("bad metadata: both builds fail (CUDA at the next synchronize), CUDA writes as the header says", () => {
   const rand = ref.mulberry32(24);
   withDeviceBuffers(gpu, (s) => {
     const isCuda = s.backend.name === "cuda";
@@ -1006,7 +1134,10 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
     const emb = badMetadata(
       s,
       "embedding",
-      /expected token_ids\[1\] in \[0, 20\), found -1/,
+      {
+        cpu: /expected token_ids\[1\] in \[0, 20\), found -1/,
+        device: /dl_embedding: token_ids\[(1\] = -1|2\] = 20|3\] = 2147483647) is outside/,
+      },
       () => {
         const out = s.from(new Float32Array(ids.length * dim).fill(7));
         s.backend.embedding({
@@ -1018,7 +1149,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
           vocabSize: vocab,
           dim,
         });
-        return s.f32(out, ids.length * dim);
+        return () => s.f32(out, ids.length * dim);
       },
     );
     if (emb) {
@@ -1026,12 +1157,33 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
       expected.set(table.subarray(3 * dim, 4 * dim), 0);
       expected.set(table.subarray(0, dim), 4 * dim);
       assertBits(emb, expected, "embedding with bad ids");
+      // dl_copy_to_host reports it too (the engine reads logits without a separate synchronize).
+      const out = s.zeros(dim * 4);
+      const oneBad = s.from(Int32Array.of(vocab + 1));
+      s.backend.embedding({
+        out,
+        table: s.from(table),
+        tableDtype: DType.F32,
+        tokenIds: oneBad,
+        numTokens: 1,
+        vocabSize: vocab,
+        dim,
+      });
+      expectInvalid(
+        () => s.f32(out, dim),
+        /token_ids\[0\] = 21 is outside/,
+        "embedding: the next copy to the host",
+      );
+      assertBits(s.f32(out, dim), new Float32Array(dim), "embedding: the row of a bad id");
     }
 
     // dl_gather_rows: a row of zeros for an index outside [0, num_src_rows).
     const x = ref.randomF32(rand, 6 * dim);
     const rows = Int32Array.of(-3, 5, 6, 1);
-    const gathered = badMetadata(s, "gather_rows", /rows\[0\] in \[0, 6\), found -3/, () => {
+    const gathered = badMetadata(s, "gather_rows", {
+      cpu: /rows\[0\] in \[0, 6\), found -3/,
+      device: /dl_gather_rows: rows\[(0\] = -3|2\] = 6) is outside/,
+    }, () => {
       const out = s.from(new Float32Array(rows.length * dim).fill(7));
       s.backend.gatherRows({
         out,
@@ -1041,7 +1193,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
         numSrcRows: 6,
         dim,
       });
-      return s.f32(out, rows.length * dim);
+      return () => s.f32(out, rows.length * dim);
     });
     if (gathered) {
       const expected = new Float32Array(rows.length * dim);
@@ -1056,7 +1208,10 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
     const kv = ref.randomF32(rand, 4 * numKvHeads * headDim);
     const slots = Int32Array.of(numSlots, 5, 2 ** 31 - 1, -1);
     const initial = ref.randomF32(rand, cacheElems);
-    const caches = badMetadata(s, "kv_write", /slot_mapping\[0\] < num_blocks/, () => {
+    const caches = badMetadata(s, "kv_write", {
+      cpu: /slot_mapping\[0\] < num_blocks/,
+      device: /dl_kv_write: slot_mapping\[(0\] = 12|2\] = 2147483647) is not below/,
+    }, () => {
       const kCache = s.from(initial), vCache = s.from(initial);
       const k = s.from(kv);
       s.backend.kvWrite({
@@ -1073,7 +1228,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
         blockSize,
         numBlocks,
       });
-      return [s.f32(kCache, cacheElems), s.f32(vCache, cacheElems)];
+      return () => [s.f32(kCache, cacheElems), s.f32(vCache, cacheElems)];
     });
     if (caches) {
       const written = Float64Array.from(initial), unused = Float64Array.from(initial);
@@ -1087,7 +1242,10 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
     // dl_copy_blocks: pairs with an id out of range, or onto themselves, are skipped.
     const blockFloats = 12, cache = ref.randomF32(rand, 5 * blockFloats);
     const pairs = Int32Array.of(0, 5, -1, 2, 3, 3, 1, 4);
-    const copied = badMetadata(s, "copy_blocks", /block ids in \[0, 5\), found 5/, () => {
+    const copied = badMetadata(s, "copy_blocks", {
+      cpu: /block ids in \[0, 5\), found 5/,
+      device: /dl_copy_blocks: (pairs\[(1\] = 5|2\] = -1) is outside|pair 2 copies block 3 onto)/,
+    }, () => {
       const c = s.from(cache);
       s.backend.copyBlocks({
         cache: c,
@@ -1096,7 +1254,7 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
         blockBytes: blockFloats * 4,
         numBlocks: 5,
       });
-      return s.f32(c, 5 * blockFloats);
+      return () => s.f32(c, 5 * blockFloats);
     });
     if (copied) {
       const expected = cache.slice();
@@ -1135,8 +1293,14 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
       const actual = badMetadata(
         s,
         "attention",
-        /block_tables\[0\]\[1\] in \[0, \d+\), found -4/,
-        () => attend(s, { ...inputs, blockTables: badTables }, DType.F16),
+        {
+          cpu: /block_tables\[0\]\[1\] in \[0, \d+\), found -4/,
+          device: new RegExp(
+            `block_tables entry (1 \\(flat\\) = -4|${inputs.maxBlocksPerSeq} \\(flat\\) = ` +
+              `${inputs.numBlocks + 6}) is outside`,
+          ),
+        },
+        () => launchAttention(s, { ...inputs, blockTables: badTables }, DType.F16),
       );
       if (actual) {
         assertClose(actual, expected, (i) => 2e-5 * Math.abs(expected[i]) + 2e-5, "bad block ids");
@@ -1147,8 +1311,11 @@ Deno.test("bad metadata: CUDA writes zeros or skips as the header says; the CPU 
       const rows = badMetadata(
         s,
         "attention",
-        /expected seq_lens\[0\] <= max_blocks_per_seq/,
-        () => attend(s, { ...inputs, seqLens: badLens }, DType.F16),
+        {
+          cpu: /expected seq_lens\[0\] <= max_blocks_per_seq/,
+          device: /dl_paged_attention: query token \d+ sits at position -?\d+, outside/,
+        },
+        () => launchAttention(s, { ...inputs, seqLens: badLens }, DType.F16),
       );
       if (rows) {
         const rowLen = c.numHeads * c.headDim;
