@@ -1,5 +1,5 @@
 // Test helper: device buffers of one backend, created from host arrays and all freed together.
-import type { DevicePtr, NativeBackend } from "../ffi/native.ts";
+import { type DevicePtr, type DTypeId, type NativeBackend, offset } from "../ffi/native.ts";
 
 export type HostArray = Float32Array | Int32Array | Uint16Array | Uint32Array | Uint8Array;
 
@@ -57,4 +57,56 @@ export function withDeviceBuffers<T>(backend: NativeBackend, body: (b: DeviceBuf
   } finally {
     buffers.freeAll();
   }
+}
+
+/** A dl_matmul case: out has `stride` floats per row, of which the first n are the result. */
+export interface StridedMatmulCase {
+  m: number;
+  n: number;
+  k: number;
+  stride: number;
+}
+
+/**
+ * dl_matmul on `backend` into a NaN-filled output with a row stride past n; returns the n columns
+ * of each row and throws if a column past n was written. When k is odd, x sits one float into its
+ * buffer, so the kernel sees an unaligned x.
+ */
+export function stridedMatmul(
+  backend: NativeBackend,
+  dtype: DTypeId,
+  w: Uint8Array,
+  x: Float32Array,
+  bias: Float32Array | null,
+  c: StridedMatmulCase,
+): Float32Array {
+  return withDeviceBuffers(backend, (s) => {
+    const { m, n, k, stride } = c;
+    const out = s.from(new Float32Array(m * stride).fill(NaN));
+    const shift = k % 2 === 1 ? 4 : 0;
+    const xBuf = new Float32Array(m * k + 1);
+    xBuf.set(x, shift / 4);
+    backend.matmul({
+      out,
+      x: offset(s.from(xBuf), shift),
+      w: s.from(w),
+      wDtype: dtype,
+      bias: bias ? s.from(bias) : null,
+      m,
+      n,
+      k,
+      outRowStride: stride,
+    });
+    const all = s.f32(out, m * stride);
+    const result = new Float32Array(m * n);
+    for (let i = 0; i < m; i++) {
+      result.set(all.subarray(i * stride, i * stride + n), i * n);
+      for (let j = n; j < stride; j++) {
+        if (!Number.isNaN(all[i * stride + j])) {
+          throw new Error(`row ${i} column ${j} past n was written`);
+        }
+      }
+    }
+    return result;
+  });
 }

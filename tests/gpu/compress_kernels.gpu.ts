@@ -20,7 +20,7 @@
 //   quant_kernels.gpu.ts; and against the CPU build's own kernel: the same, except INT8_2_4 whose
 //   CPU kernel quantizes x to int8 per block of 32 (1e-2 * scale + 1e-5).
 import { assertClose } from "../assert_close.ts";
-import { withDeviceBuffers } from "../device_buffers.ts";
+import { stridedMatmul, withDeviceBuffers } from "../device_buffers.ts";
 import { formatInfo, matrixBytes } from "../../ffi/formats.ts";
 import { DType, type DTypeId, NativeBackend, NativeError, offset } from "../../ffi/native.ts";
 import { LLM } from "../../src/engine/llm.ts";
@@ -97,36 +97,7 @@ function runMatmul(
   c: Case,
 ): Float32Array {
   assert.equal(w.length, matrixBytes(dtype, c.n, c.k), `${formatInfo(dtype).name} bytes`);
-  return withDeviceBuffers(backend, (s) => {
-    const { m, n, k, stride } = c;
-    const out = s.from(new Float32Array(m * stride).fill(NaN));
-    // x one float into its buffer when k is odd: an unaligned x.
-    const shift = k % 2 === 1 ? 4 : 0;
-    const xBuf = new Float32Array(m * k + 1);
-    xBuf.set(x, shift / 4);
-    backend.matmul({
-      out,
-      x: offset(s.from(xBuf), shift),
-      w: s.from(w),
-      wDtype: dtype,
-      bias: bias ? s.from(bias) : null,
-      m,
-      n,
-      k,
-      outRowStride: stride,
-    });
-    const all = s.f32(out, m * stride);
-    const result = new Float32Array(m * n);
-    for (let i = 0; i < m; i++) {
-      result.set(all.subarray(i * stride, i * stride + n), i * n);
-      for (let j = n; j < stride; j++) {
-        if (!Number.isNaN(all[i * stride + j])) {
-          throw new Error(`row ${i} column ${j} past n was written`);
-        }
-      }
-    }
-    return result;
-  });
+  return stridedMatmul(backend, dtype, w, x, bias, c);
 }
 
 /** out = x · wᵀ (+ bias) of f32 values on the CPU build's f32 path. */

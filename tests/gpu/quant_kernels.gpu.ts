@@ -20,7 +20,7 @@
 // - matmul against the CPU build's quantized dl_matmul, which quantizes x to int8 per block:
 //   1e-2 * scale + 1e-5 (an int8 step of x is 1/254 of its block's largest |x|)
 import { assertClose } from "../assert_close.ts";
-import { withDeviceBuffers } from "../device_buffers.ts";
+import { stridedMatmul, withDeviceBuffers } from "../device_buffers.ts";
 import { formatInfo, matrixBytes } from "../../ffi/formats.ts";
 import { DType, type DTypeId, NativeBackend, NativeError, offset } from "../../ffi/native.ts";
 import * as ref from "../kernel_reference.ts";
@@ -472,37 +472,7 @@ function deviceMatmul(
   bias: Float32Array | null,
   c: MatmulCase,
 ) {
-  return withDeviceBuffers(gpu, (s) => {
-    const { m, n, k, stride } = c;
-    const poisoned = new Float32Array(m * stride).fill(NaN);
-    const out = s.from(poisoned);
-    // x one float into its buffer when k is odd: an unaligned x (INT8 only; others have k % 32 == 0).
-    const shift = k % 2 === 1 ? 4 : 0;
-    const xBuf = new Float32Array(m * k + 1);
-    xBuf.set(x, shift / 4);
-    gpu.matmul({
-      out,
-      x: offset(s.from(xBuf), shift),
-      w: s.from(w),
-      wDtype: dtype,
-      bias: bias ? s.from(bias) : null,
-      m,
-      n,
-      k,
-      outRowStride: stride,
-    });
-    const all = s.f32(out, m * stride);
-    const result = new Float32Array(m * n);
-    for (let i = 0; i < m; i++) {
-      result.set(all.subarray(i * stride, i * stride + n), i * n);
-      for (let j = n; j < stride; j++) {
-        if (!Number.isNaN(all[i * stride + j])) {
-          throw new Error(`row ${i} column ${j} past n was written`);
-        }
-      }
-    }
-    return result;
-  });
+  return stridedMatmul(gpu, dtype, w, x, bias, c);
 }
 
 Deno.test("matmul: every quantized format, gemv and tiled WMMA, against f32 on the dequantized weights", () => {
