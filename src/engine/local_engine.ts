@@ -171,7 +171,7 @@ export interface KvSizing {
   reservedBytes: number;
 }
 
-type ScheduleShape = Omit<ReturnType<typeof engineShape>, "numBlocks" | "memoryPlan">;
+type ScheduleShape = Omit<ReturnType<typeof engineShape>, "numBlocks">;
 
 /**
  * Refuses options that size the KV cache twice (or not at all), and --gpu-memory-utilization
