@@ -1486,9 +1486,11 @@ Deno.test("--gpu-memory-utilization on the device: the engine holds no more than
         `${llm.local.numKvBlocks + 1} blocks, expected ${Math.floor(budget / bytesPerBlock)}`,
       );
       // What the device says now: the engine and what was there before stay within F, less the
-      // margin (on a real GPU, plus the allocations' rounding).
+      // margin. A real GPU also rounds each of the engine's ~100 allocations up to its
+      // granularity (up to 2 MiB each), which is what the margin is for; the slack allows it
+      // here without hiding a missing term (the margin alone is 1% of the device).
       const held = totalBytes - gpu.memoryInfo().freeBytes;
-      const slack = DEVICE_LIBRARY?.includes("emu") ? 0 : 16 * MIB;
+      const slack = DEVICE_LIBRARY?.includes("emu") ? 0 : 256 * MIB;
       if (gpu.name === "cuda") {
         assert(
           held <= utilization * totalBytes - margin + slack,
