@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -119,6 +120,7 @@ constexpr size_t HEADER_BYTES = 64;
 constexpr size_t LAZY_BYTES = size_t(1) << 20;
 constexpr uint64_t MAGIC_HEAP = 0x64656e6f6c6c6d68ULL;    // "denollmh"
 constexpr uint64_t MAGIC_MAPPED = 0x64656e6f6c6c6d6dULL;  // "denollmm"
+constexpr uint64_t MAGIC_HOST = 0x64656e6f6c6c6d73ULL;    // "denollms": dl_host_alloc staging
 
 struct BlockHeader {
   uint64_t magic;
@@ -143,6 +145,11 @@ void* alloc_block(size_t rounded) {
   header->magic = magic;
   header->mapped_bytes = total;
   return static_cast<char*>(base) + HEADER_BYTES;
+}
+
+uint64_t block_magic(const void* ptr) {
+  return static_cast<const BlockHeader*>(static_cast<const void*>(static_cast<const char*>(ptr) - HEADER_BYTES))
+      ->magic;
 }
 
 void free_block(void* ptr) {
@@ -181,8 +188,115 @@ extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** 
 extern "C" DL_API int32_t dl_free(dl_context* ctx, void* ptr) {
   DL_TRY(dl_check_ctx("dl_free", ctx));
   if (ptr == nullptr) return DL_OK;  // like cudaFree(NULL)
+  if (block_magic(ptr) == MAGIC_HOST) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_free: %p is host staging memory from dl_host_alloc: free it with "
+                   "dl_host_free", ptr);
+  }
   ctx->num_frees++;
   free_block(ptr);
+  return DL_OK;
+}
+
+// --- Host staging memory: the CPU build copies with memmove, so there is nothing to pin; the
+// header only lets dl_host_free and dl_free tell the two kinds of block apart.
+
+extern "C" DL_API int32_t dl_host_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
+  const char* fn = "dl_host_alloc";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "out", out));
+  *out = nullptr;
+  if (size_bytes == 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: size_bytes must be positive", fn);
+  const uint64_t rounded = (size_bytes + 63) / 64 * 64;
+  if (rounded < size_bytes || rounded > (uint64_t)SIZE_MAX - HEADER_BYTES) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %llu bytes", fn, (unsigned long long)size_bytes);
+  }
+  void* base = std::aligned_alloc(64, (size_t)rounded + HEADER_BYTES);
+  if (base == nullptr) {
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot allocate %llu bytes", fn, (unsigned long long)size_bytes);
+  }
+  std::memset(base, 0, (size_t)rounded + HEADER_BYTES);
+  auto* header = static_cast<BlockHeader*>(base);
+  header->magic = MAGIC_HOST;
+  header->mapped_bytes = rounded + HEADER_BYTES;
+  *out = static_cast<char*>(base) + HEADER_BYTES;
+  return DL_OK;
+}
+
+extern "C" DL_API int32_t dl_host_free(dl_context* ctx, void* ptr) {
+  const char* fn = "dl_host_free";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  if (ptr == nullptr) return DL_OK;
+  // A block from dl_alloc has a header too; anything else is outside what can be checked.
+  if (block_magic(ptr) != MAGIC_HOST) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: %p was not allocated by dl_host_alloc", fn, ptr);
+  }
+  void* base = static_cast<char*>(ptr) - HEADER_BYTES;
+  static_cast<BlockHeader*>(base)->magic = 0;
+  std::free(base);
+  return DL_OK;
+}
+
+// --- Memory info: the host's, since host memory is this build's device memory.
+
+namespace {
+
+// The value of one "Name:   123 kB" line of /proc/meminfo, in bytes; false when absent.
+bool meminfo_bytes(const char* text, const char* name, uint64_t* out) {
+  const char* at = std::strstr(text, name);
+  if (at == nullptr) return false;
+  unsigned long long kib = 0;
+  if (std::sscanf(at + std::strlen(name), " %llu kB", &kib) != 1) return false;
+  *out = (uint64_t)kib * 1024;
+  return true;
+}
+
+// A file holding one unsigned number (cgroup v2's memory.max holds "max" when unlimited).
+bool file_number(const char* path, uint64_t* out) {
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return false;
+  unsigned long long v = 0;
+  const bool ok = std::fscanf(f, "%llu", &v) == 1;
+  std::fclose(f);
+  if (ok) *out = (uint64_t)v;
+  return ok;
+}
+
+}  // namespace
+
+extern "C" DL_API int32_t dl_memory_info(dl_context* ctx, uint64_t* free_bytes, uint64_t* total_bytes) {
+  const char* fn = "dl_memory_info";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "free_bytes", free_bytes));
+  DL_TRY(dl_check_ptr(fn, "total_bytes", total_bytes));
+  uint64_t total = 0, avail = 0;
+  bool found = false;
+  if (FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char text[8192];
+    const size_t n = std::fread(text, 1, sizeof text - 1, f);
+    std::fclose(f);
+    text[n] = '\0';
+    found = meminfo_bytes(text, "MemTotal:", &total) && meminfo_bytes(text, "MemAvailable:", &avail);
+  }
+  if (!found) {
+    const long page = sysconf(_SC_PAGESIZE), phys = sysconf(_SC_PHYS_PAGES), free_pages = sysconf(_SC_AVPHYS_PAGES);
+    if (page <= 0 || phys <= 0 || free_pages < 0) {
+      return dl_fail(DL_ERR_UNSUPPORTED, "%s: neither /proc/meminfo nor sysconf gives the host's memory", fn);
+    }
+    total = (uint64_t)phys * (uint64_t)page;
+    avail = (uint64_t)free_pages * (uint64_t)page;
+  }
+  // A container's limit is what this process can use, whatever the host has.
+  uint64_t limit = 0, usage = 0;
+  if (file_number("/sys/fs/cgroup/memory.max", &limit) && limit < total) {
+    total = limit;
+    if (file_number("/sys/fs/cgroup/memory.current", &usage)) {
+      const uint64_t left = usage < limit ? limit - usage : 0;
+      if (left < avail) avail = left;
+    }
+  }
+  if (avail > total) avail = total;
+  *free_bytes = avail;
+  *total_bytes = total;
   return DL_OK;
 }
 

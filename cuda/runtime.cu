@@ -145,6 +145,7 @@ static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
   ctx->workspace_bytes = 0;
   cudaError_t err = cudaMalloc(&ctx->workspace, bytes);
   if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky: the next launcher's check must not see it
     return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cudaMalloc of %zu bytes of kernel workspace failed", fn,
                    bytes);
   }
@@ -208,6 +209,7 @@ extern "C" int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
   void* ptr = nullptr;
   cudaError_t err = cudaMalloc(&ptr, size_bytes == 0 ? 1 : size_bytes);
   if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky: the next launcher's check must not see it
     return dl_fail(DL_ERR_OUT_OF_MEMORY, "cudaMalloc of %llu bytes failed",
                    (unsigned long long)size_bytes);
   }
@@ -257,4 +259,52 @@ extern "C" int32_t dl_copy_to_host(dl_context* ctx, void* dst, const void* src,
   DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyDeviceToHost, ctx->stream));
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
   return dl_check_bad_metadata(ctx);
+}
+
+// --- Device memory info and pinned host staging
+
+extern "C" int32_t dl_memory_info(dl_context* ctx, uint64_t* free_bytes, uint64_t* total_bytes) {
+  if (ctx == nullptr || free_bytes == nullptr || total_bytes == nullptr) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_memory_info: ctx, free_bytes and total_bytes must not be NULL");
+  }
+  // cudaMemGetInfo reports the current device; the context's may not be current on this thread.
+  DL_CUDA_CHECK(cudaSetDevice(ctx->device));
+  size_t free_now = 0, total = 0;
+  DL_CUDA_CHECK(cudaMemGetInfo(&free_now, &total));
+  *free_bytes = free_now;
+  *total_bytes = total;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_host_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
+  if (ctx == nullptr || out == nullptr) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_host_alloc: ctx and out must not be NULL");
+  }
+  *out = nullptr;
+  if (size_bytes == 0) return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_host_alloc: size_bytes must be positive");
+  void* ptr = nullptr;
+  // Portable: pinned for every context of the process, so any stream may copy through it.
+  cudaError_t err = cudaHostAlloc(&ptr, size_bytes, cudaHostAllocPortable);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky: the next launcher's check must not see it
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "dl_host_alloc: cudaHostAlloc of %llu pinned bytes failed",
+                   (unsigned long long)size_bytes);
+  }
+  DL_CUDA_CHECK(err);
+  // cudaHostAlloc returns page-aligned memory, so the 64-byte promise holds.
+  std::memset(ptr, 0, size_bytes);
+  *out = ptr;
+  return DL_OK;
+}
+
+extern "C" int32_t dl_host_free(dl_context* ctx, void* ptr) {
+  if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_host_free: ctx must not be NULL");
+  if (ptr == nullptr) return DL_OK;
+  const cudaError_t err = cudaFreeHost(ptr);
+  if (err == cudaErrorInvalidValue) {
+    (void)cudaGetLastError();  // not sticky: the next launcher's check must not see it
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_host_free: %p was not allocated by dl_host_alloc", ptr);
+  }
+  DL_CUDA_CHECK(err);
+  return DL_OK;
 }

@@ -247,6 +247,36 @@ DL_API int32_t dl_memory_stats(
     dl_context* ctx,
     uint64_t* out);  // [4]
 
+// Writes the memory of the context's device: *free_bytes that nobody holds now and *total_bytes in
+// all, what --gpu-memory-utilization sizes the KV cache from. CUDA: cudaMemGetInfo, device-wide, so
+// other processes' allocations and the CUDA context itself count as used. CPU: the host's memory
+// (the CPU build's "device" memory), from /proc/meminfo's MemAvailable and MemTotal, or sysconf's
+// available and physical pages where there is no /proc; under a cgroup v2 memory limit smaller
+// than that, the limit is the total and the limit less the cgroup's usage caps the free bytes.
+// dl_alloc's lazily mapped blocks count as used only once their pages are written.
+DL_API int32_t dl_memory_info(
+    dl_context* ctx,
+    uint64_t* free_bytes,    // [1] out
+    uint64_t* total_bytes);  // [1] out
+
+// Allocates size_bytes (> 0) of host memory for staging copies to and from device memory: CUDA:
+// page-locked (cudaHostAlloc), so dl_copy_to_device and dl_copy_to_host move it by DMA straight
+// from and to it, without the driver's bounce through a pinned buffer of its own; CPU: plain
+// memory (no copy there goes through DMA). 64-byte aligned, zero-filled. Writes the pointer to
+// *out. Not device memory: kernels must not read it; dl_memory_stats does not count it; release it
+// with dl_host_free, never dl_free.
+DL_API int32_t dl_host_alloc(
+    dl_context* ctx,
+    uint64_t size_bytes,
+    void** out);
+
+// Frees memory from dl_host_alloc (NULL: nothing). A pointer that dl_host_alloc did not return is
+// DL_ERR_INVALID_ARGUMENT (the CPU build recognises dl_alloc blocks; CUDA reports what
+// cudaFreeHost says).
+DL_API int32_t dl_host_free(
+    dl_context* ctx,
+    void* ptr);
+
 // Host → device copy of size_bytes.
 DL_API int32_t dl_copy_to_device(
     dl_context* ctx,

@@ -154,6 +154,13 @@ export interface MemoryStats {
   numWorkspaceGrowths: number;
 }
 
+/** The device's memory now (dl_memory_info): the CPU build reports the host's. */
+export interface MemoryInfo {
+  /** Bytes nobody holds now (other processes and this one's context counted as holding). */
+  freeBytes: number;
+  totalBytes: number;
+}
+
 export interface RopeArgs {
   x: DevicePtr;
   positions: DevicePtr;
@@ -519,6 +526,45 @@ export class NativeBackend {
       ),
     );
     return Number(this.#outPtr[0]);
+  }
+
+  /** Free and total bytes of the device (the host's memory on the CPU build). */
+  memoryInfo(): MemoryInfo {
+    const out = new BigUint64Array(2);
+    this.#check(
+      "dl_memory_info",
+      this.#lib.dl_memory_info(
+        this.#ctx,
+        Deno.UnsafePointer.of(out.subarray(0, 1)),
+        Deno.UnsafePointer.of(out.subarray(1, 2)),
+      ),
+    );
+    return { freeBytes: Number(out[0]), totalBytes: Number(out[1]) };
+  }
+
+  /**
+   * Allocates sizeBytes (> 0) of zeroed host staging memory, page-locked on the CUDA build so
+   * {@link upload} and {@link download} through it run by DMA. Returns its address and a view of
+   * it; the view is valid until {@link hostFree}. Not device memory: kernels must not read it.
+   */
+  hostAlloc(sizeBytes: number): { ptr: Deno.PointerObject; buffer: ArrayBuffer } {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+      throw new RangeError(`Host allocation size must be a positive integer, got ${sizeBytes}`);
+    }
+    this.#check(
+      "dl_host_alloc",
+      this.#lib.dl_host_alloc(this.#ctx, BigInt(sizeBytes), Deno.UnsafePointer.of(this.#outPtr)),
+    );
+    const ptr = Deno.UnsafePointer.create(this.#outPtr[0]);
+    if (ptr === null) {
+      throw new NativeError("dl_host_alloc", 2, "DL_ERR_OUT_OF_MEMORY", "null pointer");
+    }
+    return { ptr, buffer: Deno.UnsafePointerView.getArrayBuffer(ptr, sizeBytes) };
+  }
+
+  /** Frees a {@link hostAlloc} block; views of it must not be used afterwards. */
+  hostFree(ptr: Deno.PointerObject | null): void {
+    this.#check("dl_host_free", this.#lib.dl_host_free(this.#ctx, ptr));
   }
 
   /** The context's allocation counters and workspace size. */

@@ -7,7 +7,7 @@ import {
 } from "../engine/local_engine.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
-import { parseByteSize } from "../server/config.ts";
+import { parseByteSize, parseFraction } from "../server/config.ts";
 import { parseQuantization } from "../model/quantize.ts";
 
 /** parseArgs option definitions for the flags below. */
@@ -17,6 +17,7 @@ export const ENGINE_FLAG_OPTIONS = {
   "max-num-batched-tokens": { type: "string" },
   "max-model-len": { type: "string" },
   "kv-cache-memory": { type: "string" },
+  "gpu-memory-utilization": { type: "string" },
   quantization: { type: "string" },
   sparsity: { type: "string" },
   calibration: { type: "string" },
@@ -51,6 +52,8 @@ export const ENGINE_FLAGS_USAGE =
   --max-num-batched-tokens N   tokens in one step (default ${ENGINE_DEFAULTS.maxNumBatchedTokens})
   --max-model-len N            longest prompt + output (default: the model's context length)
   --kv-cache-memory B          KV cache bytes, suffixes K, M, G (default 1G)
+  --gpu-memory-utilization F   instead: the KV cache takes what weights and steps leave of this
+                               share (0 < F <= 1) of the device's memory (host memory on the CPU)
   --quantization Q             quantize F32/F16/BF16 weights on load: int8, int4, w8a8, w8a8-mixed,
                                q8_0, q4_k, …
   --sparsity 2:4               prune the layer projections to 2:4 on load (2:4-magnitude, 2:4-wanda)
@@ -163,11 +166,7 @@ type SpeculativeFlagValues = Record<
 /** EngineOptions from the parsed flags; --model is required. */
 export function engineOptions(values: EngineFlagValues): EngineOptions {
   if (!values.model) throw new UsageError("--model is required");
-  const memory = values["kv-cache-memory"] ?? "1G";
-  const kvCacheMemoryBytes = parseByteSize(memory);
-  if (kvCacheMemoryBytes === undefined || kvCacheMemoryBytes <= 0) {
-    throw new UsageError(`--kv-cache-memory expects a size such as 512M or 2G, got "${memory}"`);
-  }
+  const kvSizing = kvSizingFlags(values["kv-cache-memory"], values["gpu-memory-utilization"]);
   const maxModelLen = values["max-model-len"];
   const speculative = speculativeOptions(values);
   return {
@@ -181,7 +180,7 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...(maxModelLen === undefined
       ? {}
       : { maxModelLen: integerFlag("max-model-len", maxModelLen, 0) }),
-    kvCacheMemoryBytes,
+    ...kvSizing,
     numThreads: integerFlag("threads", values.threads, defaultNumThreads(), 0),
     ...(values.library === undefined ? {} : { libraryPath: values.library }),
     ...(values.quantization === undefined
@@ -192,4 +191,32 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
     ...(values["no-mmap"] === true ? { mmap: false } : {}),
   };
+}
+
+/** --kv-cache-memory (default 1G) or --gpu-memory-utilization: one of the two sizes the KV cache. */
+export function kvSizingFlags(
+  memory: string | undefined,
+  utilization: string | undefined,
+): { kvCacheMemoryBytes: number } | { gpuMemoryUtilization: number } {
+  if (utilization !== undefined) {
+    if (memory !== undefined) {
+      throw new UsageError(
+        "--gpu-memory-utilization and --kv-cache-memory both size the KV cache: give one of them",
+      );
+    }
+    const f = parseFraction(utilization);
+    if (f === undefined) {
+      throw new UsageError(
+        `--gpu-memory-utilization expects a fraction above 0 and at most 1, such as 0.9, got ` +
+          `"${utilization}"`,
+      );
+    }
+    return { gpuMemoryUtilization: f };
+  }
+  const text = memory ?? "1G";
+  const kvCacheMemoryBytes = parseByteSize(text);
+  if (kvCacheMemoryBytes === undefined || kvCacheMemoryBytes <= 0) {
+    throw new UsageError(`--kv-cache-memory expects a size such as 512M or 2G, got "${text}"`);
+  }
+  return { kvCacheMemoryBytes };
 }

@@ -1,6 +1,7 @@
 // The engine as the HTTP layer sees it: submit a request, iterate its incremental outputs, cancel
 // it by id, read stats. The engine itself runs in a worker thread (engine_worker.ts).
 import type { EngineStats } from "./engine.ts";
+import type { KvMemoryPlan } from "./kv_memory.ts";
 import type { EngineOptions } from "./local_engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
 import { RemoteError } from "../errors.ts";
@@ -54,6 +55,8 @@ export class AsyncEngine {
   readonly weightBytes: number;
   readonly reservedBytes: number;
   readonly kvCacheBytes: number;
+  /** How --gpu-memory-utilization sized the KV cache; absent without it. */
+  readonly kvMemoryPlan?: KvMemoryPlan;
   #worker: Worker;
   #streams = new Map<string, OutputStream>();
   #stats: EngineStats;
@@ -71,6 +74,7 @@ export class AsyncEngine {
     this.weightBytes = ready.weightBytes;
     this.reservedBytes = ready.reservedBytes;
     this.kvCacheBytes = ready.kvCacheBytes;
+    if (ready.kvMemoryPlan !== undefined) this.kvMemoryPlan = ready.kvMemoryPlan;
     this.#stats = ready.stats;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(event.data);
     worker.onerror = (event) => {

@@ -53,6 +53,7 @@ async function init(message: WorkerInit): Promise<void> {
     weightBytes: local.loaded.model.weights.sizeBytes,
     reservedBytes: local.reservedBytes,
     kvCacheBytes: local.kvCacheBytes,
+    ...(local.kvMemoryPlan === undefined ? {} : { kvMemoryPlan: local.kvMemoryPlan }),
     stats: engine.stats(),
   });
 }

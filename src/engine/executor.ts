@@ -69,12 +69,26 @@ export class LocalExecutor implements Executor {
   #workspace: ForwardWorkspace;
   #blockBytes: number;
 
+  /**
+   * `parts.workspace`, when given, is one reserved beforehand for this model and `capacity` (so
+   * the KV cache can be sized after its bytes are known); the executor owns it from then on, and
+   * `options` are the workspace's own.
+   */
   constructor(
     backend: NativeBackend,
-    parts: { model: LlamaModel; kvCache: KvCache },
+    parts: { model: LlamaModel; kvCache: KvCache; workspace?: ForwardWorkspace },
     capacity: StepCapacity,
     options: { captureLayers?: readonly number[] } = {},
   ) {
+    const given = parts.workspace?.capacity;
+    if (
+      given !== undefined &&
+      (Object.keys(capacity) as (keyof StepCapacity)[]).some((k) => capacity[k] !== given[k])
+    ) {
+      throw new RangeError(
+        `The workspace was reserved for ${JSON.stringify(given)}, not ${JSON.stringify(capacity)}`,
+      );
+    }
     if (capacity.blockSize !== parts.kvCache.blockSize) {
       throw new RangeError(
         `The step capacity is for blocks of ${capacity.blockSize} tokens, the KV cache has ` +
@@ -88,7 +102,8 @@ export class LocalExecutor implements Executor {
     this.hiddenSize = parts.model.config.hiddenSize;
     this.numKvBlocks = parts.kvCache.numBlocks;
     this.blockSize = parts.kvCache.blockSize;
-    this.#workspace = new ForwardWorkspace(backend, parts.model.config, capacity, options);
+    this.#workspace = parts.workspace ??
+      new ForwardWorkspace(backend, parts.model.config, capacity, options);
     this.captureLayers = this.#workspace.captureLayers;
     this.capacity = this.#workspace.capacity;
     this.reservedBytes = this.#workspace.reservedBytes;

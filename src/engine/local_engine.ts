@@ -2,8 +2,15 @@
 // with every step buffer reserved up front, the scheduler on top. The engine worker (what the
 // daemon serves with), the in-process `LLM` (CLI, tests, benchmarks) and nothing else call this.
 import { formatByName } from "../../ffi/formats.ts";
-import { NativeBackend } from "../../ffi/native.ts";
+import { type MemoryInfo, NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
+import { ForwardWorkspace } from "../model/workspace.ts";
+import {
+  checkUtilization,
+  describeKvMemoryPlan,
+  type KvMemoryPlan,
+  kvMemoryPlan,
+} from "./kv_memory.ts";
 import { type LoadedModel, type LoadFormat, loadModel } from "../model/load.ts";
 import { type EngineConfig, LLMEngine } from "./engine.ts";
 import { defaultNumThreads } from "./threads.ts";
@@ -60,9 +67,14 @@ export interface LocalEngineOptions
   maxModelLen?: number;
   blockSize?: number;
   kvCacheDtype?: KvCacheDtype;
-  /** The KV cache as a byte budget, or as a block count (block 0 included); one of the two. */
+  /**
+   * The KV cache as a byte budget, as a block count (block 0 included), or as the share of the
+   * device's memory the engine may hold (--gpu-memory-utilization, in (0, 1]: src/engine/
+   * kv_memory.ts has the terms); exactly one of the three.
+   */
   kvCacheMemoryBytes?: number;
   numKvBlocks?: number;
+  gpuMemoryUtilization?: number;
   speculative?: SpeculativeOptions;
   /**
    * Decoder layers (0-based) whose outputs the forward pass keeps at the logit rows, for
@@ -106,6 +118,8 @@ export interface LocalEngine {
   /** Device bytes reserved for steps, and held by the KV cache. */
   reservedBytes: number;
   kvCacheBytes: number;
+  /** How --gpu-memory-utilization sized the KV cache, term by term; absent without it. */
+  kvMemoryPlan?: KvMemoryPlan;
   /** The speculative proposer, when speculation is on. */
   proposer?: Proposer;
   /** With ranks: every rank's cost counters (src/parallel/executor.ts), for the cost bench. */
@@ -113,14 +127,31 @@ export interface LocalEngine {
   release(): void;
 }
 
-/** KV blocks for the budget; refuses a cache that cannot hold one maximum-length sequence. */
+/**
+ * KV blocks for the budget; refuses a cache that cannot hold one maximum-length sequence. With
+ * `memoryPlan` the budget came from --gpu-memory-utilization, and the error names its terms.
+ */
 export function planKvBlocks(
-  init: { kvCacheMemoryBytes: number; blockSize: number; maxModelLen: number },
+  init: {
+    kvCacheMemoryBytes: number;
+    blockSize: number;
+    maxModelLen: number;
+    memoryPlan?: KvMemoryPlan;
+  },
   bytesPerBlock: number,
 ): number {
-  const numBlocks = Math.floor(init.kvCacheMemoryBytes / bytesPerBlock);
+  const numBlocks = Math.max(0, Math.floor(init.kvCacheMemoryBytes / bytesPerBlock));
   // Block 0 is the null block, so one fewer is usable.
   const numTokens = Math.max(0, numBlocks - 1) * init.blockSize;
+  if (numTokens < init.maxModelLen && init.memoryPlan !== undefined) {
+    throw new RangeError(
+      `--gpu-memory-utilization ${init.memoryPlan.utilization} leaves no room for one sequence ` +
+        `of the maximum length ${init.maxModelLen}: ${describeKvMemoryPlan(init.memoryPlan)} ` +
+        `(${init.memoryPlan.kvCacheMemoryBytes} bytes), which holds ${numTokens} tokens ` +
+        `(${bytesPerBlock} bytes per block of ${init.blockSize}): raise ` +
+        "--gpu-memory-utilization, free device memory or lower --max-model-len",
+    );
+  }
   if (numTokens < init.maxModelLen) {
     throw new RangeError(
       `A KV cache of ${init.kvCacheMemoryBytes} bytes holds ${numTokens} tokens ` +
@@ -131,7 +162,86 @@ export function planKvBlocks(
   return numBlocks;
 }
 
-/** The scheduler's configuration and the KV cache's shape for a model's config and the options. */
+/** What one engine's KV cache is sized from, besides the options: see kvBlocks. */
+export interface KvSizing {
+  /** The device's memory measured before the model was loaded (backend.memoryInfo()). */
+  memoryAtStart: MemoryInfo;
+  weightBytes: number;
+  /** The step workspace's bytes, reserved before the KV cache is sized. */
+  reservedBytes: number;
+}
+
+type ScheduleShape = Omit<ReturnType<typeof engineShape>, "numBlocks">;
+
+/**
+ * Refuses options that size the KV cache twice (or not at all), and --gpu-memory-utilization
+ * where its budget would miss a term: a draft model's own KV cache and workspace.
+ */
+export function checkKvSizing(options: LocalEngineOptions): void {
+  const utilization = options.gpuMemoryUtilization;
+  // numKvBlocks wins over kvCacheMemoryBytes (ranks pass the agreed count beside the flag's budget).
+  const explicit = options.numKvBlocks !== undefined
+    ? "numKvBlocks"
+    : options.kvCacheMemoryBytes !== undefined
+    ? "--kv-cache-memory"
+    : undefined;
+  if (explicit === undefined && utilization === undefined) {
+    throw new RangeError(
+      "An engine needs kvCacheMemoryBytes, numKvBlocks or gpuMemoryUtilization",
+    );
+  }
+  if (explicit !== undefined && utilization !== undefined) {
+    throw new RangeError(
+      `The KV cache is sized by ${explicit} or by --gpu-memory-utilization, not both`,
+    );
+  }
+  if (options.gpuMemoryUtilization === undefined) return;
+  checkUtilization(options.gpuMemoryUtilization);
+  const spec = options.speculative;
+  if (spec !== undefined && spec.model !== "ngram") {
+    throw new RangeError(
+      "--gpu-memory-utilization cannot size the KV cache beside a draft model yet " +
+        `(--speculative-model ${spec.model}): give --kv-cache-memory instead`,
+    );
+  }
+}
+
+/**
+ * The KV blocks (block 0 included) for the options: numKvBlocks as given, or planned from
+ * kvCacheMemoryBytes, or from gpuMemoryUtilization and `sizing` (required then), one path for both
+ * budgets through planKvBlocks.
+ */
+export function kvBlocks(
+  options: LocalEngineOptions,
+  shape: Pick<ScheduleShape, "blockSize" | "maxModelLen" | "bytesPerBlock">,
+  sizing?: KvSizing,
+): { numBlocks: number; memoryPlan?: KvMemoryPlan } {
+  checkKvSizing(options);
+  if (options.numKvBlocks !== undefined) return { numBlocks: options.numKvBlocks };
+  const { blockSize, maxModelLen, bytesPerBlock } = shape;
+  let memoryPlan: KvMemoryPlan | undefined;
+  if (options.gpuMemoryUtilization !== undefined) {
+    if (sizing === undefined) {
+      throw new RangeError(
+        "gpuMemoryUtilization needs the memory measured before loading and the bytes held " +
+          "(startLocalEngine measures them; LLM.over takes parts.memoryAtStart)",
+      );
+    }
+    memoryPlan = kvMemoryPlan(options.gpuMemoryUtilization, sizing.memoryAtStart, sizing);
+  }
+  const kvCacheMemoryBytes = memoryPlan?.kvCacheMemoryBytes ?? options.kvCacheMemoryBytes!;
+  const numBlocks = planKvBlocks(
+    { kvCacheMemoryBytes, blockSize, maxModelLen, memoryPlan },
+    bytesPerBlock,
+  );
+  return memoryPlan === undefined ? { numBlocks } : { numBlocks, memoryPlan };
+}
+
+/**
+ * The scheduler's configuration and the KV cache's shape for a model's config and the options
+ * (the KV cache from numKvBlocks or kvCacheMemoryBytes; createLocalEngine also takes
+ * gpuMemoryUtilization, which needs the step workspace reserved first).
+ */
 export function engineShape(
   modelConfig: LoadedModel["config"],
   options: LocalEngineOptions,
@@ -143,21 +253,20 @@ export function engineShape(
   numBlocks: number;
   bytesPerBlock: number;
 } {
+  const shape = scheduleShape(modelConfig, options);
+  return { ...shape, numBlocks: kvBlocks(options, shape).numBlocks };
+}
+
+/** engineShape without the KV block count. */
+function scheduleShape(
+  modelConfig: LoadedModel["config"],
+  options: LocalEngineOptions,
+): ScheduleShape {
   const modelMax = modelConfig.maxPositionEmbeddings;
   const maxModelLen = Math.min(options.maxModelLen ?? modelMax, modelMax);
   const blockSize = options.blockSize ?? ENGINE_DEFAULTS.blockSize;
   const dtype = kvDtype(options.kvCacheDtype ?? ENGINE_DEFAULTS.kvCacheDtype);
   const bytesPerBlock = KvCache.bytesPerBlock(modelConfig, blockSize, dtype);
-  let numBlocks = options.numKvBlocks;
-  if (numBlocks === undefined) {
-    if (options.kvCacheMemoryBytes === undefined) {
-      throw new RangeError("An engine needs kvCacheMemoryBytes or numKvBlocks");
-    }
-    numBlocks = planKvBlocks(
-      { kvCacheMemoryBytes: options.kvCacheMemoryBytes, blockSize, maxModelLen },
-      bytesPerBlock,
-    );
-  }
   const spec = options.speculative;
   const maxNumSeqs = options.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
   const maxNumBatchedTokens = options.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
@@ -180,7 +289,7 @@ export function engineShape(
     }),
     maxModelLen,
   };
-  return { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock };
+  return { config, maxModelLen, blockSize, dtype, bytesPerBlock };
 }
 
 function kvDtype(name: KvCacheDtype) {
@@ -200,19 +309,41 @@ export function createLocalEngine(
    * The draft model, loaded, when `options.speculative.model` names one; or a proposer of the
    * caller's own (tests), which `options.speculative` then only gives k and the threshold for.
    */
-  parts: { draft?: Pick<LoadedModel, "config" | "model">; proposer?: Proposer } = {},
+  parts: {
+    draft?: Pick<LoadedModel, "config" | "model">;
+    proposer?: Proposer;
+    /** With gpuMemoryUtilization: backend.memoryInfo() taken before the model was loaded. */
+    memoryAtStart?: MemoryInfo;
+  } = {},
 ): LocalEngine {
-  const { config, maxModelLen, blockSize, dtype, numBlocks, bytesPerBlock } = engineShape(
-    loaded.config,
-    options,
-  );
+  checkKvSizing(options);
+  const shape = scheduleShape(loaded.config, options);
+  const { config, maxModelLen, blockSize, dtype, bytesPerBlock } = shape;
   const spec = options.speculative;
   const { maxNumSeqs, maxNumBatchedTokens } = config;
   const disableBySize = spec?.disableBySize ?? ENGINE_DEFAULTS.speculativeDisableBySize;
-  const kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
+  // The step workspace first: its bytes are fixed and known once reserved, so a budget from
+  // --gpu-memory-utilization can leave them out before the KV cache takes the rest.
+  const workspace = new ForwardWorkspace(
+    backend,
+    loaded.model.config,
+    stepCapacity(config, blockSize),
+    { captureLayers: options.captureLayers },
+  );
+  let kvCache: KvCache | undefined;
   let executor: LocalExecutor | undefined;
   let proposer: Proposer | undefined;
   try {
+    const { numBlocks, memoryPlan } = kvBlocks(
+      options,
+      shape,
+      parts.memoryAtStart === undefined ? undefined : {
+        memoryAtStart: parts.memoryAtStart,
+        weightBytes: loaded.model.weights.sizeBytes,
+        reservedBytes: workspace.reservedBytes,
+      },
+    );
+    kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
     if (spec !== undefined) {
       proposer = parts.proposer ?? (spec.model === "ngram"
         ? new NgramProposer({
@@ -240,12 +371,12 @@ export function createLocalEngine(
     }
     executor = new LocalExecutor(
       backend,
-      { model: loaded.model, kvCache },
-      stepCapacity(config, blockSize),
-      { captureLayers: options.captureLayers },
+      { model: loaded.model, kvCache, workspace },
+      workspace.capacity,
     );
     const engine = new LLMEngine({ executor, tokenizer: loaded.tokenizer }, config);
     const held = executor;
+    const heldKv = kvCache;
     const draftBytes = proposer instanceof DraftModelProposer ? proposer.reservedBytes : 0;
     return {
       engine,
@@ -254,17 +385,20 @@ export function createLocalEngine(
       maxModelLen,
       reservedBytes: executor.reservedBytes + draftBytes,
       kvCacheBytes: numBlocks * bytesPerBlock,
+      ...(memoryPlan === undefined ? {} : { kvMemoryPlan: memoryPlan }),
       ...(proposer === undefined ? {} : { proposer }),
       release() {
         proposer?.release();
         held.release();
-        kvCache.release();
+        heldKv.release();
       },
     };
   } catch (error) {
     proposer?.release();
-    executor?.release();
-    kvCache.release();
+    // The executor owns the workspace once built.
+    if (executor === undefined) workspace.release();
+    else executor.release();
+    kvCache?.release();
     throw error;
   }
 }
@@ -296,7 +430,15 @@ export async function startLocalEngine(
     onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
   } = {},
 ): Promise<LocalEngine & { loaded: LoadedModel; backend: NativeBackend }> {
+  // Before anything loads: a KV sizing the engine would refuse fails at once.
+  checkKvSizing(options);
   if (options.parallel !== undefined && worldSize(options.parallel) > 1) {
+    if (options.gpuMemoryUtilization !== undefined) {
+      throw new RangeError(
+        "--gpu-memory-utilization cannot be combined with --tensor-parallel-size or " +
+          "--pipeline-parallel-size yet: give --kv-cache-memory (per rank) instead",
+      );
+    }
     // Neither has been built for ranks yet: the ranks' executor proposes nothing and shards only
     // weights as the checkpoint stores them.
     if (options.speculative !== undefined) {
@@ -321,6 +463,10 @@ export async function startLocalEngine(
   let loaded: LoadedModel | undefined;
   let draft: LoadedModel | undefined;
   try {
+    // What others (and this context) hold before our weights, for --gpu-memory-utilization.
+    const memoryAtStart = options.gpuMemoryUtilization === undefined
+      ? undefined
+      : backend.memoryInfo();
     loaded = await loadModel(backend, options.modelPath, {
       showProgress,
       onProgress: onLoadProgress,
@@ -332,7 +478,10 @@ export async function startLocalEngine(
       mmap: options.mmap,
     });
     draft = await loadDraft(backend, options, loaded, showProgress);
-    const local = createLocalEngine(backend, loaded, options, draft ? { draft } : {});
+    const local = createLocalEngine(backend, loaded, options, {
+      ...(draft === undefined ? {} : { draft }),
+      ...(memoryAtStart === undefined ? {} : { memoryAtStart }),
+    });
     const model = loaded;
     // "self" without a quantization drafts with the target's own weights: released once.
     const draftModel = draft === loaded ? undefined : draft;

@@ -1,6 +1,7 @@
 // Messages between the main thread (AsyncEngine) and the engine worker.
 import type { ErrorInfo } from "../errors.ts";
 import type { EngineStats } from "./engine.ts";
+import type { KvMemoryPlan } from "./kv_memory.ts";
 import type { EngineOptions } from "./local_engine.ts";
 import type { RequestOutput, RequestParams } from "./request.ts";
 
@@ -33,6 +34,8 @@ export type FromWorker =
     /** Device bytes reserved for steps (scratch, metadata, kernel workspace) and for KV. */
     reservedBytes: number;
     kvCacheBytes: number;
+    /** How --gpu-memory-utilization sized the KV cache; absent without it. */
+    kvMemoryPlan?: KvMemoryPlan;
     stats: EngineStats;
   }
   | { type: "load_progress"; loadedBytes: number; totalBytes: number }

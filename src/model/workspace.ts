@@ -76,6 +76,8 @@ export class ForwardWorkspace {
   #backend: NativeBackend;
   #vocabSize: number;
   #allocations: DevicePtr[] = [];
+  /** Host staging blocks (dl_host_alloc: pinned on CUDA, so copies through them are DMA). */
+  #hostBlocks: Deno.PointerObject[] = [];
   #metaDevice: DevicePtr;
   /** Staging for the metadata, or on the CPU build a view of the device memory itself. */
   #metaHost: Int32Array;
@@ -138,6 +140,12 @@ export class ForwardWorkspace {
       bytes += sizeBytes;
       return ptr;
     };
+    // Every host array a step copies through lives in staging memory of fixed address.
+    const staging = (sizeBytes: number) => {
+      const block = backend.hostAlloc(sizeBytes);
+      this.#hostBlocks.push(block.ptr);
+      return block.buffer;
+    };
     const residualRows = options.residualRows ?? t;
     if (!Number.isInteger(residualRows) || residualRows < 1 || residualRows > t) {
       throw new RangeError(
@@ -157,7 +165,9 @@ export class ForwardWorkspace {
       this.logits = alloc(l * c.vocabSize * F32);
       if (captureLayers.length > 0) {
         this.captured = alloc(captureLayers.length * l * c.hiddenSize * F32);
-        this.#capturedHost = new Float32Array(captureLayers.length * l * c.hiddenSize);
+        this.#capturedHost = new Float32Array(
+          staging(captureLayers.length * l * c.hiddenSize * F32),
+        );
         this.#captureSlot = new Int32Array(c.numLayers).fill(-1);
         captureLayers.forEach((layer, slot) => this.#captureSlot![layer] = slot);
       }
@@ -182,7 +192,7 @@ export class ForwardWorkspace {
       const view = backend.hostView(this.#metaDevice, at * I32);
       this.#metaIsDevice = view !== null;
       this.#metaHost = view === null
-        ? new Int32Array(at)
+        ? new Int32Array(staging(at * I32))
         : new Int32Array(view.buffer, view.byteOffset, at);
       const device = this.#metaDevice;
       const offsets = this.#offsets;
@@ -192,8 +202,8 @@ export class ForwardWorkspace {
           offset(device, offsets[k] * I32),
         ]),
       ) as unknown as StepMetadata;
-      this.#logitsHost = new Float32Array(l * c.vocabSize);
-      this.#hiddenHost = new Float32Array(l * c.hiddenSize);
+      this.#logitsHost = new Float32Array(staging(l * c.vocabSize * F32));
+      this.#hiddenHost = new Float32Array(staging(l * c.hiddenSize * F32));
       bytes += backend.reserveWorkspace({
         maxNumTokens: t,
         numHeads: c.numHeads,
@@ -305,5 +315,10 @@ export class ForwardWorkspace {
   release(): void {
     for (const ptr of this.#allocations) this.#backend.free(ptr);
     this.#allocations = [];
+    // Empty views first: a download after release then copies nothing instead of into freed memory.
+    this.#logitsHost = this.#hiddenHost = new Float32Array(0);
+    if (this.#capturedHost !== null) this.#capturedHost = new Float32Array(0);
+    for (const ptr of this.#hostBlocks) this.#backend.hostFree(ptr);
+    this.#hostBlocks = [];
   }
 }

@@ -38,7 +38,13 @@ export interface ServeConfig {
   maxModelLen?: number;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
-  kvCacheMemoryBytes: number;
+  /** The KV cache's bytes (default 1 GiB); absent when --gpu-memory-utilization sizes it. */
+  kvCacheMemoryBytes?: number;
+  /**
+   * vLLM's --gpu-memory-utilization, in (0, 1]: the share of the device's memory (the host's on
+   * the CPU build) the engine may hold; the KV cache gets what weights and steps leave.
+   */
+  gpuMemoryUtilization?: number;
   blockSize: number;
   /** Element type of cached K and V: f32 keeps CPU attention exact, f16/bf16 halve its memory. */
   kvCacheDtype: "f32" | "f16" | "bf16";
@@ -185,6 +191,26 @@ const byteSize = z.string().transform((text, ctx) => {
   return bytes;
 });
 
+/** "0.9", ".5", "1" → a fraction in (0, 1] (vLLM's --gpu-memory-utilization); else undefined. */
+export function parseFraction(text: string): number | undefined {
+  const trimmed = text.trim();
+  if (!/^(\d+(\.\d*)?|\.\d+)$/.test(trimmed)) return undefined;
+  const f = Number(trimmed);
+  return f > 0 && f <= 1 ? f : undefined;
+}
+
+const fraction = z.string().transform((text, ctx) => {
+  const f = parseFraction(text);
+  if (f === undefined) {
+    ctx.addIssue({
+      code: "custom",
+      message: "expected a fraction above 0 and at most 1, such as 0.9",
+    });
+    return z.NEVER;
+  }
+  return f;
+});
+
 /** One serve option: its flag, environment variable, default and help line. */
 interface Option {
   flag: string;
@@ -254,6 +280,13 @@ const OPTIONS = [
     arg: "BYTES",
     help: "KV cache size; K/M/G/T suffixes are powers of 1024",
     defaultText: "1G",
+  },
+  {
+    flag: "gpu-memory-utilization",
+    arg: "F",
+    help: "instead of --kv-cache-memory: size the KV cache so the engine holds this share " +
+      "(0 < F <= 1) of the device's memory, host memory on the CPU",
+    defaultText: "unset",
   },
   {
     flag: "block-size",
@@ -578,6 +611,7 @@ const SCHEMAS = {
   "max-num-seqs": integer(1),
   "max-num-batched-tokens": integer(1),
   "kv-cache-memory": byteSize,
+  "gpu-memory-utilization": fraction,
   "block-size": integer(1, 1024),
   "kv-cache-dtype": choice(["f32", "f16", "bf16"]),
   threads: integer(0, 4096),
@@ -720,6 +754,13 @@ export function parseServeConfig(
     throw new UsageError(`--model (or ${envName("model")}) is required`);
   }
   checkThreads(values.threads, sources.threads);
+  if (values["gpu-memory-utilization"] !== undefined && values["kv-cache-memory"] !== undefined) {
+    throw new UsageError(
+      `${describe(sources["gpu-memory-utilization"]!)} and ${
+        describe(sources["kv-cache-memory"]!)
+      } both size the KV cache: give one of them`,
+    );
+  }
   const enablePrefixCaching = prefixCaching(values, sources);
   const speculative = speculativeOptions({
     "speculative-model": values["speculative-model"],
@@ -759,7 +800,9 @@ export function parseServeConfig(
       maxModelLen: values["max-model-len"],
       maxNumSeqs: values["max-num-seqs"] ?? ENGINE_DEFAULTS.maxNumSeqs,
       maxNumBatchedTokens: values["max-num-batched-tokens"] ?? ENGINE_DEFAULTS.maxNumBatchedTokens,
-      kvCacheMemoryBytes: values["kv-cache-memory"] ?? 2 ** 30,
+      ...(values["gpu-memory-utilization"] === undefined
+        ? { kvCacheMemoryBytes: values["kv-cache-memory"] ?? 2 ** 30 }
+        : { gpuMemoryUtilization: values["gpu-memory-utilization"] }),
       blockSize: values["block-size"] ?? ENGINE_DEFAULTS.blockSize,
       kvCacheDtype: values["kv-cache-dtype"] ?? ENGINE_DEFAULTS.kvCacheDtype,
       numThreads: values.threads ?? defaultNumThreads(),

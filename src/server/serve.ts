@@ -6,6 +6,7 @@ import { AsyncTokenizer } from "../api/async_tokenizer.ts";
 import { createApp, Metrics } from "../api/mod.ts";
 import { UsageError } from "../errors.ts";
 import { AsyncEngine, EngineError } from "../engine/async_engine.ts";
+import { describeKvMemoryPlan } from "../engine/kv_memory.ts";
 import { ModelFormatError } from "../formats/errors.ts";
 import { downloadSnapshot, HubError, parseRepoRef } from "../hub/download.ts";
 import { openModelSource } from "../model/load.ts";
@@ -253,17 +254,18 @@ function gib(bytes: number): string {
 }
 
 /**
- * An operator's error naming --kv-cache-memory, for a KV cache the machine cannot hold (the
- * native allocator's own message names only dl_alloc).
+ * An operator's error naming --kv-cache-memory (or --gpu-memory-utilization), for a KV cache the
+ * machine cannot hold (the native allocator's own message names only dl_alloc).
  */
 function kvTooLarge(config: ServeConfig, detail: string): EngineError {
-  return new EngineError({
-    code: "native",
-    name: "EngineError",
-    message: `--kv-cache-memory ${config.kvCacheMemoryBytes} bytes (${
-      gib(config.kvCacheMemoryBytes)
-    }) cannot be allocated: ${detail}; lower --kv-cache-memory`,
-  });
+  const bytes = config.kvCacheMemoryBytes;
+  const message = bytes === undefined
+    ? `--gpu-memory-utilization ${config.gpuMemoryUtilization} cannot be allocated: ${detail}; ` +
+      "lower --gpu-memory-utilization"
+    : `--kv-cache-memory ${bytes} bytes (${
+      gib(bytes)
+    }) cannot be allocated: ${detail}; lower --kv-cache-memory`;
+  return new EngineError({ code: "native", name: "EngineError", message });
 }
 
 /** Starts the engine; under --device auto a CUDA start that fails falls back to the CPU. */
@@ -294,7 +296,9 @@ async function startEngine(
       numThreads: config.numThreads,
       blockSize: config.blockSize,
       kvCacheDtype: config.kvCacheDtype,
-      kvCacheMemoryBytes: config.kvCacheMemoryBytes,
+      ...(config.gpuMemoryUtilization === undefined
+        ? { kvCacheMemoryBytes: config.kvCacheMemoryBytes }
+        : { gpuMemoryUtilization: config.gpuMemoryUtilization }),
       maxModelLen,
       maxNumBatchedTokens: config.maxNumBatchedTokens,
       maxNumSeqs: config.maxNumSeqs,
@@ -459,6 +463,18 @@ export async function serve(
     const [{ engine, device }, tokenizer] = started;
     state.tokenizer = tokenizer;
     state.engine = engine;
+    const plan = engine.kvMemoryPlan;
+    if (plan !== undefined) {
+      log("info", `KV cache sized by --gpu-memory-utilization: ${describeKvMemoryPlan(plan)}`, {
+        gpu_memory_utilization: plan.utilization,
+        total_bytes: plan.totalBytes,
+        in_use_at_start_bytes: plan.inUseBytes,
+        weight_bytes: plan.weightBytes,
+        step_reserved_bytes: plan.reservedBytes,
+        margin_bytes: plan.marginBytes,
+        kv_budget_bytes: plan.kvCacheMemoryBytes,
+      });
+    }
     log("info", `serving ${config.servedModelName}`, {
       model: config.servedModelName,
       path: modelPath,

@@ -20,6 +20,7 @@
 // - rmsnorm, add_rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
+import assert from "node:assert/strict";
 import { tensorBytes } from "../../ffi/formats.ts";
 import { DType, type DTypeId, NativeBackend, NativeError, offset } from "../../ffi/native.ts";
 import { LLM } from "../../src/engine/llm.ts";
@@ -1378,6 +1379,136 @@ Deno.test("argument errors match the CPU build", () => {
     if (messages[0][i] !== messages[1][i]) {
       fail(`error ${i}: cpu says "${messages[0][i]}", ${DEVICE_BACKEND} says "${messages[1][i]}"`);
     }
+  }
+});
+
+// --- Device memory and pinned host memory
+
+const MIB = 2 ** 20;
+
+Deno.test("memory info: free drops by what dl_alloc holds and comes back on free", () => {
+  const before = gpu.memoryInfo();
+  assert(before.freeBytes > 0 && before.freeBytes <= before.totalBytes, JSON.stringify(before));
+  const emuTotal = Deno.env.get("DL_EMU_MEM_TOTAL");
+  if (DEVICE_LIBRARY?.includes("emu") && emuTotal !== undefined && /^\d+$/.test(emuTotal)) {
+    assert(before.totalBytes === Number(emuTotal), `total ${before.totalBytes}, set ${emuTotal}`);
+  }
+  // Odd sizes; a real GPU rounds each allocation up to its granularity (2 MiB pages), and the
+  // emulator counts exactly the bytes asked for.
+  const isExact = DEVICE_LIBRARY?.includes("emu") ?? false;
+  for (const size of [5 * MIB + 123, 33 * MIB + 1]) {
+    const ptr = gpu.alloc(size);
+    const held = gpu.memoryInfo();
+    const drop = before.freeBytes - held.freeBytes;
+    assert(held.totalBytes === before.totalBytes, "the total does not move");
+    if (gpu.name === "cuda") {
+      assert(
+        isExact ? drop === size : drop >= size && drop <= size + 4 * MIB,
+        `free dropped by ${drop} for ${size} bytes`,
+      );
+    }
+    gpu.free(ptr);
+    const after = gpu.memoryInfo();
+    if (gpu.name === "cuda") {
+      assert(
+        isExact ? after.freeBytes === before.freeBytes : after.freeBytes >= held.freeBytes + size,
+        `free is ${after.freeBytes} after the free, ${before.freeBytes} before the alloc`,
+      );
+    }
+  }
+  if (gpu.name === "cuda") {
+    // More than is free fails as out of memory, and leaves no error behind for the next kernel.
+    assert.throws(
+      () => gpu.alloc(gpu.memoryInfo().freeBytes + 64 * MIB),
+      (e) => e instanceof NativeError && e.status === 2,
+    );
+    withDeviceBuffers(gpu, (s) => {
+      const a = s.from(new Float32Array([1, 2, 3]));
+      gpu.add({ out: a, a, b: a, numElements: 3 });
+      assert(s.f32(a, 3).join() === "2,4,6", "a kernel after the failed alloc runs");
+    });
+  }
+});
+
+Deno.test("pinned host memory: copies to and from the device through it, bad frees fail", () => {
+  for (const size of [1, 4099, 3 * MIB + 5]) {
+    const src = gpu.hostAlloc(size);
+    const dst = gpu.hostAlloc(size);
+    const a = new Uint8Array(src.buffer);
+    const b = new Uint8Array(dst.buffer);
+    assert(a.every((v) => v === 0), "zero-filled");
+    for (let i = 0; i < size; i++) a[i] = (i * 31 + 7) & 0xff;
+    const device = gpu.alloc(size);
+    gpu.upload(device, a);
+    gpu.download(b, device);
+    assertBits(b, a, `${size} bytes through pinned memory`);
+    gpu.free(device);
+    gpu.hostFree(src.ptr);
+    gpu.hostFree(dst.ptr);
+  }
+  const device = gpu.alloc(64);
+  assert.throws(
+    () => gpu.hostFree(device),
+    (e) => e instanceof NativeError && /not allocated by dl_host_alloc/.test(e.message),
+  );
+  assert.throws(() => gpu.hostAlloc(0), RangeError);
+  // The refused free leaves no error behind: a kernel and a copy still run.
+  withDeviceBuffers(gpu, (s) => {
+    const x = s.from(new Float32Array([0.5, -1]));
+    gpu.add({ out: x, a: x, b: x, numElements: 2 });
+    assert(s.f32(x, 2).join() === "1,-2", "a kernel after the refused free runs");
+  });
+  gpu.free(device);
+});
+
+Deno.test("--gpu-memory-utilization on the device: the engine holds no more than F of it", async () => {
+  const memoryAtStart = gpu.memoryInfo();
+  const loaded = await loadModel(gpu, MODEL_DIR, { showProgress: false });
+  const limits = { blockSize: 16, maxModelLen: 256, maxNumBatchedTokens: 128, maxNumSeqs: 8 };
+  try {
+    const { totalBytes } = memoryAtStart;
+    const inUse = totalBytes - memoryAtStart.freeBytes;
+    const margin = Math.max(64 * MIB, Math.ceil(0.01 * totalBytes));
+    // A share that leaves the KV cache about 48 MiB beside a workspace of at most 16 MiB, so the
+    // emulator touches little memory at any device size.
+    const utilization = (inUse + loaded.model.weights.sizeBytes + margin + 64 * MIB) / totalBytes;
+    const llm = LLM.over(gpu, loaded, { ...limits, gpuMemoryUtilization: utilization }, {
+      memoryAtStart,
+    });
+    try {
+      const c = loaded.config;
+      const bytesPerBlock = 2 * c.numLayers * c.numKvHeads * 16 * c.headDim * 4;
+      const budget = Math.floor(utilization * totalBytes) - inUse - loaded.model.weights.sizeBytes -
+        llm.local.reservedBytes - margin;
+      assert(llm.local.reservedBytes < 16 * MIB, `workspace ${llm.local.reservedBytes}`);
+      assert(
+        llm.local.numKvBlocks + 1 === Math.floor(budget / bytesPerBlock),
+        `${llm.local.numKvBlocks + 1} blocks, expected ${Math.floor(budget / bytesPerBlock)}`,
+      );
+      // What the device says now: the engine and what was there before stay within F, less the
+      // margin. A real GPU also rounds each of the engine's ~100 allocations up to its
+      // granularity (up to 2 MiB each), which is what the margin is for; the slack allows it
+      // here without hiding a missing term (the margin alone is 1% of the device).
+      const held = totalBytes - gpu.memoryInfo().freeBytes;
+      const slack = DEVICE_LIBRARY?.includes("emu") ? 0 : 256 * MIB;
+      if (gpu.name === "cuda") {
+        assert(
+          held <= utilization * totalBytes - margin + slack,
+          `${held} bytes held, F x total = ${utilization * totalBytes}, margin ${margin}`,
+        );
+      }
+      const result = llm.generate({
+        promptIds: loaded.tokenizer.encode("Once upon a time"),
+        maxTokens: 8,
+        sampling: GREEDY,
+        ignoreEos: true,
+      });
+      assert(result.tokenIds.length === 8, "generates in the sized cache");
+    } finally {
+      llm.release();
+    }
+  } finally {
+    loaded.release();
   }
 });
 
