@@ -4,12 +4,19 @@ import { RequestIdError } from "../errors.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { BlockPool } from "./block_pool.ts";
-import type { Executor } from "./executor.ts";
-import { buildForwardBatch } from "./forward_batch.ts";
+import { greedyParams } from "./device_sampler.ts";
+import type { Executor, SampledStep, StepSampling } from "./executor.ts";
+import { buildForwardBatch, type ForwardBatch } from "./forward_batch.ts";
 import { KvCacheManager } from "./kv_cache_manager.ts";
 import { rankedLogprobs, topLogprobs } from "./logprobs.ts";
 import type { TokenGrammar } from "./grammar.ts";
 import { EngineRequest, type RequestOutput, type RequestParams } from "./request.ts";
+import {
+  canSampleOnDevice,
+  samplesOnDevice,
+  type SamplingDevice,
+  setDeviceRow,
+} from "./sampling_device.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
 import { checkSpeculativeConfig, type SpeculativeConfig } from "./spec/proposer.ts";
 import { type AcceptanceRule, rejectionSample } from "./spec/verify.ts";
@@ -18,6 +25,18 @@ export interface EngineConfig extends SchedulerConfig {
   enablePrefixCaching?: boolean;
   /** Speculative decoding: a proposer, k, and when to turn it off. */
   speculativeDecoding?: SpeculativeConfig;
+  /** Where tokens are sampled (src/engine/sampling_device.ts); default auto. */
+  samplingDevice?: SamplingDevice;
+}
+
+/** Device sampling counters since the engine started (present when it samples on the device). */
+export interface DeviceSamplingStats {
+  /** Steps that ran dl_sample: their sampled rows' ids came back instead of logits. */
+  numSteps: number;
+  /** Of those, the steps that still copied logits (a row sampled on the host, prompt logprobs). */
+  numStepsWithLogits: number;
+  /** Tokens that came from dl_sample. */
+  numTokens: number;
 }
 
 /** Speculative decoding counters since the engine started, as vLLM's metrics count them. */
@@ -48,6 +67,15 @@ export interface EngineStats {
   lastStepDecodeTokens: number;
   /** Present when speculative decoding is on. */
   specDecode?: SpecDecodeStats;
+  /** Present when the engine samples on the device. */
+  deviceSampling?: DeviceSamplingStats;
+}
+
+/** A step's device sampling: the executor's part, and which LM-head rows' ids are used. */
+interface DeviceRows {
+  step: StepSampling;
+  isDeviceRow: Uint8Array; // [numLmHeadRows] 1 where the row's token is dl_sample's
+  numRows: number;
 }
 
 export { RequestIdError };
@@ -66,6 +94,7 @@ export class LLMEngine {
   #spec?: SpeculativeConfig;
   #acceptanceRule: AcceptanceRule = rejectionSample;
   #specStats?: SpecDecodeStats;
+  #deviceStats?: DeviceSamplingStats;
 
   constructor(parts: { executor: Executor; tokenizer: TextTokenizer }, config: EngineConfig) {
     const { executor } = parts;
@@ -92,6 +121,9 @@ export class LLMEngine {
       );
     }
     this.#executor = executor;
+    if (samplesOnDevice(config.samplingDevice ?? "auto", executor)) {
+      this.#deviceStats = { numSteps: 0, numStepsWithLogits: 0, numTokens: 0 };
+    }
     if (config.speculativeDecoding !== undefined) {
       checkSpeculativeConfig(config.speculativeDecoding);
       this.#spec = config.speculativeDecoding;
@@ -215,11 +247,57 @@ export class LLMEngine {
     for (const s of plan.scheduled) {
       this.scheduler.runningRequest(s.requestId).firstScheduledTime ??= now;
     }
-    const logits = this.#executor.execute(buildForwardBatch(plan, this.kv.blockSize));
+    const batch = buildForwardBatch(plan, this.kv.blockSize);
+    const device = this.#deviceStats === undefined ? undefined : this.#deviceRows(plan, batch);
+    let result: SampledStep | { tokenIds: null; logits: Float32Array };
+    if (device === undefined) {
+      result = { tokenIds: null, logits: this.#executor.execute(batch) };
+    } else {
+      result = this.#executor.executeSampled!(batch, device.step);
+      const stats = this.#deviceStats!;
+      stats.numSteps++;
+      stats.numTokens += device.numRows;
+      if (device.step.copyLogits) stats.numStepsWithLogits++;
+    }
     this.scheduler.commit(plan);
     this.#numSteps++;
     this.#countTokens(plan);
-    return this.#processSamples(plan, logits);
+    return this.#processSamples(plan, result.logits, {
+      tokenIds: result.tokenIds,
+      isDeviceRow: device?.isDeviceRow,
+    });
+  }
+
+  /**
+   * Which of a step's sampling rows dl_sample serves, with their parameters; undefined when none.
+   * Each row is decided by its own request alone, so a seeded request draws the same tokens
+   * whatever shares its steps; the step copies logits only if a row needs them on the host.
+   */
+  #deviceRows(plan: SchedulerOutput, batch: ForwardBatch): DeviceRows | undefined {
+    const numHeadRows = batch.numLmHeadRows ?? batch.logitRows.length;
+    const params = greedyParams(numHeadRows);
+    const isDeviceRow = new Uint8Array(numHeadRows);
+    let numRows = 0;
+    let copyLogits = false;
+    let row = 0;
+    for (const s of plan.scheduled) {
+      row += s.numLogitRows;
+      const request = this.scheduler.runningRequest(s.requestId);
+      if (request.params.pooling !== undefined) continue;
+      copyLogits ||= request.needsPromptLogits;
+      if (!s.sample || request.params.maxTokens === 0) continue;
+      const isDevice = (s.numDraftTokens ?? 0) === 0 && !this.#pendingForks.has(request.id) &&
+        canSampleOnDevice(request);
+      if (!isDevice) {
+        copyLogits = true;
+        continue;
+      }
+      setDeviceRow(params, row - 1, request);
+      isDeviceRow[row - 1] = 1;
+      numRows++;
+    }
+    if (numRows === 0) return undefined;
+    return { step: { params, copyLogits }, isDeviceRow, numRows };
   }
 
   /**
@@ -282,7 +360,11 @@ export class LLMEngine {
     this.#lastStep = { prefill, decode };
   }
 
-  #processSamples(plan: SchedulerOutput, logits: Float32Array): RequestOutput[] {
+  #processSamples(
+    plan: SchedulerOutput,
+    logits: Float32Array | null,
+    device: { tokenIds: Int32Array | null; isDeviceRow?: Uint8Array },
+  ): RequestOutput[] {
     const vocab = this.#executor.vocabSize;
     const outputs: RequestOutput[] = [];
     const numRows = plan.scheduled.reduce((n, s) => n + s.numLogitRows, 0);
@@ -296,7 +378,10 @@ export class LLMEngine {
     for (const s of plan.scheduled) {
       const firstRow = row;
       row += s.numLogitRows;
-      const rowAt = (r: number) => logits.subarray(r * vocab, (r + 1) * vocab);
+      const rowAt = (r: number) => {
+        if (logits === null) throw new Error(`Row ${r}'s logits were not copied from the device`);
+        return logits.subarray(r * vocab, (r + 1) * vocab);
+      };
       const leader = this.scheduler.runningRequest(s.requestId);
       if (leader.params.pooling !== undefined) {
         const dim = this.#executor.hiddenSize;
@@ -323,7 +408,10 @@ export class LLMEngine {
         outputs.push(this.#verifyInto(leader, s, (j) => rowAt(firstRow + j)));
         continue;
       }
-      const rowLogits = rowAt(row - 1);
+      // The token dl_sample picked, or the logits to sample from on the host.
+      const source = device.isDeviceRow?.[row - 1] === 1
+        ? device.tokenIds![row - 1]
+        : rowAt(row - 1);
       // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
       // share its blocks (forked before sampling, in case the leader finishes at once).
       const siblings = this.#pendingForks.get(leader.id) ?? [];
@@ -341,7 +429,7 @@ export class LLMEngine {
         : undefined;
       const promptHidden = promptLogprobs !== undefined ? leader.promptHidden?.rows : undefined;
       for (const request of [leader, ...siblings]) {
-        const output = this.#sampleInto(request, rowLogits, promptLogprobs);
+        const output = this.#sampleInto(request, source, promptLogprobs);
         if (promptHidden !== undefined) output.promptHiddenStates = promptHidden;
         outputs.push(output);
       }
@@ -427,9 +515,10 @@ export class LLMEngine {
     }
   }
 
+  /** Appends one token: `source` is the id dl_sample picked, or the row to sample on the host. */
   #sampleInto(
     request: EngineRequest,
-    rowLogits: Float32Array,
+    source: Float32Array | number,
     promptLogprobs: RequestOutput["promptLogprobs"],
   ): RequestOutput {
     if (request.params.maxTokens === 0) {
@@ -439,10 +528,11 @@ export class LLMEngine {
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const grammar = request.grammar;
-    const logits = request.isBelowMinTokens
-      ? withoutTokens(rowLogits, request.stopTokenIds)
-      : rowLogits;
-    const token = request.sampler.sample(logits, request, grammar?.mask());
+    const token = typeof source === "number" ? source : request.sampler.sample(
+      request.isBelowMinTokens ? withoutTokens(source, request.stopTokenIds) : source,
+      request,
+      grammar?.mask(),
+    );
     // A token the grammar refuses can only be a fully masked row's fallback: end the sample.
     if (grammar !== undefined && !grammar.accept(token)) {
       request.abort();
@@ -453,8 +543,11 @@ export class LLMEngine {
     const { text, appended } = request.appendToken(token);
     // Under ignore_eos the stop token that completed the format is kept; nothing may follow it.
     if (grammar?.isTerminated && !request.isFinished) request.finishFormatComplete();
-    const logprobs = wantLogprobs && appended
-      ? [topLogprobs(rowLogits, token, request.params.logprobs!)]
+    if (wantLogprobs && typeof source === "number") {
+      throw new Error(`Request ${request.id} wants logprobs, but its logits stayed on the device`);
+    }
+    const logprobs = wantLogprobs && appended && typeof source !== "number"
+      ? [topLogprobs(source, token, request.params.logprobs!)]
       : undefined;
     if (request.isFinished) {
       this.#retire(request);
@@ -581,6 +674,7 @@ export class LLMEngine {
           numAcceptedTokensPerPos: [...this.#specStats.numAcceptedTokensPerPos],
         },
       }),
+      ...(this.#deviceStats === undefined ? {} : { deviceSampling: { ...this.#deviceStats } }),
     };
   }
 }

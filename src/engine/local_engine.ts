@@ -177,6 +177,7 @@ export function engineShape(
       policy: options.policy,
       mode: options.mode,
       enablePrefixCaching: options.enablePrefixCaching,
+      samplingDevice: options.samplingDevice,
     }),
     maxModelLen,
   };

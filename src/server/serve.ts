@@ -294,6 +294,7 @@ async function startEngine(
       numThreads: config.numThreads,
       blockSize: config.blockSize,
       kvCacheDtype: config.kvCacheDtype,
+      ...(config.samplingDevice === undefined ? {} : { samplingDevice: config.samplingDevice }),
       kvCacheMemoryBytes: config.kvCacheMemoryBytes,
       maxModelLen,
       maxNumBatchedTokens: config.maxNumBatchedTokens,
