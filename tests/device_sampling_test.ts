@@ -4,6 +4,7 @@
 // sample on the host; --sampling-device auto keeps the host on the CPU build.
 import assert from "node:assert/strict";
 import { NativeBackend } from "../ffi/native.ts";
+import { Metrics } from "../src/api/metrics.ts";
 import { type EngineStats, LLMEngine } from "../src/engine/engine.ts";
 import { type Executor, LocalExecutor } from "../src/engine/executor.ts";
 import type { ForwardBatch } from "../src/engine/forward_batch.ts";
@@ -337,4 +338,25 @@ Deno.test("--sampling-device: auto is the host on the CPU build; device needs an
   );
   const auto = new LLMEngine({ executor: logitsOnly, tokenizer: loaded.tokenizer }, config);
   assert.equal(auto.stats().deviceSampling, undefined);
+});
+
+Deno.test("/metrics counts the steps and tokens sampled on the device", () => {
+  const jobs = randomJobs(4, 1, () => ({ maxTokens: 6, sampling: GREEDY, ignoreEos: true }));
+  jobs.push({ ...jobs[0], id: "lp", params: { ...jobs[0].params, logprobs: 0 } });
+  const { stats } = run(jobs, "device");
+  const device = deviceStats(stats);
+  const metrics = new Metrics();
+  metrics.updateFromEngine(stats);
+  const lines = metrics.render().split("\n");
+  for (
+    const line of [
+      `denollm_device_sampling_steps_total ${device.numSteps}`,
+      `denollm_device_sampling_steps_with_logits_total ${device.numStepsWithLogits}`,
+      `denollm_device_sampled_tokens_total ${device.numTokens}`,
+    ]
+  ) {
+    assert.ok(lines.includes(line), line);
+  }
+  assert.equal(device.numTokens, 24, "the logprobs request's 6 tokens came from the host");
+  assert.equal(device.numStepsWithLogits, device.numSteps);
 });
