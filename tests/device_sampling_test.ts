@@ -9,6 +9,7 @@ import { type EngineStats, LLMEngine } from "../src/engine/engine.ts";
 import { type Executor, LocalExecutor } from "../src/engine/executor.ts";
 import type { ForwardBatch } from "../src/engine/forward_batch.ts";
 import { LLM } from "../src/engine/llm.ts";
+import type { LocalEngineOptions } from "../src/engine/local_engine.ts";
 import type { RequestParams } from "../src/engine/request.ts";
 import type { SamplingDevice } from "../src/engine/sampling_device.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
@@ -45,13 +46,18 @@ function watchDownloads() {
 }
 
 /** Runs jobs to the end on one engine; returns each sample's tokens, outputs and the stats. */
-function run(jobs: readonly Job[], samplingDevice: SamplingDevice) {
+function run(
+  jobs: readonly Job[],
+  samplingDevice: SamplingDevice,
+  options: LocalEngineOptions = {},
+) {
   const llm = LLM.over(backend, loaded, {
     blockSize: 8,
     numKvBlocks: 256,
     maxNumBatchedTokens: 256,
     maxNumSeqs: 64,
     samplingDevice,
+    ...options,
   });
   const tokens = new Map<string, number[]>();
   const outputs = new Map<string, ReturnType<LLMEngine["step"]>>();
@@ -285,6 +291,37 @@ Deno.test("device sampling: requests that need logits sample on the host", async
     const device = run([job], "device");
     assert.equal(totalTokens(device.tokens), 16);
     assert.equal(deviceStats(device.stats).numTokens, 14);
+  });
+  await t.step("speculative verification on the host, the other steps on the device", () => {
+    // A story told twice: n-gram lookup finds the second telling in the first.
+    const story = loaded.tokenizer.encode(
+      "Once upon a time there was a little girl named Lily. She liked to play outside.",
+    );
+    const jobs = [0, 1, 2].map((i) => ({
+      id: `g${i}`,
+      promptIds: [...story, ...story.slice(0, 4 + i)],
+      params: { maxTokens: 24, sampling: GREEDY, ignoreEos: true },
+    }));
+    const spec = run(jobs, "device", {
+      speculative: { model: "ngram", numSpeculativeTokens: 3, disableBySize: 8 },
+    });
+    assert.deepEqual(spec.tokens, run(jobs, "host").tokens);
+    assert.ok((spec.stats.specDecode?.numDrafts ?? 0) > 0, "some steps verified proposals");
+    const numTokens = deviceStats(spec.stats).numTokens;
+    assert.ok(numTokens > 0 && numTokens < totalTokens(spec.tokens), `${numTokens} on the device`);
+  });
+  await t.step("an embedding request beside generation: its pooled rows, their ids", () => {
+    const jobs = [
+      { id: "e", promptIds: prompt, params: { maxTokens: 0, sampling: GREEDY, pooling: "mean" } },
+      { id: "g", promptIds: prompt, params: { maxTokens: 8, sampling: GREEDY, ignoreEos: true } },
+    ] satisfies Job[];
+    const device = run(jobs, "device");
+    const host = run(jobs, "host");
+    assert.deepEqual(device.tokens, host.tokens);
+    const embedding = (r: typeof device) => r.outputs.get("e/0")!.at(-1)!.embedding;
+    assert.ok(embedding(device) !== undefined);
+    assert.deepEqual(embedding(device), embedding(host));
+    assert.equal(deviceStats(device.stats).numTokens, 8);
   });
   await t.step("a logprobs request beside a plain one: each where it must be", () => {
     const plain = { id: "p", promptIds: prompt, params: { maxTokens: 10, sampling: GREEDY } };
