@@ -19,7 +19,7 @@ import { withDeviceBuffers } from "./device_buffers.ts";
 import { sampleOn } from "./sample_helpers.ts";
 
 const MODEL = new URL("../../shared/models/stories260K/hf", import.meta.url).pathname;
-const backend = NativeBackend.open({ numThreads: 2 });
+const backend = NativeBackend.open({ numThreads: 1 });
 const loaded = await loadModel(backend, MODEL, { showProgress: false });
 const VOCAB = loaded.config.vocabSize;
 globalThis.addEventListener("unload", () => {

@@ -71,6 +71,9 @@ export interface EngineStats {
   deviceSampling?: DeviceSamplingStats;
 }
 
+/** What a step brought back: logits [numLmHeadRows, vocab], ids [numLmHeadRows], or both. */
+type StepResult = SampledStep | { tokenIds: null; logits: Float32Array };
+
 /** A step's device sampling: the executor's part, and which LM-head rows' ids are used. */
 interface DeviceRows {
   step: StepSampling;
@@ -249,23 +252,21 @@ export class LLMEngine {
     }
     const batch = buildForwardBatch(plan, this.kv.blockSize);
     const device = this.#deviceStats === undefined ? undefined : this.#deviceRows(plan, batch);
-    let result: SampledStep | { tokenIds: null; logits: Float32Array };
-    if (device === undefined) {
-      result = { tokenIds: null, logits: this.#executor.execute(batch) };
-    } else {
-      result = this.#executor.executeSampled!(batch, device.step);
-      const stats = this.#deviceStats!;
-      stats.numSteps++;
-      stats.numTokens += device.numRows;
-      if (device.step.copyLogits) stats.numStepsWithLogits++;
-    }
+    const result = this.#execute(batch, device);
     this.scheduler.commit(plan);
     this.#numSteps++;
     this.#countTokens(plan);
-    return this.#processSamples(plan, result.logits, {
-      tokenIds: result.tokenIds,
-      isDeviceRow: device?.isDeviceRow,
-    });
+    return this.#processSamples(plan, result, device?.isDeviceRow);
+  }
+
+  /** Runs the step: logits back, or with device rows their ids (and logits if a row needs them). */
+  #execute(batch: ForwardBatch, device: DeviceRows | undefined): StepResult {
+    if (device === undefined) return { tokenIds: null, logits: this.#executor.execute(batch) };
+    const stats = this.#deviceStats!;
+    stats.numSteps++;
+    stats.numTokens += device.numRows;
+    if (device.step.copyLogits) stats.numStepsWithLogits++;
+    return this.#executor.executeSampled!(batch, device.step);
   }
 
   /**
@@ -362,8 +363,8 @@ export class LLMEngine {
 
   #processSamples(
     plan: SchedulerOutput,
-    logits: Float32Array | null,
-    device: { tokenIds: Int32Array | null; isDeviceRow?: Uint8Array },
+    { logits, tokenIds }: StepResult,
+    isDeviceRow?: Uint8Array,
   ): RequestOutput[] {
     const vocab = this.#executor.vocabSize;
     const outputs: RequestOutput[] = [];
@@ -409,9 +410,7 @@ export class LLMEngine {
         continue;
       }
       // The token dl_sample picked, or the logits to sample from on the host.
-      const source = device.isDeviceRow?.[row - 1] === 1
-        ? device.tokenIds![row - 1]
-        : rowAt(row - 1);
+      const source = isDeviceRow?.[row - 1] === 1 ? tokenIds![row - 1] : rowAt(row - 1);
       // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
       // share its blocks (forked before sampling, in case the leader finishes at once).
       const siblings = this.#pendingForks.get(leader.id) ?? [];
@@ -528,6 +527,10 @@ export class LLMEngine {
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const grammar = request.grammar;
+    const wantLogprobs = request.params.logprobs !== undefined;
+    if (typeof source === "number" && (wantLogprobs || grammar !== undefined)) {
+      throw new Error(`Request ${request.id} needs its logits, but they stayed on the device`);
+    }
     const token = typeof source === "number" ? source : request.sampler.sample(
       request.isBelowMinTokens ? withoutTokens(source, request.stopTokenIds) : source,
       request,
@@ -539,13 +542,9 @@ export class LLMEngine {
       this.#retire(request);
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
-    const wantLogprobs = request.params.logprobs !== undefined;
     const { text, appended } = request.appendToken(token);
     // Under ignore_eos the stop token that completed the format is kept; nothing may follow it.
     if (grammar?.isTerminated && !request.isFinished) request.finishFormatComplete();
-    if (wantLogprobs && typeof source === "number") {
-      throw new Error(`Request ${request.id} wants logprobs, but its logits stayed on the device`);
-    }
     const logprobs = wantLogprobs && appended && typeof source !== "number"
       ? [topLogprobs(source, token, request.params.logprobs!)]
       : undefined;
