@@ -276,6 +276,18 @@ Deno.test("device sampling: requests that need logits sample on the host", async
     assert.equal(stats.numTokens, device.outputs.get("x/0")!.at(-1)!.numOutputTokens);
     assert.equal(stats.numStepsWithLogits, 1, "the prompt's step");
   });
+  await t.step("temperatures dl_sample's f32 cannot take: on the host", () => {
+    for (const temperature of [1e-39, 1e39]) {
+      const job = {
+        id: "x",
+        promptIds: prompt,
+        params: { maxTokens: 6, sampling: { ...sampling, temperature }, ignoreEos: true },
+      };
+      const device = run([job], "device");
+      assert.deepEqual(device.tokens, run([job], "host").tokens, `temperature ${temperature}`);
+      assert.equal(deviceStats(device.stats).numTokens, 0, `temperature ${temperature}`);
+    }
+  });
   await t.step("min_tokens: on the host until min_tokens, then on the device", () => {
     const job = { id: "x", promptIds: prompt, params: { maxTokens: 12, sampling, minTokens: 5 } };
     const device = run([job], "device");

@@ -29,13 +29,17 @@ export function samplesOnDevice(choice: SamplingDevice, executor: Executor): boo
 }
 
 const F32_MAX = 3.4028234663852886e38;
+/** The smallest normal f32: below it dl_sample's f32 1 / temperature overflows. */
+const F32_MIN_NORMAL = 2 ** -126;
 
 /**
  * Whether a request's next token can come from dl_sample, which sees only the raw logits and
  * temperature, top-k, top-p and min-p. Everything that reads or changes the logits first needs
  * them on the host: penalties and logit bias, logprobs (best_of too), a grammar's mask, and
  * min_tokens masking the stop tokens. Parameters that f32 cannot hold in dl_sample's ranges (a
- * temperature above 3.4e38, a top_p that rounds to 0) stay on the host too. The engine also keeps
+ * temperature above 3.4e38, a top_p that rounds to 0) stay on the host too, and so does a
+ * temperature under 2^-126, whose f32 inverse is infinite: dl_sample's top weight is then
+ * 0 * inf, and it returns the last candidate instead of the argmax (both builds, ABI 5). The engine also keeps
  * on the host the steps that verify proposals and a first sample that n > 1 siblings share.
  */
 export function canSampleOnDevice(request: EngineRequest): boolean {
@@ -44,7 +48,8 @@ export function canSampleOnDevice(request: EngineRequest): boolean {
   return !sampler.adjustsLogits && request.params.logprobs === undefined &&
     request.grammar === undefined &&
     !(request.isBelowMinTokens && request.stopTokenIds.size > 0) &&
-    p.temperature <= F32_MAX && Math.fround(p.topP) > 0;
+    (p.temperature === 0 || (p.temperature >= F32_MIN_NORMAL && p.temperature <= F32_MAX)) &&
+    Math.fround(p.topP) > 0;
 }
 
 /**
