@@ -469,6 +469,8 @@ export async function serve(
       kv_tokens: engine.numKvBlocks * engine.blockSize,
       block_size: engine.blockSize,
       kv_dtype: config.kvCacheDtype,
+      // Where tokens are sampled, as --sampling-device resolved on this build.
+      sampling_device: engine.stats.deviceSampling === undefined ? "host" : "device",
       max_model_len: engine.maxModelLen,
       weight_bytes: engine.weightBytes,
       kv_cache_bytes: engine.kvCacheBytes,
