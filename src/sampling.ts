@@ -162,12 +162,23 @@ export interface TokenDistribution {
 /** Samples with one Sampler per sequence so each keeps its own random stream. */
 export class Sampler {
   readonly params: SamplingParams;
+  /**
+   * The seed in use: the given one, or one drawn at random once. Device sampling (dl_sample)
+   * draws from (seed, token index) with it, so an unseeded request still has one stream.
+   */
+  readonly seed: number;
   #rng: Rng;
 
   constructor(params: SamplingParams) {
     validateSamplingParams(params);
     this.params = params;
-    this.#rng = new Rng(params.seed ?? Math.floor(Math.random() * 2 ** 31));
+    this.seed = params.seed ?? Math.floor(Math.random() * 2 ** 31);
+    this.#rng = new Rng(this.seed);
+  }
+
+  /** Whether any penalty or logit bias changes the logits before sampling. */
+  get adjustsLogits(): boolean {
+    return adjustsLogits(this.params);
   }
 
   /** Whether this sampler always takes the argmax (and so never draws from its generator). */

@@ -98,6 +98,8 @@ Deno.test("denollm serve end to end", async (t) => {
       assert.ok((ready.kv_blocks as number) > 0 && (ready.weight_bytes as number) > 0);
       assert.equal(ready.kv_tokens, (ready.kv_blocks as number) * (ready.block_size as number));
       assert.equal(typeof ready.load_ms, "number");
+      // --sampling-device auto: the host sampler on the CPU build.
+      assert.equal(ready.sampling_device, "host");
     });
 
     let greedyText = "";

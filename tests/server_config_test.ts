@@ -228,6 +228,16 @@ Deno.test("serve config", async (t) => {
     }
   });
 
+  await t.step("--sampling-device and DENOLLM_SAMPLING_DEVICE", () => {
+    assert.equal(parse(["--model", "m"]).samplingDevice, undefined, "unset: the engine's auto");
+    assert.equal(parse(["--model", "m", "--sampling-device", "device"]).samplingDevice, "device");
+    assert.equal(
+      parse(["--model", "m"], { DENOLLM_SAMPLING_DEVICE: "host" }).samplingDevice,
+      "host",
+    );
+    assert.match(SERVE_USAGE, /--sampling-device WHERE/);
+  });
+
   await t.step("every bad value names the flag or variable and the value", () => {
     const cases: [string, string, string][] = [
       ["port", "70000", "expected an integer from 0 to 65535"],
@@ -253,6 +263,7 @@ Deno.test("serve config", async (t) => {
       ["device", "gpu", "expected auto, cpu, cuda or cuda:N"],
       ["device", "cuda:x", "expected auto, cpu, cuda or cuda:N"],
       ["scheduler", "fifo", "expected one of continuous, static"],
+      ["sampling-device", "gpu", "expected one of auto, device, host"],
       ["log-format", "xml", "expected one of text, json"],
       ["shutdown-timeout", "-5", "expected a number of seconds, at least 0"],
       ["served-model-name", " ", "expected a non-empty value"],

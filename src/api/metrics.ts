@@ -464,6 +464,19 @@ export class Metrics extends RegistryOwner {
     help: "Accepted tokens by their position among a step's proposals (0 = the first).",
     labelNames: ["position"],
   });
+  // Device sampling (--sampling-device): steps whose sampled tokens came back as ids.
+  readonly deviceSamplingSteps = this.registry.counter({
+    name: "denollm_device_sampling_steps",
+    help: "Engine steps that sampled on the device (dl_sample) and copied back token ids.",
+  });
+  readonly deviceSamplingStepsWithLogits = this.registry.counter({
+    name: "denollm_device_sampling_steps_with_logits",
+    help: "Of those, steps that still copied logits for rows sampled on the host.",
+  });
+  readonly deviceSampledTokens = this.registry.counter({
+    name: "denollm_device_sampled_tokens",
+    help: "Tokens sampled on the device.",
+  });
 
   /** Copies the engine's stats into the gauges and mirrored counters. */
   updateFromEngine(stats: EngineStats): void {
@@ -482,6 +495,12 @@ export class Metrics extends RegistryOwner {
       for (const [position, n] of spec.numAcceptedTokensPerPos.entries()) {
         this.specDecodeNumAcceptedTokensPerPos.setTotal(n, { position: String(position) });
       }
+    }
+    const device = stats.deviceSampling;
+    if (device !== undefined) {
+      this.deviceSamplingSteps.setTotal(device.numSteps);
+      this.deviceSamplingStepsWithLogits.setTotal(device.numStepsWithLogits);
+      this.deviceSampledTokens.setTotal(device.numTokens);
     }
   }
 

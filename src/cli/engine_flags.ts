@@ -5,6 +5,7 @@ import {
   type EngineOptions,
   type SpeculativeOptions,
 } from "../engine/local_engine.ts";
+import { SAMPLING_DEVICES, type SamplingDevice } from "../engine/sampling_device.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseByteSize, parseFraction } from "../server/config.ts";
@@ -24,6 +25,7 @@ export const ENGINE_FLAG_OPTIONS = {
   "no-mmap": { type: "boolean" },
   threads: { type: "string" },
   library: { type: "string" },
+  "sampling-device": { type: "string" },
   "speculative-model": { type: "string" },
   "num-speculative-tokens": { type: "string" },
   "ngram-prompt-lookup-max": { type: "string" },
@@ -45,6 +47,33 @@ export const SPECULATIVE_FLAGS_USAGE =
   --speculative-disable-by-batch-size N
                                no speculation while more requests run (default ${ENGINE_DEFAULTS.speculativeDisableBySize})`;
 
+/** The --sampling-device lines of a usage text, help starting at `column` (serve, generate). */
+export function samplingDeviceUsage(column = 31): string {
+  const lines = [
+    "where tokens are sampled: device (dl_sample; a step copies back",
+    "token ids, not logits), host (logits copied back, sampled in f64)",
+    "or auto (default: device on the CUDA build, host on the CPU build).",
+    "Penalties, logit bias, logprobs, structured output, min_tokens and",
+    "speculative verification sample on the host either way. Greedy is",
+    "the same on both; seeded samples differ between the two, and the",
+    "device's are the same on the CPU and CUDA builds",
+  ];
+  const pad = " ".repeat(column);
+  return `  ${"--sampling-device D".padEnd(column - 2)}${lines[0]}\n` +
+    lines.slice(1).map((l) => pad + l).join("\n");
+}
+
+/** The --sampling-device value, checked. */
+export function samplingDeviceFlag(value: string): SamplingDevice {
+  const choice = SAMPLING_DEVICES.find((d) => d === value);
+  if (choice === undefined) {
+    throw new UsageError(
+      `--sampling-device expects one of ${SAMPLING_DEVICES.join(", ")}, got "${value}"`,
+    );
+  }
+  return choice;
+}
+
 /** Their lines in a usage text. */
 export const ENGINE_FLAGS_USAGE =
   `  --model PATH                 Hugging Face model directory or .gguf file (required)
@@ -61,6 +90,7 @@ export const ENGINE_FLAGS_USAGE =
   --no-mmap                    copy weights into memory instead of mapping them from the file
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
   --library PATH               native library to load (default build/libdenollm_cpu.so)
+${samplingDeviceUsage()}
 ${SPECULATIVE_FLAGS_USAGE}`;
 
 /** A whole number of at least `min`, or `fallback` when the flag is absent. */
@@ -183,6 +213,9 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...kvSizing,
     numThreads: integerFlag("threads", values.threads, defaultNumThreads(), 0),
     ...(values.library === undefined ? {} : { libraryPath: values.library }),
+    ...(values["sampling-device"] === undefined
+      ? {}
+      : { samplingDevice: samplingDeviceFlag(values["sampling-device"]) }),
     ...(values.quantization === undefined
       ? {}
       : { quantization: quantizationFlag(values.quantization) }),

@@ -6,7 +6,7 @@ import { applyOmpEnvDefaults, defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { type LoadedModel, loadModel } from "../model/load.ts";
 import { describeQuantization } from "../model/quantize.ts";
-import { quantizationFlag } from "./engine_flags.ts";
+import { quantizationFlag, samplingDeviceFlag, samplingDeviceUsage } from "./engine_flags.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import { renderChat } from "../tokenizer/chat_template.ts";
 import { downloadSnapshot, parseRepoRef } from "../hub/download.ts";
@@ -34,6 +34,7 @@ export const GENERATE_USAGE = `Usage: denollm generate --model MODEL --prompt TE
   --kv-cache-memory B  KV cache bytes (default: just enough for the prompt and --max-tokens)
   --library PATH       native library to load (default build/libdenollm_cpu.so)
   --quantization Q     quantize F32/F16/BF16 weights on load: int8, int4, q8_0, q4_k, …
+${samplingDeviceUsage(23)}
 `;
 
 function parseNumber(flag: string, value: string | undefined, fallback: number, integer = false) {
@@ -70,6 +71,7 @@ export async function runGenerate(args: string[]): Promise<void> {
         "kv-cache-memory": { type: "string" },
         library: { type: "string" },
         quantization: { type: "string" },
+        "sampling-device": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -99,6 +101,7 @@ export async function runGenerate(args: string[]): Promise<void> {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+  const samplingDevice = samplingDeviceFlag(v["sampling-device"] ?? "auto");
   const threads = parseNumber("threads", v.threads, defaultNumThreads(), true);
   // libgomp reads its wait policy once, when the native library first loads.
   applyOmpEnvDefaults(Deno.env);
@@ -129,6 +132,7 @@ export async function runGenerate(args: string[]): Promise<void> {
         maxModelLen,
         maxNumSeqs: 1,
         maxNumBatchedTokens: Math.min(2048, maxModelLen),
+        samplingDevice,
         ...(kvMemory > 0
           ? { kvCacheMemoryBytes: kvMemory }
           : { numKvBlocks: Math.ceil(maxModelLen / blockSize) + 1 }),

@@ -4,12 +4,19 @@ import { RequestIdError } from "../errors.ts";
 import { validateSamplingParams } from "../sampling.ts";
 import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { BlockPool } from "./block_pool.ts";
-import type { Executor } from "./executor.ts";
-import { buildForwardBatch } from "./forward_batch.ts";
+import { greedyParams } from "./device_sampler.ts";
+import type { Executor, SampledStep, StepSampling } from "./executor.ts";
+import { buildForwardBatch, type ForwardBatch } from "./forward_batch.ts";
 import { KvCacheManager } from "./kv_cache_manager.ts";
 import { rankedLogprobs, topLogprobs } from "./logprobs.ts";
 import type { TokenGrammar } from "./grammar.ts";
 import { EngineRequest, type RequestOutput, type RequestParams } from "./request.ts";
+import {
+  canSampleOnDevice,
+  samplesOnDevice,
+  type SamplingDevice,
+  setDeviceRow,
+} from "./sampling_device.ts";
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.ts";
 import { checkSpeculativeConfig, type SpeculativeConfig } from "./spec/proposer.ts";
 import { type AcceptanceRule, rejectionSample } from "./spec/verify.ts";
@@ -18,6 +25,18 @@ export interface EngineConfig extends SchedulerConfig {
   enablePrefixCaching?: boolean;
   /** Speculative decoding: a proposer, k, and when to turn it off. */
   speculativeDecoding?: SpeculativeConfig;
+  /** Where tokens are sampled (src/engine/sampling_device.ts); default auto. */
+  samplingDevice?: SamplingDevice;
+}
+
+/** Device sampling counters since the engine started (present when it samples on the device). */
+export interface DeviceSamplingStats {
+  /** Steps that ran dl_sample: their sampled rows' ids came back instead of logits. */
+  numSteps: number;
+  /** Of those, the steps that still copied logits (a row sampled on the host, prompt logprobs). */
+  numStepsWithLogits: number;
+  /** Tokens that came from dl_sample. */
+  numTokens: number;
 }
 
 /** Speculative decoding counters since the engine started, as vLLM's metrics count them. */
@@ -48,6 +67,18 @@ export interface EngineStats {
   lastStepDecodeTokens: number;
   /** Present when speculative decoding is on. */
   specDecode?: SpecDecodeStats;
+  /** Present when the engine samples on the device. */
+  deviceSampling?: DeviceSamplingStats;
+}
+
+/** What a step brought back: logits [numLmHeadRows, vocab], ids [numLmHeadRows], or both. */
+type StepResult = SampledStep | { tokenIds: null; logits: Float32Array };
+
+/** A step's device sampling: the executor's part, and which LM-head rows' ids are used. */
+interface DeviceRows {
+  step: StepSampling;
+  isDeviceRow: Uint8Array; // [numLmHeadRows] 1 where the row's token is dl_sample's
+  numRows: number;
 }
 
 export { RequestIdError };
@@ -66,6 +97,7 @@ export class LLMEngine {
   #spec?: SpeculativeConfig;
   #acceptanceRule: AcceptanceRule = rejectionSample;
   #specStats?: SpecDecodeStats;
+  #deviceStats?: DeviceSamplingStats;
 
   constructor(parts: { executor: Executor; tokenizer: TextTokenizer }, config: EngineConfig) {
     const { executor } = parts;
@@ -92,6 +124,9 @@ export class LLMEngine {
       );
     }
     this.#executor = executor;
+    if (samplesOnDevice(config.samplingDevice ?? "auto", executor)) {
+      this.#deviceStats = { numSteps: 0, numStepsWithLogits: 0, numTokens: 0 };
+    }
     if (config.speculativeDecoding !== undefined) {
       checkSpeculativeConfig(config.speculativeDecoding);
       this.#spec = config.speculativeDecoding;
@@ -215,11 +250,55 @@ export class LLMEngine {
     for (const s of plan.scheduled) {
       this.scheduler.runningRequest(s.requestId).firstScheduledTime ??= now;
     }
-    const logits = this.#executor.execute(buildForwardBatch(plan, this.kv.blockSize));
+    const batch = buildForwardBatch(plan, this.kv.blockSize);
+    const device = this.#deviceStats === undefined ? undefined : this.#deviceRows(plan, batch);
+    const result = this.#execute(batch, device);
     this.scheduler.commit(plan);
     this.#numSteps++;
     this.#countTokens(plan);
-    return this.#processSamples(plan, logits);
+    return this.#processSamples(plan, result, device?.isDeviceRow);
+  }
+
+  /** Runs the step: logits back, or with device rows their ids (and logits if a row needs them). */
+  #execute(batch: ForwardBatch, device: DeviceRows | undefined): StepResult {
+    if (device === undefined) return { tokenIds: null, logits: this.#executor.execute(batch) };
+    const stats = this.#deviceStats!;
+    stats.numSteps++;
+    stats.numTokens += device.numRows;
+    if (device.step.copyLogits) stats.numStepsWithLogits++;
+    return this.#executor.executeSampled!(batch, device.step);
+  }
+
+  /**
+   * Which of a step's sampling rows dl_sample serves, with their parameters; undefined when none.
+   * Each row is decided by its own request alone, so a seeded request draws the same tokens
+   * whatever shares its steps; the step copies logits only if a row needs them on the host.
+   */
+  #deviceRows(plan: SchedulerOutput, batch: ForwardBatch): DeviceRows | undefined {
+    const numHeadRows = batch.numLmHeadRows ?? batch.logitRows.length;
+    const params = greedyParams(numHeadRows);
+    const isDeviceRow = new Uint8Array(numHeadRows);
+    let numRows = 0;
+    let copyLogits = false;
+    let row = 0;
+    for (const s of plan.scheduled) {
+      row += s.numLogitRows;
+      const request = this.scheduler.runningRequest(s.requestId);
+      if (request.params.pooling !== undefined) continue;
+      copyLogits ||= request.needsPromptLogits;
+      if (!s.sample || request.params.maxTokens === 0) continue;
+      const isDevice = (s.numDraftTokens ?? 0) === 0 && !this.#pendingForks.has(request.id) &&
+        canSampleOnDevice(request);
+      if (!isDevice) {
+        copyLogits = true;
+        continue;
+      }
+      setDeviceRow(params, row - 1, request);
+      isDeviceRow[row - 1] = 1;
+      numRows++;
+    }
+    if (numRows === 0) return undefined;
+    return { step: { params, copyLogits }, isDeviceRow, numRows };
   }
 
   /**
@@ -282,7 +361,11 @@ export class LLMEngine {
     this.#lastStep = { prefill, decode };
   }
 
-  #processSamples(plan: SchedulerOutput, logits: Float32Array): RequestOutput[] {
+  #processSamples(
+    plan: SchedulerOutput,
+    { logits, tokenIds }: StepResult,
+    isDeviceRow?: Uint8Array,
+  ): RequestOutput[] {
     const vocab = this.#executor.vocabSize;
     const outputs: RequestOutput[] = [];
     const numRows = plan.scheduled.reduce((n, s) => n + s.numLogitRows, 0);
@@ -296,7 +379,10 @@ export class LLMEngine {
     for (const s of plan.scheduled) {
       const firstRow = row;
       row += s.numLogitRows;
-      const rowAt = (r: number) => logits.subarray(r * vocab, (r + 1) * vocab);
+      const rowAt = (r: number) => {
+        if (logits === null) throw new Error(`Row ${r}'s logits were not copied from the device`);
+        return logits.subarray(r * vocab, (r + 1) * vocab);
+      };
       const leader = this.scheduler.runningRequest(s.requestId);
       if (leader.params.pooling !== undefined) {
         const dim = this.#executor.hiddenSize;
@@ -323,7 +409,8 @@ export class LLMEngine {
         outputs.push(this.#verifyInto(leader, s, (j) => rowAt(firstRow + j)));
         continue;
       }
-      const rowLogits = rowAt(row - 1);
+      // The token dl_sample picked, or the logits to sample from on the host.
+      const source = isDeviceRow?.[row - 1] === 1 ? tokenIds![row - 1] : rowAt(row - 1);
       // A leader's first sample also starts its n - 1 siblings from the same prompt logits; they
       // share its blocks (forked before sampling, in case the leader finishes at once).
       const siblings = this.#pendingForks.get(leader.id) ?? [];
@@ -341,7 +428,7 @@ export class LLMEngine {
         : undefined;
       const promptHidden = promptLogprobs !== undefined ? leader.promptHidden?.rows : undefined;
       for (const request of [leader, ...siblings]) {
-        const output = this.#sampleInto(request, rowLogits, promptLogprobs);
+        const output = this.#sampleInto(request, source, promptLogprobs);
         if (promptHidden !== undefined) output.promptHiddenStates = promptHidden;
         outputs.push(output);
       }
@@ -427,9 +514,10 @@ export class LLMEngine {
     }
   }
 
+  /** Appends one token: `source` is the id dl_sample picked, or the row to sample on the host. */
   #sampleInto(
     request: EngineRequest,
-    rowLogits: Float32Array,
+    source: Float32Array | number,
     promptLogprobs: RequestOutput["promptLogprobs"],
   ): RequestOutput {
     if (request.params.maxTokens === 0) {
@@ -439,22 +527,26 @@ export class LLMEngine {
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
     const grammar = request.grammar;
-    const logits = request.isBelowMinTokens
-      ? withoutTokens(rowLogits, request.stopTokenIds)
-      : rowLogits;
-    const token = request.sampler.sample(logits, request, grammar?.mask());
+    const wantLogprobs = request.params.logprobs !== undefined;
+    if (typeof source === "number" && (wantLogprobs || grammar !== undefined)) {
+      throw new Error(`Request ${request.id} needs its logits, but they stayed on the device`);
+    }
+    const token = typeof source === "number" ? source : request.sampler.sample(
+      request.isBelowMinTokens ? withoutTokens(source, request.stopTokenIds) : source,
+      request,
+      grammar?.mask(),
+    );
     // A token the grammar refuses can only be a fully masked row's fallback: end the sample.
     if (grammar !== undefined && !grammar.accept(token)) {
       request.abort();
       this.#retire(request);
       return this.#output(request, [], "", undefined, promptLogprobs);
     }
-    const wantLogprobs = request.params.logprobs !== undefined;
     const { text, appended } = request.appendToken(token);
     // Under ignore_eos the stop token that completed the format is kept; nothing may follow it.
     if (grammar?.isTerminated && !request.isFinished) request.finishFormatComplete();
-    const logprobs = wantLogprobs && appended
-      ? [topLogprobs(rowLogits, token, request.params.logprobs!)]
+    const logprobs = wantLogprobs && appended && typeof source !== "number"
+      ? [topLogprobs(source, token, request.params.logprobs!)]
       : undefined;
     if (request.isFinished) {
       this.#retire(request);
@@ -581,6 +673,7 @@ export class LLMEngine {
           numAcceptedTokensPerPos: [...this.#specStats.numAcceptedTokensPerPos],
         },
       }),
+      ...(this.#deviceStats === undefined ? {} : { deviceSampling: { ...this.#deviceStats } }),
     };
   }
 }

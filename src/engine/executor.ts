@@ -1,10 +1,25 @@
 // Executors run forward batches. The engine hands one a plain `ForwardBatch` per step and gets
-// logits back; the executor is the only part that knows about devices (and, later, ranks).
+// logits back, or token ids sampled on the device; the executor is the only part that knows about
+// devices (and, later, ranks).
 import { dtypeSize, type NativeBackend } from "../../ffi/native.ts";
 import type { KvCache } from "../kv/kv_cache.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { ForwardWorkspace, type StepCapacity } from "../model/workspace.ts";
+import { type DeviceSampleParams, DeviceSampler } from "./device_sampler.ts";
 import type { ForwardBatch } from "./forward_batch.ts";
+
+/** What a step samples on the device: every LM-head row's parameters, and whether logits return. */
+export interface StepSampling {
+  params: DeviceSampleParams;
+  /** Copy the logits back as well (rows sampled on the host, prompt logprobs). */
+  copyLogits: boolean;
+}
+
+/** A step sampled on the device: one token id per LM-head row, and the logits if asked for. */
+export interface SampledStep {
+  tokenIds: Int32Array; // [numLmHeadRows]
+  logits: Float32Array | null; // [numLmHeadRows, vocab] with copyLogits
+}
 
 export interface Executor {
   readonly vocabSize: number;
@@ -20,6 +35,17 @@ export interface Executor {
    * until the next call.
    */
   execute(batch: ForwardBatch): Float32Array;
+  /**
+   * Runs one step as `execute` does, then samples one token per LM-head row on the device
+   * (dl_sample) and copies back the ids, valid until the next call. Absent: the executor only
+   * returns logits, and the engine samples on the host.
+   */
+  executeSampled?(batch: ForwardBatch, sampling: StepSampling): SampledStep;
+  /**
+   * Whether `--sampling-device auto` picks the device: true where logits live in device memory
+   * of their own, so that copying them is the step's cost (the CUDA build).
+   */
+  readonly prefersDeviceSampling?: boolean;
   /**
    * The last step's final-norm hidden states of its logit rows, [numRows, hidden], what pooling
    * (embeddings) reads; from reserved buffers, valid until the next call.
@@ -63,10 +89,12 @@ export class LocalExecutor implements Executor {
   readonly reservedBytes: number;
   readonly hiddenSize: number;
   readonly captureLayers: readonly number[];
+  readonly prefersDeviceSampling: boolean;
   #backend: NativeBackend;
   #model: LlamaModel;
   #kvCache: KvCache;
   #workspace: ForwardWorkspace;
+  #sampler: DeviceSampler;
   #blockBytes: number;
 
   /**
@@ -106,13 +134,40 @@ export class LocalExecutor implements Executor {
       new ForwardWorkspace(backend, parts.model.config, capacity, options);
     this.captureLayers = this.#workspace.captureLayers;
     this.capacity = this.#workspace.capacity;
-    this.reservedBytes = this.#workspace.reservedBytes;
+    try {
+      this.#sampler = new DeviceSampler(backend, this.capacity.maxNumLogitRows, this.vocabSize);
+    } catch (error) {
+      this.#workspace.release();
+      throw error;
+    }
+    this.reservedBytes = this.#workspace.reservedBytes + this.#sampler.reservedBytes;
+    // The CPU build's "device" memory is host memory: its logits are copied with one memcpy, and
+    // the host sampler (f64) stays the default there, so seeded outputs stay what they were.
+    this.prefersDeviceSampling = !backend.isHostMemory;
     const kv = parts.kvCache;
     // One block of one layer's K (or V) buffer.
     this.#blockBytes = kv.numKvHeads * kv.blockSize * kv.headDim * dtypeSize(kv.dtype);
   }
 
   execute(batch: ForwardBatch): Float32Array {
+    return this.#forward(batch, false);
+  }
+
+  executeSampled(batch: ForwardBatch, sampling: StepSampling): SampledStep {
+    const numRows = batch.numLmHeadRows ?? batch.logitRows.length;
+    if (sampling.params.temperature.length !== numRows) {
+      throw new RangeError(
+        `Device sampling needs parameters for each of the ${numRows} LM-head rows, got ` +
+          `${sampling.params.temperature.length}`,
+      );
+    }
+    this.#forward(batch, true);
+    const tokenIds = this.#sampler.sample(this.#workspace.logits, sampling.params);
+    const logits = sampling.copyLogits ? this.#workspace.downloadLogits(numRows) : null;
+    return { tokenIds, logits };
+  }
+
+  #forward(batch: ForwardBatch, keepLogitsOnDevice: boolean): Float32Array {
     const ws = this.#workspace;
     ws.upload(batch); // checks the batch against the capacity before anything runs
     const numCopies = batch.blockCopies.length / 2;
@@ -130,7 +185,7 @@ export class LocalExecutor implements Executor {
         }
       }
     }
-    return this.#model.forward(batch, this.#kvCache, ws);
+    return this.#model.forward(batch, this.#kvCache, ws, { keepLogitsOnDevice });
   }
 
   hiddenRows(numRows: number): Float32Array {
@@ -142,6 +197,7 @@ export class LocalExecutor implements Executor {
   }
 
   release(): void {
+    this.#sampler.release();
     this.#workspace.release();
   }
 }

@@ -286,6 +286,7 @@ function scheduleShape(
       policy: options.policy,
       mode: options.mode,
       enablePrefixCaching: options.enablePrefixCaching,
+      samplingDevice: options.samplingDevice,
     }),
     maxModelLen,
   };

@@ -37,6 +37,11 @@ export interface StageSpan {
   fromHidden?: boolean;
   /** Stop after the last layer, leaving the residual stream in `x` for the next stage. */
   toHidden?: boolean;
+  /**
+   * Leave the logits in the workspace's `logits` without copying them to the host (device
+   * sampling reads them there); `forward` then returns an empty array.
+   */
+  keepLogitsOnDevice?: boolean;
 }
 /** The inputs of a layer's linear projections: after each RMSNorm, and before o and down. */
 export type ActivationSite = "qkv" | "o" | "gateUp" | "down";
@@ -274,7 +279,7 @@ export class LlamaModel {
         k: hidden,
       });
     }
-    return s.downloadLogits(numHeadRows);
+    return span.keepLogitsOnDevice ? new Float32Array(0) : s.downloadLogits(numHeadRows);
   }
 
   /** Frees the RoPE table (weights are released by their owner). */

@@ -5,6 +5,7 @@ import { z } from "zod";
 import { TOOL_CALL_PARSERS, type ToolCallParser } from "../api/tools.ts";
 import { ENGINE_DEFAULTS, type SpeculativeOptions } from "../engine/local_engine.ts";
 import { speculativeOptions } from "../cli/engine_flags.ts";
+import { SAMPLING_DEVICES, type SamplingDevice } from "../engine/sampling_device.ts";
 import { defaultNumThreads } from "../engine/threads.ts";
 import { UsageError } from "../errors.ts";
 import { parseQuantization } from "../model/quantize.ts";
@@ -51,6 +52,8 @@ export interface ServeConfig {
   /** CPU threads for kernels; 0 = all cores. */
   numThreads: number;
   device: Device;
+  /** Where tokens are sampled (src/engine/sampling_device.ts); unset: auto. */
+  samplingDevice?: SamplingDevice;
   scheduler: "continuous" | "static";
   enablePrefixCaching: boolean;
   maxQueuedRequests: number;
@@ -310,6 +313,12 @@ const OPTIONS = [
     flag: "device",
     arg: "DEV",
     help: "auto, cpu, cuda or cuda:N (auto = CUDA when a GPU is usable)",
+    defaultText: "auto",
+  },
+  {
+    flag: "sampling-device",
+    arg: "WHERE",
+    help: "device (dl_sample: ids come back, not logits), host or auto (device on CUDA)",
     defaultText: "auto",
   },
   {
@@ -616,6 +625,7 @@ const SCHEMAS = {
   "kv-cache-dtype": choice(["f32", "f16", "bf16"]),
   threads: integer(0, 4096),
   device: deviceSchema,
+  "sampling-device": choice(SAMPLING_DEVICES),
   scheduler: choice(["continuous", "static"]),
   "no-prefix-caching": boolText,
   "no-mmap": boolText,
@@ -807,6 +817,9 @@ export function parseServeConfig(
       kvCacheDtype: values["kv-cache-dtype"] ?? ENGINE_DEFAULTS.kvCacheDtype,
       numThreads: values.threads ?? defaultNumThreads(),
       device: values.device ?? { kind: "auto" },
+      ...(values["sampling-device"] === undefined
+        ? {}
+        : { samplingDevice: values["sampling-device"] }),
       scheduler: values.scheduler ?? "continuous",
       enablePrefixCaching,
       maxQueuedRequests: values["max-queued-requests"] ?? 256,

@@ -299,6 +299,7 @@ async function startEngine(
       ...(config.gpuMemoryUtilization === undefined
         ? { kvCacheMemoryBytes: config.kvCacheMemoryBytes }
         : { gpuMemoryUtilization: config.gpuMemoryUtilization }),
+      ...(config.samplingDevice === undefined ? {} : { samplingDevice: config.samplingDevice }),
       maxModelLen,
       maxNumBatchedTokens: config.maxNumBatchedTokens,
       maxNumSeqs: config.maxNumSeqs,
@@ -484,6 +485,8 @@ export async function serve(
       kv_tokens: engine.numKvBlocks * engine.blockSize,
       block_size: engine.blockSize,
       kv_dtype: config.kvCacheDtype,
+      // Where tokens are sampled, as --sampling-device resolved on this build.
+      sampling_device: engine.stats.deviceSampling === undefined ? "host" : "device",
       max_model_len: engine.maxModelLen,
       weight_bytes: engine.weightBytes,
       kv_cache_bytes: engine.kvCacheBytes,

@@ -1,5 +1,6 @@
 // Every kernel of the CUDA build against the CPU build on the same random inputs, then greedy
-// generation on stories260K (alone and through the batching engine) on both backends.
+// generation on stories260K (alone and through the batching engine) on both backends, and the
+// engine's device sampling (greedy and seeded) on both.
 //
 // Not picked up by `deno task test` (no _test suffix); tests/gpu/run.sh runs it on a GPU host, and
 // tests/gpu/emu.sh (in CI) on the CPU through the dl_emu shim:
@@ -1572,6 +1573,62 @@ Deno.test("stories260K: 24 concurrent requests through the engine equal the CPU'
         for (const out of engine.step()) {
           tokens.set(out.requestId, [...(tokens.get(out.requestId) ?? []), ...out.newTokenIds]);
         }
+      }
+      return tokens;
+    } finally {
+      llm.release();
+      loaded.release();
+    }
+  }
+  const expected = await runEngine(cpu);
+  const actual = await runEngine(gpu);
+  for (const [id, ids] of expected) {
+    if (JSON.stringify(actual.get(id)) !== JSON.stringify(ids)) {
+      fail(`request ${id}: device ${JSON.stringify(actual.get(id))}, cpu ${JSON.stringify(ids)}`);
+    }
+  }
+});
+
+Deno.test("stories260K: device sampling through the engine gives the CPU build's tokens", async () => {
+  // Both builds sample with dl_sample (--sampling-device device): greedy and seeded samples must
+  // agree token for token, 16 requests at once.
+  async function runEngine(backend: NativeBackend): Promise<Map<string, number[]>> {
+    const loaded = await loadModel(backend, MODEL_DIR, { showProgress: false });
+    const llm = LLM.over(backend, loaded, {
+      blockSize: 16,
+      numKvBlocks: 200,
+      maxNumBatchedTokens: 64,
+      maxNumSeqs: 16,
+      samplingDevice: "device",
+    });
+    const engine = llm.engine;
+    const rng = new Rng(17);
+    const tokens = new Map<string, number[]>();
+    try {
+      for (let i = 0; i < 16; i++) {
+        const prompt = loaded.tokenizer.encode(["Once upon a time", "The dog", "Lily"][i % 3]);
+        for (let j = Math.floor(rng.next() * 30); j > 0; j--) {
+          prompt.push(3 + Math.floor(rng.next() * (loaded.config.vocabSize - 3)));
+        }
+        const sampling = i % 4 === 0 ? GREEDY : {
+          temperature: 0.7 + 0.1 * (i % 5),
+          topK: i % 3 === 0 ? 0 : 20,
+          topP: i % 2 === 0 ? 1 : 0.9,
+          minP: i % 5 === 0 ? 0.05 : 0,
+          seed: 1000 + i,
+        };
+        engine.addRequest(`r${i}`, prompt, { maxTokens: 24, sampling, ignoreEos: true });
+      }
+      while (engine.hasWork) {
+        for (const out of engine.step()) {
+          tokens.set(out.requestId, [...(tokens.get(out.requestId) ?? []), ...out.newTokenIds]);
+        }
+      }
+      const stats = engine.stats().deviceSampling;
+      if (stats === undefined || stats.numTokens !== 16 * 24 || stats.numStepsWithLogits !== 0) {
+        fail(
+          `${backend.name}: expected every token sampled on the device, ${JSON.stringify(stats)}`,
+        );
       }
       return tokens;
     } finally {
