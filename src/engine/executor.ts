@@ -4,6 +4,7 @@ import { dtypeSize, type NativeBackend } from "../../ffi/native.ts";
 import type { KvCache } from "../kv/kv_cache.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { ForwardWorkspace, type StepCapacity } from "../model/workspace.ts";
+import { DecodeGraphs, type GraphStats, padDecodeBatch } from "./decode_graphs.ts";
 import type { ForwardBatch } from "./forward_batch.ts";
 
 export interface Executor {
@@ -68,12 +69,19 @@ export class LocalExecutor implements Executor {
   #kvCache: KvCache;
   #workspace: ForwardWorkspace;
   #blockBytes: number;
+  /** Decode steps as CUDA graphs; null: every step runs eagerly. */
+  #graphs: DecodeGraphs | null = null;
 
+  /**
+   * Decode steps run as CUDA graphs (src/engine/decode_graphs.ts) where the backend replays them
+   * (the CUDA build) unless `enforceEager` (vLLM's --enforce-eager) says no; never with captured
+   * layers, whose extra rows a graph's fixed shape does not hold.
+   */
   constructor(
     backend: NativeBackend,
     parts: { model: LlamaModel; kvCache: KvCache },
     capacity: StepCapacity,
-    options: { captureLayers?: readonly number[] } = {},
+    options: { captureLayers?: readonly number[]; enforceEager?: boolean } = {},
   ) {
     if (capacity.blockSize !== parts.kvCache.blockSize) {
       throw new RangeError(
@@ -95,11 +103,24 @@ export class LocalExecutor implements Executor {
     const kv = parts.kvCache;
     // One block of one layer's K (or V) buffer.
     this.#blockBytes = kv.numKvHeads * kv.blockSize * kv.headDim * dtypeSize(kv.dtype);
+    if (backend.replaysGraphs && !options.enforceEager && this.captureLayers.length === 0) {
+      this.#graphs = new DecodeGraphs(backend, this.capacity.maxNumSeqs);
+    }
+  }
+
+  /** Graph captures and replays so far; null when steps run eagerly. */
+  get graphStats(): GraphStats | null {
+    return this.#graphs?.stats ?? null;
   }
 
   execute(batch: ForwardBatch): Float32Array {
     const ws = this.#workspace;
-    ws.upload(batch); // checks the batch against the capacity before anything runs
+    // Calibration watches activations from the host mid-pass, which a graph cannot do.
+    const bucket = this.#model.observer === undefined
+      ? this.#graphs?.bucketFor(batch) ?? null
+      : null;
+    const step = bucket === null ? batch : padDecodeBatch(batch, bucket);
+    ws.upload(step); // checks the batch against the capacity before anything runs
     const numCopies = batch.blockCopies.length / 2;
     // Copy-on-write lands before the forward pass writes into the destination blocks.
     if (numCopies > 0) {
@@ -115,7 +136,10 @@ export class LocalExecutor implements Executor {
         }
       }
     }
-    return this.#model.forward(batch, this.#kvCache, ws);
+    if (bucket === null) return this.#model.forward(batch, this.#kvCache, ws);
+    this.#graphs!.run(bucket, () => this.#model.enqueue(step, this.#kvCache, ws));
+    // The padding rows' logits come last and are left on the device.
+    return ws.downloadLogits(batch.logitRows.length);
   }
 
   hiddenRows(numRows: number): Float32Array {
@@ -127,6 +151,7 @@ export class LocalExecutor implements Executor {
   }
 
   release(): void {
+    this.#graphs?.release();
     this.#workspace.release();
   }
 }

@@ -14,6 +14,7 @@ import type { Proposer, SpeculativeConfig } from "./spec/proposer.ts";
 import { type ParallelOptions, worldSize } from "../parallel/plan.ts";
 import { startParallelEngine } from "../parallel/launch.ts";
 import type { RankStats } from "../parallel/executor.ts";
+import type { GraphStats } from "./decode_graphs.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -69,6 +70,11 @@ export interface LocalEngineOptions
    * requests with `promptHiddenStates` (distill-export); default none, at no cost.
    */
   captureLayers?: readonly number[];
+  /**
+   * Run every step eagerly (vLLM's --enforce-eager). By default the CUDA build runs decode steps
+   * as CUDA graphs, one per batch-size bucket (src/engine/decode_graphs.ts).
+   */
+  enforceEager?: boolean;
 }
 
 /** Everything that shapes an engine, stated once: server flags, worker init, in-process LLM. */
@@ -110,6 +116,8 @@ export interface LocalEngine {
   proposer?: Proposer;
   /** With ranks: every rank's cost counters (src/parallel/executor.ts), for the cost bench. */
   rankStats?: () => RankStats[];
+  /** Decode graphs' captures and replays; null when every step runs eagerly. */
+  graphStats?: () => GraphStats | null;
   release(): void;
 }
 
@@ -231,6 +239,7 @@ export function createLocalEngine(
           maxNumSeqs: Math.max(1, Math.min(maxNumSeqs, disableBySize)),
           maxModelLen,
           targetVocabSize: loaded.config.vocabSize,
+          enforceEager: options.enforceEager,
         }, spec.model));
       config.speculativeDecoding = {
         proposer,
@@ -242,7 +251,7 @@ export function createLocalEngine(
       backend,
       { model: loaded.model, kvCache },
       stepCapacity(config, blockSize),
-      { captureLayers: options.captureLayers },
+      { captureLayers: options.captureLayers, enforceEager: options.enforceEager },
     );
     const engine = new LLMEngine({ executor, tokenizer: loaded.tokenizer }, config);
     const held = executor;
@@ -255,6 +264,7 @@ export function createLocalEngine(
       reservedBytes: executor.reservedBytes + draftBytes,
       kvCacheBytes: numBlocks * bytesPerBlock,
       ...(proposer === undefined ? {} : { proposer }),
+      graphStats: () => held.graphStats,
       release() {
         proposer?.release();
         held.release();
