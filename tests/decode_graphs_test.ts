@@ -10,6 +10,7 @@ import {
   isDecodeShaped,
   padDecodeBatch,
 } from "../src/engine/decode_graphs.ts";
+import { engineOptions } from "../src/cli/engine_flags.ts";
 import { LocalExecutor } from "../src/engine/executor.ts";
 import type { ForwardBatch } from "../src/engine/forward_batch.ts";
 import { LLM } from "../src/engine/llm.ts";
@@ -229,6 +230,11 @@ Deno.test("DecodeGraphs: a capture that fails ends, leaves no graph, and keeps t
   } finally {
     backend.close();
   }
+});
+
+Deno.test("--enforce-eager reaches the engine options", () => {
+  assert.equal(engineOptions({ model: "m", "enforce-eager": true }).enforceEager, true);
+  assert.equal(engineOptions({ model: "m" }).enforceEager, undefined);
 });
 
 Deno.test("the CPU engine never captures: graphStats is null", async () => {
