@@ -253,6 +253,9 @@ extern "C" DL_API int32_t dl_unmap_file(dl_context* ctx, void* ptr, uint64_t siz
 // --- Kernel workspace
 
 static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
+  // Growing moves the buffer, whose old address a graph would keep (the same rule as CUDA's).
+  DL_TRY(ctx->graphs.forbid(fn));
+  DL_TRY(ctx->graphs.forbid_move(fn));
   const size_t rounded = dl_align64(bytes);
   void* p = std::aligned_alloc(64, rounded);
   if (p == nullptr) {
@@ -269,7 +272,6 @@ static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
 
 int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out) {
   if (bytes > ctx->workspace_bytes) {
-    DL_TRY(ctx->graphs.forbid(fn));  // growing would move the buffer a graph captured
     if (ctx->workspace_fixed) {
       return dl_fail(DL_ERR_OUT_OF_MEMORY,
                      "%s: this call needs %zu bytes of kernel workspace; dl_reserve_workspace reserved %zu",

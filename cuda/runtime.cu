@@ -142,6 +142,7 @@ int32_t dl_check_bad_metadata(dl_context* ctx) {
 static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
   // A sync and a cudaMalloc are illegal in a capture, and a graph keeps the old address.
   DL_TRY(ctx->graphs.forbid(fn));
+  DL_TRY(ctx->graphs.forbid_move(fn));
   // Kernels already enqueued may still read the old buffer.
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
   if (ctx->workspace != nullptr) {

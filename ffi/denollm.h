@@ -315,7 +315,9 @@ DL_API int32_t dl_dequantize(
 //   eagerly and is left out of the graph; the caller ends the capture and destroys that graph
 //   (the engine does). A capture that meets a CUDA error makes dl_graph_end fail (DL_ERR_DEVICE).
 // - Graph ids are the context's; launching or destroying an id that dl_graph_end did not return,
-//   or one already destroyed, is DL_ERR_INVALID_ARGUMENT.
+//   or one already destroyed, is DL_ERR_INVALID_ARGUMENT. While any graph is live, a call that
+//   would grow (so move) the kernel workspace fails with DL_ERR_INVALID_ARGUMENT: the graphs
+//   hold its address. Every other buffer is the caller's to keep in place until it destroys them.
 // CUDA: stream capture on the context's stream (cudaStreamCaptureModeThreadLocal); kernels are
 // recorded, not run, until dl_graph_launch, which enqueues the whole graph like one kernel.
 // CPU: kernels run synchronously, so a capture runs them eagerly and records nothing, and

@@ -25,6 +25,17 @@ struct DlGraphTable {
                    fn);
   }
 
+  // Fails `fn` if a live graph may hold the kernel workspace's address (growing would move it).
+  int32_t forbid_move(const char* fn) const {
+    size_t n = 0;
+    for (bool l : live) n += l;
+    if (n == 0) return DL_OK;
+    return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                   "%s: the kernel workspace cannot grow while %zu graphs of this context may use it "
+                   "(reserve the largest workspace before capturing, or destroy the graphs first)",
+                   fn, n);
+  }
+
   // Starts a capture; fails if one is already open.
   int32_t begin(const char* fn) {
     if (capturing) {

@@ -64,6 +64,24 @@ Deno.test("dl_graph_*: ids, nesting and calls illegal in a capture fail; the con
       assert.throws(() => b.graphEnd(), new RegExp(`spoiled by a call to ${fn}`), fn);
       b.synchronize(); // usable again
     }
+    // While a graph lives, the kernel workspace (whose address graphs hold) cannot move.
+    const shape = {
+      maxNumTokens: 4,
+      numHeads: 2,
+      numKvHeads: 1,
+      headDim: 8,
+      blockSize: 4,
+      maxBlocksPerSeq: 2,
+      maxMatmulK: 16,
+    };
+    const reserved = b.reserveWorkspace(shape);
+    b.graphBegin();
+    const live = b.graphEnd();
+    assert.equal(b.reserveWorkspace(shape), reserved, "the same reservation moves nothing");
+    const larger = { ...shape, maxNumTokens: 4096 };
+    assert.throws(() => b.reserveWorkspace(larger), /cannot grow while 1 graphs/);
+    b.graphDestroy(live);
+    assert.ok(b.reserveWorkspace(larger) > reserved);
     // A freed slot is handed out again.
     b.graphBegin();
     const again = b.graphEnd();

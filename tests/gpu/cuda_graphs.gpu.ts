@@ -148,6 +148,12 @@ Deno.test("graph: illegal calls fail and spoil the capture; bad metadata in a re
     gpu.upload(step.buf.ids, Int32Array.of(0, 99));
     gpu.graphLaunch(id);
     assert.throws(() => gpu.synchronize(), /token_ids\[1\] = 99/);
+    // The live graph holds the kernel workspace's address: growing it is refused.
+    const shape = { numHeads: 8, numKvHeads: 1, headDim: 64, blockSize: 16, maxMatmulK: 64 };
+    assert.throws(
+      () => gpu.reserveWorkspace({ ...shape, maxNumTokens: 64, maxBlocksPerSeq: 1 << 14 }),
+      /cannot grow while 1 graphs/,
+    );
     gpu.graphDestroy(id);
     gpu.synchronize();
   } finally {
