@@ -104,7 +104,9 @@ export class LocalExecutor implements Executor {
     // One block of one layer's K (or V) buffer.
     this.#blockBytes = kv.numKvHeads * kv.blockSize * kv.headDim * dtypeSize(kv.dtype);
     if (backend.replaysGraphs && !options.enforceEager && this.captureLayers.length === 0) {
-      this.#graphs = new DecodeGraphs(backend, this.capacity.maxNumSeqs);
+      // A padded step has a token per row: the largest bucket fits both limits.
+      const { maxNumSeqs, maxNumTokens } = this.capacity;
+      this.#graphs = new DecodeGraphs(backend, Math.min(maxNumSeqs, maxNumTokens));
     }
   }
 
