@@ -137,7 +137,8 @@ int32_t validate(const char* fn, const int32_t* block_tables, const int32_t* seq
                      fn, num_tokens, s + 1, end, begin);
     }
     const int32_t num_new = end - begin, seq_len = seq_lens[s];
-    if (seq_len < num_new) {
+    // seq_len 0 is a padding sequence (a graph's spare row): zero output rows, no cache read.
+    if (seq_len < num_new && seq_len != 0) {
       return dl_fail(DL_ERR_INVALID_ARGUMENT,
                      "%s: expected seq_lens[%d] >= its %d new query tokens, found %d", fn, s, num_new, seq_len);
     }
@@ -236,7 +237,8 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
       const int32_t s = token_seq[t];
       const int32_t num_new = query_start[s + 1] - query_start[s];
       const int32_t position = seq_lens[s] - num_new + (t - query_start[s]);
-      const int32_t visible = position + 1;  // causal: cache positions [0, position]
+      // causal: cache positions [0, position]; none for a padding sequence (seq_len 0)
+      const int32_t visible = seq_lens[s] == 0 ? 0 : position + 1;
       const int32_t* table = block_tables + (int64_t)s * max_blocks_per_seq;
 
       float* scores = scratch + dl_thread_id() * per_thread;         // [scores_len]
@@ -288,7 +290,7 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
       }
       float* out_run = out + (int64_t)t * num_heads * head_dim + (int64_t)head_begin * group * head_dim;
       for (int64_t j = 0; j < num_run_heads; j++) {
-        const float inv_l = 1.0f / l[j];
+        const float inv_l = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;  // l is 0 only for padding
         for (int32_t d = 0; d < head_dim; d++) out_run[j * head_dim + d] = acc[j * head_dim + d] * inv_l;
       }
     }

@@ -10,6 +10,7 @@
 
 #include "denollm.h"
 #include "dl_check.h"
+#include "dl_graph.h"
 #include "dl_validate.h"
 
 #ifdef _OPENMP
@@ -28,6 +29,8 @@ struct dl_context {
   bool workspace_fixed;
   // dl_memory_stats counters.
   uint64_t num_allocs, num_frees, num_workspace_growths;
+  // Graph capture state (ffi/denollm.h "Graphs"): kernels run eagerly, so a graph holds nothing.
+  DlGraphTable<bool> graphs;
 };
 
 // At least `bytes` of 64-byte aligned workspace for kernel `fn`, valid until the next kernel call.

@@ -92,20 +92,22 @@ extern "C" DL_API int32_t dl_context_create(int32_t device, int32_t num_threads,
       threads = 1;
 #endif
     }
-    *out = new dl_context{threads < 1 ? 1 : threads, nullptr, 0, false, 0, 0, 0};
+    *out = new dl_context{threads < 1 ? 1 : threads, nullptr, 0, false, 0, 0, 0, {}};
     return DL_OK;
   });
 }
 
 extern "C" DL_API int32_t dl_context_destroy(dl_context* ctx) {
   DL_TRY(dl_check_ctx("dl_context_destroy", ctx));
+  DL_TRY(ctx->graphs.forbid("dl_context_destroy"));
   std::free(ctx->workspace);
   delete ctx;
   return DL_OK;
 }
 
 extern "C" DL_API int32_t dl_synchronize(dl_context* ctx) {
-  return dl_check_ctx("dl_synchronize", ctx);  // kernels run synchronously on the CPU
+  DL_TRY(dl_check_ctx("dl_synchronize", ctx));
+  return ctx->graphs.forbid("dl_synchronize");  // kernels run synchronously on the CPU
 }
 
 // --- Memory
@@ -169,6 +171,7 @@ void free_block(void* ptr) {
 extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
   const char* fn = "dl_alloc";
   DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(ctx->graphs.forbid(fn));
   DL_TRY(dl_check_ptr(fn, "out", out));
   *out = nullptr;
   // Size 0 still gets a unique, freeable block.
@@ -187,6 +190,7 @@ extern "C" DL_API int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** 
 
 extern "C" DL_API int32_t dl_free(dl_context* ctx, void* ptr) {
   DL_TRY(dl_check_ctx("dl_free", ctx));
+  DL_TRY(ctx->graphs.forbid("dl_free"));
   if (ptr == nullptr) return DL_OK;  // like cudaFree(NULL)
   if (block_magic(ptr) == MAGIC_HOST) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_free: %p is host staging memory from dl_host_alloc: free it with "
@@ -363,6 +367,9 @@ extern "C" DL_API int32_t dl_unmap_file(dl_context* ctx, void* ptr, uint64_t siz
 // --- Kernel workspace
 
 static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
+  // Growing moves the buffer, whose old address a graph would keep (the same rule as CUDA's).
+  DL_TRY(ctx->graphs.forbid(fn));
+  DL_TRY(ctx->graphs.forbid_move(fn));
   const size_t rounded = dl_align64(bytes);
   void* p = std::aligned_alloc(64, rounded);
   if (p == nullptr) {
@@ -394,6 +401,7 @@ extern "C" DL_API int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_
                                                int32_t num_kv_heads, int32_t head_dim, int32_t block_size,
                                                int32_t max_blocks_per_seq, int32_t max_matmul_k, uint64_t* out_bytes) {
   const char* fn = "dl_reserve_workspace";
+  if (ctx != nullptr) DL_TRY(ctx->graphs.forbid(fn));
   DL_TRY(dl_validate_reserve_workspace(fn, ctx, max_num_tokens, num_heads, num_kv_heads, head_dim, block_size,
                                        max_blocks_per_seq, max_matmul_k, out_bytes));
   // Attention's worst case: a work item holding every query head, a 16-bit cache to widen.
@@ -434,10 +442,12 @@ static int32_t copy_bytes(const char* fn, dl_context* ctx, void* dst, const void
 }
 
 extern "C" DL_API int32_t dl_copy_to_device(dl_context* ctx, void* dst, const void* src, uint64_t size_bytes) {
+  if (ctx != nullptr) DL_TRY(ctx->graphs.forbid("dl_copy_to_device"));
   return copy_bytes("dl_copy_to_device", ctx, dst, src, size_bytes);
 }
 
 extern "C" DL_API int32_t dl_copy_to_host(dl_context* ctx, void* dst, const void* src, uint64_t size_bytes) {
+  if (ctx != nullptr) DL_TRY(ctx->graphs.forbid("dl_copy_to_host"));
   return copy_bytes("dl_copy_to_host", ctx, dst, src, size_bytes);
 }
 
@@ -479,5 +489,40 @@ extern "C" DL_API int32_t dl_convert(dl_context* ctx, void* dst, int32_t dst_dty
   } else {  // bf16 -> f16
     convert_loop(ctx, d16, s16, n, from_bf16, to_f16);
   }
+  return DL_OK;
+}
+
+// --- Graphs: kernels run synchronously, so a capture runs them eagerly and a graph holds nothing
+// (ffi/denollm.h "Graphs"); the state is kept so the same calls are refused as on the CUDA build.
+
+extern "C" DL_API int32_t dl_graph_begin(dl_context* ctx) {
+  const char* fn = "dl_graph_begin";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  return ctx->graphs.begin(fn);
+}
+
+extern "C" DL_API int32_t dl_graph_end(dl_context* ctx, int32_t* graph_id) {
+  const char* fn = "dl_graph_end";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "graph_id", graph_id));
+  DL_TRY(ctx->graphs.end(fn));
+  return dl_guard(fn, [&]() -> int32_t {
+    *graph_id = ctx->graphs.add(true);
+    return DL_OK;
+  });
+}
+
+extern "C" DL_API int32_t dl_graph_launch(dl_context* ctx, int32_t graph_id) {
+  const char* fn = "dl_graph_launch";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(ctx->graphs.forbid(fn));
+  return ctx->graphs.check_id(fn, graph_id);
+}
+
+extern "C" DL_API int32_t dl_graph_destroy(dl_context* ctx, int32_t graph_id) {
+  const char* fn = "dl_graph_destroy";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(ctx->graphs.check_id(fn, graph_id));
+  ctx->graphs.take(graph_id);
   return DL_OK;
 }

@@ -77,7 +77,9 @@ __device__ __forceinline__ QueryInfo query_info(const AttentionParams& p, int32_
   const int32_t begin = p.query_start[info.seq], end = p.query_start[info.seq + 1];
   info.pos = p.seq_lens[info.seq] - (end - begin) + (t - begin);
   info.valid = begin <= t && t < end && info.pos >= 0 && info.pos < p.max_len;
-  if (!info.valid) dl_bad_report(p.bad, DL_BAD_POSITION, t, info.pos);
+  // seq_len 0 is a padding sequence (a graph's spare row): a zero output row, not an error.
+  const bool is_padding = begin <= t && t < end && p.seq_lens[info.seq] == 0;
+  if (!info.valid && !is_padding) dl_bad_report(p.bad, DL_BAD_POSITION, t, info.pos);
   return info;
 }
 

@@ -10,6 +10,7 @@
 
 #include "denollm.h"
 #include "dl_check.h"
+#include "dl_graph.h"
 #include "dl_validate.h"
 
 // Turns a CUDA error into DL_ERR_DEVICE with file, line and CUDA's own error string.
@@ -38,6 +39,8 @@ struct dl_context {
   // Device word where kernels report bad metadata (dl_bad_report); 0 = none. Read and cleared by
   // dl_check_bad_metadata after every dl_synchronize and dl_copy_to_host.
   unsigned long long* bad_metadata;
+  // Graph capture state and the instantiated graphs (ffi/denollm.h "Graphs").
+  DlGraphTable<cudaGraphExec_t> graphs;
 };
 
 // --- Bad metadata found on the device

@@ -62,6 +62,7 @@ extern "C" int32_t dl_quantize(dl_context* ctx, void* dst, int32_t dst_dtype, co
   // load or offline).
   const char* fn = "dl_quantize";
   DL_TRY(dl_validate_quantize(fn, ctx, dst, dst_dtype, src, rows, cols));
+  DL_TRY(ctx->graphs.forbid(fn));  // copies through the host and synchronizes
   if (rows == 0) return DL_OK;
   const size_t num_src = (size_t)(rows * cols), dst_bytes = (size_t)dl_matrix_bytes(dst_dtype, rows, cols);
   std::vector<float> h_src, h_importance;

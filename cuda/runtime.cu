@@ -44,7 +44,7 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
   DL_CUDA_CHECK(
       cudaDeviceGetAttribute(&max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   dl_context* ctx =
-      new (std::nothrow) dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0, nullptr};
+      new (std::nothrow) dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0, nullptr, {}};
   if (ctx == nullptr) return dl_fail(DL_ERR_OUT_OF_MEMORY, "cannot allocate a context");
   err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {
@@ -68,7 +68,11 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
 
 extern "C" int32_t dl_context_destroy(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
+  DL_TRY(ctx->graphs.forbid("dl_context_destroy"));
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+  for (size_t i = 0; i < ctx->graphs.live.size(); i++) {
+    if (ctx->graphs.live[i]) DL_CUDA_CHECK(cudaGraphExecDestroy(ctx->graphs.take((int32_t)i)));
+  }
   DL_CUDA_CHECK(cudaFree(ctx->workspace));
   DL_CUDA_CHECK(cudaFree(ctx->bad_metadata));
   DL_CUDA_CHECK(cudaStreamDestroy(ctx->stream));
@@ -78,6 +82,7 @@ extern "C" int32_t dl_context_destroy(dl_context* ctx) {
 
 extern "C" int32_t dl_synchronize(dl_context* ctx) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
+  DL_TRY(ctx->graphs.forbid("dl_synchronize"));
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
   return dl_check_bad_metadata(ctx);
 }
@@ -135,6 +140,9 @@ int32_t dl_check_bad_metadata(dl_context* ctx) {
 // --- Kernel workspace
 
 static int32_t grow_workspace(const char* fn, dl_context* ctx, size_t bytes) {
+  // A sync and a cudaMalloc are illegal in a capture, and a graph keeps the old address.
+  DL_TRY(ctx->graphs.forbid(fn));
+  DL_TRY(ctx->graphs.forbid_move(fn));
   // Kernels already enqueued may still read the old buffer.
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
   if (ctx->workspace != nullptr) {
@@ -175,6 +183,7 @@ extern "C" int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens,
                                         int32_t num_kv_heads, int32_t head_dim, int32_t block_size,
                                         int32_t max_blocks_per_seq, int32_t max_matmul_k, uint64_t* out_bytes) {
   const char* fn = "dl_reserve_workspace";
+  if (ctx != nullptr) DL_TRY(ctx->graphs.forbid(fn));
   DL_TRY(dl_validate_reserve_workspace(fn, ctx, max_num_tokens, num_heads, num_kv_heads, head_dim,
                                        block_size, max_blocks_per_seq, max_matmul_k, out_bytes));
   // Attention and dl_matmul run one after another on the stream, so they share one buffer: the
@@ -206,6 +215,7 @@ extern "C" int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
   if (ctx == nullptr || out == nullptr) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx and out must not be NULL");
   }
+  DL_TRY(ctx->graphs.forbid("dl_alloc"));
   void* ptr = nullptr;
   cudaError_t err = cudaMalloc(&ptr, size_bytes == 0 ? 1 : size_bytes);
   if (err == cudaErrorMemoryAllocation) {
@@ -222,6 +232,7 @@ extern "C" int32_t dl_alloc(dl_context* ctx, uint64_t size_bytes, void** out) {
 
 extern "C" int32_t dl_free(dl_context* ctx, void* ptr) {
   if (ctx == nullptr) return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx must not be NULL");
+  DL_TRY(ctx->graphs.forbid("dl_free"));
   DL_CUDA_CHECK(cudaFree(ptr));
   if (ptr != nullptr) ctx->num_frees++;
   return DL_OK;
@@ -245,6 +256,7 @@ extern "C" int32_t dl_copy_to_device(dl_context* ctx, void* dst, const void* src
   if (ctx == nullptr || (size_bytes > 0 && (dst == nullptr || src == nullptr))) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx, dst and src must not be NULL");
   }
+  DL_TRY(ctx->graphs.forbid("dl_copy_to_device"));
   DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyHostToDevice, ctx->stream));
   // The host buffer may be reused as soon as we return.
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
@@ -256,6 +268,7 @@ extern "C" int32_t dl_copy_to_host(dl_context* ctx, void* dst, const void* src,
   if (ctx == nullptr || (size_bytes > 0 && (dst == nullptr || src == nullptr))) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "ctx, dst and src must not be NULL");
   }
+  DL_TRY(ctx->graphs.forbid("dl_copy_to_host"));
   DL_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyDeviceToHost, ctx->stream));
   DL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
   return dl_check_bad_metadata(ctx);
@@ -306,5 +319,68 @@ extern "C" int32_t dl_host_free(dl_context* ctx, void* ptr) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_host_free: %p was not allocated by dl_host_alloc", ptr);
   }
   DL_CUDA_CHECK(err);
+  return DL_OK;
+}
+
+// --- Graphs: stream capture on the context's stream (ffi/denollm.h "Graphs")
+
+extern "C" int32_t dl_graph_begin(dl_context* ctx) {
+  const char* fn = "dl_graph_begin";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(ctx->graphs.begin(fn));
+  // Thread-local mode: this thread's unsafe calls (cudaMalloc, syncs) fail during the capture,
+  // while other contexts of the process on other threads carry on.
+  const cudaError_t err = cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal);
+  if (err != cudaSuccess) {
+    ctx->graphs.capturing = false;
+    return dl_fail(DL_ERR_DEVICE, "%s: cudaStreamBeginCapture: %s", fn, cudaGetErrorString(err));
+  }
+  return DL_OK;
+}
+
+extern "C" int32_t dl_graph_end(dl_context* ctx, int32_t* graph_id) {
+  const char* fn = "dl_graph_end";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_ptr(fn, "graph_id", graph_id));
+  if (!ctx->graphs.capturing) return ctx->graphs.end(fn);
+  // The CUDA capture always ends here, so the stream is usable whatever went wrong inside it.
+  cudaGraph_t graph = nullptr;
+  const cudaError_t err = cudaStreamEndCapture(ctx->stream, &graph);
+  const int32_t status = ctx->graphs.end(fn);
+  if (status != DL_OK || err != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (status != DL_OK) return status;
+    return dl_fail(DL_ERR_DEVICE, "%s: cudaStreamEndCapture: %s (a call in the capture failed or was illegal)",
+                   fn, cudaGetErrorString(err));
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (inst != cudaSuccess) {
+    return dl_fail(DL_ERR_DEVICE, "%s: cudaGraphInstantiate: %s", fn, cudaGetErrorString(inst));
+  }
+  try {
+    *graph_id = ctx->graphs.add(exec);
+  } catch (const std::bad_alloc&) {
+    cudaGraphExecDestroy(exec);
+    return dl_fail(DL_ERR_OUT_OF_MEMORY, "%s: cannot grow the graph table", fn);
+  }
+  return DL_OK;
+}
+
+extern "C" int32_t dl_graph_launch(dl_context* ctx, int32_t graph_id) {
+  const char* fn = "dl_graph_launch";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(ctx->graphs.forbid(fn));
+  DL_TRY(ctx->graphs.check_id(fn, graph_id));
+  DL_CUDA_CHECK(cudaGraphLaunch(ctx->graphs.execs[(size_t)graph_id], ctx->stream));
+  return DL_OK;
+}
+
+extern "C" int32_t dl_graph_destroy(dl_context* ctx, int32_t graph_id) {
+  const char* fn = "dl_graph_destroy";
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(ctx->graphs.check_id(fn, graph_id));
+  DL_CUDA_CHECK(cudaGraphExecDestroy(ctx->graphs.take(graph_id)));
   return DL_OK;
 }

@@ -326,6 +326,54 @@ DL_API int32_t dl_dequantize(
     int64_t rows,
     int64_t cols);
 
+// --- Graphs: one step's kernels captured once, replayed per step
+//
+// A decode step launches a few hundred small kernels; a CUDA graph replays all of them with one
+// host call. The engine captures one graph per batch-size bucket and replays it on later steps,
+// after writing the step's metadata into the same fixed buffers (src/model/workspace.ts).
+// Contract (both builds check it, so the CPU tests catch an illegal forward pass):
+// - Between dl_graph_begin and dl_graph_end only kernel calls (dl_embedding ... dl_sample,
+//   dl_convert, dl_dequantize) may run, on buffers that stay at their addresses for as long as
+//   the graph is used, with the kernel workspace already reserved (dl_reserve_workspace) so no
+//   kernel grows it. Everything a kernel reads is read when the graph runs, not when it is
+//   captured: pointers and scalar arguments are frozen, the contents of device memory are not.
+// - A call that waits for the device or moves memory through the host (dl_synchronize,
+//   dl_copy_to_device, dl_copy_to_host, dl_quantize, dl_alloc, dl_free, dl_reserve_workspace,
+//   dl_graph_begin, dl_graph_launch, dl_context_destroy) fails during a capture with
+//   DL_ERR_INVALID_ARGUMENT and spoils it: the next dl_graph_end fails too (ending the capture,
+//   so the context stays usable). A kernel call that fails its argument checks fails as it would
+//   eagerly and is left out of the graph; the caller ends the capture and destroys that graph
+//   (the engine does). A capture that meets a CUDA error makes dl_graph_end fail (DL_ERR_DEVICE).
+// - Graph ids are the context's; launching or destroying an id that dl_graph_end did not return,
+//   or one already destroyed, is DL_ERR_INVALID_ARGUMENT. While any graph is live, a call that
+//   would grow (so move) the kernel workspace fails with DL_ERR_INVALID_ARGUMENT: the graphs
+//   hold its address. Every other buffer is the caller's to keep in place until it destroys them.
+// CUDA: stream capture on the context's stream (cudaStreamCaptureModeThreadLocal); kernels are
+// recorded, not run, until dl_graph_launch, which enqueues the whole graph like one kernel.
+// CPU: kernels run synchronously, so a capture runs them eagerly and records nothing, and
+// dl_graph_launch of a valid id does nothing. The CPU engine therefore never replays a graph
+// (NativeBackend.replaysGraphs); a replayable list of closures would buy nothing there, as the
+// host cost of a CPU kernel call is small beside its work.
+
+// Starts capturing the calls made on this context.
+DL_API int32_t dl_graph_begin(
+    dl_context* ctx);
+
+// Ends the capture and makes it a graph; writes its id (>= 0) to *graph_id.
+DL_API int32_t dl_graph_end(
+    dl_context* ctx,
+    int32_t* graph_id);  // [1] out
+
+// Enqueues the graph's kernels on the context's stream, in the order they were captured.
+DL_API int32_t dl_graph_launch(
+    dl_context* ctx,
+    int32_t graph_id);
+
+// Frees the graph; its id may be handed out again by a later dl_graph_end.
+DL_API int32_t dl_graph_destroy(
+    dl_context* ctx,
+    int32_t graph_id);
+
 // --- Kernels
 
 // out[t] = table[token_ids[t]] converted (or dequantized) to f32; ids in [0, vocab_size) (a bad id
@@ -464,7 +512,9 @@ DL_API int32_t dl_copy_blocks(
 // then has no rows and is skipped; num_tokens may be 0); num_new <= seq_lens[s] <=
 // max_blocks_per_seq * block_size; the first ceil(seq_lens[s] / block_size) entries of a block
 // table in [0, num_blocks) (later entries are never read). Breaking any of these is an error (see
-// "Metadata" above). CUDA: a query whose position is outside [0, max_blocks_per_seq * block_size)
+// "Metadata" above), except that a sequence with seq_lens[s] == 0 is padding (a graph's spare row:
+// see "Graphs"): its query rows, however many, get zero output rows and its block table is never
+// read. CUDA: a query whose position is outside [0, max_blocks_per_seq * block_size)
 // or outside every sequence gets a zero output row; a block id out of range reads as K and V rows
 // of zeros; seq_lens below num_new or query_start out of order give unspecified output rows.
 DL_API int32_t dl_paged_attention(

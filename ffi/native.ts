@@ -287,6 +287,35 @@ export class NativeBackend {
     this.#check("dl_synchronize", this.#lib.dl_synchronize(this.#ctx));
   }
 
+  /**
+   * Whether dl_graph_launch replays what a capture recorded (the CUDA build). The CPU build runs
+   * a capture's kernels eagerly and replays nothing, so its engine never uses graphs.
+   */
+  get replaysGraphs(): boolean {
+    return this.name === "cuda";
+  }
+
+  /** Starts capturing this context's kernel calls into a graph (ffi/denollm.h "Graphs"). */
+  graphBegin(): void {
+    this.#check("dl_graph_begin", this.#lib.dl_graph_begin(this.#ctx));
+  }
+
+  /** Ends the capture; returns the new graph's id. */
+  graphEnd(): number {
+    const id = new Int32Array(1);
+    this.#check("dl_graph_end", this.#lib.dl_graph_end(this.#ctx, Deno.UnsafePointer.of(id)));
+    return id[0];
+  }
+
+  /** Enqueues a captured graph's kernels, in their captured order. */
+  graphLaunch(graphId: number): void {
+    this.#check("dl_graph_launch", this.#lib.dl_graph_launch(this.#ctx, graphId));
+  }
+
+  graphDestroy(graphId: number): void {
+    this.#check("dl_graph_destroy", this.#lib.dl_graph_destroy(this.#ctx, graphId));
+  }
+
   /** Allocates zeroed device memory. */
   alloc(sizeBytes: number): DevicePtr {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {

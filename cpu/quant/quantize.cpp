@@ -7,6 +7,7 @@ extern "C" DL_API int32_t dl_quantize(dl_context* ctx, void* dst, int32_t dst_dt
                                       int64_t cols, const float* importance) {
   const char* fn = "dl_quantize";
   DL_TRY(dl_validate_quantize(fn, ctx, dst, dst_dtype, src, rows, cols));
+  DL_TRY(ctx->graphs.forbid(fn));  // the CUDA build copies through the host
   if (rows == 0) return DL_OK;
   return dl_guard(fn, [&] { return dl_quantize_host(fn, ctx->num_threads, dst, dst_dtype, src, rows, cols, importance); });
 }

@@ -23,6 +23,7 @@ export const ENGINE_FLAG_OPTIONS = {
   sparsity: { type: "string" },
   calibration: { type: "string" },
   "no-mmap": { type: "boolean" },
+  "enforce-eager": { type: "boolean" },
   threads: { type: "string" },
   library: { type: "string" },
   "sampling-device": { type: "string" },
@@ -88,6 +89,7 @@ export const ENGINE_FLAGS_USAGE =
   --sparsity 2:4               prune the layer projections to 2:4 on load (2:4-magnitude, 2:4-wanda)
   --calibration FILE           deno task calibrate's file: SmoothQuant, outliers, Wanda norms
   --no-mmap                    copy weights into memory instead of mapping them from the file
+  --enforce-eager              no CUDA graphs: run decode steps eagerly (CUDA build)
   --threads N                  CPU threads (default: CPUs - 1; 0 = all cores)
   --library PATH               native library to load (default build/libdenollm_cpu.so)
 ${samplingDeviceUsage()}
@@ -223,6 +225,7 @@ export function engineOptions(values: EngineFlagValues): EngineOptions {
     ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
     ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
     ...(values["no-mmap"] === true ? { mmap: false } : {}),
+    ...(values["enforce-eager"] === true ? { enforceEager: true } : {}),
   };
 }
 

@@ -45,6 +45,11 @@ export class DeviceSampler {
   #idsHost: Int32Array;
   #isReleased = false;
 
+  /** The device bytes a sampler for `maxRows` rows holds: its parameters and its ids. */
+  static bytesFor(maxRows: number): number {
+    return maxRows * (2 * U64 + 4 * B32) + maxRows * B32;
+  }
+
   constructor(backend: NativeBackend, maxRows: number, vocabSize: number) {
     if (!Number.isInteger(maxRows) || maxRows < 1) {
       throw new RangeError(`A device sampler needs at least one row, got ${maxRows}`);
@@ -61,7 +66,7 @@ export class DeviceSampler {
       backend.free(this.#params);
       throw error;
     }
-    this.reservedBytes = this.#paramsBytes + maxRows * B32;
+    this.reservedBytes = DeviceSampler.bytesFor(maxRows);
     const view = backend.hostView(this.#params, this.#paramsBytes);
     this.#isStagingDevice = view !== null;
     this.#stagingBytes = view ?? new Uint8Array(this.#paramsBytes);

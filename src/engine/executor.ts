@@ -6,6 +6,7 @@ import type { KvCache } from "../kv/kv_cache.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { ForwardWorkspace, type StepCapacity } from "../model/workspace.ts";
 import { type DeviceSampleParams, DeviceSampler } from "./device_sampler.ts";
+import { DecodeGraphs, type GraphStats, padDecodeBatch } from "./decode_graphs.ts";
 import type { ForwardBatch } from "./forward_batch.ts";
 
 /** What a step samples on the device: every LM-head row's parameters, and whether logits return. */
@@ -96,17 +97,23 @@ export class LocalExecutor implements Executor {
   #workspace: ForwardWorkspace;
   #sampler: DeviceSampler;
   #blockBytes: number;
+  /** Decode steps as CUDA graphs; null: every step runs eagerly. */
+  #graphs: DecodeGraphs | null = null;
 
   /**
    * `parts.workspace`, when given, is one reserved beforehand for this model and `capacity` (so
    * the KV cache can be sized after its bytes are known); the executor owns it from then on, and
    * `options` are the workspace's own.
+   *
+   * Decode steps run as CUDA graphs (src/engine/decode_graphs.ts) where the backend replays them
+   * (the CUDA build) unless `enforceEager` (vLLM's --enforce-eager) says no; never with captured
+   * layers, whose extra rows a graph's fixed shape does not hold.
    */
   constructor(
     backend: NativeBackend,
     parts: { model: LlamaModel; kvCache: KvCache; workspace?: ForwardWorkspace },
     capacity: StepCapacity,
-    options: { captureLayers?: readonly number[] } = {},
+    options: { captureLayers?: readonly number[]; enforceEager?: boolean } = {},
   ) {
     const given = parts.workspace?.capacity;
     if (
@@ -147,6 +154,16 @@ export class LocalExecutor implements Executor {
     const kv = parts.kvCache;
     // One block of one layer's K (or V) buffer.
     this.#blockBytes = kv.numKvHeads * kv.blockSize * kv.headDim * dtypeSize(kv.dtype);
+    if (backend.replaysGraphs && !options.enforceEager && this.captureLayers.length === 0) {
+      // A padded step has a token per row: the largest bucket fits both limits.
+      const { maxNumSeqs, maxNumTokens } = this.capacity;
+      this.#graphs = new DecodeGraphs(backend, Math.min(maxNumSeqs, maxNumTokens));
+    }
+  }
+
+  /** Graph captures and replays so far; null when steps run eagerly. */
+  get graphStats(): GraphStats | null {
+    return this.#graphs?.stats ?? null;
   }
 
   execute(batch: ForwardBatch): Float32Array {
@@ -169,7 +186,12 @@ export class LocalExecutor implements Executor {
 
   #forward(batch: ForwardBatch, keepLogitsOnDevice: boolean): Float32Array {
     const ws = this.#workspace;
-    ws.upload(batch); // checks the batch against the capacity before anything runs
+    // Calibration watches activations from the host mid-pass, which a graph cannot do.
+    const bucket = this.#model.observer === undefined
+      ? this.#graphs?.bucketFor(batch) ?? null
+      : null;
+    const step = bucket === null ? batch : padDecodeBatch(batch, bucket);
+    ws.upload(step); // checks the batch against the capacity before anything runs
     const numCopies = batch.blockCopies.length / 2;
     // Copy-on-write lands before the forward pass writes into the destination blocks.
     if (numCopies > 0) {
@@ -185,7 +207,12 @@ export class LocalExecutor implements Executor {
         }
       }
     }
-    return this.#model.forward(batch, this.#kvCache, ws, { keepLogitsOnDevice });
+    if (bucket === null) {
+      return this.#model.forward(batch, this.#kvCache, ws, { keepLogitsOnDevice });
+    }
+    this.#graphs!.run(bucket, () => this.#model.enqueue(step, this.#kvCache, ws));
+    // The padding rows' logits come last and are left on the device.
+    return keepLogitsOnDevice ? new Float32Array(0) : ws.downloadLogits(batch.logitRows.length);
   }
 
   hiddenRows(numRows: number): Float32Array {
@@ -198,6 +225,7 @@ export class LocalExecutor implements Executor {
 
   release(): void {
     this.#sampler.release();
+    this.#graphs?.release();
     this.#workspace.release();
   }
 }

@@ -1,6 +1,7 @@
 // Builds the one serving engine on a local device: KV cache sized from its budget, an executor
 // with every step buffer reserved up front, the scheduler on top. The engine worker (what the
 // daemon serves with), the in-process `LLM` (CLI, tests, benchmarks) and nothing else call this.
+import { DeviceSampler } from "./device_sampler.ts";
 import { formatByName } from "../../ffi/formats.ts";
 import { type MemoryInfo, NativeBackend } from "../../ffi/native.ts";
 import { KvCache } from "../kv/kv_cache.ts";
@@ -21,6 +22,7 @@ import type { Proposer, SpeculativeConfig } from "./spec/proposer.ts";
 import { type ParallelOptions, worldSize } from "../parallel/plan.ts";
 import { startParallelEngine } from "../parallel/launch.ts";
 import type { RankStats } from "../parallel/executor.ts";
+import type { GraphStats } from "./decode_graphs.ts";
 
 export type KvCacheDtype = "f32" | "f16" | "bf16";
 
@@ -81,6 +83,11 @@ export interface LocalEngineOptions
    * requests with `promptHiddenStates` (distill-export); default none, at no cost.
    */
   captureLayers?: readonly number[];
+  /**
+   * Run every step eagerly (vLLM's --enforce-eager). By default the CUDA build runs decode steps
+   * as CUDA graphs, one per batch-size bucket (src/engine/decode_graphs.ts).
+   */
+  enforceEager?: boolean;
 }
 
 /** Everything that shapes an engine, stated once: server flags, worker init, in-process LLM. */
@@ -124,6 +131,8 @@ export interface LocalEngine {
   proposer?: Proposer;
   /** With ranks: every rank's cost counters (src/parallel/executor.ts), for the cost bench. */
   rankStats?: () => RankStats[];
+  /** Decode graphs' captures and replays; null when every step runs eagerly. */
+  graphStats?: () => GraphStats | null;
   release(): void;
 }
 
@@ -341,7 +350,9 @@ export function createLocalEngine(
       parts.memoryAtStart === undefined ? undefined : {
         memoryAtStart: parts.memoryAtStart,
         weightBytes: loaded.model.weights.sizeBytes,
-        reservedBytes: workspace.reservedBytes,
+        // The executor's device sampler is reserved with it, beside the workspace.
+        reservedBytes: workspace.reservedBytes +
+          DeviceSampler.bytesFor(workspace.capacity.maxNumLogitRows),
       },
     );
     kvCache = new KvCache(backend, loaded.config, { blockSize, numBlocks, dtype });
@@ -363,6 +374,7 @@ export function createLocalEngine(
           maxNumSeqs: Math.max(1, Math.min(maxNumSeqs, disableBySize)),
           maxModelLen,
           targetVocabSize: loaded.config.vocabSize,
+          enforceEager: options.enforceEager,
         }, spec.model));
       config.speculativeDecoding = {
         proposer,
@@ -374,6 +386,7 @@ export function createLocalEngine(
       backend,
       { model: loaded.model, kvCache, workspace },
       workspace.capacity,
+      { enforceEager: options.enforceEager },
     );
     const engine = new LLMEngine({ executor, tokenizer: loaded.tokenizer }, config);
     const held = executor;
@@ -388,6 +401,7 @@ export function createLocalEngine(
       kvCacheBytes: numBlocks * bytesPerBlock,
       ...(memoryPlan === undefined ? {} : { kvMemoryPlan: memoryPlan }),
       ...(proposer === undefined ? {} : { proposer }),
+      graphStats: () => held.graphStats,
       release() {
         proposer?.release();
         held.release();

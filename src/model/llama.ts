@@ -93,6 +93,22 @@ export class LlamaModel {
     s: ForwardWorkspace,
     span: StageSpan = {},
   ): Float32Array {
+    const numHeadRows = this.enqueue(batch, kv, s, span);
+    if (span.toHidden || span.keepLogitsOnDevice) return new Float32Array(0);
+    return s.downloadLogits(numHeadRows);
+  }
+
+  /**
+   * The forward pass's kernel calls, with no copy to the host (so a graph can capture them: see
+   * src/engine/decode_graphs.ts); the logits of the first returned number of logit rows end up in
+   * the workspace's `logits`.
+   */
+  enqueue(
+    batch: ForwardBatch,
+    kv: KvCache,
+    s: ForwardWorkspace,
+    span: StageSpan = {},
+  ): number {
     const c = this.config;
     const comm = this.#comm;
     const b = this.#backend;
@@ -247,7 +263,7 @@ export class LlamaModel {
         });
       }
     }
-    if (span.toHidden) return new Float32Array(0);
+    if (span.toHidden) return 0;
 
     // Only the rows that sample a token go through the final norm and the LM head.
     b.gatherRows({
@@ -279,7 +295,7 @@ export class LlamaModel {
         k: hidden,
       });
     }
-    return span.keepLogitsOnDevice ? new Float32Array(0) : s.downloadLogits(numHeadRows);
+    return numHeadRows;
   }
 
   /** Frees the RoPE table (weights are released by their owner). */

@@ -1,6 +1,6 @@
 // Every buffer a forward step needs, reserved once at start-up for the largest step the scheduler
 // can emit and kept at fixed addresses: no allocation, free or device sync in the steady state, so
-// a step can later be captured as a CUDA graph.
+// a step can be captured as a CUDA graph (src/engine/decode_graphs.ts).
 import { type DevicePtr, type NativeBackend, offset } from "../../ffi/native.ts";
 import type { ForwardBatch } from "../engine/forward_batch.ts";
 import type { ModelConfig } from "./config.ts";

@@ -28,6 +28,8 @@ export interface ServeConfig {
   sparsity?: string;
   /** False with `--no-mmap`: copy weights into memory instead of mapping them from the file. */
   mmap: boolean;
+  /** `--enforce-eager` (vLLM's name): no CUDA graphs, every step runs eagerly. */
+  enforceEager: boolean;
   /** A `deno task calibrate` file (SmoothQuant, outlier channels, Wanda norms). */
   calibration?: string;
   host: string;
@@ -333,6 +335,11 @@ const OPTIONS = [
     help: "copy weights into memory instead of mapping them from the file (CPU build)",
     isBoolean: true,
   },
+  {
+    flag: "enforce-eager",
+    help: "no CUDA graphs: run decode steps eagerly (CUDA build; vLLM's name)",
+    isBoolean: true,
+  },
   // vLLM's spelling of the same switch (operator flags: see OperatorSettings).
   {
     flag: "enable-prefix-caching",
@@ -629,6 +636,7 @@ const SCHEMAS = {
   scheduler: choice(["continuous", "static"]),
   "no-prefix-caching": boolText,
   "no-mmap": boolText,
+  "enforce-eager": boolText,
   "enable-prefix-caching": boolText,
   "no-enable-prefix-caching": boolText,
   "max-queued-requests": integer(0),
@@ -803,6 +811,7 @@ export function parseServeConfig(
       ...(values.sparsity === undefined ? {} : { sparsity: values.sparsity }),
       ...(values.calibration === undefined ? {} : { calibration: values.calibration }),
       mmap: !(values["no-mmap"] ?? false),
+      enforceEager: values["enforce-eager"] ?? false,
       host: values.host ?? "127.0.0.1",
       port: values.port ?? 8000,
       servedModelName: values["served-model-name"] ?? defaultServedName(values.model),

@@ -292,6 +292,7 @@ async function startEngine(
       sparsity: config.sparsity,
       calibration: config.calibration,
       mmap: config.mmap,
+      enforceEager: config.enforceEager,
       backend,
       numThreads: config.numThreads,
       blockSize: config.blockSize,

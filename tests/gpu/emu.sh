@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the CUDA kernel suites (tests/gpu/cuda_kernels.gpu.ts, quant_kernels.gpu.ts for the
-# quantized-weight kernels, compress_kernels.gpu.ts for the W8A8 and 2:4 ones) on the CPU: builds
+# quantized-weight kernels, compress_kernels.gpu.ts for the W8A8 and 2:4 ones, cuda_graphs.gpu.ts
+# for graph capture and the engine's decode graphs) on the CPU: builds
 # cuda/*.cu against the dl_emu shim (the project's copy in tests/cuda_emu/, ../shared/cuda-emu
 # extended with __dp4a, __byte_perm and int8 WMMA) into build/emu/ (never over the nvcc build's
 # build/libdenollm_cuda.so) and runs every kernel against the CPU build with the threads of each
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 emu_dir=${DL_EMU_DIR:-tests/cuda_emu}
-suites=${DL_EMU_SUITES:-tests/gpu/cuda_kernels.gpu.ts tests/gpu/quant_kernels.gpu.ts tests/gpu/compress_kernels.gpu.ts}
+suites=${DL_EMU_SUITES:-tests/gpu/cuda_kernels.gpu.ts tests/gpu/quant_kernels.gpu.ts tests/gpu/compress_kernels.gpu.ts tests/gpu/cuda_graphs.gpu.ts}
 lib=build/emu/libdenollm_cuda_emu.so
 if ! command -v g++ >/dev/null 2>&1; then
   echo "FAIL cuda-emu: g++ is not installed; the CUDA kernels cannot be checked on the CPU" >&2

@@ -16,7 +16,7 @@ deno_bin=$(command -v deno)
 echo "packing $(deno --version | head -1) from $deno_bin"
 xz -6 -T0 -c "$deno_bin" > "$out/deno.xz"
 cache=$(mktemp -d)
-DENO_DIR="$cache" deno cache tests/gpu/cuda_kernels.gpu.ts tests/gpu/bench.ts \
+DENO_DIR="$cache" deno cache tests/gpu/cuda_kernels.gpu.ts tests/gpu/cuda_graphs.gpu.ts tests/gpu/bench.ts \
   tools/make_random_model.ts main.ts >/dev/null
 tar -C "$cache" -cf - . | xz -6 -T0 > "$out/deno_dir.tar.xz"
 rm -rf "$cache"

@@ -173,6 +173,13 @@ else
   record FAIL "compress kernels: see the failures above"
 fi
 
+section "CUDA graphs: capture and replay, decode graphs against --enforce-eager"
+if deno test -A tests/gpu/cuda_graphs.gpu.ts; then
+  record PASS "graphs: replays equal eager calls; decode graphs give the eager greedy tokens, one capture per bucket"
+else
+  record FAIL "graphs: see the failures above"
+fi
+
 section "quantized matmul speed: gemv GB/s and tiled TFLOP/s"
 quant_log=$(mktemp)
 if timeout 120 deno run -A tests/gpu/quant_bench.ts | tee "$quant_log"; then

@@ -33,6 +33,8 @@ export interface DraftModelOptions {
   maxModelLen: number;
   /** The target's logit rows: the draft must have the same vocabulary. */
   targetVocabSize: number;
+  /** No CUDA graphs for the draft's decode steps either (--enforce-eager). */
+  enforceEager?: boolean;
 }
 
 /** One request as the draft sees it: the tokens it has K/V for, and its own sampler. */
@@ -82,6 +84,7 @@ export class DraftModelProposer implements Proposer {
           maxNumSeqs: options.maxNumSeqs,
           maxModelLen: this.maxModelLen,
         }, blockSize),
+        { enforceEager: options.enforceEager },
       );
     } catch (error) {
       this.#kvCache.release();
