@@ -84,6 +84,10 @@ size_t dl_attention_workspace_bytes(int64_t num_tokens, int64_t num_heads, int64
 // of max_k columns (cuda/matmul_w8a8.cu).
 size_t dl_w8a8_workspace_bytes(int64_t max_rows, int64_t max_k);
 
+// Workspace bytes of dl_matmul's split-k partials on the small-m path (f16 / bf16 weights,
+// 8 < m <= 64) for up to max_rows rows, whatever n and k (cuda/matmul.cu).
+size_t dl_smallm_workspace_bytes(int64_t max_rows);
+
 // dl_matmul of W8A8, W8A8_MIXED and W8A8_2_4 (cuda/matmul_w8a8.cu), called by dl_matmul's launcher
 // after validation, m > 0.
 int32_t dl_matmul_w8a8(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
