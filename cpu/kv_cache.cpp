@@ -45,14 +45,15 @@ extern "C" DL_API int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_ca
   DL_TRY(dl_kv_check_slots(fn, slot_mapping, num_tokens, num_slots));
   if (cache_dtype == DL_DTYPE_F32) {
     kv_write_typed<float, dl_kv_store_f32>(ctx, static_cast<float*>(k_cache), static_cast<float*>(v_cache), k, v,
-                                     slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
+                                           slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
   } else if (cache_dtype == DL_DTYPE_F16) {
-    kv_write_typed<uint16_t, dl_kv_store_f16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k, v,
-                                        slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
+    kv_write_typed<uint16_t, dl_kv_store_f16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache),
+                                              k, v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
+                                              block_size);
   } else {
-    kv_write_typed<uint16_t, dl_kv_store_bf16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k,
-                                         v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
-                                         block_size);
+    kv_write_typed<uint16_t, dl_kv_store_bf16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache),
+                                               k, v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
+                                               block_size);
   }
   return DL_OK;
 }

@@ -5,7 +5,7 @@
 // - gemv (m <= 8, decode): bandwidth-bound; each warp streams two weight rows with 128-bit loads
 //   and dots them with every x row, so each weight byte is read once per call.
 // - small-m WMMA (8 < m <= 64, f16 / bf16 weights: batched decode): each block streams 64 weight
-//   rows once over its share of k, with the next k chunk's loads in flight while tensor cores
+//   rows once over its share of k, with the next two k chunks' loads in flight while tensor cores
 //   work on the current one, and keeps all m rows' accumulators (one 16x16 fragment per 16 rows);
 //   split-k over blocks when n / 64 blocks would not fill the GPU. Same x hi/lo split as below.
 // - tiled f32 (m > 8, f32 weights): 64x64 output tile per 256-thread block, 4x4 per thread, plain
@@ -42,10 +42,15 @@ constexpr int SMALLM_KC = 64;                   // k chunk per pipeline step
 constexpr int SMALLM_LD = SMALLM_KC + 8;        // padded shared row: 144 bytes, a multiple of 16
 // Split-k aims at about two blocks per SM of a 132-SM H100/H200 (a constant rather than the
 // device's SM count, so the summation order, hence the bits, is the same on every GPU), with at
-// least SMALLM_MIN_CHUNKS chunks per split. Tuning constants: measure on a GPU (tests/gpu/bench.ts).
+// least SMALLM_MIN_CHUNKS chunks per split. Tuning constants: measure them on a GPU
+// (tests/gpu/bench.ts).
 constexpr int SMALLM_TARGET_BLOCKS = 256;
 constexpr int SMALLM_MIN_CHUNKS = 4;
 constexpr int SMALLM_MAX_SPLITS = 16;
+// Two blocks per SM (up to 255 registers a thread: nvcc 13.0 uses up to 254 for m > 32, no spills;
+// a cap of three blocks, 168 registers, spills up to 450 bytes): the SMALLM_TARGET_BLOCKS grid
+// runs in one wave on 132 SMs, with two chunks of weights (32 KB an SM) in flight.
+constexpr int SMALLM_MIN_BLOCKS_PER_SM = 2;
 
 }  // namespace
 
@@ -279,11 +284,12 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
 // and bias, or its split-k partials, n and NULL). Per chunk, x [16 * MT, 64] is staged as hi/lo
 // halves of T (rows scaled by a power of two over this block's k range, as the tiled kernel does
 // over whole rows) and w [64, 64] as it is; warp w multiplies its 16 weight rows with every 16-row
-// fragment of x. The next chunk is loaded into registers (w with the streaming hint, each byte
-// used once) before the current one is multiplied, so its memory latency overlaps the MMAs. VEC:
-// k % 8 == 0 and x, w 16-byte aligned, for 128-bit loads; else element loads with bounds.
+// fragment of x. Before a chunk's MMAs the block issues the loads of the x chunk after it and of
+// the w chunk two after it (with the streaming hint: each weight byte is used once), so memory
+// latency overlaps the MMAs and the staging of the next chunk. VEC: k % 8 == 0 and x, w 16-byte
+// aligned, for 128-bit loads; else element loads with bounds.
 template <int DT, int MT, bool VEC>
-__global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
+__global__ __launch_bounds__(SMALLM_WARPS * 32, SMALLM_MIN_BLOCKS_PER_SM) void matmul_smallm_kernel(
     float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ w,
     const float* __restrict__ bias, int32_t m, int32_t n, int32_t k, int32_t ldo,
     int32_t k_per_split, int64_t split_stride) {
@@ -308,11 +314,12 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
   dl_wmma_row_scales_range(row_down, row_up, x, 0, ROWS, m, k, k_begin, k_end, warp, SMALLM_WARPS,
                            lane);
 
+  // Registers of the pipeline: x of the next chunk, w of the next two (w0 even chunks of this
+  // split, w1 odd ones), so two chunks of weights (16 KB a block) are in flight during the MMAs.
   float4 xr[X_LOADS];
-  uint4 wr[W_LOADS];
-  // Chunk [k0, k0 + 64) into registers: x row r = idx / 16 at column 4 (idx % 16), w row
-  // col0 + idx / 8 at column 8 (idx % 8); zeros past m, n and k.
-  auto load = [&](int32_t k0) {
+  uint4 w0[W_LOADS], w1[W_LOADS];
+  // x of chunk [k0, k0 + 64): row r = idx / 16 at column 4 (idx % 16); zeros past m and k.
+  auto load_x = [&](int32_t k0) {
 #pragma unroll
     for (int l = 0; l < X_LOADS; l++) {
       const int idx = tid + l * THREADS, r = idx / 16;
@@ -326,6 +333,9 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
         xr[l] = make_float4(v[0], v[1], v[2], v[3]);
       }
     }
+  };
+  // w of chunk [k0, k0 + 64): row col0 + idx / 8 at column 8 (idx % 8); zeros past n and k.
+  auto load_w = [&](uint4 (&wr)[W_LOADS], int32_t k0) {
 #pragma unroll
     for (int l = 0; l < W_LOADS; l++) {
       const int idx = tid + l * THREADS;
@@ -344,8 +354,12 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
       }
     }
   };
-  // The registers into shared memory, x split into hi + lo of its scaled value.
-  auto stage = [&]() {
+  DlWmmaAcc acc[MT];
+#pragma unroll
+  for (int i = 0; i < MT; i++) wmma::fill_fragment(acc[i], 0.0f);
+  // One chunk: registers into shared memory (x split into hi + lo of its scaled value), refill
+  // them with the chunks after it, then the MMAs.
+  auto step = [&](uint4 (&wr)[W_LOADS], int32_t k0) {
 #pragma unroll
     for (int l = 0; l < X_LOADS; l++) {
       const int idx = tid + l * THREADS, r = idx / 16, c = (idx % 16) * 4;
@@ -363,17 +377,9 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
       const int idx = tid + l * THREADS, r = idx / 8, c = (idx % 8) * 8;
       *reinterpret_cast<uint4*>(ws + r * LD + c) = wr[l];
     }
-  };
-
-  DlWmmaAcc acc[MT];
-#pragma unroll
-  for (int i = 0; i < MT; i++) wmma::fill_fragment(acc[i], 0.0f);
-  __syncthreads();  // row scales
-  load(k_begin);
-  for (int32_t k0 = k_begin; k0 < k_end; k0 += SMALLM_KC) {
-    stage();
     __syncthreads();
-    if (k0 + SMALLM_KC < k_end) load(k0 + SMALLM_KC);
+    if (k0 + SMALLM_KC < k_end) load_x(k0 + SMALLM_KC);
+    if (k0 + 2 * SMALLM_KC < k_end) load_w(wr, k0 + 2 * SMALLM_KC);
     const T* wt = reinterpret_cast<const T*>(ws) + warp * 16 * LD;
 #pragma unroll
     for (int kk = 0; kk < SMALLM_KC; kk += 16) {
@@ -389,6 +395,15 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
       }
     }
     __syncthreads();
+  };
+
+  __syncthreads();  // row scales
+  load_x(k_begin);
+  load_w(w0, k_begin);
+  if (k_begin + SMALLM_KC < k_end) load_w(w1, k_begin + SMALLM_KC);
+  for (int32_t k0 = k_begin; k0 < k_end; k0 += 2 * SMALLM_KC) {
+    step(w0, k0);
+    if (k0 + SMALLM_KC < k_end) step(w1, k0 + SMALLM_KC);
   }
 
   float* dst = out + (int64_t)blockIdx.y * split_stride;
@@ -409,7 +424,8 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32) void matmul_smallm_kernel(
 }
 
 // Split-k sum: out[r, c] = sum over splits s in order of partials[s, r, c] (+ bias[c]).
-__global__ void matmul_splitk_sum_kernel(float* __restrict__ out, const float* __restrict__ partials,
+__global__ void matmul_splitk_sum_kernel(float* __restrict__ out,
+                                         const float* __restrict__ partials,
                                          const float* __restrict__ bias, int32_t m, int32_t n,
                                          int32_t splits, int32_t ldo) {
   const int64_t total = (int64_t)m * n;

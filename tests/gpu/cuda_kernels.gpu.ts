@@ -496,6 +496,52 @@ Deno.test("matmul: the small-m path (8 < m <= 64), odd n and k, split-k, bias an
   report("matmul small-m path", worst);
 });
 
+Deno.test("matmul: the small-m path inside a reserved workspace: its partials reserved, or fewer splits", () => {
+  // A reservation for 64 tokens holds the split-k partials; one for a single token holds none, so
+  // the call must take one split rather than fail or grow the workspace. Both match the CPU.
+  const rand = ref.mulberry32(144);
+  const m = 33, n = 67, k = 1031;
+  const x = ref.randomF32(rand, m * k);
+  const w = randomStored(rand, n * k, DType.F16);
+  const wBytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+  const c = { m, n, k, stride: n };
+  const expected = stridedMatmul(cpu, DType.F16, wBytes, x, null, c);
+  const scale = stridedMatmul(
+    cpu,
+    DType.F32,
+    new Uint8Array(Float32Array.from(ref.decode(w, DType.F16), Math.abs).buffer),
+    Float32Array.from(x, Math.abs),
+    null,
+    c,
+  );
+  for (const maxNumTokens of [64, 1]) {
+    const device = NativeBackend.open({ backend: DEVICE_BACKEND, libraryPath: DEVICE_LIBRARY });
+    try {
+      device.reserveWorkspace({
+        maxNumTokens,
+        numHeads: 1,
+        numKvHeads: 1,
+        headDim: 8,
+        blockSize: 16,
+        maxBlocksPerSeq: 1,
+        maxMatmulK: 0,
+      });
+      const before = device.memoryStats().numWorkspaceGrowths;
+      const actual = stridedMatmul(device, DType.F16, wBytes, x, null, c);
+      const after = device.memoryStats().numWorkspaceGrowths;
+      if (after !== before) fail(`reserved for ${maxNumTokens} tokens: the workspace grew`);
+      assertClose(
+        actual,
+        expected,
+        (i) => (2 ** -22 + (3 * k + 16) * 2 ** -24) * scale[i] + 1e-6,
+        `matmul f16 m ${m} n ${n} k ${k} reserved for ${maxNumTokens} tokens`,
+      );
+    } finally {
+      device.close();
+    }
+  }
+});
+
 // --- Fixed workspace
 
 Deno.test("reserved workspace: decode and prefill attention allocate nothing, beyond it fails", () => {
