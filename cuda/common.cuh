@@ -55,6 +55,7 @@ enum dl_bad_kind : unsigned {
   DL_BAD_BLOCK_ID = 6,      // dl_paged_attention: block_tables (flat) [index] = value
   DL_BAD_POSITION = 7,      // dl_paged_attention: token index at position value, outside the cache
   DL_BAD_SAMPLING = 8,      // dl_sample: the parameters of row index are out of range
+  DL_BAD_ROPE_KV_SLOT = 9,  // dl_rope_kv_write: slot_mapping[index] = value
 };
 
 // Records one bad value as a single 64-bit store (kind:8 | index:24 | value:32), so concurrent

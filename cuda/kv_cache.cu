@@ -16,7 +16,7 @@ __global__ void kv_write_kernel(typename Dtype<DT>::T* __restrict__ k_cache,
                                 int64_t num_slots, unsigned long long* bad) {
   const int64_t t = blockIdx.x;
   dl_kv_write_token<DT>(k_cache, v_cache, k + t * row_stride, v + t * row_stride, slot_mapping[t],
-                        t, num_kv_heads, head_dim, block_size, num_slots, bad);
+                        t, num_kv_heads, head_dim, block_size, num_slots, bad, DL_BAD_SLOT);
 }
 
 // One block per pair copies block_bytes from the source block to the destination block, 16 bytes

@@ -30,7 +30,8 @@ __global__ void rope_kv_write_kernel(float* qkv,                                
   __syncthreads();
   const float* k = row + (int64_t)num_heads * head_dim;
   dl_kv_write_token<DT>(k_cache, v_cache, k, k + (int64_t)num_kv_heads * head_dim, slot_mapping[t],
-                        t, num_kv_heads, head_dim, block_size, num_slots, bad);
+                        t, num_kv_heads, head_dim, block_size, num_slots, bad,
+                        DL_BAD_ROPE_KV_SLOT);
 }
 
 // --- Launcher

@@ -108,6 +108,10 @@ int32_t dl_check_bad_metadata(dl_context* ctx) {
       return dl_fail(DL_ERR_INVALID_ARGUMENT,
                      "dl_kv_write: slot_mapping[%d] = %d is not below num_blocks * block_size%s", index, value,
                      what);
+    case DL_BAD_ROPE_KV_SLOT:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_rope_kv_write: slot_mapping[%d] = %d is not below num_blocks * block_size%s", index,
+                     value, what);
     case DL_BAD_COPY_PAIR:
       return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_copy_blocks: pairs[%d] = %d is outside [0, num_blocks)%s",
                      index, value, what);

@@ -1375,6 +1375,55 @@ Deno.test("bad metadata: both builds fail (CUDA at the next synchronize), CUDA w
       assertBits(caches[1], expected, "kv_write V with bad slots");
     }
 
+    // dl_rope_kv_write: the same slots; every token is rotated, the bad ones' cache writes skipped.
+    {
+      const c = {
+        numTokens: 4,
+        numHeads: 1,
+        numKvHeads,
+        headDim,
+        rotaryDim: headDim,
+        rowStride: (1 + 2 * numKvHeads) * headDim,
+        style: 0 as const,
+        blockSize,
+        numBlocks,
+        cacheDtype: DType.F32 as ref.DtypeId,
+      };
+      const inputs = { ...ropeKvInputs(c, rand), cache: initial };
+      const fused = badMetadata(s, "rope_kv_write", {
+        cpu: /dl_rope_kv_write: expected slot_mapping\[0\] < num_blocks/,
+        device: /dl_rope_kv_write: slot_mapping\[(0\] = 12|2\] = 2147483647) is not below/,
+      }, () => {
+        const qkv = s.from(inputs.qkv), kCache = s.from(initial), vCache = s.from(initial);
+        s.backend.ropeKvWrite({
+          ...c,
+          cacheDtype: DType.F32,
+          qkv,
+          positions: s.from(inputs.positions),
+          invFreq: s.from(inputs.invFreq),
+          kCache,
+          vCache,
+          slotMapping: s.from(slots),
+        });
+        return () => ({
+          qkv: s.f32(qkv, inputs.qkv.length),
+          k: s.f32(kCache, cacheElems),
+          v: s.f32(vCache, cacheElems),
+        });
+      });
+      if (fused) {
+        const apart = runRopeKv(
+          s.backend,
+          c,
+          { ...inputs, slots: Int32Array.of(-1, 5, -1, -1) },
+          false,
+        );
+        assertBits(fused.qkv, apart.qkv, "rope_kv_write rows with bad slots");
+        assertBits(fused.k, apart.k, "rope_kv_write K with bad slots");
+        assertBits(fused.v, apart.v, "rope_kv_write V with bad slots");
+      }
+    }
+
     // dl_copy_blocks: pairs with an id out of range, or onto themselves, are skipped.
     const blockFloats = 12, cache = ref.randomF32(rand, 5 * blockFloats);
     const pairs = Int32Array.of(0, 5, -1, 2, 3, 3, 1, 4);
