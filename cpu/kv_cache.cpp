@@ -2,13 +2,9 @@
 #include <cstring>
 
 #include "common.h"
-#include "dl_half.h"
+#include "kv_cache.h"
 
 // --- Kernel
-
-inline void store_f32(float* dst, float v) { *dst = v; }
-inline void store_f16(uint16_t* dst, float v) { *dst = dl_f32_to_f16(v); }
-inline void store_bf16(uint16_t* dst, float v) { *dst = dl_f32_to_bf16(v); }
 
 template <class T, void (*Store)(T*, float)>
 static void kv_write_typed(const dl_context* ctx, T* k_cache, T* v_cache, const float* k, const float* v,
@@ -19,18 +15,20 @@ static void kv_write_typed(const dl_context* ctx, T* k_cache, T* v_cache, const 
   for (int32_t t = 0; t < num_tokens; t++) {
     const int32_t slot = slot_mapping[t];
     if (slot < 0) continue;  // padding token
-    const int64_t block = slot / block_size, offset = slot % block_size;
-    for (int32_t h = 0; h < num_kv_heads; h++) {
-      // [num_blocks, num_kv_heads, block_size, head_dim] -> [head_dim] at (block, h, offset)
-      const int64_t dst = ((block * num_kv_heads + h) * block_size + offset) * head_dim;
-      const float* k_src = k + (int64_t)t * row_stride + (int64_t)h * head_dim;
-      const float* v_src = v + (int64_t)t * row_stride + (int64_t)h * head_dim;
-      for (int32_t i = 0; i < head_dim; i++) {
-        Store(k_cache + dst + i, k_src[i]);
-        Store(v_cache + dst + i, v_src[i]);
-      }
+    dl_kv_write_token<T, Store>(k_cache, v_cache, k + (int64_t)t * row_stride, v + (int64_t)t * row_stride, slot,
+                                num_kv_heads, head_dim, block_size);
+  }
+}
+
+int32_t dl_kv_check_slots(const char* fn, const int32_t* slot_mapping, int32_t num_tokens, int64_t num_slots) {
+  for (int32_t t = 0; t < num_tokens; t++) {
+    if (slot_mapping[t] >= num_slots) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "%s: expected slot_mapping[%d] < num_blocks * block_size (%lld) or negative, found %d", fn, t,
+                     (long long)num_slots, slot_mapping[t]);
     }
   }
+  return DL_OK;
 }
 
 // --- Launcher
@@ -44,23 +42,18 @@ extern "C" DL_API int32_t dl_kv_write(dl_context* ctx, void* k_cache, void* v_ca
                               head_dim, row_stride, block_size, num_blocks));
   if (num_tokens == 0) return DL_OK;
   const int64_t num_slots = (int64_t)num_blocks * block_size;
-  for (int32_t t = 0; t < num_tokens; t++) {
-    if (slot_mapping[t] >= num_slots) {
-      return dl_fail(DL_ERR_INVALID_ARGUMENT,
-                     "%s: expected slot_mapping[%d] < num_blocks * block_size (%lld) or negative, found %d", fn, t,
-                     (long long)num_slots, slot_mapping[t]);
-    }
-  }
+  DL_TRY(dl_kv_check_slots(fn, slot_mapping, num_tokens, num_slots));
   if (cache_dtype == DL_DTYPE_F32) {
-    kv_write_typed<float, store_f32>(ctx, static_cast<float*>(k_cache), static_cast<float*>(v_cache), k, v,
-                                     slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
+    kv_write_typed<float, dl_kv_store_f32>(ctx, static_cast<float*>(k_cache), static_cast<float*>(v_cache), k, v,
+                                           slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
   } else if (cache_dtype == DL_DTYPE_F16) {
-    kv_write_typed<uint16_t, store_f16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k, v,
-                                        slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride, block_size);
+    kv_write_typed<uint16_t, dl_kv_store_f16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache),
+                                              k, v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
+                                              block_size);
   } else {
-    kv_write_typed<uint16_t, store_bf16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache), k,
-                                         v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
-                                         block_size);
+    kv_write_typed<uint16_t, dl_kv_store_bf16>(ctx, static_cast<uint16_t*>(k_cache), static_cast<uint16_t*>(v_cache),
+                                               k, v, slot_mapping, num_tokens, num_kv_heads, head_dim, row_stride,
+                                               block_size);
   }
   return DL_OK;
 }

@@ -2,13 +2,15 @@
 #include <cmath>
 
 #include "common.h"
+#include "rope.h"
 
 // --- Kernel
 
 // The angle is position * inv_freq[i] rounded to f32 and cos/sin are f32 (cosf/sinf), as in
 // Hugging Face's float32 rotary embedding. cos/sin are computed once per token, shared by its heads.
-static void rope_token(float* row, int32_t position, const float* inv_freq, int32_t num_heads, int32_t head_dim,
-                       int32_t rotary_dim, int32_t style, float* cos_sin /* [2, rotary_dim / 2] */) {
+__attribute__((noinline)) void dl_rope_token(float* row, int32_t position, const float* inv_freq, int32_t num_heads,
+                                             int32_t head_dim, int32_t rotary_dim, int32_t style,
+                                             float* cos_sin /* [2, rotary_dim / 2] */) {
   const int32_t half = rotary_dim / 2;
   float* cos_v = cos_sin;
   float* sin_v = cos_sin + half;
@@ -56,8 +58,8 @@ extern "C" DL_API int32_t dl_rope(dl_context* ctx, float* x, const int32_t* posi
     float* scratch = static_cast<float*>(workspace);  // [threads, rotary_dim]
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int32_t t = 0; t < num_tokens; t++) {
-      rope_token(x + (int64_t)t * row_stride, positions[t], inv_freq, num_heads, head_dim, rotary_dim, style,
-                 scratch + (size_t)dl_thread_id() * rotary_dim);
+      dl_rope_token(x + (int64_t)t * row_stride, positions[t], inv_freq, num_heads, head_dim, rotary_dim, style,
+                    scratch + (size_t)dl_thread_id() * rotary_dim);
     }
     return DL_OK;
   });

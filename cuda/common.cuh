@@ -58,6 +58,7 @@ enum dl_bad_kind : unsigned {
   DL_BAD_BLOCK_ID = 6,      // dl_paged_attention: block_tables (flat) [index] = value
   DL_BAD_POSITION = 7,      // dl_paged_attention: token index at position value, outside the cache
   DL_BAD_SAMPLING = 8,      // dl_sample: the parameters of row index are out of range
+  DL_BAD_ROPE_KV_SLOT = 9,  // dl_rope_kv_write: slot_mapping[index] = value
 };
 
 // Records one bad value as a single 64-bit store (kind:8 | index:24 | value:32), so concurrent
@@ -86,6 +87,10 @@ size_t dl_attention_workspace_bytes(int64_t num_tokens, int64_t num_heads, int64
 // Workspace bytes of the W8A8 formats' dl_matmul (its int8 activation rows) for up to max_rows rows
 // of max_k columns (cuda/matmul_w8a8.cu).
 size_t dl_w8a8_workspace_bytes(int64_t max_rows, int64_t max_k);
+
+// Workspace bytes of dl_matmul's split-k partials on the small-m path (f16 / bf16 weights,
+// 8 < m <= 64) for up to max_rows rows, whatever n and k (cuda/matmul.cu).
+size_t dl_smallm_workspace_bytes(int64_t max_rows);
 
 // dl_matmul of W8A8, W8A8_MIXED and W8A8_2_4 (cuda/matmul_w8a8.cu), called by dl_matmul's launcher
 // after validation, m > 0.

@@ -1,13 +1,11 @@
 // Paged KV cache writes (new tokens' K and V heads at their slots) and whole-block copies.
 #include "common.cuh"
 #include "half.cuh"
+#include "kv_cache.cuh"
 
 // --- Kernels
 
-// One block per token writes its num_kv_heads * head_dim K and V values, rounded to the cache
-// dtype, at (block, head, offset). A negative slot is padding; a slot past the cache (which the
-// host cannot check, the mapping being device memory) is skipped too, so nothing is written out of
-// bounds, and reported (dl_bad_report).
+// One block per token (cuda/kv_cache.cuh).
 template <int DT>
 __global__ void kv_write_kernel(typename Dtype<DT>::T* __restrict__ k_cache,
                                 typename Dtype<DT>::T* __restrict__ v_cache,
@@ -17,21 +15,8 @@ __global__ void kv_write_kernel(typename Dtype<DT>::T* __restrict__ k_cache,
                                 int32_t head_dim, int32_t row_stride, int32_t block_size,
                                 int64_t num_slots, unsigned long long* bad) {
   const int64_t t = blockIdx.x;
-  const int32_t slot = slot_mapping[t];
-  if (slot < 0) return;  // padding
-  if (slot >= num_slots) {
-    if (threadIdx.x == 0) dl_bad_report(bad, DL_BAD_SLOT, t, slot);
-    return;
-  }
-  const int64_t block = slot / block_size, offset = slot % block_size;
-  const int32_t items = num_kv_heads * head_dim;
-  for (int32_t item = threadIdx.x; item < items; item += blockDim.x) {
-    const int32_t h = item / head_dim, d = item % head_dim;
-    // [num_blocks, num_kv_heads, block_size, head_dim] at (block, h, offset, d)
-    const int64_t dst = ((block * num_kv_heads + h) * block_size + offset) * head_dim + d;
-    k_cache[dst] = Dtype<DT>::store(k[t * row_stride + item]);
-    v_cache[dst] = Dtype<DT>::store(v[t * row_stride + item]);
-  }
+  dl_kv_write_token<DT>(k_cache, v_cache, k + t * row_stride, v + t * row_stride, slot_mapping[t],
+                        t, num_kv_heads, head_dim, block_size, num_slots, bad, DL_BAD_SLOT);
 }
 
 // One block per pair copies block_bytes from the source block to the destination block, 16 bytes

@@ -113,6 +113,10 @@ int32_t dl_check_bad_metadata(dl_context* ctx) {
       return dl_fail(DL_ERR_INVALID_ARGUMENT,
                      "dl_kv_write: slot_mapping[%d] = %d is not below num_blocks * block_size%s", index, value,
                      what);
+    case DL_BAD_ROPE_KV_SLOT:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_rope_kv_write: slot_mapping[%d] = %d is not below num_blocks * block_size%s", index,
+                     value, what);
     case DL_BAD_COPY_PAIR:
       return dl_fail(DL_ERR_INVALID_ARGUMENT, "dl_copy_blocks: pairs[%d] = %d is outside [0, num_blocks)%s",
                      index, value, what);
@@ -187,11 +191,13 @@ extern "C" int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens,
   DL_TRY(dl_validate_reserve_workspace(fn, ctx, max_num_tokens, num_heads, num_kv_heads, head_dim,
                                        block_size, max_blocks_per_seq, max_matmul_k, out_bytes));
   // Attention and dl_matmul run one after another on the stream, so they share one buffer: the
-  // larger of the two needs.
+  // largest of their needs (attention, W8A8 activations, small-m split-k partials).
   const size_t attention = dl_attention_workspace_bytes(
       max_num_tokens, num_heads, num_kv_heads, head_dim, (int64_t)max_blocks_per_seq * block_size);
   const size_t w8a8 = dl_w8a8_workspace_bytes(max_num_tokens, max_matmul_k);
-  const size_t need = attention > w8a8 ? attention : w8a8;
+  const size_t smallm = dl_smallm_workspace_bytes(max_num_tokens);
+  size_t need = attention > w8a8 ? attention : w8a8;
+  if (smallm > need) need = smallm;
   if (need > ctx->workspace_bytes) DL_TRY(grow_workspace(fn, ctx, need));
   ctx->workspace_fixed = true;
   *out_bytes = ctx->workspace_bytes;

@@ -48,16 +48,18 @@ __device__ __forceinline__ void dl_wmma_slice(DlWmmaAcc (&acc)[2][2], const T* x
 // A row whose largest |x| is 2^e (e = ilogb) is split as x * 2^-(e - DL_WMMA_ROW_TOP).
 constexpr int DL_WMMA_ROW_TOP = 14;
 
-// down[r] = 2^-s and up[r] = 2^s for the 64 rows of the tile at row0 (rows past m get 1): warp w
-// of the 4 takes rows w, w + 4, ..., its lanes striding k (coalesced). s is clamped to
-// [-126, 113] so both powers are normal floats; a row of zeros, Inf or NaN keeps s = 0.
-__device__ __forceinline__ void dl_wmma_row_scales(float* down, float* up, const float* x, int64_t row0,
-                                                   int64_t m, int64_t k, int warp, int lane) {
-  for (int r = warp; r < 64; r += 4) {
+// down[r] = 2^-s and up[r] = 2^s for the `rows` rows at row0 (rows past m get 1), from their largest
+// |x| over columns [k0, k1): warp w of num_warps takes rows w, w + num_warps, ..., its lanes
+// striding k (coalesced). s is clamped to [-126, 113] so both powers are normal floats; a row of
+// zeros, Inf or NaN keeps s = 0.
+__device__ __forceinline__ void dl_wmma_row_scales_range(float* down, float* up, const float* x, int64_t row0,
+                                                         int rows, int64_t m, int64_t k, int64_t k0, int64_t k1,
+                                                         int warp, int num_warps, int lane) {
+  for (int r = warp; r < rows; r += num_warps) {
     const int64_t gr = row0 + r;
     float a = 0.0f;
     if (gr < m) {
-      for (int64_t c = lane; c < k; c += 32) a = fmaxf(a, fabsf(x[gr * k + c]));
+      for (int64_t c = k0 + lane; c < k1; c += 32) a = fmaxf(a, fabsf(x[gr * k + c]));
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
@@ -71,6 +73,12 @@ __device__ __forceinline__ void dl_wmma_row_scales(float* down, float* up, const
       up[r] = ldexpf(1.0f, e);
     }
   }
+}
+
+// The scales of the 64 rows of a 64x64 tile at row0, over whole rows, by its 4 warps.
+__device__ __forceinline__ void dl_wmma_row_scales(float* down, float* up, const float* x, int64_t row0,
+                                                   int64_t m, int64_t k, int warp, int lane) {
+  dl_wmma_row_scales_range(down, up, x, row0, 64, m, k, 0, k, warp, 4, lane);
 }
 
 // Writes a warp's accumulators to out (+ bias) through its 16x16 staging tile in shared memory,

@@ -221,11 +221,12 @@ DL_API int32_t dl_unmap_file(
 // to max_blocks_per_seq * block_size positions, and dl_matmul calls of up to max_num_tokens rows and
 // max_matmul_k columns. It covers every kernel's scratch (the CPU build: per-thread attention and
 // RoPE scratch for the context's thread count, the quantized activation rows of dl_matmul; the CUDA
-// build: split decode attention partials and the W8A8 formats' int8 activation rows, the larger of
-// the two — its other quantized formats keep activations in f32). Writes the workspace bytes now
-// held to *out_bytes. Afterwards no
-// kernel allocates: a call that would need more than the reservation fails with
-// DL_ERR_OUT_OF_MEMORY naming both sizes. Before any reservation kernels grow the workspace on
+// build: split decode attention partials, the W8A8 formats' int8 activation rows and the split-k
+// partials of f16 / bf16 dl_matmul with 8 < m <= 64, the largest of the three — its other
+// quantized formats keep activations in f32). Writes the workspace bytes now held to *out_bytes.
+// Afterwards no kernel allocates: a call that would need more than the reservation fails with
+// DL_ERR_OUT_OF_MEMORY naming both sizes (the CUDA f16 / bf16 dl_matmul takes fewer k splits
+// instead). Before any reservation kernels grow the workspace on
 // demand. Calling it again may grow the reservation (it never shrinks).
 DL_API int32_t dl_reserve_workspace(
     dl_context* ctx,
@@ -485,6 +486,32 @@ DL_API int32_t dl_kv_write(
     int32_t num_kv_heads,
     int32_t head_dim,
     int32_t row_stride,
+    int32_t block_size,
+    int32_t num_blocks);
+
+// dl_rope of the Q and K heads of fused QKV rows followed by dl_kv_write of their K and V heads,
+// in one launch, with the same bits as those two calls. Each row of qkv starts with Q
+// (num_heads * head_dim floats), then K and V (num_kv_heads * head_dim each); Q and K are rotated
+// in place by the token's position (padding tokens too, as dl_rope does), then the rotated K and V
+// go to the token's slot (negative: skipped). Positions and slots as in dl_rope and dl_kv_write: a
+// slot past the cache is an error (see "Metadata" above; CUDA: the token is rotated, its cache
+// write skipped).
+DL_API int32_t dl_rope_kv_write(
+    dl_context* ctx,
+    float* qkv,                   // [num_tokens, row_stride], Q | K | V at the start of each row
+    const int32_t* positions,     // [num_tokens]
+    const float* inv_freq,        // [rotary_dim / 2], scaling already applied
+    void* k_cache,                // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
+    void* v_cache,                // [num_blocks, num_kv_heads, block_size, head_dim] of cache_dtype
+    int32_t cache_dtype,
+    const int32_t* slot_mapping,  // [num_tokens]
+    int32_t num_tokens,
+    int32_t num_heads,
+    int32_t num_kv_heads,
+    int32_t head_dim,
+    int32_t rotary_dim,           // <= head_dim, even; dims past it are left as they are
+    int32_t row_stride,           // >= (num_heads + 2 * num_kv_heads) * head_dim
+    int32_t style,                // dl_rope_style
     int32_t block_size,
     int32_t num_blocks);
 

@@ -188,6 +188,26 @@ export interface KvWriteArgs {
   numBlocks: number;
 }
 
+/** dl_rope_kv_write: RoPE on the Q and K heads of fused QKV rows, then K and V into the cache. */
+export interface RopeKvWriteArgs {
+  qkv: DevicePtr;
+  positions: DevicePtr;
+  invFreq: DevicePtr;
+  kCache: DevicePtr;
+  vCache: DevicePtr;
+  cacheDtype: DTypeId;
+  slotMapping: DevicePtr;
+  numTokens: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  rowStride: number;
+  style: RopeStyleId;
+  blockSize: number;
+  numBlocks: number;
+}
+
 export interface AttentionArgs {
   out: DevicePtr;
   q: DevicePtr;
@@ -709,6 +729,31 @@ export class NativeBackend {
         a.numKvHeads,
         a.headDim,
         a.rowStride,
+        a.blockSize,
+        a.numBlocks,
+      ),
+    );
+  }
+
+  ropeKvWrite(a: RopeKvWriteArgs): void {
+    this.#check(
+      "dl_rope_kv_write",
+      this.#lib.dl_rope_kv_write(
+        this.#ctx,
+        a.qkv,
+        a.positions,
+        a.invFreq,
+        a.kCache,
+        a.vCache,
+        a.cacheDtype,
+        a.slotMapping,
+        a.numTokens,
+        a.numHeads,
+        a.numKvHeads,
+        a.headDim,
+        a.rotaryDim,
+        a.rowStride,
+        a.style,
         a.blockSize,
         a.numBlocks,
       ),

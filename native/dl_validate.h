@@ -194,6 +194,33 @@ inline int32_t dl_validate_kv_write(const char* fn, const dl_context* ctx, const
   return DL_OK;
 }
 
+// dl_rope on the Q and K heads and dl_kv_write on K and V of fused QKV rows: the two validations,
+// after the row layout check. Slots are device metadata: checked by the CPU launcher only.
+inline int32_t dl_validate_rope_kv_write(const char* fn, const dl_context* ctx, const float* qkv,
+                                         const int32_t* positions, const float* inv_freq, const void* k_cache,
+                                         const void* v_cache, int32_t cache_dtype, const int32_t* slot_mapping,
+                                         int32_t num_tokens, int32_t num_heads, int32_t num_kv_heads,
+                                         int32_t head_dim, int32_t rotary_dim, int32_t row_stride, int32_t style,
+                                         int32_t block_size, int32_t num_blocks) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_positive(fn, "num_heads", num_heads));
+  DL_TRY(dl_check_positive(fn, "num_kv_heads", num_kv_heads));
+  DL_TRY(dl_check_positive(fn, "head_dim", head_dim));
+  const int64_t row = ((int64_t)num_heads + 2 * (int64_t)num_kv_heads) * head_dim;
+  if ((int64_t)row_stride < row) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                   "%s: expected row_stride >= (num_heads + 2 * num_kv_heads) * head_dim (%lld), found %d", fn,
+                   (long long)row, row_stride);
+  }
+  if (num_tokens > 0) DL_TRY(dl_check_ptr(fn, "qkv", qkv));
+  DL_TRY(dl_validate_rope(fn, ctx, qkv, positions, inv_freq, num_tokens, num_heads + num_kv_heads, head_dim,
+                          rotary_dim, row_stride, style));
+  const float* k = qkv == nullptr ? nullptr : qkv + (int64_t)num_heads * head_dim;
+  const float* v = k == nullptr ? nullptr : k + (int64_t)num_kv_heads * head_dim;
+  return dl_validate_kv_write(fn, ctx, k_cache, v_cache, cache_dtype, k, v, slot_mapping, num_tokens, num_kv_heads,
+                              head_dim, row_stride, block_size, num_blocks);
+}
+
 // Block ids in pairs are device metadata: checked by the CPU launcher only.
 inline int32_t dl_validate_copy_blocks(const char* fn, const dl_context* ctx, const void* cache,
                                        const int32_t* pairs, int32_t num_pairs, uint64_t block_bytes,

@@ -120,7 +120,6 @@ export class LlamaModel {
 
     const hidden = c.hiddenSize;
     const qDim = c.numHeads * c.headDim;
-    const kvDim = c.numKvHeads * c.headDim;
     const qkvDim = this.qkvDim;
     const w = this.weights;
     const ropeStyle = c.ropeStyle === "neox" ? RopeStyle.NEOX : RopeStyle.INTERLEAVED;
@@ -162,29 +161,24 @@ export class LlamaModel {
       comm?.gather(s.h, numTokens);
       this.observer?.("qkv", l, s.h, numTokens, hidden);
       matmulProjection(b, layer.qkv, { out: s.qkv, x: s.h, bias: layer.qkvBias, m: numTokens });
-      b.rope({
-        x: s.qkv,
+      // RoPE on Q and K and the cache write of K and V, one launch (dl_rope_kv_write, the same bits
+      // as dl_rope + dl_kv_write). Ranks too: each holds its own heads' [Q | K | V] rows.
+      const cache = kv.layers[l];
+      b.ropeKvWrite({
+        qkv: s.qkv,
         positions,
         invFreq: this.#invFreq,
+        kCache: cache.k,
+        vCache: cache.v,
+        cacheDtype: kv.dtype,
+        slotMapping,
         numTokens,
-        numHeads: c.numHeads + c.numKvHeads,
+        numHeads: c.numHeads,
+        numKvHeads: c.numKvHeads,
         headDim: c.headDim,
         rotaryDim: c.headDim,
         rowStride: qkvDim,
         style: ropeStyle,
-      });
-      const cache = kv.layers[l];
-      b.kvWrite({
-        kCache: cache.k,
-        vCache: cache.v,
-        cacheDtype: kv.dtype,
-        k: offset(s.qkv, qDim * F32),
-        v: offset(s.qkv, (qDim + kvDim) * F32),
-        slotMapping,
-        numTokens,
-        numKvHeads: c.numKvHeads,
-        headDim: c.headDim,
-        rowStride: qkvDim,
         blockSize: kv.blockSize,
         numBlocks: kv.numBlocks,
       });

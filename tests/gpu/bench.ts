@@ -1,6 +1,7 @@
 // GPU benchmark (not a test): prefill and decode throughput of the forward pass on a model
-// directory, batch-1 decode against the memory-bandwidth roofline, and optionally Hugging Face
-// transformers `generate` on the same weights. Prints a Markdown table for an issue note.
+// directory, batch-1 decode against the memory-bandwidth roofline, the f16 matmul's weight
+// bandwidth at m = 1 to 64 (no cliff past the gemv's m = 8), and optionally Hugging Face
+// transformers `generate` on the same weights. Prints Markdown tables for an issue note.
 //
 //   deno run -A tests/gpu/bench.ts --model /tmp/l1b [--backend cuda] [--hf]
 //       [--prefill-tokens 2048] [--context 512] [--decode-steps 32] [--batches 1,16,64]
@@ -100,6 +101,38 @@ function copyBandwidth(): number {
   } finally {
     backend.free(src);
     backend.free(dst);
+  }
+}
+
+// --- The f16 matmul at decode batch sizes: weight bytes per second on a 4096 x 4096 matrix. The
+// gemv takes m <= 8 and the small-m WMMA kernel 8 < m <= 64; both should stream the weights near
+// the copy bandwidth (a bandwidth-bound matmul reads each weight byte once whatever m).
+
+const SWEEP_N = 4096, SWEEP_K = 4096, SWEEP_MS = [1, 8, 16, 32, 64];
+
+function matmulSweep(): { m: number; us: number; gbs: number }[] {
+  const x = backend.alloc(64 * SWEEP_K * 4), out = backend.alloc(64 * SWEEP_N * 4);
+  const w = backend.alloc(SWEEP_N * SWEEP_K * 2); // zeros: the speed does not depend on values
+  try {
+    return SWEEP_MS.map((m) => {
+      const call = () =>
+        backend.matmul({ out, x, w, wDtype: DType.F16, m, n: SWEEP_N, k: SWEEP_K });
+      call();
+      backend.synchronize();
+      const runs: number[] = [];
+      for (let r = 0; r < 3; r++) {
+        const started = performance.now();
+        for (let i = 0; i < 50; i++) call();
+        backend.synchronize();
+        runs.push((performance.now() - started) / 1000 / 50);
+      }
+      const seconds = median(runs);
+      return { m, us: seconds * 1e6, gbs: (SWEEP_N * SWEEP_K * 2) / seconds };
+    });
+  } finally {
+    backend.free(x);
+    backend.free(out);
+    backend.free(w);
   }
 }
 
@@ -217,6 +250,7 @@ async function runHf(): Promise<HfResult | string> {
 }
 
 const bandwidth = copyBandwidth();
+const sweep = matmulSweep();
 const prefillTokPerS = prefill();
 const decodes = new Map(batches.map((b) => [b, decode(b)]));
 executor.release();
@@ -235,6 +269,19 @@ console.log(
     `(each step includes the logits download)`,
 );
 console.log(`device-to-device copy bandwidth: ${gb(bandwidth)} GB/s (read + write)`);
+console.log("");
+console.log(`| f16 matmul ${SWEEP_N}x${SWEEP_K}, m | us per call | weight GB/s | % of copy |`);
+console.log("| --- | --- | --- | --- |");
+for (const r of sweep) {
+  console.log(
+    `| ${r.m} | ${r.us.toFixed(1)} | ${gb(r.gbs)} | ${(100 * r.gbs / bandwidth).toFixed(1)}% |`,
+  );
+}
+const at = (m: number) => sweep.find((r) => r.m === m)!.gbs;
+console.log(
+  `f16 matmul weight bandwidth at m = 64: ${(100 * at(64) / at(8)).toFixed(0)}% of m = 8's ` +
+    `(m = 16: ${(100 * at(16) / at(8)).toFixed(0)}%; 100% = no cliff past the gemv)`,
+);
 console.log("");
 console.log("| metric | denollm | HF transformers | denollm / HF |");
 console.log("| --- | --- | --- | --- |");

@@ -20,6 +20,10 @@
 //   tolerance of that test is relative only)
 // - rmsnorm, add_rmsnorm, silu_mul: 1e-5 * |cpu| + 1e-6 (f32 sum of squares against the CPU's double)
 // - rope: 2e-5 * (|a| + |b|) + 1e-6 over the rotated pair; unrotated values bit for bit
+// - rope_kv_write: bit for bit against the device's own rope + kv_write; against the CPU, rope's
+//   tolerance, V bit for bit, K one unit in the last place of the cache dtype more
+// - matmul small-m path (8 < m <= 64, f16 / bf16): (u_x + (3k + 16) 2^-24) * (sum_k |x w| + |bias|)
+//   + 1e-6, derived at its test
 // - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
 import assert from "node:assert/strict";
 import { tensorBytes } from "../../ffi/formats.ts";
@@ -29,7 +33,13 @@ import type { KvCacheDtype } from "../../src/engine/local_engine.ts";
 import { loadModel } from "../../src/model/load.ts";
 import { GREEDY, Rng } from "../../src/sampling.ts";
 import * as ref from "../kernel_reference.ts";
-import { type DeviceBuffers, type HostArray, withDeviceBuffers } from "../device_buffers.ts";
+import {
+  type DeviceBuffers,
+  type HostArray,
+  stridedMatmul,
+  withDeviceBuffers,
+} from "../device_buffers.ts";
+import { ropeKvCases, ropeKvInputs, ropeKvLabel, runRopeKv } from "../rope_kv_helpers.ts";
 import { assertClose as assertCloseTo } from "../assert_close.ts";
 import { launchSample, sampleOn, type SampleRow } from "../sample_helpers.ts";
 
@@ -443,6 +453,97 @@ Deno.test("matmul: out_row_stride > n writes its columns only, gemv, tiled f32 a
   report("matmul with out_row_stride", worst);
 });
 
+Deno.test("matmul: the small-m path (8 < m <= 64), odd n and k, split-k, bias and a row stride", () => {
+  // Tolerance, from the error of each side against the exact sum S = sum_k |x w| + |bias|: the
+  // device keeps x as hi + lo halves of the weight dtype, off by at most u_x = 2^-16 (bf16, two
+  // 8-bit significands) or 2^-22 (f16, two 11-bit ones) of |x|; it then sums 2 products per k
+  // (lo, hi) in f32, plus one add per k split, and the CPU sums k products in f32. A recursive f32
+  // sum of N terms is off by at most N * 2^-24 * S, so |device - cpu| <= (u_x + (3k + 16) 2^-24) S.
+  const rand = ref.mulberry32(140);
+  let worst = 0;
+  // n = 67, k = 1031: odd k (x one float into its buffer, element loads), 17 k chunks in 4 splits.
+  // n = 130, k = 1024: 128-bit loads, 16 chunks in 4 splits. n = 67, k = 100: one split.
+  for (const [n, k] of [[67, 1031], [130, 1024], [67, 100]]) {
+    for (const m of [9, 17, 33, 47, 64]) {
+      for (const dtype of [DType.F16, DType.BF16] as ref.DtypeId[]) {
+        const x = ref.randomF32(rand, m * k);
+        const w = randomStored(rand, n * k, dtype);
+        const bias = ref.randomF32(rand, n);
+        const c = { m, n, k, stride: n + 5 };
+        const wBytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+        const a = stridedMatmul(cpu, dtype, wBytes, x, bias, c);
+        const b = stridedMatmul(gpu, dtype, wBytes, x, bias, c);
+        const scale = stridedMatmul(
+          cpu,
+          DType.F32,
+          new Uint8Array(Float32Array.from(ref.decode(w, dtype), Math.abs).buffer),
+          Float32Array.from(x, Math.abs),
+          Float32Array.from(bias, Math.abs),
+          c,
+        );
+        const ux = dtype === DType.BF16 ? 2 ** -16 : 2 ** -22;
+        const rel = ux + (3 * k + 16) * 2 ** -24;
+        worst = Math.max(
+          worst,
+          assertClose(
+            b,
+            a,
+            (i) => rel * scale[i] + 1e-6,
+            `matmul ${DTYPE_NAMES[dtype]} m ${m} n ${n} k ${k} stride ${c.stride} bias`,
+          ),
+        );
+      }
+    }
+  }
+  report("matmul small-m path", worst);
+});
+
+Deno.test("matmul: the small-m path inside a reserved workspace: its partials reserved, or fewer splits", () => {
+  // A reservation for 64 tokens holds the split-k partials; one for a single token holds none, so
+  // the call must take one split rather than fail or grow the workspace. Both match the CPU.
+  const rand = ref.mulberry32(144);
+  const m = 33, n = 67, k = 1031;
+  const x = ref.randomF32(rand, m * k);
+  const w = randomStored(rand, n * k, DType.F16);
+  const wBytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+  const c = { m, n, k, stride: n };
+  const expected = stridedMatmul(cpu, DType.F16, wBytes, x, null, c);
+  const scale = stridedMatmul(
+    cpu,
+    DType.F32,
+    new Uint8Array(Float32Array.from(ref.decode(w, DType.F16), Math.abs).buffer),
+    Float32Array.from(x, Math.abs),
+    null,
+    c,
+  );
+  for (const maxNumTokens of [64, 1]) {
+    const device = NativeBackend.open({ backend: DEVICE_BACKEND, libraryPath: DEVICE_LIBRARY });
+    try {
+      device.reserveWorkspace({
+        maxNumTokens,
+        numHeads: 1,
+        numKvHeads: 1,
+        headDim: 8,
+        blockSize: 16,
+        maxBlocksPerSeq: 1,
+        maxMatmulK: 0,
+      });
+      const before = device.memoryStats().numWorkspaceGrowths;
+      const actual = stridedMatmul(device, DType.F16, wBytes, x, null, c);
+      const after = device.memoryStats().numWorkspaceGrowths;
+      if (after !== before) fail(`reserved for ${maxNumTokens} tokens: the workspace grew`);
+      assertClose(
+        actual,
+        expected,
+        (i) => (2 ** -22 + (3 * k + 16) * 2 ** -24) * scale[i] + 1e-6,
+        `matmul f16 m ${m} n ${n} k ${k} reserved for ${maxNumTokens} tokens`,
+      );
+    } finally {
+      device.close();
+    }
+  }
+});
+
 // --- Fixed workspace
 
 Deno.test("reserved workspace: decode and prefill attention allocate nothing, beyond it fails", () => {
@@ -589,6 +690,41 @@ Deno.test("rope: both styles, partial rotary dims, fused rows, large positions",
 });
 
 // --- KV cache
+Deno.test("rope_kv_write: the device's fused call equals its rope + kv_write bit for bit, and the CPU's", () => {
+  const rand = ref.mulberry32(143);
+  let worst = 0;
+  for (const c of ropeKvCases()) {
+    const inputs = ropeKvInputs(c, rand);
+    const label = ropeKvLabel(c);
+    const fused = runRopeKv(gpu, c, inputs, true);
+    const apart = runRopeKv(gpu, c, inputs, false);
+    assertBits(fused.qkv, apart.qkv, `${label}: rows, fused against apart`);
+    assertBits(fused.k, apart.k, `${label}: K cache, fused against apart`);
+    assertBits(fused.v, apart.v, `${label}: V cache, fused against apart`);
+    // Against the CPU build: rope's tolerance on the rows, V bit for bit, K within rope's
+    // tolerance plus one unit in the last place of the cache dtype (a rotated value a rounding
+    // apart may round to the neighbouring f16 / bf16).
+    const expected = runRopeKv(cpu, c, inputs, true);
+    const ropeTol = (v: number) => 2e-5 * (Math.abs(v) + 1) + 1e-6;
+    worst = Math.max(
+      worst,
+      assertClose(fused.qkv, expected.qkv, (i) => ropeTol(inputs.qkv[i]), `${label}: rows`),
+    );
+    assertBits(fused.v, expected.v, `${label}: V cache`);
+    const ulp = [0, 2 ** -10, 2 ** -7][c.cacheDtype];
+    const kCpu = ref.decode(expected.k, c.cacheDtype);
+    worst = Math.max(
+      worst,
+      assertClose(
+        ref.decode(fused.k, c.cacheDtype),
+        kCpu,
+        (i) => ropeTol(1) + ulp * Math.abs(kCpu[i]),
+        `${label}: K cache`,
+      ),
+    );
+  }
+  report("rope_kv_write", worst);
+});
 
 Deno.test("kv_write and copy_blocks: every cache dtype, block sizes 16 and 5", () => {
   const rand = ref.mulberry32(17);
@@ -1239,6 +1375,55 @@ Deno.test("bad metadata: both builds fail (CUDA at the next synchronize), CUDA w
       const expected = Float32Array.from(written);
       assertBits(caches[0], expected, "kv_write K with bad slots");
       assertBits(caches[1], expected, "kv_write V with bad slots");
+    }
+
+    // dl_rope_kv_write: the same slots; every token is rotated, the bad ones' cache writes skipped.
+    {
+      const c = {
+        numTokens: 4,
+        numHeads: 1,
+        numKvHeads,
+        headDim,
+        rotaryDim: headDim,
+        rowStride: (1 + 2 * numKvHeads) * headDim,
+        style: 0 as const,
+        blockSize,
+        numBlocks,
+        cacheDtype: DType.F32 as ref.DtypeId,
+      };
+      const inputs = { ...ropeKvInputs(c, rand), cache: initial };
+      const fused = badMetadata(s, "rope_kv_write", {
+        cpu: /dl_rope_kv_write: expected slot_mapping\[0\] < num_blocks/,
+        device: /dl_rope_kv_write: slot_mapping\[(0\] = 12|2\] = 2147483647) is not below/,
+      }, () => {
+        const qkv = s.from(inputs.qkv), kCache = s.from(initial), vCache = s.from(initial);
+        s.backend.ropeKvWrite({
+          ...c,
+          cacheDtype: DType.F32,
+          qkv,
+          positions: s.from(inputs.positions),
+          invFreq: s.from(inputs.invFreq),
+          kCache,
+          vCache,
+          slotMapping: s.from(slots),
+        });
+        return () => ({
+          qkv: s.f32(qkv, inputs.qkv.length),
+          k: s.f32(kCache, cacheElems),
+          v: s.f32(vCache, cacheElems),
+        });
+      });
+      if (fused) {
+        const apart = runRopeKv(
+          s.backend,
+          c,
+          { ...inputs, slots: Int32Array.of(-1, 5, -1, -1) },
+          false,
+        );
+        assertBits(fused.qkv, apart.qkv, "rope_kv_write rows with bad slots");
+        assertBits(fused.k, apart.k, "rope_kv_write K with bad slots");
+        assertBits(fused.v, apart.v, "rope_kv_write V with bad slots");
+      }
     }
 
     // dl_copy_blocks: pairs with an id out of range, or onto themselves, are skipped.
