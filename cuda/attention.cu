@@ -142,23 +142,29 @@ __device__ __forceinline__ void load_cache_rows(float* dst, int ld, const void* 
   }
 }
 
-// Decode: block (s, kv_head, part) attends the `group` query heads that read kv_head of sequence
-// s's one new token, if s has exactly one (other blocks exit: the prefill launch owns longer
+// Decode: block (s, y, part) attends heads_per_block of the query heads that read KV head
+// y / subs (the (y % subs)-th run of them; subs = ceil(group / heads_per_block), more than one only
+// when a whole group's q and acc would not fit in shared memory) of sequence s's one new token, if s has exactly one (other blocks exit: the prefill launch owns longer
 // queries), to cache positions [k0, k1): the part-th of num_parts even, DECODE_CHUNK-aligned
 // pieces of the token's context. Segments of up to seg_len positions keep their scores in shared
 // memory and fold into a running (max, sum, acc) per head. With one partition the block writes the
 // normalized output; otherwise its max, sum of exp and unnormalized sum of exp * V go to
 // part_ml [S, H, P, 2] and part_acc [S, H, P, head_dim], and the pair's last block merges them.
 //
-// Shared memory (floats): q [group, hd] | scores [group, seg_len] | kv [CHUNK, hd + 1] |
-// acc [group, hd] | m, l, correction [group] each | is-last flag.
+// Shared memory (floats), gh = heads_per_block: q [gh, hd] | scores [gh, seg_len] |
+// kv [CHUNK, hd + 1] | acc [gh, hd] | m, l, correction [gh] each | is-last flag.
 template <int DT>
 __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
-    AttentionParams p, int32_t seg_len, int32_t num_parts, float* __restrict__ part_ml,
+    AttentionParams p, int32_t heads_per_block, int32_t seg_len, int32_t num_parts,
+    float* __restrict__ part_ml,
     float* __restrict__ part_acc, unsigned* __restrict__ counters) {
   extern __shared__ float smem[];
-  const int32_t s = blockIdx.x, kv_head = blockIdx.y, part = blockIdx.z;
-  const int hd = p.head_dim, group = p.group, ld = hd + 1;
+  const int32_t s = blockIdx.x, part = blockIdx.z;
+  const int32_t subs = (p.group + heads_per_block - 1) / heads_per_block;
+  const int32_t kv_head = blockIdx.y / subs, sub = blockIdx.y % subs;
+  // This block's query heads: first_head .. first_head + group - 1 (group is local from here on).
+  const int hd = p.head_dim, group = min(heads_per_block, p.group - sub * heads_per_block);
+  const int ld = hd + 1;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   constexpr int num_warps = DECODE_THREADS / 32;
   float* sq = smem;
@@ -168,24 +174,24 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
   float* sm = sacc + group * hd;
   float* sl = sm + group;
   float* scorr = sl + group;
-  int* s_last = reinterpret_cast<int*>(scorr + group);
+  int* s_last = reinterpret_cast<int*>(scorr + group);  // within the launch's size for gh heads
 
   // Uniform over the block: whether s is a decode sequence, and where its token sits.
   const int32_t t = p.query_start[s];
   const int32_t num_new = p.query_start[s + 1] - t;
   if (num_new != 1) {
-    if (num_new > p.max_query_len && kv_head == 0 && part == 0 && tid == 0) {
+    if (num_new > p.max_query_len && blockIdx.y == 0 && part == 0 && tid == 0) {
       dl_bad_report(p.bad, DL_BAD_QUERY_LEN, s, num_new);
     }
     return;
   }
   if (t < 0 || t >= p.num_tokens) {
-    if (kv_head == 0 && part == 0 && tid == 0) dl_bad_report(p.bad, DL_BAD_POSITION, t, -1);
+    if (blockIdx.y == 0 && part == 0 && tid == 0) dl_bad_report(p.bad, DL_BAD_POSITION, t, -1);
     return;
   }
   const int32_t pos = p.seq_lens[s] - 1;
   const bool valid = pos >= 0 && pos < p.max_len;
-  if (!valid && kv_head == 0 && part == 0 && tid == 0) dl_bad_report(p.bad, DL_BAD_POSITION, t, pos);
+  if (!valid && blockIdx.y == 0 && part == 0 && tid == 0) dl_bad_report(p.bad, DL_BAD_POSITION, t, pos);
   const int32_t ctx_len = valid ? pos + 1 : 0;
   const int32_t part_len =
       num_parts == 1 ? ctx_len
@@ -193,7 +199,7 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
                            DECODE_CHUNK;
   const int64_t k0 = (int64_t)part * part_len;
   const int32_t k1 = (int32_t)min((int64_t)ctx_len, k0 + part_len);
-  const int32_t first_head = kv_head * group;
+  const int32_t first_head = kv_head * p.group + sub * heads_per_block;
   float* out_row = p.out + (int64_t)t * p.num_heads * hd + (int64_t)first_head * hd;
 
   const float* q_row = p.q + (int64_t)t * p.q_row_stride + (int64_t)first_head * hd;
@@ -289,7 +295,7 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
   // the count to num_parts sees every other block's partials.
   __threadfence();
   __syncthreads();
-  unsigned* counter = counters + (int64_t)s * p.num_kv_heads + kv_head;
+  unsigned* counter = counters + (int64_t)s * gridDim.y + blockIdx.y;
   if (tid == 0) s_last[0] = atomicAdd(counter, 1u) == (unsigned)num_parts - 1;
   __syncthreads();
   if (!s_last[0]) return;
@@ -863,20 +869,40 @@ int32_t decode_parts(int num_sms, int64_t num_seqs, int64_t num_kv_heads, int64_
 
 // Workspace of one decode launch: per (sequence, head, partition) its max and sum of exp [2] and
 // its unnormalized output [head_dim]; none without a split.
-size_t decode_workspace_bytes(int num_sms, int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads,
+size_t decode_workspace_bytes(int num_sms, int64_t num_seqs, int64_t num_heads, int64_t y_blocks,
                               int64_t head_dim, int64_t max_len) {
-  const int32_t parts = decode_parts(num_sms, num_seqs, num_kv_heads, max_len);
+  const int32_t parts = decode_parts(num_sms, num_seqs, y_blocks, max_len);
   if (parts <= 1) return 0;
   return (size_t)num_seqs * num_heads * parts * (2 + head_dim) * sizeof(float);
+}
+
+// Shared memory of a decode block for gh query heads (attention_decode_kernel's layout).
+size_t decode_smem(int64_t gh, int64_t head_dim, int32_t seg_len) {
+  return sizeof(float) *
+         ((size_t)gh * head_dim * 2 + (size_t)gh * seg_len + (size_t)DECODE_CHUNK * (head_dim + 1) +
+          3 * (size_t)gh + 1);
+}
+
+// Query heads per decode block: the whole GQA group, halved until its q and acc fit the device.
+int32_t decode_heads_per_block(int max_smem, int64_t group, int64_t head_dim) {
+  const int32_t seg_len = decode_seg_len(group);
+  int64_t gh = group;
+  while (gh > 1 && decode_smem(gh, head_dim, seg_len) > (size_t)max_smem) gh = (gh + 1) / 2;
+  return (int32_t)gh;
 }
 
 template <int DT>
 int32_t launch_decode(const char* fn, dl_context* ctx, const AttentionParams& p) {
   const int group = p.group, hd = p.head_dim;
   const int32_t seg_len = decode_seg_len(group);
-  const int32_t num_parts = decode_parts(ctx->num_sms, p.num_seqs, p.num_kv_heads, p.max_len);
-  const size_t smem = sizeof(float) * ((size_t)group * hd * 2 + (size_t)group * seg_len +
-                                       (size_t)DECODE_CHUNK * (hd + 1) + 3 * (size_t)group + 1);
+  const int32_t gh = decode_heads_per_block(ctx->max_smem_optin, group, hd);
+  const int64_t y_blocks = (int64_t)p.num_kv_heads * ((group + gh - 1) / gh);
+  if (y_blocks > 65535) {
+    return dl_fail(DL_ERR_UNSUPPORTED, "%s: %lld decode blocks per sequence are more than 65535", fn,
+                   (long long)y_blocks);
+  }
+  const int32_t num_parts = decode_parts(ctx->num_sms, p.num_seqs, y_blocks, p.max_len);
+  const size_t smem = decode_smem(gh, hd, seg_len);
   auto kernel = attention_decode_kernel<DT>;
   DL_TRY(allow_smem(fn, ctx, kernel, smem));
   float* part_ml = nullptr;
@@ -885,14 +911,14 @@ int32_t launch_decode(const char* fn, dl_context* ctx, const AttentionParams& p)
     const size_t slots = (size_t)p.num_seqs * p.num_heads * num_parts;
     void* workspace = nullptr;
     DL_TRY(dl_workspace(fn, ctx,
-                        decode_workspace_bytes(ctx->num_sms, p.num_seqs, p.num_heads, p.num_kv_heads,
-                                               hd, p.max_len),
+                        decode_workspace_bytes(ctx->num_sms, p.num_seqs, p.num_heads, y_blocks, hd,
+                                               p.max_len),
                         &workspace));
     part_ml = static_cast<float*>(workspace);
     part_acc = part_ml + slots * 2;
   }
-  const dim3 grid((unsigned)p.num_seqs, (unsigned)p.num_kv_heads, (unsigned)num_parts);
-  kernel<<<grid, DECODE_THREADS, smem, ctx->stream>>>(p, seg_len, num_parts, part_ml, part_acc,
+  const dim3 grid((unsigned)p.num_seqs, (unsigned)y_blocks, (unsigned)num_parts);
+  kernel<<<grid, DECODE_THREADS, smem, ctx->stream>>>(p, gh, seg_len, num_parts, part_ml, part_acc,
                                                       ctx->attn_counters);
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;
@@ -979,12 +1005,15 @@ int32_t launch_attention(const char* fn, dl_context* ctx, const AttentionParams&
 }  // namespace
 
 // The largest decode workspace of any batch of up to num_tokens sequences.
-size_t dl_attention_workspace_bytes(int num_sms, int64_t num_tokens, int64_t num_heads,
+size_t dl_attention_workspace_bytes(int num_sms, int max_smem, int64_t num_tokens, int64_t num_heads,
                                     int64_t num_kv_heads, int64_t head_dim, int64_t max_len) {
+  const int64_t group = num_heads / num_kv_heads;
+  const int64_t gh = decode_heads_per_block(max_smem, group, head_dim);
+  const int64_t y_blocks = num_kv_heads * ((group + gh - 1) / gh);
   size_t most = 0;
   const int64_t last = min(num_tokens, (int64_t)DECODE_BLOCKS_PER_SM * max(num_sms, 1));
   for (int64_t seqs = 1; seqs <= last; seqs++) {
-    most = max(most, decode_workspace_bytes(num_sms, seqs, num_heads, num_kv_heads, head_dim, max_len));
+    most = max(most, decode_workspace_bytes(num_sms, seqs, num_heads, y_blocks, head_dim, max_len));
   }
   return most;
 }

@@ -88,7 +88,7 @@ int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out);
 
 // Workspace bytes of dl_paged_attention for these shapes (shared by the kernel and
 // dl_reserve_workspace, which passes the largest ones).
-size_t dl_attention_workspace_bytes(int num_sms, int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
+size_t dl_attention_workspace_bytes(int num_sms, int max_smem, int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
                                     int64_t head_dim, int64_t max_len);
 
 // Workspace bytes of the W8A8 formats' dl_matmul (its int8 activation rows) for up to max_rows rows

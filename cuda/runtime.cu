@@ -186,7 +186,7 @@ extern "C" int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens,
   // Attention and dl_matmul run one after another on the stream, so they share one buffer: the
   // larger of the two needs.
   const size_t attention = dl_attention_workspace_bytes(
-      ctx->num_sms, max_num_tokens, num_heads, num_kv_heads, head_dim, (int64_t)max_blocks_per_seq * block_size);
+      ctx->num_sms, ctx->max_smem_optin, max_num_tokens, num_heads, num_kv_heads, head_dim, (int64_t)max_blocks_per_seq * block_size);
   const size_t w8a8 = dl_w8a8_workspace_bytes(max_num_tokens, max_matmul_k);
   const size_t need = attention > w8a8 ? attention : w8a8;
   if (need > ctx->workspace_bytes) DL_TRY(grow_workspace(fn, ctx, need));
