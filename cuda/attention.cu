@@ -918,8 +918,8 @@ int32_t launch_decode(const char* fn, dl_context* ctx, const AttentionParams& p)
     part_acc = part_ml + slots * 2;
   }
   const dim3 grid((unsigned)p.num_seqs, (unsigned)y_blocks, (unsigned)num_parts);
-  kernel<<<grid, DECODE_THREADS, smem, ctx->stream>>>(p, gh, seg_len, num_parts, part_ml, part_acc,
-                                                      ctx->attn_counters);
+  attention_decode_kernel<DT><<<grid, DECODE_THREADS, smem, ctx->stream>>>(
+      p, gh, seg_len, num_parts, part_ml, part_acc, ctx->attn_counters);
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;
 }
@@ -936,7 +936,7 @@ int32_t launch_flash_hdb(const char* fn, dl_context* ctx, const AttentionParams&
   DL_TRY(allow_smem(fn, ctx, kernel, smem));
   const int64_t blocks = ((int64_t)p.num_tokens * p.group + FLASH_ROWS - 1) / FLASH_ROWS;
   const dim3 grid((unsigned)blocks, (unsigned)p.num_kv_heads);
-  kernel<<<grid, FLASH_THREADS, smem, ctx->stream>>>(p);
+  attention_flash_kernel<DT, HDB><<<grid, FLASH_THREADS, smem, ctx->stream>>>(p);
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;
 }
@@ -972,7 +972,7 @@ int32_t launch_prefill_bn(const char* fn, dl_context* ctx, const AttentionParams
   }
   if (blocks == 0) return DL_OK;
   const dim3 grid((unsigned)blocks, (unsigned)p.num_kv_heads);
-  kernel<<<grid, PREFILL_THREADS, smem, ctx->stream>>>(p);
+  attention_prefill_wmma_kernel<DT, BN><<<grid, PREFILL_THREADS, smem, ctx->stream>>>(p);
   DL_CUDA_CHECK(cudaGetLastError());
   *launched = true;
   return DL_OK;
