@@ -999,7 +999,7 @@ Deno.test("paged attention: sequences without new tokens, and no tokens at all",
       { prefix: 20, numNew: 1 },
       { prefix: 33, numNew: 0 },
     ],
-    // num_tokens == num_seqs without one token per sequence: the decode path's shape.
+    // num_tokens == num_seqs without one token per sequence: both launches, each skipping the other's.
     [{ prefix: 9, numNew: 0 }, { prefix: 4, numNew: 2 }],
     [{ prefix: 300, numNew: 2 }, { prefix: 0, numNew: 0 }, { prefix: 40, numNew: 1 }],
   ];
