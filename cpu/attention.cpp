@@ -119,8 +119,8 @@ struct Shape {
 };
 
 int32_t validate(const char* fn, const int32_t* block_tables, const int32_t* seq_lens, const int32_t* query_start,
-                 int32_t num_seqs, int32_t num_tokens, int32_t block_size, int32_t max_blocks_per_seq,
-                 int32_t num_blocks, int32_t* token_seq) {
+                 int32_t num_seqs, int32_t num_tokens, int32_t max_query_len, int32_t block_size,
+                 int32_t max_blocks_per_seq, int32_t num_blocks, int32_t* token_seq) {
   if (query_start[0] != 0) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected query_start[0] == 0, found %d", fn, query_start[0]);
   }
@@ -137,6 +137,10 @@ int32_t validate(const char* fn, const int32_t* block_tables, const int32_t* seq
                      fn, num_tokens, s + 1, end, begin);
     }
     const int32_t num_new = end - begin, seq_len = seq_lens[s];
+    if (num_new > max_query_len) {
+      return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected at most max_query_len (%d) new tokens, found %d in sequence %d",
+                     fn, max_query_len, num_new, s);
+    }
     // seq_len 0 is a padding sequence (a graph's spare row): zero output rows, no cache read.
     if (seq_len < num_new && seq_len != 0) {
       return dl_fail(DL_ERR_INVALID_ARGUMENT,
@@ -171,7 +175,8 @@ size_t dl_attention_workspace_bytes(int threads, int64_t num_tokens, int64_t run
 extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const float* q, const void* k_cache,
                                              const void* v_cache, int32_t cache_dtype, const int32_t* block_tables,
                                              const int32_t* seq_lens, const int32_t* query_start, int32_t num_seqs,
-                                             int32_t num_tokens, int32_t num_heads, int32_t num_kv_heads,
+                                             int32_t num_tokens, int32_t max_query_len, int32_t num_heads,
+                                             int32_t num_kv_heads,
                                              int32_t head_dim, int32_t q_row_stride, int32_t block_size,
                                              int32_t max_blocks_per_seq, int32_t num_blocks, float scale) {
   return dl_guard("dl_paged_attention", [&]() -> int32_t {
@@ -214,11 +219,12 @@ extern "C" DL_API int32_t dl_paged_attention(dl_context* ctx, float* out, const 
         scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) +
                                            dl_align64((size_t)num_tokens * sizeof(int32_t)));
       }
-      return validate(fn, block_tables, seq_lens, query_start, num_seqs, num_tokens, block_size,
+      return validate(fn, block_tables, seq_lens, query_start, num_seqs, num_tokens, max_query_len, block_size,
                       max_blocks_per_seq, num_blocks, token_seq);
     };
     DL_TRY(dl_validate_paged_attention(fn, ctx, out, q, k_cache, v_cache, cache_dtype, block_tables, seq_lens,
-                                       query_start, num_seqs, num_tokens, num_heads, num_kv_heads, head_dim,
+                                       query_start, num_seqs, num_tokens, max_query_len, num_heads, num_kv_heads,
+                                       head_dim,
                                        q_row_stride, block_size, max_blocks_per_seq, num_blocks, scale,
                                        check_metadata));
     if (num_tokens == 0) return DL_OK;

@@ -41,7 +41,17 @@ struct dl_context {
   unsigned long long* bad_metadata;
   // Graph capture state and the instantiated graphs (ffi/denollm.h "Graphs").
   DlGraphTable<cudaGraphExec_t> graphs;
+  // Streaming multiprocessors of the device: split decode attention sizes its grid by it.
+  int num_sms;
+  // [DL_ATTN_COUNTERS] split decode attention's per-(sequence, KV head) arrival counters, zero
+  // between launches (the last block of each pair resets its own). They share bad_metadata's
+  // allocation, right after its word.
+  unsigned* attn_counters;
 };
+
+// Counters of split decode attention: a call splits only when num_seqs * num_kv_heads is below
+// its target grid (cuda/attention.cu), far below this.
+constexpr int DL_ATTN_COUNTERS = 8192;
 
 // --- Bad metadata found on the device
 //
@@ -59,6 +69,7 @@ enum dl_bad_kind : unsigned {
   DL_BAD_POSITION = 7,      // dl_paged_attention: token index at position value, outside the cache
   DL_BAD_SAMPLING = 8,      // dl_sample: the parameters of row index are out of range
   DL_BAD_ROPE_KV_SLOT = 9,  // dl_rope_kv_write: slot_mapping[index] = value
+  DL_BAD_QUERY_LEN = 10,     // dl_paged_attention: sequence index has value new tokens > max_query_len
 };
 
 // Records one bad value as a single 64-bit store (kind:8 | index:24 | value:32), so concurrent
@@ -81,7 +92,7 @@ int32_t dl_workspace(const char* fn, dl_context* ctx, size_t bytes, void** out);
 
 // Workspace bytes of dl_paged_attention for these shapes (shared by the kernel and
 // dl_reserve_workspace, which passes the largest ones).
-size_t dl_attention_workspace_bytes(int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
+size_t dl_attention_workspace_bytes(int num_sms, int max_smem, int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
                                     int64_t head_dim, int64_t max_len);
 
 // Workspace bytes of the W8A8 formats' dl_matmul (its int8 activation rows) for up to max_rows rows

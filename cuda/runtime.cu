@@ -43,18 +43,21 @@ extern "C" int32_t dl_context_create(int32_t device, int32_t num_threads, dl_con
   int max_smem_optin = 0;
   DL_CUDA_CHECK(
       cudaDeviceGetAttribute(&max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  dl_context* ctx =
-      new (std::nothrow) dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0, nullptr, {}};
+  int num_sms = 0;
+  DL_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  dl_context* ctx = new (std::nothrow)
+      dl_context{device, nullptr, max_smem_optin, nullptr, 0, false, 0, 0, 0, nullptr, {}, num_sms, nullptr};
   if (ctx == nullptr) return dl_fail(DL_ERR_OUT_OF_MEMORY, "cannot allocate a context");
   err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {
     delete ctx;
     return dl_fail(DL_ERR_DEVICE, "cudaStreamCreate: %s", cudaGetErrorString(err));
   }
-  err = cudaMalloc(reinterpret_cast<void**>(&ctx->bad_metadata), sizeof(unsigned long long));
-  if (err == cudaSuccess) {
-    err = cudaMemsetAsync(ctx->bad_metadata, 0, sizeof(unsigned long long), ctx->stream);
-  }
+  // The bad-metadata word, then the attention counters, all zero.
+  const size_t words_bytes = sizeof(unsigned long long) + DL_ATTN_COUNTERS * sizeof(unsigned);
+  err = cudaMalloc(reinterpret_cast<void**>(&ctx->bad_metadata), words_bytes);
+  if (err == cudaSuccess) err = cudaMemsetAsync(ctx->bad_metadata, 0, words_bytes, ctx->stream);
+  ctx->attn_counters = reinterpret_cast<unsigned*>(ctx->bad_metadata + 1);
   if (err == cudaSuccess) err = cudaStreamSynchronize(ctx->stream);
   if (err != cudaSuccess) {
     cudaFree(ctx->bad_metadata);
@@ -132,6 +135,10 @@ int32_t dl_check_bad_metadata(dl_context* ctx) {
                      "dl_paged_attention: query token %d sits at position %d, outside [0, max_blocks_per_seq * "
                      "block_size) (seq_lens or query_start out of range)%s",
                      index, value, what);
+    case DL_BAD_QUERY_LEN:
+      return dl_fail(DL_ERR_INVALID_ARGUMENT,
+                     "dl_paged_attention: sequence %d has %d new tokens, more than max_query_len%s", index,
+                     value, what);
     case DL_BAD_SAMPLING:
       return dl_fail(DL_ERR_INVALID_ARGUMENT,
                      "dl_sample: row %d needs temperature >= 0, top_p in (0, 1] and min_p in [0, 1]%s", index,
@@ -193,7 +200,7 @@ extern "C" int32_t dl_reserve_workspace(dl_context* ctx, int32_t max_num_tokens,
   // Attention and dl_matmul run one after another on the stream, so they share one buffer: the
   // largest of their needs (attention, W8A8 activations, small-m split-k partials).
   const size_t attention = dl_attention_workspace_bytes(
-      max_num_tokens, num_heads, num_kv_heads, head_dim, (int64_t)max_blocks_per_seq * block_size);
+      ctx->num_sms, ctx->max_smem_optin, max_num_tokens, num_heads, num_kv_heads, head_dim, (int64_t)max_blocks_per_seq * block_size);
   const size_t w8a8 = dl_w8a8_workspace_bytes(max_num_tokens, max_matmul_k);
   const size_t smallm = dl_smallm_workspace_bytes(max_num_tokens);
   size_t need = attention > w8a8 ? attention : w8a8;

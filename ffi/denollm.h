@@ -534,16 +534,27 @@ DL_API int32_t dl_copy_blocks(
 // [query_start[s], query_start[s + 1]) and has seq_lens[s] tokens in the cache, the new ones last,
 // so its query i sits at position seq_lens[s] - num_new + i and sees cache positions up to it.
 // Exact: tiled over the cache with an online softmax (flash attention). GQA/MQA: query head h reads
-// KV head h / (num_heads / num_kv_heads).
+// KV head h / (num_heads / num_kv_heads). CUDA: with an f16 or bf16 cache, sequences with two or
+// more new tokens (prefill) run on tensor cores: scores from Q split into two halves of the cache
+// type (hi + lo, so Q keeps about 22 bits with f16, 16 with bf16) against K with f32 sums, then the
+// probabilities rounded to the cache type once for P·V (the only rounding beyond f32: an output
+// differs from the exact one by at most about 2^-11 (f16) or 2^-8 (bf16) of max |V|). Sequences
+// with one new token (decode) run in their own launch on CUDA cores in f32, their contexts split
+// over enough blocks to fill the device, the partials merged in the same launch.
+// max_query_len is the host's bound on the new tokens of any sequence (the largest query_start[s +
+// 1] - query_start[s], or any larger value up to num_tokens; num_tokens is always correct): with 1
+// the CUDA build launches only its decode kernel.
 // Metadata: query_start non-decreasing from 0 to num_tokens (a sequence may have no new tokens: it
-// then has no rows and is skipped; num_tokens may be 0); num_new <= seq_lens[s] <=
+// then has no rows and is skipped; num_tokens may be 0); no sequence with more than max_query_len
+// new tokens; num_new <= seq_lens[s] <=
 // max_blocks_per_seq * block_size; the first ceil(seq_lens[s] / block_size) entries of a block
 // table in [0, num_blocks) (later entries are never read). Breaking any of these is an error (see
 // "Metadata" above), except that a sequence with seq_lens[s] == 0 is padding (a graph's spare row:
 // see "Graphs"): its query rows, however many, get zero output rows and its block table is never
 // read. CUDA: a query whose position is outside [0, max_blocks_per_seq * block_size)
 // or outside every sequence gets a zero output row; a block id out of range reads as K and V rows
-// of zeros; seq_lens below num_new or query_start out of order give unspecified output rows.
+// of zeros; seq_lens below num_new, query_start out of order or a sequence with more than
+// max_query_len new tokens give unspecified output rows.
 DL_API int32_t dl_paged_attention(
     dl_context* ctx,
     float* out,                   // [num_tokens, num_heads * head_dim]
@@ -556,6 +567,7 @@ DL_API int32_t dl_paged_attention(
     const int32_t* query_start,   // [num_seqs + 1], query_start[num_seqs] == num_tokens
     int32_t num_seqs,
     int32_t num_tokens,
+    int32_t max_query_len,  // in [min(num_tokens, 1), num_tokens], >= every sequence's new tokens
     int32_t num_heads,
     int32_t num_kv_heads,
     int32_t head_dim,

@@ -219,6 +219,11 @@ export interface AttentionArgs {
   queryStart: DevicePtr;
   numSeqs: number;
   numTokens: number;
+  /**
+   * The most new tokens of any sequence (default numTokens, always valid). 1 tells the CUDA build
+   * the batch is all decode, so it launches only its decode kernel.
+   */
+  maxQueryLen?: number;
   numHeads: number;
   numKvHeads: number;
   headDim: number;
@@ -799,6 +804,7 @@ export class NativeBackend {
         a.queryStart,
         a.numSeqs,
         a.numTokens,
+        a.maxQueryLen ?? a.numTokens,
         a.numHeads,
         a.numKvHeads,
         a.headDim,

@@ -149,6 +149,7 @@ export const symbols = {
       "i32",
       "i32",
       "i32",
+      "i32",
       "f32",
     ],
     result: "i32",

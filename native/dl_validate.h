@@ -260,7 +260,7 @@ inline int32_t dl_validate_paged_attention(const char* fn, const dl_context* ctx
                                            const void* k_cache, const void* v_cache, int32_t cache_dtype,
                                            const int32_t* block_tables, const int32_t* seq_lens,
                                            const int32_t* query_start, int32_t num_seqs, int32_t num_tokens,
-                                           int32_t num_heads, int32_t num_kv_heads, int32_t head_dim,
+                                           int32_t max_query_len, int32_t num_heads, int32_t num_kv_heads, int32_t head_dim,
                                            int32_t q_row_stride, int32_t block_size, int32_t max_blocks_per_seq,
                                            int32_t num_blocks, float scale, MetadataCheck&& check_metadata) {
   DL_TRY(dl_check_ctx(fn, ctx));
@@ -283,6 +283,10 @@ inline int32_t dl_validate_paged_attention(const char* fn, const dl_context* ctx
   }
   if (!std::isfinite(scale)) {
     return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected a finite scale, found %g", fn, (double)scale);
+  }
+  if (max_query_len < (num_tokens > 0 ? 1 : 0) || max_query_len > num_tokens) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected max_query_len in [%d, %d], found %d", fn,
+                   num_tokens > 0 ? 1 : 0, num_tokens, max_query_len);
   }
   if (num_seqs == 0 && num_tokens == 0) return DL_OK;
   DL_TRY(dl_check_ptr(fn, "query_start", query_start));

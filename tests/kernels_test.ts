@@ -1141,6 +1141,16 @@ Deno.test("invalid arguments fail with DL_ERR_INVALID_ARGUMENT and say what was 
       /expected query_start\[num_seqs\] == num_tokens \(4\), found 3/,
     );
     assertNativeError(
+      () => backend.pagedAttention({ ...attention, maxQueryLen: 2 }),
+      INVALID,
+      /expected at most max_query_len \(2\) new tokens, found 3 in sequence 0/,
+    );
+    assertNativeError(
+      () => backend.pagedAttention({ ...attention, maxQueryLen: 5 }),
+      INVALID,
+      /expected max_query_len in \[1, 4\], found 5/,
+    );
+    assertNativeError(
       () => backend.pagedAttention({ ...attention, qRowStride: 31 }),
       INVALID,
       /expected q_row_stride >= num_heads \* head_dim \(32\), found 31/,

@@ -71,3 +71,15 @@ export function buildForwardBatch(output: SchedulerOutput, blockSize: number): F
   });
   return batch;
 }
+
+/**
+ * The most new tokens of any sequence of the batch: what dl_paged_attention's max_query_len wants
+ * (1 for a decode-only batch, which lets the CUDA build skip its prefill launch).
+ */
+export function batchMaxQueryLen(batch: ForwardBatch): number {
+  let most = 0;
+  for (let s = 0; s + 1 < batch.queryStart.length; s++) {
+    most = Math.max(most, batch.queryStart[s + 1] - batch.queryStart[s]);
+  }
+  return most;
+}

@@ -1,7 +1,7 @@
 // The Llama-family forward pass (Llama, Mistral, Qwen2) over a batch of sequences and the paged
 // KV cache, as a sequence of native kernel calls.
 import { type DevicePtr, type NativeBackend, offset, RopeStyle } from "../../ffi/native.ts";
-import type { ForwardBatch } from "../engine/forward_batch.ts";
+import { batchMaxQueryLen, type ForwardBatch } from "../engine/forward_batch.ts";
 import type { KvCache } from "../kv/kv_cache.ts";
 import type { ModelConfig } from "./config.ts";
 import type { ModelWeights, Projection } from "./weights.ts";
@@ -114,6 +114,7 @@ export class LlamaModel {
     const b = this.#backend;
     const numTokens = batch.tokenIds.length;
     const numSeqs = batch.seqLens.length;
+    const maxQueryLen = batchMaxQueryLen(batch);
     const numLogits = batch.logitRows.length;
     const { tokenIds, positions, slotMapping, seqLens, queryStart, blockTables, logitRows } =
       s.meta;
@@ -193,6 +194,7 @@ export class LlamaModel {
         queryStart,
         numSeqs,
         numTokens,
+        maxQueryLen,
         numHeads: c.numHeads,
         numKvHeads: c.numKvHeads,
         headDim: c.headDim,

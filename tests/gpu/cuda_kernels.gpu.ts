@@ -24,7 +24,12 @@
 //   tolerance, V bit for bit, K one unit in the last place of the cache dtype more
 // - matmul small-m path (8 < m <= 64, f16 / bf16): (u_x + (3k + 16) 2^-24) * (sum_k |x w| + |bias|)
 //   + 1e-6, derived at its test
-// - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows)
+// - paged attention: 2e-5 * |cpu| + 2e-5 (inputs in [-1, 1]; the output a convex mix of V rows),
+//   plus, for rows of prefill sequences (two or more new tokens) over an f16 or bf16 cache, which
+//   the CUDA build runs on tensor cores with the probabilities P rounded to the cache type once:
+//   1.01 * u * (attn(|V|) + |cpu|) elementwise, u = 2^-11 (f16) or 2^-8 (bf16) the unit roundoff
+//   and attn(|V|) the CPU build's attention over |V| (sum_j p_j |v_j| / l). With P' = P (1 + d),
+//   |d| <= u, and l summing P', out - ref = sum_j p_j d_j (v_j - ref) / l', hence the bound.
 import assert from "node:assert/strict";
 import { tensorBytes } from "../../ffi/formats.ts";
 import { DType, type DTypeId, NativeBackend, NativeError, offset } from "../../ffi/native.ts";
@@ -828,6 +833,53 @@ interface AttentionInputs {
   blockSize: number;
   maxBlocksPerSeq: number;
   numBlocks: number;
+  /** dl_paged_attention's max_query_len; default the batch's true maximum. */
+  maxQueryLen?: number;
+}
+
+/** The most new tokens of any sequence of the inputs. */
+function maxQueryLen(a: AttentionInputs): number {
+  let most = 0;
+  for (let s = 0; s < a.numSeqs; s++) {
+    most = Math.max(most, a.queryStart[s + 1] - a.queryStart[s]);
+  }
+  return most;
+}
+
+/** The unit roundoff of the tensor-core path's P for a cache dtype (0: f32, no rounding). */
+function probRoundoff(dtype: ref.DtypeId): number {
+  return dtype === DType.F16 ? 2 ** -11 : dtype === DType.BF16 ? 2 ** -8 : 0;
+}
+
+/**
+ * The per-element tolerance of the device's attention against the CPU's `expected` (see the top of
+ * the file): the f32 part everywhere, the P-rounding part on prefill rows of 16-bit caches.
+ */
+function attentionTolerance(
+  a: AttentionInputs,
+  dtype: ref.DtypeId,
+  expected: Float32Array,
+): (i: number) => number {
+  const f32 = (i: number) => 2e-5 * Math.abs(expected[i]) + 2e-5;
+  const u = probRoundoff(dtype);
+  if (u === 0 || maxQueryLen(a) < 2) return f32;
+  // attn(|V|) on the CPU: the sign bit cleared (exact in every cache format).
+  const absV = a.vCache instanceof Float32Array
+    ? a.vCache.map(Math.abs)
+    : a.vCache.map((bits) => bits & 0x7fff);
+  const weightedAbs = withDeviceBuffers(cpu, (s) => attend(s, { ...a, vCache: absV }, dtype));
+  const rowElems = a.numHeads * a.headDim;
+  const isPrefillToken = new Uint8Array(a.numTokens);
+  for (let s = 0; s < a.numSeqs; s++) {
+    if (a.queryStart[s + 1] - a.queryStart[s] >= 2) {
+      isPrefillToken.fill(1, a.queryStart[s], a.queryStart[s + 1]);
+    }
+  }
+  return (i) =>
+    f32(i) +
+    (isPrefillToken[Math.floor(i / rowElems)]
+      ? 1.01 * u * (weightedAbs[i] + Math.abs(expected[i]))
+      : 0);
 }
 
 function attentionInputs(
@@ -899,6 +951,7 @@ function launchAttention(s: Side, a: AttentionInputs, dtype: ref.DtypeId): () =>
     queryStart: s.from(a.queryStart),
     numSeqs: a.numSeqs,
     numTokens: a.numTokens,
+    maxQueryLen: a.maxQueryLen ?? maxQueryLen(a),
     numHeads: a.numHeads,
     numKvHeads: a.numKvHeads,
     headDim: a.headDim,
@@ -921,7 +974,7 @@ function attentionLabel(c: AttentionCase, dtype: ref.DtypeId): string {
 function runAttention(c: AttentionCase, dtype: ref.DtypeId, rand: () => number): number {
   const inputs = attentionInputs(c, dtype, rand);
   const [a, b] = onBoth((s) => attend(s, inputs, dtype));
-  return assertClose(b, a, (i) => 2e-5 * Math.abs(a[i]) + 2e-5, attentionLabel(c, dtype));
+  return assertClose(b, a, attentionTolerance(inputs, dtype, a), attentionLabel(c, dtype));
 }
 
 Deno.test("paged attention: prefill, chunked prefill and decode; MHA, GQA, MQA", () => {
@@ -972,7 +1025,10 @@ Deno.test("paged attention: prefill, chunked prefill and decode; MHA, GQA, MQA",
   report("attention decode", worstDecode);
 });
 
-/** The decode kernel's partition length for a GQA group (cuda/attention.cu, decode_part_len). */
+/**
+ * The decode kernel's segment length for a GQA group (cuda/attention.cu, decode_seg_len): the
+ * positions whose scores it holds at once; a partition longer than this is walked in segments.
+ */
 function decodePartLen(group: number): number {
   return group * 256 > 8192 ? Math.max(32, Math.floor(Math.floor(8192 / group) / 32) * 32) : 256;
 }
@@ -1013,31 +1069,12 @@ Deno.test("paged attention: GQA groups up to 128, decode at partition boundaries
       worst = Math.max(worst, runAttention({ ...base, seqs: mixed }, dtype, rand));
     }
   }
-  // Group 128 at head_dim 256 needs 329 KB of decode shared memory, more than any GPU has: the
-  // CUDA build refuses it (prefill still runs).
+  // Group 128 at head_dim 256: the decode block's q and acc for the whole group (329 KB) do not
+  // fit, so each block takes half the group's heads (two blocks per KV head).
   const wide = { numHeads: 128, numKvHeads: 1, headDim: 256, blockSize: 16 };
-  worst = Math.max(
-    worst,
-    runAttention({ ...wide, seqs: [{ prefix: 0, numNew: 3 }] }, DType.BF16, rand),
-  );
-  const decodeWide = attentionInputs(
-    { ...wide, seqs: [{ prefix: 70, numNew: 1 }] },
-    DType.BF16,
-    rand,
-  );
-  withDeviceBuffers(gpu, (s) => {
-    try {
-      attend(s, decodeWide, DType.BF16);
-      if (s.backend.name === "cuda") fail("group 128 at head_dim 256 decoded on CUDA");
-    } catch (error) {
-      if (
-        !(error instanceof NativeError) || error.status !== 3 ||
-        !/shared memory/.test(error.message)
-      ) {
-        throw error;
-      }
-    }
-  });
+  for (const seqs of [[{ prefix: 0, numNew: 3 }], [{ prefix: 70, numNew: 1 }]]) {
+    worst = Math.max(worst, runAttention({ ...wide, seqs }, DType.BF16, rand));
+  }
   report("attention large GQA groups", worst);
 });
 
@@ -1100,7 +1137,7 @@ Deno.test("paged attention: sequences without new tokens, and no tokens at all",
       { prefix: 20, numNew: 1 },
       { prefix: 33, numNew: 0 },
     ],
-    // num_tokens == num_seqs without one token per sequence: the decode path's shape.
+    // num_tokens == num_seqs without one token per sequence: both launches, each skipping the other's.
     [{ prefix: 9, numNew: 0 }, { prefix: 4, numNew: 2 }],
     [{ prefix: 300, numNew: 2 }, { prefix: 0, numNew: 0 }, { prefix: 40, numNew: 1 }],
   ];
@@ -1122,6 +1159,88 @@ Deno.test("paged attention: sequences without new tokens, and no tokens at all",
   report("attention with empty sequences", worst);
 });
 
+Deno.test("paged attention: tensor-core prefill on odd head dims, GQA groups and block sizes", () => {
+  const rand = ref.mulberry32(25);
+  let worst = 0;
+  const headDims = [40, 67, 72, 80, 96, 100, 128];
+  const groups: [number, number][] = [[2, 2], [8, 2], [8, 1], [128, 1]];
+  const blockSizes = [1, 7, 16, 64];
+  let n = 0;
+  for (const headDim of headDims) {
+    for (const [numHeads, numKvHeads] of groups) {
+      if (numHeads === 128 && headDim > 80) continue; // the emulator's time, not a limit
+      const group = numHeads / numKvHeads;
+      const blockSize = blockSizes[n % blockSizes.length];
+      const dtype = n % 2 === 0 ? DType.F16 : DType.BF16;
+      n++;
+      // Tiles of 64 (token, head) rows: a sequence just below, at and above a tile boundary; cache
+      // chunks of 64 (32 past head_dim 128) positions: prefixes around them; a decode sequence and
+      // an empty one in the same batch (the decode launch's, and nobody's).
+      const tileTokens = Math.max(2, Math.ceil(64 / group));
+      const seqs = [
+        { prefix: 63, numNew: tileTokens + 1 },
+        { prefix: 0, numNew: 2 },
+        { prefix: 40, numNew: 1 },
+        { prefix: 5, numNew: 0 },
+        { prefix: 64 - tileTokens, numNew: tileTokens },
+        { prefix: 129, numNew: 2 * tileTokens - 1 },
+      ];
+      const c = { numHeads, numKvHeads, headDim, blockSize, seqs };
+      worst = Math.max(worst, runAttention(c, dtype, rand));
+    }
+  }
+  report("attention tensor-core prefill", worst);
+});
+
+/**
+ * The decode launch's partitions (cuda/attention.cu, decode_parts) for a device of numSms SMs (the
+ * emulator reports 132, as an H100/H200): only to aim the cases below at its boundaries.
+ */
+function decodeParts(numSeqs: number, numKvHeads: number, maxLen: number, numSms = 132): number {
+  const pairs = numSeqs * numKvHeads, target = 4 * numSms;
+  if (pairs >= target) return 1;
+  return Math.max(1, Math.min(Math.ceil(target / pairs), Math.ceil(maxLen / 32), 256));
+}
+
+Deno.test("paged attention: split decode at batch 1 and 3, segments, and a replay", () => {
+  const rand = ref.mulberry32(26);
+  let worst = 0;
+  for (const [numHeads, numKvHeads, numSeqs] of [[4, 1, 1], [16, 2, 3], [128, 1, 1]]) {
+    const group = numHeads / numKvHeads, seg = decodePartLen(group);
+    // The cache holds at least 8192 positions, so the partitions do not depend on its length.
+    const parts = decodeParts(numSeqs, numKvHeads, 2 ** 20);
+    const maxBlocksPerSeq = Math.max(512, Math.ceil((parts * seg + 200) / 16));
+    // Contexts: tiny, around a 32-aligned partition edge, and long enough that one partition
+    // holds more than one segment of scores (part_len > seg).
+    const long = parts * seg + 3 * 32 + 5;
+    const lens = [1, 31, 33, parts * 32, parts * 32 + 1, long];
+    for (let i = 0; i < lens.length; i += numSeqs) {
+      const seqs = Array.from(
+        { length: numSeqs },
+        (_, j) => ({ prefix: lens[(i + j) % lens.length] - 1, numNew: 1 }),
+      );
+      const c = { numHeads, numKvHeads, headDim: 32, blockSize: 16, maxBlocksPerSeq, seqs };
+      worst = Math.max(worst, runAttention(c, DTYPES[(i + group) % 3], rand));
+    }
+  }
+  // The same split decode twice in a row (as a graph replays it): the arrival counters are back
+  // at zero after each launch, so the second output is bit for bit the first.
+  const inputs = attentionInputs(
+    { numHeads: 8, numKvHeads: 2, headDim: 64, blockSize: 16, seqs: [{ prefix: 900, numNew: 1 }] },
+    DType.BF16,
+    rand,
+  );
+  const [a, [first, second]] = onBoth((
+    s,
+  ) => [attend(s, inputs, DType.BF16), attend(s, inputs, DType.BF16)]);
+  assertBits(second, first, "split decode run twice");
+  worst = Math.max(
+    worst,
+    assertClose(first, a[0], attentionTolerance(inputs, DType.BF16, a[0]), "split decode"),
+  );
+  report("attention split decode", worst);
+});
+
 /** The fuzz seed: DENOLLM_FUZZ_SEED (tests/gpu/emu.sh passes its DL_EMU_SEED) or fixed. */
 const FUZZ_SEED = Number(Deno.env.get("DENOLLM_FUZZ_SEED") ?? "1");
 
@@ -1129,11 +1248,11 @@ Deno.test(`paged attention: random batches (DENOLLM_FUZZ_SEED=${FUZZ_SEED})`, ()
   const rand = ref.mulberry32(FUZZ_SEED);
   const pick = <T>(items: T[]): T => items[ref.randomInt(rand, 0, items.length - 1)];
   const heads: [number, number][] = [[1, 1], [4, 4], [8, 2], [8, 1], [12, 4], [16, 2]];
-  heads.push([32, 8], [40, 5], [64, 2]);
+  heads.push([32, 8], [40, 5], [64, 2], [32, 4], [128, 1]);
   let worst = 0;
   for (let iteration = 0; iteration < 60; iteration++) {
     const [numHeads, numKvHeads] = pick(heads);
-    const headDim = pick([8, 16, 17, 32, 40, 64, 80, 96, 100, 128]);
+    const headDim = pick([8, 16, 17, 32, 40, 64, 67, 72, 80, 96, 100, 128]);
     const blockSize = pick([1, 2, 4, 5, 8, 16, 32, 64]);
     const dtype = pick(DTYPES);
     const kind = pick(["decode", "mixed", "prefill"]);
@@ -1154,13 +1273,15 @@ Deno.test(`paged attention: random batches (DENOLLM_FUZZ_SEED=${FUZZ_SEED})`, ()
       garbageTables: true,
     };
     const inputs = attentionInputs(c, dtype, rand);
+    // Sometimes the loosest max_query_len (num_tokens), which is always valid.
+    if (rand() < 0.3) inputs.maxQueryLen = inputs.numTokens;
     const [a, b] = onBoth((s) => attend(s, inputs, dtype));
     worst = Math.max(
       worst,
       assertClose(
         b,
         a,
-        (i) => 2e-5 * Math.abs(a[i]) + 2e-5,
+        attentionTolerance(inputs, dtype, a),
         `fuzz ${iteration} (DENOLLM_FUZZ_SEED=${FUZZ_SEED}) ${attentionLabel(c, dtype)}`,
       ),
     );
@@ -1490,7 +1611,24 @@ Deno.test("bad metadata: both builds fail (CUDA at the next synchronize), CUDA w
         () => launchAttention(s, { ...inputs, blockTables: badTables }, DType.F16),
       );
       if (actual) {
-        assertClose(actual, expected, (i) => 2e-5 * Math.abs(expected[i]) + 2e-5, "bad block ids");
+        const tolerance = attentionTolerance(
+          { ...inputs, blockTables: zeroTables },
+          DType.F16,
+          expected,
+        );
+        assertClose(actual, expected, tolerance, "bad block ids");
+      }
+      // max_query_len below a sequence's new tokens: the decode launch (the only one) reports it.
+      if (numNew > 1) {
+        badMetadata(
+          s,
+          "attention",
+          {
+            cpu: /expected at most max_query_len \(1\) new tokens, found 5 in sequence 0/,
+            device: /dl_paged_attention: sequence 0 has 5 new tokens, more than max_query_len/,
+          },
+          () => launchAttention(s, { ...inputs, maxQueryLen: 1 }, DType.F16),
+        );
       }
       // seq_lens past max_len and below the new tokens: those queries' rows are zeros.
       const maxLen = inputs.maxBlocksPerSeq * c.blockSize;
