@@ -193,7 +193,10 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
   }
   const int32_t pos = p.seq_lens[s] - 1;
   const bool valid = pos >= 0 && pos < p.max_len;
-  if (!valid && blockIdx.y == 0 && part == 0 && tid == 0) dl_bad_report(p.bad, DL_BAD_POSITION, t, pos);
+  // seq_len 0 is a padding sequence (a graph's spare row): a zero output row, not an error.
+  if (!valid && p.seq_lens[s] != 0 && blockIdx.y == 0 && part == 0 && tid == 0) {
+    dl_bad_report(p.bad, DL_BAD_POSITION, t, pos);
+  }
   const int32_t ctx_len = valid ? pos + 1 : 0;
   const int32_t part_len =
       num_parts == 1 ? ctx_len

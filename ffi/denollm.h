@@ -45,7 +45,7 @@ extern "C" {
 #endif
 
 // Bumped on every incompatible change; the TypeScript side refuses a library with another value.
-#define DL_ABI_VERSION 5
+#define DL_ABI_VERSION 6
 
 typedef enum dl_status {
   DL_OK = 0,

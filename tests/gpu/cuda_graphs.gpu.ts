@@ -177,12 +177,22 @@ async function runEngine(
     enforceEager,
   });
   const buckets = new Set<number>();
-  const execute = LocalExecutor.prototype.execute;
-  LocalExecutor.prototype.execute = function (this: LocalExecutor, batch: ForwardBatch) {
+  // Steps come through execute (logits to the host) or executeSampled (device sampling, the
+  // CUDA build's default); both are watched.
+  const proto = LocalExecutor.prototype;
+  const { execute, executeSampled } = proto;
+  const watch = (batch: ForwardBatch) => {
     if (isDecodeShaped(batch)) {
       buckets.add(graphBuckets(maxNumSeqs).find((b) => b >= batch.seqLens.length)!);
     }
+  };
+  proto.execute = function (this: LocalExecutor, batch: ForwardBatch) {
+    watch(batch);
     return execute.call(this, batch);
+  };
+  proto.executeSampled = function (this: LocalExecutor, batch, sampling) {
+    watch(batch);
+    return executeSampled.call(this, batch, sampling);
   };
   try {
     const engine = llm.engine;
@@ -197,7 +207,8 @@ async function runEngine(
     }
     return { tokens, buckets, stats: llm.local.graphStats!() };
   } finally {
-    LocalExecutor.prototype.execute = execute;
+    proto.execute = execute;
+    proto.executeSampled = executeSampled;
     llm.release();
     loaded.release();
   }
