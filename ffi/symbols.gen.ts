@@ -30,6 +30,10 @@ export const symbols = {
     parameters: ["pointer", "pointer", "pointer", "i32", "i64", "i64"],
     result: "i32",
   },
+  dl_repack: {
+    parameters: ["pointer", "pointer", "i32", "pointer", "i32", "i64", "i64"],
+    result: "i32",
+  },
   dl_embedding: {
     parameters: ["pointer", "pointer", "pointer", "i32", "pointer", "i32", "i32", "i32"],
     result: "i32",
