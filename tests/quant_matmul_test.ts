@@ -793,16 +793,45 @@ Deno.test("Q4_0_R16 matmul rows are bit-identical for m in 1, 2, 5, 16, 37 and 5
 
 // --- Every instruction-set path, and generic against SIMD
 
+// The formats of the agreement cases, three cases (m = 1, 3, 12) each: Q4_0_R16 last (n = 53: three
+// groups of 16 rows and a tail of 5).
+const AGREEMENT_DTYPES: DTypeId[] = [...QUANTIZED.map((q) => q.dtype), DType.Q4_0_R16];
+
 // A fixed set of cases whose outputs each path writes to a file, to compare the paths directly.
 function agreementOutputs(): number[][] {
   const rand = ref.mulberry32(106);
-  return withDeviceBuffers(backend, (b) =>
-    QUANTIZED.flatMap(({ dtype }) =>
-      [1, 3, 12].map((m) => {
-        const p = makeProblem(rand, { dtype, m, n: 37, k: kValues(dtype).at(-1)!, hasBias: true });
-        return [...runProblem(b, p), ...p.scale];
-      })
-    ));
+  return withDeviceBuffers(
+    backend,
+    (b) =>
+      AGREEMENT_DTYPES.flatMap((dtype) =>
+        [1, 3, 12].map((m) => {
+          if (dtype === DType.Q4_0_R16) {
+            const p = makeProblem(rand, { dtype: DType.Q4_0, m, n: 53, k: 224, hasBias: true });
+            const out = b.zeros(m * p.n * 4);
+            const w = repackedOnDevice(b, p.w, p.n, p.k);
+            backend.matmul({
+              out,
+              x: b.from(p.x),
+              w,
+              wDtype: dtype,
+              bias: b.from(p.bias!),
+              m,
+              n: p.n,
+              k: p.k,
+            });
+            return [...b.f32(out, m * p.n), ...p.scale];
+          }
+          const p = makeProblem(rand, {
+            dtype,
+            m,
+            n: 37,
+            k: kValues(dtype).at(-1)!,
+            hasBias: true,
+          });
+          return [...runProblem(b, p), ...p.scale];
+        })
+      ),
+  );
 }
 
 const DUMP = Deno.env.get("DENOLLM_QMM_DUMP");
@@ -863,7 +892,7 @@ Deno.test({
             best[c].slice(0, half),
             o.slice(0, half),
             (i) => o[half + i] / 8,
-            `case ${c} (${nameOf(QUANTIZED[Math.floor(c / 3)].dtype)}): best path against ${isa}`,
+            `case ${c} (${nameOf(AGREEMENT_DTYPES[Math.floor(c / 3)])}): best path against ${isa}`,
             { actual: "best", expected: isa },
           );
         });
