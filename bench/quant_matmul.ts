@@ -3,7 +3,8 @@
 // and a memory read-bandwidth loop measured in the same run. Medians of --runs rounds, each round
 // alternating the formats; the 1-minute load average is printed with the table.
 //
-//   deno task bench:quant-matmul [--formats q4_0,q8_0,q4_k,q6_k,q5_0,int8,int4|all] [--rows 1,16,512]
+//   deno task bench:quant-matmul [--formats q4_0,q4_0_r16,q8_0,q4_k,q6_k,q5_0,int8,int4|all]
+//     [--rows 1,16,512]
 //     [--threads 1] [--runs 3] [--min-ms 150]
 //
 // Weights are random blocks with sane scales, in enough copies (>= 96 MiB, cycled call by call) that
@@ -26,7 +27,7 @@ const { values: v } = parseArgs({
   },
 });
 const ALL = "q4_0,q4_1,q5_0,q5_1,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,q8_k,int8,int4," +
-  "w8a8,w8a8_mixed,f16_2_4,int8_2_4,w8a8_2_4,int4_2_4";
+  "w8a8,w8a8_mixed,f16_2_4,int8_2_4,w8a8_2_4,int4_2_4,q4_0_r16";
 const formats: DTypeId[] = [
   DType.F16,
   ...(v.formats === "all" ? ALL : v.formats).split(",").map((name) => {
@@ -171,13 +172,26 @@ const backend = NativeBackend.open({ numThreads });
 
 /** Seconds per call of one (shape, format, m) cell, cycling through the weight copies. */
 function timeCell(dtype: DTypeId, n: number, k: number, m: number): number {
-  const bytes = weightBytes(dtype, n, k);
+  // Q4_0_R16 is Q4_0 repacked on the device (dl_repack), as the loader does.
+  const isR16 = dtype === DType.Q4_0_R16;
+  const bytes = weightBytes(isR16 ? DType.Q4_0 : dtype, n, k);
   const copies = Math.max(1, Math.ceil(COPIES_BYTES / bytes.length));
+  const staging = isR16 ? backend.alloc(bytes.length) : null;
+  if (staging !== null) backend.upload(staging, bytes);
   const ws = Array.from({ length: copies }, () => {
     const p = backend.alloc(bytes.length);
-    backend.upload(p, bytes);
+    if (staging === null) backend.upload(p, bytes);
+    else {backend.repack({
+        dst: p,
+        dstDtype: dtype,
+        src: staging,
+        srcDtype: DType.Q4_0,
+        rows: n,
+        cols: k,
+      });}
     return p;
   });
+  if (staging !== null) backend.free(staging);
   const xs = new Float32Array(m * k).map(() => rand() * 2 - 1);
   const x = backend.alloc(xs.byteLength), out = backend.alloc(m * n * 4);
   backend.upload(x, xs);

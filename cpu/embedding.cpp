@@ -3,6 +3,7 @@
 #include "dl_dequant.h"
 #include "dl_dtype.h"
 #include "dl_half.h"
+#include "dl_repack.h"
 
 // --- Kernel
 
@@ -29,7 +30,12 @@ static void embedding_quantized(const dl_context* ctx, float* out, const void* t
   for (int32_t t = 0; t < num_tokens; t++) {
     const uint8_t* row = base + (int64_t)token_ids[t] * row_bytes;  // [row_bytes]
     float* dst = out + (int64_t)t * dim;                            // [dim]
-    if (dtype == DL_DTYPE_INT8) {
+    if (dtype == DL_DTYPE_Q4_0_R16) {
+      for (int64_t b = 0; b < dim / block_len; b++) {
+        const dl_block_q4_0 blk = dl_r16_block(base, vocab_size, dim, token_ids[t], b);
+        dl_dequant_q4_0(&blk, dst + b * block_len);
+      }
+    } else if (dtype == DL_DTYPE_INT8) {
       float scale;
       __builtin_memcpy(&scale, base + (int64_t)vocab_size * row_bytes + (int64_t)token_ids[t] * 4, 4);
       dl_dequant_int8_row(reinterpret_cast<const int8_t*>(row), scale, dst, dim);
@@ -45,7 +51,8 @@ extern "C" DL_API int32_t dl_embedding(dl_context* ctx, float* out, const void* 
                                        const int32_t* token_ids, int32_t num_tokens, int32_t vocab_size,
                                        int32_t dim) {
   const char* fn = "dl_embedding";
-  DL_TRY(dl_validate_embedding(fn, ctx, out, table, table_dtype, token_ids, num_tokens, vocab_size, dim));
+  DL_TRY(dl_validate_embedding(fn, ctx, out, table, dl_dtype_unpacked(table_dtype), token_ids, num_tokens, vocab_size,
+                               dim));
   if (num_tokens == 0) return DL_OK;
   for (int32_t t = 0; t < num_tokens; t++) {
     if (token_ids[t] < 0 || token_ids[t] >= vocab_size) {

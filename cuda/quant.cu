@@ -120,3 +120,11 @@ extern "C" int32_t dl_dequantize(dl_context* ctx, float* dst, const void* src, i
   DL_CUDA_CHECK(cudaGetLastError());
   return DL_OK;
 }
+
+// Q4_0_R16 is the CPU kernels' layout: the CUDA kernels read Q4_0 as it is, so the loader keeps it.
+extern "C" int32_t dl_repack(dl_context* ctx, void* dst, int32_t dst_dtype, const void* src, int32_t src_dtype,
+                             int64_t rows, int64_t cols) {
+  const char* fn = "dl_repack";
+  DL_TRY(dl_validate_repack(fn, ctx, dst, dst_dtype, src, src_dtype, rows, cols));
+  return dl_fail(DL_ERR_UNSUPPORTED, "%s: the CUDA build has no q4_0_r16 kernels; its kernels read q4_0", fn);
+}

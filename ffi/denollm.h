@@ -105,6 +105,16 @@ typedef enum dl_status {
 //   The CUDA build takes INT8_2_4's activations in f32 too (as its INT8's), and for W8A8_MIXED
 //   treats an outlier id >= k, or one repeating an earlier slot, as unused where the CPU build
 //   fails the call (the ids live in device memory; checking them would cost a copy per call).
+// Q4_0_R16 is Q4_0 repacked for the CPU build's kernels (dl_repack, at load; never on disk): the
+// same bytes rearranged so one vector load holds 16 weight rows, and the only row of the table
+// whose rows are not stored one after another. Rows [0, 16 * floor(rows / 16)) form groups of 16
+// rows; group g takes 16 * cols / 32 * 18 bytes from byte g * 16 * (cols / 32 * 18) on, and within
+// it block b (values [32b, 32b + 32) of each of its rows) takes 288 bytes from 288 * b: the 16
+// rows' f16 scales d (row r at bytes 2r), then for t = 0..3 64 bytes holding row r's qs[4t, 4t + 4)
+// at bytes 32 + 64t + 4r (qs as Q4_0's: qs[j] holds value j in its low nibble, j + 16 in its high).
+// The last rows % 16 rows follow as plain Q4_0 rows. dl_matmul, dl_embedding and dl_dequantize
+// read it in the CPU build (the same values as the Q4_0 matrix it came from); CUDA has no kernel
+// for it (DL_ERR_UNSUPPORTED).
 #define DL_DTYPE_TABLE(X)                                     \
   X(F32, 0, "f32", 0, "F32", 1, 4, 0)                         \
   X(F16, 1, "f16", 1, "F16", 1, 2, 0)                         \
@@ -127,7 +137,8 @@ typedef enum dl_status {
   X(F16_2_4, 18, "f16_2_4", -1, "F16_2_4", 32, 36, 0)         \
   X(INT8_2_4, 19, "int8_2_4", -1, "INT8_2_4", 32, 20, 4)      \
   X(W8A8_2_4, 20, "w8a8_2_4", -1, "W8A8_2_4", 32, 20, 8)      \
-  X(INT4_2_4, 21, "int4_2_4", -1, "INT4_2_4", 128, 52, 0)
+  X(INT4_2_4, 21, "int4_2_4", -1, "INT4_2_4", 128, 52, 0)   \
+  X(Q4_0_R16, 22, "q4_0_r16", -1, "Q4_0_R16", 32, 18, 0)
 
 typedef enum dl_dtype {
 #define DL_DTYPE_ENUM_ROW_(suffix, id, name, ggml_type, gguf_name, block_len, block_bytes, row_bytes) \
@@ -323,6 +334,19 @@ DL_API int32_t dl_dequantize(
     dl_context* ctx,
     float* dst,               // device [rows, cols]
     const void* src,          // device [rows, cols] of src_dtype
+    int32_t src_dtype,
+    int64_t rows,
+    int64_t cols);
+
+// Rearranges a [rows, cols] matrix between a format and its repacked row of DL_DTYPE_TABLE (Q4_0
+// to Q4_0_R16 or back; cols a multiple of 32): the same number of bytes, the same values. dst and
+// src must not overlap. The loader repacks each Q4_0 matrix once, where the build can, so that
+// dl_matmul reads 16 weight rows per vector load. CUDA: DL_ERR_UNSUPPORTED (its kernels read Q4_0).
+DL_API int32_t dl_repack(
+    dl_context* ctx,
+    void* dst,        // device [rows, cols] of dst_dtype
+    int32_t dst_dtype,
+    const void* src,  // device [rows, cols] of src_dtype
     int32_t src_dtype,
     int64_t rows,
     int64_t cols);

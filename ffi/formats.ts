@@ -147,6 +147,15 @@ export const FORMATS = [
     blockBytes: 52,
     rowBytes: 0,
   },
+  {
+    id: 22,
+    name: "q4_0_r16",
+    ggmlType: -1,
+    ggufName: "Q4_0_R16",
+    blockLen: 32,
+    blockBytes: 18,
+    rowBytes: 0,
+  },
 ] as const satisfies readonly FormatInfo[];
 
 /** One row of {@link FORMATS}, with its literal types. */

@@ -130,6 +130,16 @@ export interface DequantizeArgs {
   cols: number;
 }
 
+/** A matrix rearranged into another layout of the same values (dl_repack: Q4_0 and Q4_0_R16). */
+export interface RepackArgs {
+  dst: DevicePtr;
+  dstDtype: DTypeId;
+  src: DevicePtr;
+  srcDtype: DTypeId;
+  rows: number;
+  cols: number;
+}
+
 /** The largest step the engine will run, for {@link NativeBackend.reserveWorkspace}. */
 export interface WorkspaceShape {
   maxNumTokens: number;
@@ -466,6 +476,26 @@ export class NativeBackend {
       "dl_dequantize",
       this.#lib.dl_dequantize(this.#ctx, a.dst, a.src, a.srcDtype, BigInt(a.rows), BigInt(a.cols)),
     );
+  }
+
+  /**
+   * Rearranges a matrix into its repacked layout or back (dl_repack). Returns false, writing
+   * nothing, where the backend's kernels read only the plain layout (the CUDA build).
+   */
+  repack(args: RepackArgs): boolean {
+    const a = args;
+    const status = this.#lib.dl_repack(
+      this.#ctx,
+      a.dst,
+      a.dstDtype,
+      a.src,
+      a.srcDtype,
+      BigInt(a.rows),
+      BigInt(a.cols),
+    );
+    if (status === UNSUPPORTED) return false;
+    this.#check("dl_repack", status);
+    return true;
   }
 
   embedding(

@@ -33,6 +33,10 @@ export const symbols = {
     parameters: ["pointer", "pointer", "pointer", "i32", "i64", "i64"],
     result: "i32",
   },
+  dl_repack: {
+    parameters: ["pointer", "pointer", "i32", "pointer", "i32", "i64", "i64"],
+    result: "i32",
+  },
   dl_graph_begin: { parameters: ["pointer"], result: "i32" },
   dl_graph_end: { parameters: ["pointer", "pointer"], result: "i32" },
   dl_graph_launch: { parameters: ["pointer", "i32"], result: "i32" },

@@ -59,6 +59,11 @@ inline uint64_t dl_matrix_bytes(int32_t dtype, uint64_t rows, uint64_t cols) {
 // True for the block-quantized formats (every row after BF16).
 inline bool dl_dtype_is_quantized(int32_t dtype) { return dtype > DL_DTYPE_BF16 && dtype < DL_DTYPE_COUNT; }
 
+// The format a repacked row of the table (Q4_0_R16) holds the values of: the same shapes and byte
+// counts, so the CPU launchers validate it as that format. Other formats map to themselves. The
+// bit sets below leave the repacked rows out: only the CPU launchers admit them, through this.
+inline int32_t dl_dtype_unpacked(int32_t dtype) { return dtype == DL_DTYPE_Q4_0_R16 ? DL_DTYPE_Q4_0 : dtype; }
+
 // True for the 2:4 sparse rows.
 inline bool dl_dtype_is_sparse_2_4(int32_t dtype) { return dtype >= DL_DTYPE_F16_2_4 && dtype <= DL_DTYPE_INT4_2_4; }
 

@@ -372,6 +372,36 @@ inline int32_t dl_validate_quantize(const char* fn, const dl_context* ctx, const
   return dl_check_quant_shape(fn, dst_dtype, "dst", dst, "src", src, rows, cols);
 }
 
+// dl_repack: Q4_0 to Q4_0_R16 or back (both builds check the arguments; CUDA then has no kernel).
+inline int32_t dl_validate_repack(const char* fn, const dl_context* ctx, const void* dst, int32_t dst_dtype,
+                                  const void* src, int32_t src_dtype, int64_t rows, int64_t cols) {
+  DL_TRY(dl_check_ctx(fn, ctx));
+  DL_TRY(dl_check_dtype(fn, "src_dtype", src_dtype, ~0u));
+  DL_TRY(dl_check_dtype(fn, "dst_dtype", dst_dtype, ~0u));
+  const bool pair = (src_dtype == DL_DTYPE_Q4_0 && dst_dtype == DL_DTYPE_Q4_0_R16) ||
+                    (src_dtype == DL_DTYPE_Q4_0_R16 && dst_dtype == DL_DTYPE_Q4_0);
+  if (!pair) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected q4_0 to q4_0_r16 or back, found %s to %s", fn,
+                   DL_DTYPES[src_dtype].name, DL_DTYPES[dst_dtype].name);
+  }
+  DL_TRY(dl_check_non_negative(fn, "rows", rows));
+  DL_TRY(dl_check_positive(fn, "cols", cols));
+  DL_TRY(dl_check_whole_blocks(fn, "cols", cols, src_dtype));
+  if (rows > INT64_MAX / cols) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: rows * cols (%lld * %lld) is too large", fn, (long long)rows,
+                   (long long)cols);
+  }
+  if (rows == 0) return DL_OK;
+  DL_TRY(dl_check_ptr(fn, "dst", dst));
+  DL_TRY(dl_check_ptr(fn, "src", src));
+  const auto d_begin = (uintptr_t)dst, s_begin = (uintptr_t)src;
+  const auto bytes = (uintptr_t)dl_matrix_bytes(src_dtype, rows, cols);
+  if (d_begin < s_begin + bytes && s_begin < d_begin + bytes) {
+    return dl_fail(DL_ERR_INVALID_ARGUMENT, "%s: expected dst not to overlap src, found overlapping buffers", fn);
+  }
+  return DL_OK;
+}
+
 inline int32_t dl_validate_sample(const char* fn, const dl_context* ctx, const int32_t* out_ids, const float* logits,
                                   const float* temperature, const int32_t* top_k, const float* top_p,
                                   const float* min_p, const uint64_t* seeds, const uint64_t* counters,

@@ -207,7 +207,7 @@ Deno.test("a mixed quantized GGUF loads as it is, one projection part per format
   try {
     const { path, data } = await writeMixed(dir);
     const source = await openModelSource(path);
-    const weights = await loadWeights(backend, source.config, source.tensors);
+    const weights = await loadWeights(backend, source.config, source.tensors, { repack: false });
     try {
       const [l0, l1] = weights.layers;
       await t.step("formats and parts", () => {
@@ -285,3 +285,45 @@ Deno.test("a mixed quantized GGUF loads as it is, one projection part per format
 function f32Bytes(data: Map<string, Uint8Array>, name: string): Uint8Array {
   return data.get(name)!;
 }
+
+Deno.test("Q4_0 matrices load repacked to Q4_0_R16 on the CPU build, their bytes the file's rearranged", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "denollm_quant_repack_" });
+  const backend = NativeBackend.open({ numThreads: 1 });
+  try {
+    const { path, data } = await writeMixed(dir);
+    const source = await openModelSource(path);
+    const before = backend.memoryStats();
+    const weights = await loadWeights(backend, source.config, source.tensors);
+    const after = backend.memoryStats();
+    try {
+      // The plain copy or mapping is released once repacked: only the repacked matrix is held.
+      const held = (after.numAllocs - before.numAllocs) - (after.numFrees - before.numFrees);
+      assert.equal(held, weights.allocations.length);
+      const q = weights.layers[0].qkv.parts[0];
+      const isQ = (p: Deno.PointerObject) => Deno.UnsafePointer.equals(p, q.ptr);
+      assert.ok(weights.allocations.some(isQ) && !weights.mappings.some((m) => isQ(m.ptr)));
+      assert.deepEqual([q.dtype, q.rows, q.cols], [DType.Q4_0_R16, 64, 64]);
+      assert.equal(
+        weights.layers[0].qkv.parts[1].dtype,
+        DType.Q8_0,
+        "other formats stay as stored",
+      );
+      const plain = backend.alloc(matrixBytes(DType.Q4_0, q.rows, q.cols));
+      try {
+        const args = { dst: plain, dstDtype: DType.Q4_0, src: q.ptr, srcDtype: DType.Q4_0_R16 };
+        assert.ok(backend.repack({ ...args, rows: q.rows, cols: q.cols }));
+        assert.deepEqual(
+          download(backend, { ...q, ptr: plain, dtype: DType.Q4_0 }),
+          data.get("blk.0.attn_q.weight"),
+        );
+      } finally {
+        backend.free(plain);
+      }
+    } finally {
+      releaseWeights(backend, weights);
+    }
+  } finally {
+    backend.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -593,18 +593,245 @@ Deno.test("embedding dequantizes rows of every quantized table", () => {
   });
 });
 
+// --- Q4_0_R16: Q4_0 repacked into column lanes (dl_repack)
+
+/** ffi/denollm.h's Q4_0_R16 layout, written here from its comment: the bytes of a Q4_0 matrix. */
+function repackR16(q4: Uint8Array, n: number, k: number): Uint8Array {
+  const nb = k / 32, rowBytes = nb * 18, grouped = Math.floor(n / 16) * 16;
+  const out = new Uint8Array(q4.length);
+  for (let g = 0; g < grouped; g += 16) {
+    for (let b = 0; b < nb; b++) {
+      const blk = g * rowBytes + b * 288;
+      for (let lane = 0; lane < 16; lane++) {
+        const plain = (g + lane) * rowBytes + b * 18;
+        out.set(q4.subarray(plain, plain + 2), blk + 2 * lane);
+        for (let t = 0; t < 4; t++) {
+          const qs = plain + 2 + 4 * t;
+          out.set(q4.subarray(qs, qs + 4), blk + 32 + 64 * t + 4 * lane);
+        }
+      }
+    }
+  }
+  out.set(q4.subarray(grouped * rowBytes), grouped * rowBytes);
+  return out;
+}
+
+/** A device copy of Q4_0 weights repacked by dl_repack into Q4_0_R16. */
+function repackedOnDevice(b: DeviceBuffers, q4: Uint8Array, n: number, k: number): DevicePtr {
+  const dst = b.zeros(q4.length);
+  assert.ok(
+    backend.repack({
+      dst,
+      dstDtype: DType.Q4_0_R16,
+      src: b.from(q4),
+      srcDtype: DType.Q4_0,
+      rows: n,
+      cols: k,
+    }),
+  );
+  return dst;
+}
+
+/** Row counts with and without a tail of rows % 16 plain rows, and k of odd block counts. */
+const R16_ROWS = [7, 16, 37, 48, 53];
+const R16_K = [32, 96, 224];
+
+Deno.test("dl_repack writes the Q4_0_R16 layout and back, and its values read as Q4_0's", () => {
+  const rand = ref.mulberry32(107);
+  withDeviceBuffers(backend, (b) => {
+    for (const n of R16_ROWS) {
+      for (const k of R16_K) {
+        const label = `n=${n} k=${k}`;
+        const q4 = randomWeights(rand, DType.Q4_0, n, k);
+        const packed = repackedOnDevice(b, q4, n, k);
+        assert.deepEqual(b.bytes(packed, q4.length), repackR16(q4, n, k), `${label}: layout`);
+        const back = b.zeros(q4.length);
+        backend.repack({
+          dst: back,
+          dstDtype: DType.Q4_0,
+          src: packed,
+          srcDtype: DType.Q4_0_R16,
+          rows: n,
+          cols: k,
+        });
+        assert.deepEqual(b.bytes(back, q4.length), q4, `${label}: round trip`);
+        const plainF32 = b.zeros(n * k * 4), packedF32 = b.zeros(n * k * 4);
+        backend.dequantize({
+          dst: plainF32,
+          src: b.from(q4),
+          srcDtype: DType.Q4_0,
+          rows: n,
+          cols: k,
+        });
+        backend.dequantize({
+          dst: packedF32,
+          src: packed,
+          srcDtype: DType.Q4_0_R16,
+          rows: n,
+          cols: k,
+        });
+        assert.deepEqual(
+          b.f32(packedF32, n * k),
+          b.f32(plainF32, n * k),
+          `${label}: dl_dequantize`,
+        );
+        const ids = Int32Array.from([n - 1, 0, Math.floor(n / 2), n - 1, 15 % n]);
+        const embed = (table: DevicePtr, tableDtype: DTypeId) => {
+          const out = b.zeros(ids.length * k * 4);
+          backend.embedding({
+            out,
+            table,
+            tableDtype,
+            tokenIds: b.from(ids),
+            numTokens: ids.length,
+            vocabSize: n,
+            dim: k,
+          });
+          return b.f32(out, ids.length * k);
+        };
+        assert.deepEqual(
+          embed(packed, DType.Q4_0_R16),
+          embed(b.from(q4), DType.Q4_0),
+          `${label}: dl_embedding`,
+        );
+      }
+    }
+  });
+});
+
+Deno.test("dl_repack checks its arguments", () => {
+  withDeviceBuffers(backend, (b) => {
+    const buf = b.zeros(4096), other = b.zeros(4096);
+    const base = { dst: other, src: buf, rows: 3, cols: 64 };
+    assert.throws(
+      () => backend.repack({ ...base, dstDtype: DType.Q4_0_R16, srcDtype: DType.Q8_0 }),
+      (e: Error) =>
+        e instanceof NativeError && /expected q4_0 to q4_0_r16 or back, found q8_0/.test(e.message),
+    );
+    assert.throws(
+      () => backend.repack({ ...base, dstDtype: DType.Q4_0_R16, srcDtype: DType.Q4_0, cols: 48 }),
+      (e: Error) =>
+        e instanceof NativeError &&
+        /multiple of the q4_0 block length 32, found 48/.test(e.message),
+    );
+    assert.throws(
+      () => backend.repack({ ...base, dst: buf, dstDtype: DType.Q4_0_R16, srcDtype: DType.Q4_0 }),
+      (e: Error) => e instanceof NativeError && /overlap/.test(e.message),
+    );
+  });
+});
+
+Deno.test("Q4_0_R16 matmul matches the reference and the Q4_0 matmul on odd shapes", () => {
+  const rand = ref.mulberry32(108);
+  withDeviceBuffers(backend, (b) => {
+    for (const k of R16_K) {
+      for (const m of [1, 2, 3, 5, 17]) {
+        for (const n of R16_ROWS) {
+          const p = makeProblem(rand, { dtype: DType.Q4_0, m, n, k, hasBias: (m + n) % 2 === 0 });
+          const out = b.zeros(m * n * 4);
+          backend.matmul({
+            out,
+            x: b.from(p.x),
+            w: repackedOnDevice(b, p.w, n, k),
+            wDtype: DType.Q4_0_R16,
+            bias: p.bias ? b.from(p.bias) : null,
+            m,
+            n,
+            k,
+          });
+          const packed = b.f32(out, m * n);
+          assertClose(packed, p.expected, (i) => p.scale[i], `q4_0_r16 m=${m} n=${n} k=${k}`);
+          assertClose(
+            packed,
+            runProblem(b, p),
+            (i) => p.scale[i],
+            `q4_0_r16 against q4_0 m=${m} n=${n} k=${k}`,
+            {
+              actual: "q4_0_r16",
+              expected: "q4_0",
+            },
+          );
+        }
+      }
+    }
+  });
+});
+
+Deno.test("Q4_0_R16 matmul rows are bit-identical for m in 1, 2, 5, 16, 37 and 512", () => {
+  const rand = ref.mulberry32(109);
+  withDeviceBuffers(backend, (b) => {
+    const batch = 512;
+    for (const [n, k] of [[53, 224], [64, 96], [9, 32]]) {
+      const x = ref.randomF32(rand, batch * k, -2, 2);
+      const w = repackedOnDevice(b, randomWeights(rand, DType.Q4_0, n, k), n, k);
+      const bias = b.from(ref.randomF32(rand, n));
+      const run = (first: number, m: number) => {
+        const out = b.zeros(m * n * 4);
+        const xPart = b.from(x.subarray(first * k, (first + m) * k));
+        backend.matmul({ out, x: xPart, w, wDtype: DType.Q4_0_R16, bias, m, n, k });
+        return b.f32(out, m * n);
+      };
+      const all = run(0, batch);
+      for (const m of [1, 2, 5, 16, 37]) {
+        for (const first of [0, 1, 250, batch - m]) {
+          const part = run(first, m), whole = all.subarray(first * n, (first + m) * n);
+          for (let i = 0; i < part.length; i++) {
+            if (!Object.is(part[i], whole[i])) {
+              assert.fail(
+                `q4_0_r16 n=${n} k=${k} rows ${first}..${
+                  first + m - 1
+                } of ${batch} alone: element ${i} is ` +
+                  `${part[i]}, expected ${whole[i]} as in the full batch`,
+              );
+            }
+          }
+        }
+      }
+    }
+  });
+});
+
 // --- Every instruction-set path, and generic against SIMD
+
+// The formats of the agreement cases, three cases (m = 1, 3, 12) each: Q4_0_R16 last (n = 53: three
+// groups of 16 rows and a tail of 5).
+const AGREEMENT_DTYPES: DTypeId[] = [...QUANTIZED.map((q) => q.dtype), DType.Q4_0_R16];
 
 // A fixed set of cases whose outputs each path writes to a file, to compare the paths directly.
 function agreementOutputs(): number[][] {
   const rand = ref.mulberry32(106);
-  return withDeviceBuffers(backend, (b) =>
-    QUANTIZED.flatMap(({ dtype }) =>
-      [1, 3, 12].map((m) => {
-        const p = makeProblem(rand, { dtype, m, n: 37, k: kValues(dtype).at(-1)!, hasBias: true });
-        return [...runProblem(b, p), ...p.scale];
-      })
-    ));
+  return withDeviceBuffers(
+    backend,
+    (b) =>
+      AGREEMENT_DTYPES.flatMap((dtype) =>
+        [1, 3, 12].map((m) => {
+          if (dtype === DType.Q4_0_R16) {
+            const p = makeProblem(rand, { dtype: DType.Q4_0, m, n: 53, k: 224, hasBias: true });
+            const out = b.zeros(m * p.n * 4);
+            const w = repackedOnDevice(b, p.w, p.n, p.k);
+            backend.matmul({
+              out,
+              x: b.from(p.x),
+              w,
+              wDtype: dtype,
+              bias: b.from(p.bias!),
+              m,
+              n: p.n,
+              k: p.k,
+            });
+            return [...b.f32(out, m * p.n), ...p.scale];
+          }
+          const p = makeProblem(rand, {
+            dtype,
+            m,
+            n: 37,
+            k: kValues(dtype).at(-1)!,
+            hasBias: true,
+          });
+          return [...runProblem(b, p), ...p.scale];
+        })
+      ),
+  );
 }
 
 const DUMP = Deno.env.get("DENOLLM_QMM_DUMP");
@@ -665,7 +892,7 @@ Deno.test({
             best[c].slice(0, half),
             o.slice(0, half),
             (i) => o[half + i] / 8,
-            `case ${c} (${nameOf(QUANTIZED[Math.floor(c / 3)].dtype)}): best path against ${isa}`,
+            `case ${c} (${nameOf(AGREEMENT_DTYPES[Math.floor(c / 3)])}): best path against ${isa}`,
             { actual: "best", expected: isa },
           );
         });

@@ -145,7 +145,7 @@ struct WLoad<DL_DTYPE_BF16> {
 extern "C" DL_API int32_t dl_matmul(dl_context* ctx, float* out, const float* x, const void* w, int32_t w_dtype,
                                     const float* bias, int32_t m, int32_t n, int32_t k, int32_t out_row_stride) {
   const char* fn = "dl_matmul";
-  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, w_dtype, m, n, k, out_row_stride));
+  DL_TRY(dl_validate_matmul(fn, ctx, out, x, w, dl_dtype_unpacked(w_dtype), m, n, k, out_row_stride));
   if (m == 0) return DL_OK;
   if (w_dtype == DL_DTYPE_W8A8 || w_dtype == DL_DTYPE_W8A8_MIXED || w_dtype == DL_DTYPE_W8A8_2_4) {
     return dl_matmul_w8a8(ctx, out, out_row_stride, x, w, w_dtype, bias, m, n, k);

@@ -54,6 +54,7 @@ int32_t dl_matmul_quant(dl_context* ctx, float* out, int64_t ldo, const float* x
                       static_cast<uint8_t*>(scratch),
                       act_row_bytes,
                       m,
+                      n,
                       k,
                       out,
                       ldo,

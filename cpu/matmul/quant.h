@@ -37,12 +37,12 @@ constexpr int64_t dl_act_row_bytes(DlActKind kind, int64_t k) {
 // One call computes out[i * ldo + c] = dot(act row i, w row c) (* row_scale[c]) (+ bias[c]) for all
 // m rows and the columns [col_begin, col_end).
 struct DlQuantGemm {
-  const uint8_t* w;        // [n, w_row_bytes] blocks of the weight format
+  const uint8_t* w;        // [n, w_row_bytes] blocks of the weight format (Q4_0_R16: its groups)
   int64_t w_row_bytes;     // bytes of one weight row's blocks
   const float* row_scale;  // [n] INT8's per-row scales, else NULL
   const uint8_t* act;      // [m, act_row_bytes] quantized activations
   int64_t act_row_bytes;
-  int64_t m, k;
+  int64_t m, n, k;
   float* out;  // [m, ldo]
   int64_t ldo;
   const float* bias;  // [n] or NULL

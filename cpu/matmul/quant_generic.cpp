@@ -8,6 +8,7 @@
 #include "common.h"
 #include "dl_dequant.h"
 #include "dl_dtype.h"
+#include "dl_repack.h"
 #include "quant.h"
 
 namespace generic {
@@ -249,6 +250,27 @@ struct KDot {
 };
 
 #include "quant_tile.h"
+
+// --- Q4_0_R16: Q4_0's sums, each block read back from the repacked layout
+
+static void gemm_q4_0_r16(const DlQuantGemm& g, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c++) {
+    for (int64_t i = 0; i < g.m; i++) {
+      const dl_act_q8* a = reinterpret_cast<const dl_act_q8*>(g.act + i * g.act_row_bytes);
+      float res = 0.0f;
+      Sub s;
+      for (int64_t b = 0; b < g.k / DL_QK; b++) {
+        const dl_block_q4_0 blk = dl_r16_block(g.w, g.n, g.k, c, b);
+        s.d = dl_f16_to_f32(blk.d);
+        nibbles(blk.qs, s.q, 8);
+        int32_t isum = 0;
+        for (int j = 0; j < DL_QK; j++) isum += (int32_t)s.q[j] * a[b].qs[j];
+        res += (s.d * a[b].d) * (float)isum;
+      }
+      g.out[i * g.ldo + c] = res + (g.bias != nullptr ? g.bias[c] : 0.0f);
+    }
+  }
+}
 }  // namespace generic
 
 const DlQuantIsa dl_quant_generic = [] {
@@ -266,5 +288,6 @@ const DlQuantIsa dl_quant_generic = [] {
   isa.kernel[DL_DTYPE_Q5_K] = generic::gemm_cols<generic::KDot<DL_DTYPE_Q5_K>>;
   isa.kernel[DL_DTYPE_Q6_K] = generic::gemm_cols<generic::KDot<DL_DTYPE_Q6_K>>;
   isa.kernel[DL_DTYPE_Q8_K] = generic::gemm_cols<generic::KDot<DL_DTYPE_Q8_K>>;
+  isa.kernel[DL_DTYPE_Q4_0_R16] = generic::gemm_q4_0_r16;
   return isa;
 }();

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "dl_dequant.h"
 #include "dl_dtype.h"
+#include "dl_repack.h"
 #include "quant.h"
 
 #if defined(__x86_64__)
@@ -46,6 +47,7 @@
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
 constexpr int TILE_M = 4;  // 16 ymm registers: 4 rows of accumulators, the weights and temporaries
+constexpr int R16_PAIRS = 2;  // Q4_0_R16 tiles: 8 of the 16 registers hold accumulators
 DL_QUANT_X86_COMMON
 // acc + sums of 4 products u * s (u unsigned, s signed; each pair sum must fit int16: u <= 128).
 inline __m256i dot_us(__m256i acc, __m256i u, __m256i s) {
@@ -66,6 +68,7 @@ inline __m256i fifth_bits(const uint8_t* p) {
 #include "quant_legacy.h"
 #include "quant_kquant.h"
 #include "quant_tile.h"
+#include "quant_r16.h"
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -75,6 +78,7 @@ inline __m256i fifth_bits(const uint8_t* p) {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 namespace avx512_vnni {
 constexpr int TILE_M = 8;  // 32 vector registers: 8 rows of accumulators
+constexpr int R16_PAIRS = 6;  // Q4_0_R16 tiles: 24 of the 32 registers hold accumulators
 DL_QUANT_X86_COMMON
 inline __m256i dot_us(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 inline __m256i madd_scaled(__m256i acc, __m256i u, __m256i x, __m256i sc16) {
@@ -86,6 +90,7 @@ inline __m256i fifth_bits(const uint8_t* p) { return _mm256_maskz_set1_epi8(dl_l
 #include "quant_kquant.h"
 #include "quant_tile.h"
 #include "quant_zmm.h"
+#include "quant_r16.h"
 }  // namespace avx512_vnni
 #pragma GCC pop_options
 
@@ -107,6 +112,7 @@ inline __m256i fifth_bits(const uint8_t* p) { return _mm256_maskz_set1_epi8(dl_l
     isa.kernel[DL_DTYPE_Q5_K] = ns::gemm_cols<ns::KDot<DL_DTYPE_Q5_K>>;                  \
     isa.kernel[DL_DTYPE_Q6_K] = ns::gemm_cols<ns::KDot<DL_DTYPE_Q6_K>>;                  \
     isa.kernel[DL_DTYPE_Q8_K] = ns::gemm_cols<ns::KDot<DL_DTYPE_Q8_K>>;                  \
+    isa.kernel[DL_DTYPE_Q4_0_R16] = ns::r16::gemm_cols<ns::gemm_cols<ns::LegacyDot<DL_DTYPE_Q4_0>>>; \
     return isa;                                                                          \
   }()
 
@@ -126,6 +132,8 @@ const DlQuantIsa* dl_quant_avx512_vnni() {
     t.kernel[DL_DTYPE_Q8_0] = z::gemm_cols<z::LegacyZ<DL_DTYPE_Q8_0>>;
     t.kernel[DL_DTYPE_Q4_K] = z::gemm_cols<z::KDotZ<DL_DTYPE_Q4_K>>;
     t.kernel[DL_DTYPE_Q6_K] = z::gemm_cols<z::KDotZ<DL_DTYPE_Q6_K>>;
+    // Q4_0_R16's last rows % 16 rows go through the Q4_0 tile above.
+    t.kernel[DL_DTYPE_Q4_0_R16] = avx512_vnni::r16::gemm_cols<z::gemm_cols<z::LegacyZ<DL_DTYPE_Q4_0>>>;
     return t;
   }();
   return &isa;

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "dl_dequant.h"
 #include "dl_half.h"
+#include "dl_repack.h"
 
 // --- Kernels
 
@@ -32,7 +33,7 @@ static void dequantize_plain_row(int32_t dtype, const uint8_t* row, float* y, in
 extern "C" DL_API int32_t dl_dequantize(dl_context* ctx, float* dst, const void* src, int32_t src_dtype, int64_t rows,
                                         int64_t cols) {
   const char* fn = "dl_dequantize";
-  DL_TRY(dl_validate_dequantize(fn, ctx, dst, src, src_dtype, rows, cols));
+  DL_TRY(dl_validate_dequantize(fn, ctx, dst, src, dl_dtype_unpacked(src_dtype), rows, cols));
   if (rows == 0) return DL_OK;
   const auto* bytes = static_cast<const uint8_t*>(src);
   const int64_t row_stride = (int64_t)dl_dtype_bytes(src_dtype, (uint64_t)cols);  // bytes of one row's blocks
@@ -41,7 +42,12 @@ extern "C" DL_API int32_t dl_dequantize(dl_context* ctx, float* dst, const void*
   for (int64_t r = 0; r < rows; r++) {
     const uint8_t* row = bytes + r * row_stride;
     float* y = dst + r * cols;
-    if (src_dtype == DL_DTYPE_INT8) {
+    if (src_dtype == DL_DTYPE_Q4_0_R16) {
+      for (int64_t b = 0; b < cols / DL_QK; b++) {
+        const dl_block_q4_0 blk = dl_r16_block(bytes, rows, cols, r, b);
+        dl_dequant_q4_0(&blk, y + b * DL_QK);
+      }
+    } else if (src_dtype == DL_DTYPE_INT8) {
       // The row scales follow all rows, so they are 4-byte aligned only when rows * cols is.
       float scale;
       std::memcpy(&scale, bytes + rows * row_stride + r * 4, 4);

@@ -206,6 +206,8 @@ export interface LoadModelOptions extends OpenModelOptions {
    * true, on backends that can; src/model/weights.ts). False: `--no-mmap`.
    */
   mmap?: boolean;
+  /** False: keep Q4_0 matrices in the file's layout (src/model/weights.ts; default true). */
+  repack?: boolean;
 }
 
 /** Opens the source and loads its weights onto the backend. */
@@ -247,6 +249,7 @@ export async function loadModel(
   const weights = await loadWeights(backend, source.config, source.tensors, {
     transform: compress ?? transform,
     mmap: options.mmap,
+    repack: options.repack,
     onProgress: (loaded, total) => {
       options.onProgress?.(loaded, total);
       if (isTty) {

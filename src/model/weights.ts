@@ -109,6 +109,12 @@ export interface LoadWeightsOptions {
    * true; used only where the backend supports it). False is llama.cpp's --no-mmap.
    */
   mmap?: boolean;
+  /**
+   * Rearrange Q4_0 matrices into the layout the backend's kernels read fastest, where it has one
+   * (default true; the CPU build's Q4_0_R16, dl_repack). Each matrix is repacked as it loads, so
+   * loading holds at most one extra matrix; the values, and so the outputs, do not change.
+   */
+  repack?: boolean;
 }
 
 /** Loads and validates every tensor the config calls for. */
@@ -135,6 +141,7 @@ class WeightLoader {
   #allocations: DevicePtr[] = [];
   #mappings: FileMapping[] = [];
   #canMap: boolean;
+  #canRepack: boolean;
   #sizeBytes = 0;
   #mappedBytes = 0;
   #loadedBytes = 0;
@@ -150,6 +157,7 @@ class WeightLoader {
     this.#onProgress = options.onProgress;
     this.#transform = options.transform;
     this.#canMap = options.mmap !== false;
+    this.#canRepack = options.repack !== false;
     for (const info of tensors.values()) this.#totalBytes += info.byteLength;
   }
 
@@ -323,7 +331,9 @@ class WeightLoader {
     const totalRows = rows.reduce((a, b) => a + b, 0);
     const sizeBytes = matrixBytes(dtype, totalRows, cols);
     const mapped = await this.#map(infos, dtype, sizeBytes);
-    if (mapped !== null) return { ptr: mapped, dtype, rows: totalRows, cols };
+    if (mapped !== null) {
+      return this.#repacked({ ptr: mapped, dtype, rows: totalRows, cols }, sizeBytes);
+    }
     const ptr = this.#alloc(sizeBytes);
     const matrix = { ptr, dtype, rows: totalRows, cols };
     // Parts kept in their file's format are read straight into place; formats with per-row data
@@ -349,7 +359,41 @@ class WeightLoader {
       }
       rowOffset += rows[i];
     }
-    return matrix;
+    return this.#repacked(matrix, sizeBytes);
+  }
+
+  /**
+   * The matrix in the backend's repacked layout (Q4_0 to Q4_0_R16 on the CPU build), its plain
+   * copy or file mapping released; unchanged where there is none. A mapped matrix thus becomes
+   * private memory of the same size, page cache it came from left to the kernel to evict.
+   */
+  #repacked(matrix: DeviceMatrix, sizeBytes: number): DeviceMatrix {
+    if (!this.#canRepack || matrix.dtype !== DType.Q4_0 || sizeBytes === 0) return matrix;
+    const args = { dstDtype: DType.Q4_0_R16, srcDtype: DType.Q4_0, cols: matrix.cols };
+    // Zero rows ask the backend whether it repacks at all (the CUDA build does not).
+    if (!this.#backend.repack({ ...args, dst: matrix.ptr, src: matrix.ptr, rows: 0 })) {
+      this.#canRepack = false;
+      return matrix;
+    }
+    const ptr = this.#alloc(sizeBytes);
+    this.#backend.repack({ ...args, dst: ptr, src: matrix.ptr, rows: matrix.rows });
+    this.#release(matrix.ptr, sizeBytes);
+    return { ...matrix, ptr, dtype: DType.Q4_0_R16 };
+  }
+
+  /** Frees one allocation or unmaps one mapping of sizeBytes made by this loader. */
+  #release(ptr: DevicePtr, sizeBytes: number): void {
+    const same = (p: DevicePtr) => Deno.UnsafePointer.equals(p, ptr);
+    const mapping = this.#mappings.findIndex((m) => same(m.ptr));
+    if (mapping >= 0) {
+      this.#backend.unmapFile(ptr, sizeBytes);
+      this.#mappings.splice(mapping, 1);
+      this.#mappedBytes -= sizeBytes;
+    } else {
+      this.#backend.free(ptr);
+      this.#allocations.splice(this.#allocations.findIndex(same), 1);
+    }
+    this.#sizeBytes -= sizeBytes;
   }
 
   /**

@@ -579,3 +579,24 @@ Deno.test("matmul and embedding: a k or dim that is not whole blocks fails with 
     );
   });
 });
+
+Deno.test("Q4_0_R16 is the CPU build's layout: dl_repack says unsupported, the kernels refuse it", () => {
+  withDeviceBuffers(gpu, (s) => {
+    const n = 37, k = 64, bytes = matrixBytes(DType.Q4_0, n, k);
+    const src = s.zeros(bytes), dst = s.zeros(bytes);
+    const args = { dst, dstDtype: DType.Q4_0_R16, src, srcDtype: DType.Q4_0, cols: k };
+    // The loader asks with zero rows first, then keeps Q4_0 (src/model/weights.ts).
+    assert.equal(gpu.repack({ ...args, rows: 0 }), false);
+    assert.equal(gpu.repack({ ...args, rows: n }), false);
+    assert.throws(
+      () => gpu.repack({ ...args, srcDtype: DType.Q8_0, rows: n }),
+      (e: Error) =>
+        e instanceof NativeError && /expected q4_0 to q4_0_r16 or back, found q8_0/.test(e.message),
+    );
+    const x = s.zeros(2 * k * 4), out = s.zeros(2 * n * 4);
+    assert.throws(
+      () => gpu.matmul({ out, x, w: dst, wDtype: DType.Q4_0_R16, m: 2, n, k }),
+      (e: Error) => e instanceof NativeError && e.status === 3 && /q4_0_r16/.test(e.message),
+    );
+  });
+});
