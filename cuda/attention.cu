@@ -144,6 +144,61 @@ __device__ __forceinline__ void load_cache_rows(float* dst, int ld, const void* 
   }
 }
 
+// One chunk of cache rows staged in registers (the 16-byte path), so the next chunk's global loads
+// are in flight while the block computes on the current one. Without cp.async a load written
+// straight to shared memory stalls its thread until the data arrives; split into fetch (issue the
+// loads into registers) and store (unpack into shared memory after the barrier), the wait falls
+// after the chunk's compute instead. The values stored are load_cache_rows's, bit for bit.
+template <int DT>
+struct KvStage {
+  using T = typename Dtype<DT>::T;
+  static constexpr int E = 16 / (int)sizeof(T);
+  // 16-byte pieces per thread: a chunk of head_dim 256 at 2 bytes, or 128 at 4 bytes.
+  static constexpr int N = 8;
+  uint4 raw[N];
+
+  __device__ static bool fits(const AttentionParams& p) {
+    return p.vec && DECODE_CHUNK * (p.head_dim / E) <= N * DECODE_THREADS;
+  }
+
+  __device__ void fetch(const void* cache_raw, const AttentionParams& p, int32_t seq,
+                        int32_t kv_head, int32_t first, int32_t count) {
+    const T* cache = static_cast<const T*>(cache_raw);
+    const int32_t* table = p.block_tables + (int64_t)seq * p.max_blocks_per_seq;
+    const int per_row = p.head_dim / E;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int idx = threadIdx.x + i * DECODE_THREADS;
+      raw[i].x = raw[i].y = raw[i].z = raw[i].w = 0u;  // zero bits are 0.0 in every cache dtype
+      if (idx >= count * per_row) continue;
+      const int r = idx / per_row, c = (idx % per_row) * E;
+      const int32_t pos = first + r;
+      const int32_t block = table[pos / p.block_size];
+      if (block < 0 || block >= p.num_blocks) {
+        dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
+        continue;
+      }
+      const int64_t base =
+          (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * p.head_dim;
+      raw[i] = __ldg(reinterpret_cast<const uint4*>(cache + base + c));
+    }
+  }
+
+  __device__ void store(float* dst, int ld, const AttentionParams& p, int32_t count) const {
+    const int per_row = p.head_dim / E;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int idx = threadIdx.x + i * DECODE_THREADS;
+      if (idx >= count * per_row) continue;
+      const int r = idx / per_row, c = (idx % per_row) * E;
+      float v[E];
+      dl_unpack16<DT>(raw[i], v);
+#pragma unroll
+      for (int e = 0; e < E; e++) dst[r * ld + c + e] = v[e];
+    }
+  }
+};
+
 // Decode: block (s, y, part) attends heads_per_block of the query heads that read KV head
 // y / subs (the (y % subs)-th run of them; subs = ceil(group / heads_per_block), more than one only
 // when a whole group's q and acc would not fit in shared memory) of sequence s's one new token, if s has exactly one (other blocks exit: the prefill launch owns longer
@@ -217,6 +272,13 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
     sl[g] = 0.0f;
   }
 
+  // K and V chunks are staged one ahead in registers where they fit (KvStage): the order is a
+  // segment's K chunks, then its V chunks, then the next segment's K chunks.
+  KvStage<DT> stage;
+  const bool pipelined = KvStage<DT>::fits(p);
+  if (pipelined && k0 < k1) {
+    stage.fetch(p.k_cache, p, s, kv_head, (int32_t)k0, min(DECODE_CHUNK, min(seg_len, k1 - (int32_t)k0)));
+  }
   for (int32_t seg0 = (int32_t)k0; seg0 < k1; seg0 += seg_len) {
     const int32_t seg1 = min(seg0 + seg_len, k1);
     const int32_t num_keys = seg1 - seg0;
@@ -224,8 +286,16 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
     for (int32_t c0 = seg0; c0 < seg1; c0 += DECODE_CHUNK) {
       const int cnt = min(DECODE_CHUNK, seg1 - c0);
       __syncthreads();  // the previous chunk's keys (and q, on the first pass) are settled
-      load_cache_rows<DT>(skv, ld, p.k_cache, p, s, kv_head, c0, cnt);
+      if (pipelined) stage.store(skv, ld, p, cnt);
+      else load_cache_rows<DT>(skv, ld, p.k_cache, p, s, kv_head, c0, cnt);
       __syncthreads();
+      if (pipelined) {  // the next chunk: this segment's next keys, or its first values
+        if (c0 + DECODE_CHUNK < seg1) {
+          stage.fetch(p.k_cache, p, s, kv_head, c0 + DECODE_CHUNK, min(DECODE_CHUNK, seg1 - c0 - DECODE_CHUNK));
+        } else {
+          stage.fetch(p.v_cache, p, s, kv_head, seg0, min(DECODE_CHUNK, num_keys));
+        }
+      }
       for (int idx = tid; idx < group * cnt; idx += DECODE_THREADS) {
         const int g = idx / cnt, j = idx % cnt;
         const float* qg = sq + g * hd;
@@ -266,8 +336,16 @@ __global__ __launch_bounds__(DECODE_THREADS) void attention_decode_kernel(
     for (int32_t c0 = seg0; c0 < seg1; c0 += DECODE_CHUNK) {
       const int cnt = min(DECODE_CHUNK, seg1 - c0);
       __syncthreads();
-      load_cache_rows<DT>(skv, ld, p.v_cache, p, s, kv_head, c0, cnt);
+      if (pipelined) stage.store(skv, ld, p, cnt);
+      else load_cache_rows<DT>(skv, ld, p.v_cache, p, s, kv_head, c0, cnt);
       __syncthreads();
+      if (pipelined) {  // the next chunk: this segment's next values, or the next segment's keys
+        if (c0 + DECODE_CHUNK < seg1) {
+          stage.fetch(p.v_cache, p, s, kv_head, c0 + DECODE_CHUNK, min(DECODE_CHUNK, seg1 - c0 - DECODE_CHUNK));
+        } else if (seg1 < k1) {
+          stage.fetch(p.k_cache, p, s, kv_head, seg1, min(DECODE_CHUNK, min(seg_len, k1 - seg1)));
+        }
+      }
       for (int idx = tid; idx < group * hd; idx += DECODE_THREADS) {
         const int g = idx / hd, d = idx % hd;
         const float* pg = ss + (int64_t)g * seg_len + (c0 - seg0);
