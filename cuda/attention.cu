@@ -93,6 +93,21 @@ __device__ __forceinline__ QueryInfo query_info(const AttentionParams& p, int32_
   return info;
 }
 
+// Element offset of cache position pos of (seq, kv_head) in a cache laid out [num_blocks,
+// num_kv_heads, block_size, head_dim], or -1 when its block id is out of range (reported as bad
+// metadata: the caller stages zeros).
+__device__ __forceinline__ int64_t cache_row_offset(const AttentionParams& p, int32_t seq,
+                                                    int32_t kv_head, int32_t pos) {
+  const int64_t entry = (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size;
+  const int32_t block = p.block_tables[entry];
+  if (block < 0 || block >= p.num_blocks) {
+    dl_bad_report(p.bad, DL_BAD_BLOCK_ID, entry, block);
+    return -1;
+  }
+  return (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) *
+         p.head_dim;
+}
+
 // Stages cache rows [first, first + count) of sequence seq, KV head kv_head, widened to f32, into
 // dst[count][ld]. Rows whose block id is out of range are zeros.
 template <int DT>
@@ -101,22 +116,15 @@ __device__ __forceinline__ void load_cache_rows(float* dst, int ld, const void* 
                                                 int32_t kv_head, int32_t first, int32_t count) {
   using T = typename Dtype<DT>::T;
   const T* cache = static_cast<const T*>(cache_raw);
-  const int32_t* table = p.block_tables + (int64_t)seq * p.max_blocks_per_seq;
   const int hd = p.head_dim;
   if (p.vec) {
     constexpr int E = 16 / sizeof(T);
     const int per_row = hd / E;
     for (int idx = threadIdx.x; idx < count * per_row; idx += blockDim.x) {
       const int r = idx / per_row, c = (idx % per_row) * E;
-      const int32_t pos = first + r;
-      const int32_t block = table[pos / p.block_size];
+      const int64_t base = cache_row_offset(p, seq, kv_head, first + r);
       float v[E];
-      if (block < 0 || block >= p.num_blocks) {
-        dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
-      }
-      if (block >= 0 && block < p.num_blocks) {
-        const int64_t base =
-            (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * hd;
+      if (base >= 0) {
         dl_unpack16<DT>(__ldg(reinterpret_cast<const uint4*>(cache + base + c)), v);
       } else {
 #pragma unroll
@@ -128,17 +136,8 @@ __device__ __forceinline__ void load_cache_rows(float* dst, int ld, const void* 
   } else {
     for (int idx = threadIdx.x; idx < count * hd; idx += blockDim.x) {
       const int r = idx / hd, c = idx % hd;
-      const int32_t pos = first + r;
-      const int32_t block = table[pos / p.block_size];
-      float v = 0.0f;
-      if (block < 0 || block >= p.num_blocks) {
-        dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
-      }
-      if (block >= 0 && block < p.num_blocks) {
-        const int64_t base =
-            (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * hd;
-        v = Dtype<DT>::load(cache[base + c]);
-      }
+      const int64_t base = cache_row_offset(p, seq, kv_head, first + r);
+      const float v = base >= 0 ? Dtype<DT>::load(cache[base + c]) : 0.0f;
       dst[r * ld + c] = v;
     }
   }
@@ -164,7 +163,6 @@ struct KvStage {
   __device__ void fetch(const void* cache_raw, const AttentionParams& p, int32_t seq,
                         int32_t kv_head, int32_t first, int32_t count) {
     const T* cache = static_cast<const T*>(cache_raw);
-    const int32_t* table = p.block_tables + (int64_t)seq * p.max_blocks_per_seq;
     const int per_row = p.head_dim / E;
 #pragma unroll
     for (int i = 0; i < N; i++) {
@@ -172,15 +170,8 @@ struct KvStage {
       raw[i].x = raw[i].y = raw[i].z = raw[i].w = 0u;  // zero bits are 0.0 in every cache dtype
       if (idx >= count * per_row) continue;
       const int r = idx / per_row, c = (idx % per_row) * E;
-      const int32_t pos = first + r;
-      const int32_t block = table[pos / p.block_size];
-      if (block < 0 || block >= p.num_blocks) {
-        dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
-        continue;
-      }
-      const int64_t base =
-          (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * p.head_dim;
-      raw[i] = __ldg(reinterpret_cast<const uint4*>(cache + base + c));
+      const int64_t base = cache_row_offset(p, seq, kv_head, first + r);
+      if (base >= 0) raw[i] = __ldg(reinterpret_cast<const uint4*>(cache + base + c));
     }
   }
 
@@ -667,7 +658,6 @@ __device__ __forceinline__ void load_cache_raw(uint16_t* dst, int ld, const void
                                                int32_t kv_head, int32_t first, int32_t count,
                                                int rows, int hdp) {
   const uint16_t* cache = static_cast<const uint16_t*>(cache_raw);
-  const int32_t* table = p.block_tables + (int64_t)seq * p.max_blocks_per_seq;
   const int hd = p.head_dim;
   if (p.vec) {  // head_dim a multiple of 8: 16-byte pieces
     const int per_row = hdp / 8;
@@ -675,15 +665,8 @@ __device__ __forceinline__ void load_cache_raw(uint16_t* dst, int ld, const void
       const int r = idx / per_row, c = (idx % per_row) * 8;
       uint4 v = {0u, 0u, 0u, 0u};
       if (r < count && c < hd) {
-        const int32_t pos = first + r;
-        const int32_t block = table[pos / p.block_size];
-        if (block >= 0 && block < p.num_blocks) {
-          const int64_t base =
-              (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * hd;
-          v = __ldg(reinterpret_cast<const uint4*>(cache + base + c));
-        } else {
-          dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
-        }
+        const int64_t base = cache_row_offset(p, seq, kv_head, first + r);
+        if (base >= 0) v = __ldg(reinterpret_cast<const uint4*>(cache + base + c));
       }
       *reinterpret_cast<uint4*>(dst + r * ld + c) = v;
     }
@@ -692,15 +675,8 @@ __device__ __forceinline__ void load_cache_raw(uint16_t* dst, int ld, const void
       const int r = idx / hdp, c = idx % hdp;
       uint16_t v = 0;
       if (r < count && c < hd) {
-        const int32_t pos = first + r;
-        const int32_t block = table[pos / p.block_size];
-        if (block >= 0 && block < p.num_blocks) {
-          const int64_t base =
-              (((int64_t)block * p.num_kv_heads + kv_head) * p.block_size + pos % p.block_size) * hd;
-          v = cache[base + c];
-        } else {
-          dl_bad_report(p.bad, DL_BAD_BLOCK_ID, (int64_t)seq * p.max_blocks_per_seq + pos / p.block_size, block);
-        }
+        const int64_t base = cache_row_offset(p, seq, kv_head, first + r);
+        if (base >= 0) v = cache[base + c];
       }
       dst[r * ld + c] = v;
     }
