@@ -4,24 +4,21 @@ import {
   type DTypeId,
   type NativeBackend,
   offset,
-  type RopeStyleId,
+  type RopeKvWriteArgs,
 } from "../ffi/native.ts";
 import { withDeviceBuffers } from "./device_buffers.ts";
 import * as ref from "./kernel_reference.ts";
 
-export interface RopeKvCase {
-  numTokens: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  rotaryDim: number;
-  /** Floats per row: at least (numHeads + 2 * numKvHeads) * headDim. */
-  rowStride: number;
-  style: RopeStyleId;
-  blockSize: number;
-  numBlocks: number;
-  cacheDtype: ref.DtypeId;
-}
+/**
+ * One case: dl_rope_kv_write's shape arguments (rowStride: floats per row, at least
+ * (numHeads + 2 * numKvHeads) * headDim), with the buffers left to the helpers below.
+ */
+export type RopeKvCase =
+  & Omit<
+    RopeKvWriteArgs,
+    "qkv" | "positions" | "invFreq" | "kCache" | "vCache" | "slotMapping" | "cacheDtype"
+  >
+  & { cacheDtype: ref.DtypeId };
 
 /** Random rows, positions, slots (distinct, every 5th token padding) and cache contents. */
 export interface RopeKvInputs {

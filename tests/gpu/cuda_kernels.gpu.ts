@@ -1871,6 +1871,41 @@ Deno.test("stories260K: greedy 64 tokens on the device equal the CPU's", async (
   console.log(`  bf16 KV cache: ${same === -1 ? "all 64" : `first ${same}`} tokens equal`);
 });
 
+/** One of three story openings (by i) followed by up to maxExtra random token ids. */
+function storyPrompt(
+  loaded: { tokenizer: { encode(text: string): number[] }; config: { vocabSize: number } },
+  rng: Rng,
+  i: number,
+  maxExtra: number,
+): number[] {
+  const prompt = loaded.tokenizer.encode(["Once upon a time", "The dog", "Lily"][i % 3]);
+  for (let j = Math.floor(rng.next() * maxExtra); j > 0; j--) {
+    prompt.push(3 + Math.floor(rng.next() * (loaded.config.vocabSize - 3)));
+  }
+  return prompt;
+}
+
+/** Steps the engine until it has no work, appending each request's new tokens to `tokens`. */
+function drainTokens(
+  engine: { readonly hasWork: boolean; step(): { requestId: string; newTokenIds: number[] }[] },
+  tokens: Map<string, number[]>,
+): void {
+  while (engine.hasWork) {
+    for (const out of engine.step()) {
+      tokens.set(out.requestId, [...(tokens.get(out.requestId) ?? []), ...out.newTokenIds]);
+    }
+  }
+}
+
+/** Fails naming the first request whose device tokens differ from the CPU build's. */
+function assertSameTokens(expected: Map<string, number[]>, actual: Map<string, number[]>): void {
+  for (const [id, ids] of expected) {
+    if (JSON.stringify(actual.get(id)) !== JSON.stringify(ids)) {
+      fail(`request ${id}: device ${JSON.stringify(actual.get(id))}, cpu ${JSON.stringify(ids)}`);
+    }
+  }
+}
+
 Deno.test("stories260K: 24 concurrent requests through the engine equal the CPU's", async () => {
   async function runEngine(backend: NativeBackend): Promise<Map<string, number[]>> {
     const loaded = await loadModel(backend, MODEL_DIR, { showProgress: false });
@@ -1885,31 +1920,18 @@ Deno.test("stories260K: 24 concurrent requests through the engine equal the CPU'
     const tokens = new Map<string, number[]>();
     try {
       for (let i = 0; i < 24; i++) {
-        const prompt = loaded.tokenizer.encode(["Once upon a time", "The dog", "Lily"][i % 3]);
-        for (let j = Math.floor(rng.next() * 60); j > 0; j--) {
-          prompt.push(3 + Math.floor(rng.next() * (loaded.config.vocabSize - 3)));
-        }
+        const prompt = storyPrompt(loaded, rng, i, 60);
         const maxTokens = 1 + Math.floor(rng.next() * 40);
         engine.addRequest(`r${i}`, prompt, { maxTokens, sampling: GREEDY, ignoreEos: true });
       }
-      while (engine.hasWork) {
-        for (const out of engine.step()) {
-          tokens.set(out.requestId, [...(tokens.get(out.requestId) ?? []), ...out.newTokenIds]);
-        }
-      }
+      drainTokens(engine, tokens);
       return tokens;
     } finally {
       llm.release();
       loaded.release();
     }
   }
-  const expected = await runEngine(cpu);
-  const actual = await runEngine(gpu);
-  for (const [id, ids] of expected) {
-    if (JSON.stringify(actual.get(id)) !== JSON.stringify(ids)) {
-      fail(`request ${id}: device ${JSON.stringify(actual.get(id))}, cpu ${JSON.stringify(ids)}`);
-    }
-  }
+  assertSameTokens(await runEngine(cpu), await runEngine(gpu));
 });
 
 Deno.test("stories260K: device sampling through the engine gives the CPU build's tokens", async () => {
@@ -1929,10 +1951,7 @@ Deno.test("stories260K: device sampling through the engine gives the CPU build's
     const tokens = new Map<string, number[]>();
     try {
       for (let i = 0; i < 16; i++) {
-        const prompt = loaded.tokenizer.encode(["Once upon a time", "The dog", "Lily"][i % 3]);
-        for (let j = Math.floor(rng.next() * 30); j > 0; j--) {
-          prompt.push(3 + Math.floor(rng.next() * (loaded.config.vocabSize - 3)));
-        }
+        const prompt = storyPrompt(loaded, rng, i, 30);
         const sampling = i % 4 === 0 ? GREEDY : {
           temperature: 0.7 + 0.1 * (i % 5),
           topK: i % 3 === 0 ? 0 : 20,
@@ -1942,11 +1961,7 @@ Deno.test("stories260K: device sampling through the engine gives the CPU build's
         };
         engine.addRequest(`r${i}`, prompt, { maxTokens: 24, sampling, ignoreEos: true });
       }
-      while (engine.hasWork) {
-        for (const out of engine.step()) {
-          tokens.set(out.requestId, [...(tokens.get(out.requestId) ?? []), ...out.newTokenIds]);
-        }
-      }
+      drainTokens(engine, tokens);
       const stats = engine.stats().deviceSampling;
       if (stats === undefined || stats.numTokens !== 16 * 24 || stats.numStepsWithLogits !== 0) {
         fail(
@@ -1959,11 +1974,5 @@ Deno.test("stories260K: device sampling through the engine gives the CPU build's
       loaded.release();
     }
   }
-  const expected = await runEngine(cpu);
-  const actual = await runEngine(gpu);
-  for (const [id, ids] of expected) {
-    if (JSON.stringify(actual.get(id)) !== JSON.stringify(ids)) {
-      fail(`request ${id}: device ${JSON.stringify(actual.get(id))}, cpu ${JSON.stringify(ids)}`);
-    }
-  }
+  assertSameTokens(await runEngine(cpu), await runEngine(gpu));
 });
