@@ -32,6 +32,7 @@
 
 #include "half.cuh"
 #include "reduce.cuh"
+#include "wmma_tile.cuh"
 
 namespace {
 
@@ -590,22 +591,6 @@ __global__ __launch_bounds__(FLASH_THREADS) void attention_flash_kernel(Attentio
 constexpr int PREFILL_THREADS = 128;  // 4 warps, 16 query rows each
 constexpr int PREFILL_ROWS = 64;
 
-// The CUDA 16-bit type of a cache dtype, for WMMA fragments.
-template <int DT>
-struct AttnHalf;
-template <>
-struct AttnHalf<DL_DTYPE_F16> {
-  using T = __half;
-  static __device__ __forceinline__ T round(float v) { return __float2half_rn(v); }
-  static __device__ __forceinline__ float widen(T v) { return __half2float(v); }
-};
-template <>
-struct AttnHalf<DL_DTYPE_BF16> {
-  using T = __nv_bfloat16;
-  static __device__ __forceinline__ T round(float v) { return __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ float widen(T v) { return __bfloat162float(v); }
-};
-
 // Shared memory layout of the prefill kernel (byte offsets, each region 128-byte aligned), for
 // head_dim padded to hdp (a multiple of 16) and BN cache positions per chunk. Row pitches are
 // the padded widths plus 8 (16-bit) or 4 (f32) elements: WMMA needs multiples of 16 bytes, and
@@ -695,7 +680,7 @@ __device__ __forceinline__ void load_cache_raw(uint16_t* dst, int ld, const void
 template <int DT, int BN>
 __global__ __launch_bounds__(PREFILL_THREADS) void attention_prefill_wmma_kernel(AttentionParams p) {
   namespace wmma = nvcuda::wmma;
-  using H = AttnHalf<DT>;
+  using H = WmmaType<DT>;
   using T = typename H::T;
   extern __shared__ float smem[];
   char* base = reinterpret_cast<char*>(smem);
@@ -768,8 +753,7 @@ __global__ __launch_bounds__(PREFILL_THREADS) void attention_prefill_wmma_kernel
       for (int d = lane; d < hd; d += 32) a = fmaxf(a, fabsf(q_row[d]));
     }
     a = dl_warp_max(a);
-    int e = 0;
-    if (a > 0.0f && a <= 3.402823466e38f) e = min(max(ilogbf(a) - 14, -126), 113);
+    const int e = dl_wmma_row_shift(a);  // the matmuls' row scale, per query row
     const float down = ldexpf(1.0f, -e);
     for (int d = lane; d < hdp; d += 32) {
       const float x = valid && d < hd ? q_row[d] * down : 0.0f;

@@ -186,25 +186,6 @@ __global__ __launch_bounds__(256) void matmul_f32_tiled_kernel(float* __restrict
   }
 }
 
-// The CUDA 16-bit type of a weight dtype, for WMMA fragments.
-template <int DT>
-struct WmmaType;
-template <>
-struct WmmaType<DL_DTYPE_F16> {
-  using T = __half;
-  static __device__ __forceinline__ T round(float v) { return __float2half_rn(v); }
-  static __device__ __forceinline__ float widen(T v) { return __half2float(v); }
-  // f16 overflows past 65504; rows are scaled below it, so this only bounds Inf and NaN rows.
-  static __device__ __forceinline__ float clamp(float v) { return fminf(fmaxf(v, -65504.0f), 65504.0f); }
-};
-template <>
-struct WmmaType<DL_DTYPE_BF16> {
-  using T = __nv_bfloat16;
-  static __device__ __forceinline__ T round(float v) { return __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ float widen(T v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ float clamp(float v) { return v; }
-};
-
 // tiled WMMA: block (bx, by) computes out[by*64 .. +64, bx*64 .. +64] with 4 warps in a 2x2
 // layout, each owning a 32x32 quadrant as 2x2 fragments of 16x16 f32 accumulators. Per k slice
 // of 32, x is staged as x_hi and x_lo [64][40] (row-major A) and w as [64][40] (column-major B,
@@ -253,10 +234,8 @@ __global__ __launch_bounds__(128) void matmul_wmma_kernel(float* __restrict__ ou
       }
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const float u = v[e] * row_down[r];  // exact: a power of two
-        const T hi = H::round(H::clamp(u));
-        xs_hi[r * WMMA_LD + c + e] = hi;
-        xs_lo[r * WMMA_LD + c + e] = H::round(u - H::widen(hi));
+        // v * 2^-s is exact: a power of two
+        dl_wmma_split<DT>(v[e] * row_down[r], xs_hi[r * WMMA_LD + c + e], xs_lo[r * WMMA_LD + c + e]);
       }
     }
     // w slice [64, 32] 16-bit: 256 positions of 8 elements, 2 per thread.
@@ -367,10 +346,8 @@ __global__ __launch_bounds__(SMALLM_WARPS * 32, SMALLM_MIN_BLOCKS_PER_SM) void m
       const float v[4] = {xr[l].x, xr[l].y, xr[l].z, xr[l].w};
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const float u = v[e] * row_down[r];  // exact: a power of two
-        const T hi = H::round(H::clamp(u));
-        xs_hi[r * LD + c + e] = hi;
-        xs_lo[r * LD + c + e] = H::round(u - H::widen(hi));
+        // v * 2^-s is exact: a power of two
+        dl_wmma_split<DT>(v[e] * row_down[r], xs_hi[r * LD + c + e], xs_lo[r * LD + c + e]);
       }
     }
 #pragma unroll

@@ -140,9 +140,7 @@ __global__ __launch_bounds__(128) void matmul_quant_wmma_kernel(float* __restric
       for (int e = 0; e < DL_CHUNK; e++) {
         const int64_t gc = k0 + c0 + e;
         const float v = (gr < m && gc < k) ? x[gr * k + gc] * row_down[r] : 0.0f;  // exact scale
-        const __half hi = to_half_sat(v);
-        xs_hi[r * QT_LD + c0 + e] = hi;
-        xs_lo[r * QT_LD + c0 + e] = __float2half_rn(v - __half2float(hi));
+        dl_wmma_split<DL_DTYPE_F16>(v, xs_hi[r * QT_LD + c0 + e], xs_lo[r * QT_LD + c0 + e]);
       }
     }
     // w slice: chunk k0 / 32 + tid / 64 of weight row col0 + tid % 64, or zeros past n or k.

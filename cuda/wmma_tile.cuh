@@ -9,10 +9,33 @@
 // for small activations), and the epilogue multiplies the power back, which is exact.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <mma.h>
 
 #include <cmath>
 #include <cstdint>
+
+#include "common.cuh"
+
+// The CUDA 16-bit type of an f16/bf16 dtype (weights, or a KV cache), for WMMA fragments.
+template <int DT>
+struct WmmaType;
+template <>
+struct WmmaType<DL_DTYPE_F16> {
+  using T = __half;
+  static __device__ __forceinline__ T round(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ float widen(T v) { return __half2float(v); }
+  // f16 overflows past 65504; rows are scaled below it, so this only bounds Inf and NaN rows.
+  static __device__ __forceinline__ float clamp(float v) { return fminf(fmaxf(v, -65504.0f), 65504.0f); }
+};
+template <>
+struct WmmaType<DL_DTYPE_BF16> {
+  using T = __nv_bfloat16;
+  static __device__ __forceinline__ T round(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ float widen(T v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ float clamp(float v) { return v; }
+};
 
 using DlWmmaAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
 
@@ -48,6 +71,24 @@ __device__ __forceinline__ void dl_wmma_slice(DlWmmaAcc (&acc)[2][2], const T* x
 // A row whose largest |x| is 2^e (e = ilogb) is split as x * 2^-(e - DL_WMMA_ROW_TOP).
 constexpr int DL_WMMA_ROW_TOP = 14;
 
+// The shift s of a row whose largest |x| is a: ilogb(a) - DL_WMMA_ROW_TOP, clamped to [-126, 113] so
+// both 2^s and 2^-s are normal floats; 0 for a row of zeros, Inf or NaN.
+__device__ __forceinline__ int dl_wmma_row_shift(float a) {
+  if (!(a > 0.0f && a <= 3.402823466e38f)) return 0;
+  const int e = ilogbf(a) - DL_WMMA_ROW_TOP;
+  return e < -126 ? -126 : (e > 113 ? 113 : e);
+}
+
+// Splits u, an x value already scaled by its row's 2^-s, into hi and lo halves of T (hi saturated
+// at f16's range, for Inf and NaN rows), so the pair carries about twice T's precision.
+template <int DT>
+__device__ __forceinline__ void dl_wmma_split(float u, typename WmmaType<DT>::T& hi,
+                                              typename WmmaType<DT>::T& lo) {
+  using H = WmmaType<DT>;
+  hi = H::round(H::clamp(u));
+  lo = H::round(u - H::widen(hi));
+}
+
 // down[r] = 2^-s and up[r] = 2^s for the `rows` rows at row0 (rows past m get 1), from their largest
 // |x| over columns [k0, k1): warp w of num_warps takes rows w, w + num_warps, ..., its lanes
 // striding k (coalesced). s is clamped to [-126, 113] so both powers are normal floats; a row of
@@ -64,11 +105,7 @@ __device__ __forceinline__ void dl_wmma_row_scales_range(float* down, float* up,
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
     if (lane == 0) {
-      int e = 0;
-      if (a > 0.0f && a <= 3.402823466e38f) {
-        e = ilogbf(a) - DL_WMMA_ROW_TOP;
-        e = e < -126 ? -126 : (e > 113 ? 113 : e);
-      }
+      const int e = dl_wmma_row_shift(a);
       down[r] = ldexpf(1.0f, -e);
       up[r] = ldexpf(1.0f, e);
     }
